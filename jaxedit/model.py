@@ -1,0 +1,369 @@
+"""The decoder: embed -> scan(block) -> final norm -> unembed, with taps and interventions.
+
+One block function serves GPT-2, GPT-J, GPT-NeoX and Llama; `ModelConfig` switches choose the norm,
+activation, positions, residual wiring and biases (METHODS.md §0 conventions).
+
+Shape letters: B batch, T query tokens, S key positions, L layers, D residual width, H query heads,
+K key/value heads, G = H / K heads per group, E head width, F MLP width, V vocabulary, R rotary width.
+
+Per layer l (sequential): `a = attn(ln1(x))`, `m = mlp(ln2(x + a))`, `x' = x + a + m`.
+Per layer l (parallel):   `a = attn(ln1(x))`, `m = mlp(ln2(x))` (`ln1(x)` when the norm is shared).
+
+Taps (request any subset through `taps=`; per-layer taps come back as `[B, L, T, W]`):
+  `embed` token embeddings `[B, T, D]` (before learned positions are added, the noise site of §1);
+  `resid_pre` layer input; `attn_out` attention output; `mlp_in` normed MLP input;
+  `mlp_key` input of the MLP output projection (`[.., F]`); `mlp_out` MLP output; `resid_post` output.
+A tap records the value after any intervention at that site, i.e. what actually flowed.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxedit import interventions as iv
+from jaxedit.config import ModelConfig
+from jaxedit.layout import Params
+
+TAPS: tuple[str, ...] = ("embed", *iv.LAYER_SITES)
+
+
+class Output(struct.PyTreeNode):
+    """Result of `forward`.
+
+    Attributes:
+      logits: `[B, T, V]` float32 next-token logits.
+      taps: requested states; `embed` is `[B, T, D]`, per-layer taps `[B, L, T, W]`.
+    """
+
+    logits: jax.Array
+    taps: dict[str, jax.Array]
+
+
+# ----------------------------------------------------------------------------- pieces of a block
+
+
+def norm(config: ModelConfig, p: Params, x: jax.Array) -> jax.Array:
+    """LayerNorm or RMSNorm over the last axis, computed in float32, returned in `x.dtype`."""
+    x32 = x.astype(jnp.float32)
+    if config.norm == "rmsnorm":
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + config.norm_eps)
+        return (p["scale"].astype(jnp.float32) * y).astype(x.dtype)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + config.norm_eps)
+    return (y * p["scale"].astype(jnp.float32) + p["bias"].astype(jnp.float32)).astype(x.dtype)
+
+
+def activation(name: str, x: jax.Array) -> jax.Array:
+    """The MLP nonlinearity named as in Hugging Face configs."""
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        return jax.nn.gelu(x, approximate=True)
+    if name == "gelu":
+        return jax.nn.gelu(x, approximate=False)
+    if name in ("silu", "swish"):
+        return jax.nn.silu(x)
+    if name == "relu":
+        return jax.nn.relu(x)
+    raise ValueError(f"unsupported activation {name!r}")
+
+
+SUPPORTED_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "silu", "swish", "relu")
+
+
+def rotary_inv_freq(config: ModelConfig) -> np.ndarray:
+    """Inverse frequencies `[R/2]`, with `linear` or `llama3` rope scaling applied when configured."""
+    r = config.rotary_dim
+    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, r, 2, dtype=np.float64) / r))
+    scaling = config.rope_scaling_dict
+    if not scaling:
+        return inv_freq.astype(np.float32)
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "linear":
+        inv_freq = inv_freq / float(scaling["factor"])
+    elif kind == "llama3":
+        factor = float(scaling["factor"])
+        low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+        old_len = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        inv_freq = np.where(medium, smoothed, scaled)
+    elif kind != "default":
+        raise ValueError(f"unsupported rope scaling {kind!r}")
+    return inv_freq.astype(np.float32)
+
+
+def rotary_tables(config: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos and sin tables `[B, T, R]` laid out for the config's rotary style."""
+    angles = positions[..., None].astype(jnp.float32) * rotary_inv_freq(config)  # [B, T, R/2]
+    if config.rotary_style == "interleaved":
+        angles = jnp.repeat(angles, 2, axis=-1)  # [B, T, R]: f0 f0 f1 f1 ...
+    else:
+        angles = jnp.concatenate([angles, angles], axis=-1)  # [B, T, R]: f0 f1 ... f0 f1 ...
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rotary(config: ModelConfig, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate the first R dims of every head of `x` `[B, T, N, E]`."""
+    r = config.rotary_dim
+    rot, rest = x[..., :r].astype(jnp.float32), x[..., r:]
+    if config.rotary_style == "interleaved":
+        pairs = rot.reshape(*rot.shape[:-1], r // 2, 2)
+        turned = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(rot.shape)
+    else:
+        half = r // 2
+        turned = jnp.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
+    rotated = rot * cos[:, :, None, :] + turned * sin[:, :, None, :]
+    return jnp.concatenate([rotated.astype(x.dtype), rest], axis=-1)
+
+
+def linear(p: Params, x: jax.Array) -> jax.Array:
+    """`x @ kernel + bias`; kernels are stored `[in, out]`."""
+    y = x @ p["kernel"]
+    return y + p["bias"] if "bias" in p else y
+
+
+def attention(
+    config: ModelConfig,
+    p: Params,
+    x: jax.Array,
+    rotary: tuple[jax.Array, jax.Array] | None,
+    mask: jax.Array,
+    cache: tuple[jax.Array, jax.Array] | None = None,
+    cache_index: jax.Array | None = None,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """Multi-head (grouped-query) causal attention.
+
+    Args:
+      x: normed input `[B, T, D]`.
+      rotary: cos/sin tables `[B, T, R]` for rotary models, else None.
+      mask: `[B, T, S]` true where query t may attend to key s.
+      cache: key/value cache `([B, S, K, E], [B, S, K, E])`; the new keys/values are written at
+        `cache_index` and attention runs over the whole cache. Without a cache, S = T.
+
+    Returns:
+      The attention output `[B, T, D]` and the updated cache (None without one).
+    """
+    c = config
+    b, t, _ = x.shape
+    q = linear(p["q"], x).reshape(b, t, c.n_heads, c.head_dim)  # [B, T, H, E]
+    k = linear(p["k"], x).reshape(b, t, c.n_kv_heads, c.head_dim)  # [B, T, K, E]
+    v = linear(p["v"], x).reshape(b, t, c.n_kv_heads, c.head_dim)  # [B, T, K, E]
+    if rotary is not None:
+        q = apply_rotary(c, q, *rotary)
+        k = apply_rotary(c, k, *rotary)
+    if cache is not None:
+        k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, cache_index, 0, 0))
+        v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, cache_index, 0, 0))
+        cache = (k, v)
+    groups = c.n_heads // c.n_kv_heads
+    q = q.reshape(b, t, c.n_kv_heads, groups, c.head_dim)  # [B, T, K, G, E]
+    scores = jnp.einsum("btkge,bske->bkgts", q, k, preferred_element_type=jnp.float32)  # [B,K,G,T,S]
+    scores = scores / math.sqrt(c.head_dim)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bske->btkge", weights, v).reshape(b, t, c.n_heads * c.head_dim)
+    return linear(p["o"], out), cache  # [B, T, D]
+
+
+def mlp_key(config: ModelConfig, p: Params, x: jax.Array) -> jax.Array:
+    """The MLP key `[B, T, F]`: `act(W_in x)`, or `act(W_gate x) * (W_in x)` for gated MLPs (§0)."""
+    if config.gated_mlp:
+        return activation(config.activation, linear(p["gate"], x)) * linear(p["in"], x)
+    return activation(config.activation, linear(p["in"], x))
+
+
+class BlockOut(struct.PyTreeNode):
+    """What one block hands back to the scan."""
+
+    resid: jax.Array
+    taps: dict[str, jax.Array]
+    cache: tuple[jax.Array, jax.Array] | None
+
+
+def block(
+    config: ModelConfig,
+    p: Params,
+    x: jax.Array,
+    rotary: tuple[jax.Array, jax.Array] | None,
+    mask: jax.Array,
+    edits: iv.Interventions,
+    taps: Sequence[str] = (),
+    cache: tuple[jax.Array, jax.Array] | None = None,
+    cache_index: jax.Array | None = None,
+) -> BlockOut:
+    """One transformer block on `x` `[B, T, D]` with this layer's params and intervention slices."""
+    states: dict[str, jax.Array] = {}
+
+    def site(name: str, value: jax.Array) -> jax.Array:
+        value = iv.apply_edit(value, edits.get(name))
+        if name in taps:
+            states[name] = value
+        return value
+
+    x = site("resid_pre", x)
+    a, cache = attention(config, p["attn"], norm(config, p["ln1"], x), rotary, mask, cache, cache_index)
+    a = site("attn_out", a)
+    if config.parallel_residual:
+        m_in = norm(config, p["ln1"] if config.shared_block_norm else p["ln2"], x)
+    else:
+        m_in = norm(config, p["ln2"], x + a)
+    m_in = site("mlp_in", m_in)
+    key = site("mlp_key", mlp_key(config, p["mlp"], m_in))
+    m = site("mlp_out", linear(p["mlp"]["out"], key))
+    out = site("resid_post", x + a + m)
+    return BlockOut(resid=out, taps=states, cache=cache)
+
+
+def embed_tokens(params: Params, input_ids: jax.Array) -> jax.Array:
+    """Token embeddings `[B, T, D]`."""
+    return jnp.take(params["embed"]["tokens"], input_ids, axis=0)
+
+
+def unembed(config: ModelConfig, params: Params, x: jax.Array) -> jax.Array:
+    """Final norm and unembedding: `[.., D]` residual -> `[.., V]` float32 logits."""
+    h = norm(config, params["final_norm"], x)
+    if config.tie_embeddings:
+        logits = jnp.einsum("...d,vd->...v", h, params["embed"]["tokens"], preferred_element_type=jnp.float32)
+    else:
+        logits = jnp.einsum("...d,dv->...v", h, params["unembed"]["kernel"], preferred_element_type=jnp.float32)
+    if "unembed" in params and "bias" in params["unembed"]:
+        logits = logits + params["unembed"]["bias"].astype(jnp.float32)
+    return logits
+
+
+def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
+    """Position ids `[B, T]` counting only real tokens, so left padding does not shift positions."""
+    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def causal_mask(attention_mask: jax.Array) -> jax.Array:
+    """`[B, T, T]` true where query t may see key s: s <= t and s is a real token."""
+    t = attention_mask.shape[-1]
+    causal = jnp.tril(jnp.ones((t, t), bool))
+    return causal[None] & attention_mask.astype(bool)[:, None, :]
+
+
+def residual_input(config: ModelConfig, params: Params, tokens: jax.Array, positions: jax.Array) -> jax.Array:
+    """Input of layer 0 `[B, T, D]` from token embeddings `tokens` (adds learned positions)."""
+    if config.positions == "learned":
+        return tokens + jnp.take(params["embed"]["positions"], positions, axis=0)
+    return tokens
+
+
+def rotary_for(config: ModelConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array] | None:
+    return rotary_tables(config, positions) if config.positions == "rotary" else None
+
+
+# ----------------------------------------------------------------------------- the forward pass
+
+
+def site_widths(config: ModelConfig) -> dict[str, int]:
+    """Last-axis width of every intervention site."""
+    widths = {site: config.d_model for site in iv.SITES}
+    widths["mlp_key"] = config.d_mlp
+    return widths
+
+
+@functools.partial(jax.jit, static_argnames=("config", "taps"))
+def _forward(
+    params: Params,
+    config: ModelConfig,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    taps: tuple[str, ...],
+    interventions: iv.Interventions,
+) -> Output:
+    positions = positions_from_mask(attention_mask)
+    tokens = iv.apply_edit(embed_tokens(params, input_ids), interventions.get("embed"))
+    x = residual_input(config, params, tokens, positions)
+    rotary = rotary_for(config, positions)
+    mask = causal_mask(attention_mask)
+    layer_taps = tuple(t for t in taps if t != "embed")
+
+    def step(x: jax.Array, layer: tuple[Params, iv.Interventions]) -> tuple[jax.Array, dict]:
+        p, edits = layer
+        out = block(config, p, x, rotary, mask, edits, layer_taps)
+        return out.resid, out.taps
+
+    x, stacked = jax.lax.scan(step, x, (params["layers"], iv.layer_major(interventions)))
+    recorded = {name: jnp.moveaxis(value, 0, 1) for name, value in stacked.items()}  # [B, L, T, W]
+    if "embed" in taps:
+        recorded["embed"] = tokens
+    return Output(logits=unembed(config, params, x), taps=recorded)
+
+
+def _is_concrete(x: object) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_tokens(config: ModelConfig, input_ids: jax.Array) -> None:
+    """Raise a clear error for a wrong rank, a sequence longer than the context, or ids out of range."""
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, tokens], got shape {tuple(input_ids.shape)}")
+    if input_ids.shape[1] == 0:
+        raise ValueError("input_ids is empty: nothing to run")
+    if input_ids.shape[1] > config.max_positions:
+        raise ValueError(
+            f"sequence of {input_ids.shape[1]} tokens is longer than the model's context "
+            f"of {config.max_positions} tokens"
+        )
+    if _is_concrete(input_ids):
+        ids = np.asarray(input_ids)
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"input_ids must be integers, got {ids.dtype}")
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= config.vocab_size:
+            raise ValueError(
+                f"token id out of range: ids span [{low}, {high}] but the vocabulary has "
+                f"{config.vocab_size} entries"
+            )
+
+
+def forward(
+    params: Params,
+    config: ModelConfig,
+    input_ids: jax.Array,
+    attention_mask: jax.Array | None = None,
+    *,
+    taps: Sequence[str] = (),
+    interventions: iv.Interventions | None = None,
+) -> Output:
+    """Run the decoder.
+
+    Pure: `params` are never modified. Jitted once per (config, shapes, taps, intervention structure);
+    usable inside `jit` and `vmap`.
+
+    Args:
+      params: the params pytree (`jaxedit.layout`).
+      config: the model's `ModelConfig` (static).
+      input_ids: `[B, T]` token ids.
+      attention_mask: `[B, T]` 1 for real tokens, 0 for padding (left or right); default all ones.
+      taps: names from `TAPS` to return in `Output.taps`.
+      interventions: `{site: SiteEdit}` (see `jaxedit.interventions`).
+
+    Returns:
+      `Output` with `[B, T, V]` float32 logits and the requested taps.
+    """
+    input_ids = jnp.asarray(input_ids) if not isinstance(input_ids, jax.Array) else input_ids
+    check_tokens(config, input_ids)
+    unknown = set(taps) - set(TAPS)
+    if unknown:
+        raise ValueError(f"unknown taps {sorted(unknown)}; taps are {', '.join(TAPS)}")
+    b, t = input_ids.shape
+    if attention_mask is None:
+        attention_mask = jnp.ones((b, t), jnp.int32)
+    attention_mask = jnp.asarray(attention_mask)
+    if attention_mask.shape != (b, t):
+        raise ValueError(f"attention_mask has shape {attention_mask.shape}, expected {(b, t)}")
+    edits = iv.validate(interventions, b, config.n_layers, t, site_widths(config))
+    return _forward(params, config, input_ids, attention_mask, tuple(taps), edits)

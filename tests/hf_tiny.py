@@ -1,0 +1,98 @@
+"""Tiny randomly initialised Hugging Face models built from configs (no download), saved to disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers
+
+VOCAB = 97
+
+TINY_CONFIGS: dict[str, dict] = {
+    "gpt2": dict(model_type="gpt2", vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64),
+    "gptj": dict(
+        model_type="gptj", vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64, rotary_dim=8
+    ),
+    "neox_parallel": dict(
+        model_type="gpt_neox",
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        rotary_pct=0.5,
+        use_parallel_residual=True,
+    ),
+    "neox_sequential": dict(
+        model_type="gpt_neox",
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        rotary_pct=0.25,
+        use_parallel_residual=False,
+    ),
+    "llama_gqa_untied": dict(
+        model_type="llama",
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=96,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+    ),
+    "llama_tied": dict(
+        model_type="llama",
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=96,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        rope_theta=500.0,
+    ),
+    "llama3_scaled": dict(
+        model_type="llama",
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        intermediate_size=96,
+        max_position_embeddings=64,
+        rope_scaling=dict(
+            rope_type="llama3",
+            factor=8.0,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=16,
+        ),
+    ),
+}
+
+
+def build_hf_model(name: str, seed: int = 0) -> transformers.PreTrainedModel:
+    """A float32 HF causal LM with random weights (biases and norms randomised too)."""
+    fields = dict(TINY_CONFIGS[name])
+    config = transformers.AutoConfig.for_model(**fields)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.endswith("bias") or "norm" in pname or "ln_" in pname:
+                p.add_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def save_tiny(name: str, directory: Path, seed: int = 0, **save_kwargs) -> transformers.PreTrainedModel:
+    model = build_hf_model(name, seed)
+    model.save_pretrained(str(directory), **save_kwargs)
+    return model
