@@ -64,7 +64,9 @@ def safetensors_source(files: Iterable[Path], origin: str) -> TensorSource:
             with safe_open(str(path), framework="numpy") as handle:
                 names = list(handle.keys())
         except Exception as err:
-            raise WeightsError(f"{origin}: cannot read {path.name} (truncated or not safetensors): {err}") from err
+            raise WeightsError(
+                f"{origin}: cannot read {path.name} (truncated or not safetensors): {err}"
+            ) from err
         size = path.stat().st_size
 
         def read(name: str, path: Path = path, size: int = size) -> np.ndarray:
@@ -87,11 +89,15 @@ def torch_bin_source(path: Path, origin: str) -> TensorSource:
     try:
         import torch
     except ImportError as err:
-        raise WeightsError(f"{origin}: {path.name} is a PyTorch checkpoint; install torch to read it") from err
+        raise WeightsError(
+            f"{origin}: {path.name} is a PyTorch checkpoint; install torch to read it"
+        ) from err
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
-        raise WeightsError(f"{origin}: cannot read {path.name} (truncated or not a checkpoint): {err}") from err
+        raise WeightsError(
+            f"{origin}: cannot read {path.name} (truncated or not a checkpoint): {err}"
+        ) from err
     return TensorSource({name: (lambda t=t: _to_numpy(t)) for name, t in state.items()}, origin)
 
 

@@ -89,9 +89,7 @@ class ModelConfig:
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.n_heads % self.n_kv_heads:
-            raise ConfigError(
-                f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
-            )
+            raise ConfigError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
         if self.positions == "rotary" and not (0 < self.rotary_dim <= self.head_dim):
             raise ConfigError(f"rotary_dim={self.rotary_dim} must lie in (0, head_dim={self.head_dim}]")
         if self.rotary_dim % 2:

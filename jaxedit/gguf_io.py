@@ -8,7 +8,11 @@ pairs; `unpermute_rotary` undoes it so the tensors match Hugging Face's `q_proj`
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +101,10 @@ def read_gguf(path: Path) -> tuple[dict, TensorSource]:
     if scaling_type not in (None, "none"):
         if scaling_type != "linear":
             raise WeightsError(f"{path.name}: GGUF rope scaling {scaling_type!r} is not supported")
-        hf["rope_scaling"] = {"rope_type": "linear", "factor": float(_field(reader, f"{arch}.rope.scaling.factor"))}
+        hf["rope_scaling"] = {
+            "rope_type": "linear",
+            "factor": float(_field(reader, f"{arch}.rope.scaling.factor")),
+        }
 
     tensors = {t.name: t for t in reader.tensors}
 
@@ -126,8 +133,33 @@ def read_gguf(path: Path) -> tuple[dict, TensorSource]:
     return hf, TensorSource(readers, str(path))
 
 
+def _cache_root() -> Path:
+    return Path(os.environ.get("JAXEDIT_CACHE", Path.home() / ".cache" / "jaxedit"))
+
+
 def gguf_tokenizer(path: Path):
-    """The Hugging Face tokenizer stored in a GGUF file (transformers builds it from the metadata)."""
+    """The Hugging Face tokenizer stored in a GGUF file.
+
+    transformers builds it from the GGUF metadata (seconds for a 49k vocabulary); the result is cached
+    as `tokenizer.json` under `$JAXEDIT_CACHE` (default `~/.cache/jaxedit`), keyed by the file's path,
+    size and modification time, and reused on later loads.
+    """
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cached = _cache_root() / "tokenizers" / key
+    if (cached / "tokenizer.json").exists():
+        try:
+            return AutoTokenizer.from_pretrained(str(cached))
+        except Exception:  # an unreadable cache entry is rebuilt below
+            shutil.rmtree(cached, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cached.parent))
+        tokenizer.save_pretrained(str(staging))
+        os.replace(staging, cached)
+    except OSError:  # a read-only home only costs the cache
+        shutil.rmtree(locals().get("staging", cached.parent / ".none"), ignore_errors=True)
+    return tokenizer

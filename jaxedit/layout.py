@@ -135,9 +135,7 @@ def param_dtype(config: ModelConfig) -> jnp.dtype:
 def abstract_params(config: ModelConfig) -> Params:
     """`jax.ShapeDtypeStruct` for every parameter: a skeleton for `jax.eval_shape` and planning."""
     dtype = param_dtype(config)
-    return jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, dtype), param_specs(config), is_leaf=_is_spec
-    )
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, dtype), param_specs(config), is_leaf=_is_spec)
 
 
 def param_count(config: ModelConfig) -> int:

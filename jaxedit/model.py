@@ -235,7 +235,9 @@ def unembed(config: ModelConfig, params: Params, x: jax.Array) -> jax.Array:
     if config.tie_embeddings:
         logits = jnp.einsum("...d,vd->...v", h, params["embed"]["tokens"], preferred_element_type=jnp.float32)
     else:
-        logits = jnp.einsum("...d,dv->...v", h, params["unembed"]["kernel"], preferred_element_type=jnp.float32)
+        logits = jnp.einsum(
+            "...d,dv->...v", h, params["unembed"]["kernel"], preferred_element_type=jnp.float32
+        )
     if "unembed" in params and "bias" in params["unembed"]:
         logits = logits + params["unembed"]["bias"].astype(jnp.float32)
     return logits

@@ -81,7 +81,9 @@ def first_id(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def rope_settings(hf: dict, default_theta: float, theta_key: str = "rope_theta") -> tuple[float, tuple | None]:
+def rope_settings(
+    hf: dict, default_theta: float, theta_key: str = "rope_theta"
+) -> tuple[float, tuple | None]:
     """Rotary base and scaling from either `rope_parameters` (transformers 5) or the older fields.
 
     Returns `(theta, scaling)` with scaling as a sorted tuple of items, None for plain rotary.

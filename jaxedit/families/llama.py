@@ -13,7 +13,16 @@ Projections are `torch.nn.Linear` (`[out, in]`): every kernel is transposed. `up
 from __future__ import annotations
 
 from jaxedit.config import ConfigError, ModelConfig
-from jaxedit.families import Rule, copy, first_id, linear_rules, norm_rules, rope_hf, rope_settings, transposed
+from jaxedit.families import (
+    Rule,
+    copy,
+    first_id,
+    linear_rules,
+    norm_rules,
+    rope_hf,
+    rope_settings,
+    transposed,
+)
 
 MODEL_TYPE = "llama"
 BASE_PREFIX = "model."

@@ -1,0 +1,35 @@
+"""jaxedit: locate and edit factual knowledge in transformer language models, in JAX.
+
+Quick start::
+
+    import jaxedit
+    model = jaxedit.load_model("smollm2")
+    jaxedit.generate_text(model, "The Eiffel Tower is located in the city of")
+"""
+
+from jaxedit.config import ConfigError, ModelConfig
+from jaxedit.generate import generate, generate_text
+from jaxedit.interventions import SiteEdit
+from jaxedit.loading import Model, load_model, save_hf
+from jaxedit.model import Output, forward
+from jaxedit import tokens
+from jaxedit.predict import next_tokens
+from jaxedit.sharding import make_mesh, shard
+
+__all__ = [
+    "ConfigError",
+    "Model",
+    "ModelConfig",
+    "Output",
+    "SiteEdit",
+    "forward",
+    "generate",
+    "generate_text",
+    "load_model",
+    "make_mesh",
+    "next_tokens",
+    "save_hf",
+    "shard",
+    "tokens",
+]
+__version__ = "0.1.0"

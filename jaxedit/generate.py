@@ -1,0 +1,186 @@
+"""Batched generation with a key/value cache: greedy or top-k sampling, one jitted program.
+
+The cache holds `P + N` positions (P padded prompt length, N new tokens) so every step has static
+shapes: the prompt is run once (prefill) and each new token is one cached step inside `lax.scan`.
+Prompts are left-padded; positions count real tokens only, so a padded prompt continues exactly as it
+would alone.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxedit import model as core
+from jaxedit import tokens as tok
+from jaxedit.config import ModelConfig
+from jaxedit.layout import Params
+from jaxedit.loading import Model
+
+KVCache = tuple[jax.Array, jax.Array]  # ([L, B, S, K, E], [L, B, S, K, E])
+
+
+def cached_step(
+    params: Params,
+    config: ModelConfig,
+    input_ids: jax.Array,
+    positions: jax.Array,
+    mask: jax.Array,
+    cache: KVCache,
+    index: jax.Array,
+) -> tuple[jax.Array, KVCache]:
+    """Run `input_ids` `[B, T]` written at cache slots `index..index+T-1`.
+
+    Args:
+      positions: `[B, T]` position ids of the new tokens.
+      mask: `[B, T, S]` which cache slots each new token may attend to.
+
+    Returns:
+      Logits of the last new token `[B, V]` and the updated cache.
+    """
+    x = core.residual_input(config, params, core.embed_tokens(params, input_ids), positions)
+    rotary = core.rotary_for(config, positions)
+
+    def step(x: jax.Array, layer: tuple[Params, jax.Array, jax.Array]) -> tuple[jax.Array, KVCache]:
+        p, k, v = layer
+        out = core.block(config, p, x, rotary, mask, {}, (), cache=(k, v), cache_index=index)
+        return out.resid, out.cache
+
+    x, cache = jax.lax.scan(step, x, (params["layers"], *cache))
+    return core.unembed(config, params, x[:, -1]), cache
+
+
+def _choose(logits: jax.Array, rng: jax.Array, top_k: int | None, temperature: float) -> jax.Array:
+    if top_k is None:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    values, indices = jax.lax.top_k(logits / temperature, top_k)  # [B, k]
+    picked = jax.random.categorical(rng, values, axis=-1)  # [B]
+    return jnp.take_along_axis(indices, picked[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "top_k", "eos_id"))
+def _generate(
+    params: Params,
+    config: ModelConfig,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    rng: jax.Array,
+    temperature: jax.Array,
+    max_new_tokens: int,
+    top_k: int | None,
+    eos_id: int | None,
+) -> jax.Array:
+    b, p = input_ids.shape
+    s = p + max_new_tokens
+    c = config
+    dtype = params["embed"]["tokens"].dtype
+    cache = tuple(jnp.zeros((c.n_layers, b, s, c.n_kv_heads, c.head_dim), dtype) for _ in range(2))
+    valid = jnp.concatenate([attention_mask.astype(bool), jnp.zeros((b, max_new_tokens), bool)], axis=1)
+    slots = jnp.arange(s)
+    prefill_mask = valid[:, None, :] & (slots[None, None, :] <= jnp.arange(p)[None, :, None])  # [B, P, S]
+    positions = core.positions_from_mask(attention_mask)
+    logits, cache = cached_step(params, config, input_ids, positions, prefill_mask, cache, jnp.int32(0))
+    rng, sub = jax.random.split(rng)
+    first = _choose(logits, sub, top_k, temperature)
+    lengths = attention_mask.astype(jnp.int32).sum(-1)
+
+    def step(carry: tuple, i: jax.Array) -> tuple[tuple, jax.Array]:
+        token, cache, valid, done, rng = carry
+        index = p + i
+        valid = valid.at[:, index].set(True)
+        mask = valid[:, None, :] & (slots[None, None, :] <= index)  # [B, 1, S]
+        logits, cache = cached_step(
+            params, config, token[:, None], (lengths + i)[:, None], mask, cache, index
+        )
+        rng, sub = jax.random.split(rng)
+        nxt = _choose(logits, sub, top_k, temperature)
+        if eos_id is not None:
+            done = done | (token == eos_id)
+            nxt = jnp.where(done, eos_id, nxt)
+        return (nxt, cache, valid, done, rng), nxt
+
+    done = jnp.zeros((b,), bool)
+    _, rest = jax.lax.scan(step, (first, cache, valid, done, rng), jnp.arange(max_new_tokens - 1))
+    return jnp.concatenate([first[:, None], rest.T], axis=1)  # [B, N]
+
+
+def generate(
+    params: Params,
+    config: ModelConfig,
+    input_ids: jax.Array,
+    attention_mask: jax.Array | None = None,
+    *,
+    max_new_tokens: int = 20,
+    top_k: int | None = None,
+    temperature: float = 1.0,
+    seed: int = 0,
+    eos_id: int | None = None,
+) -> np.ndarray:
+    """New token ids `[B, max_new_tokens]` continuing left-padded prompts.
+
+    Greedy when `top_k` is None, else samples from the `top_k` most likely tokens at `temperature`.
+    After `eos_id` a row repeats `eos_id`.
+    """
+    input_ids = np.asarray(input_ids)
+    core.check_tokens(config, input_ids)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if input_ids.shape[1] + max_new_tokens > config.max_positions:
+        raise ValueError(
+            f"prompt of {input_ids.shape[1]} tokens plus {max_new_tokens} new tokens exceeds the model's "
+            f"context of {config.max_positions} tokens"
+        )
+    if top_k is not None and not 1 <= top_k <= config.vocab_size:
+        raise ValueError(f"top_k must lie in [1, {config.vocab_size}], got {top_k}")
+    if attention_mask is None:
+        attention_mask = np.ones_like(input_ids)
+    out = _generate(
+        params,
+        config,
+        jnp.asarray(input_ids, jnp.int32),
+        jnp.asarray(attention_mask, jnp.int32),
+        jax.random.key(seed),
+        jnp.float32(temperature),
+        max_new_tokens,
+        top_k,
+        eos_id,
+    )
+    return np.asarray(out)
+
+
+def generate_text(
+    model: Model,
+    prompts: Sequence[str] | str,
+    *,
+    max_new_tokens: int = 20,
+    top_k: int | None = None,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> list[str]:
+    """Completions (without the prompt) of one or more prompts, stopping at the model's EOS token."""
+    if model.tokenizer is None:
+        raise ValueError(f"model {model.source!r} has no tokenizer; use generate() on token ids")
+    ids, mask = tok.encode(model.tokenizer, prompts)
+    eos = model.tokenizer.eos_token_id
+    out = generate(
+        model.params,
+        model.config,
+        ids,
+        mask,
+        max_new_tokens=max_new_tokens,
+        top_k=top_k,
+        temperature=temperature,
+        seed=seed,
+        eos_id=eos,
+    )
+    texts = []
+    for row in out:
+        row = list(row)
+        if eos is not None and eos in row:
+            row = row[: row.index(eos)]
+        texts.append(model.tokenizer.decode(row))
+    return texts

@@ -1,0 +1,87 @@
+"""Placing params on a device mesh: logical axes (from `jaxedit.layout`) -> mesh axes -> `NamedSharding`.
+
+Sharding is data (DESIGN.md principle 6): the layout names each param's logical axes once, a rules
+table maps logical axes to mesh axes, and the same jitted functions then run sharded; XLA inserts the
+collectives. Only this module mentions mesh axes.
+
+Default rules (tensor parallel over a `model` mesh axis, batch over `data`)::
+
+    heads, kv_heads, mlp, vocab -> "model"      embed, layers, positions -> replicated
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxedit import layout
+from jaxedit.config import ModelConfig
+from jaxedit.families import partition_specs
+from jaxedit.layout import Params
+
+DEFAULT_RULES: dict[str, str | None] = {
+    "heads": "model",
+    "kv_heads": "model",
+    "mlp": "model",
+    "vocab": "model",
+    "embed": None,
+    "layers": None,
+}
+
+
+def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh over `devices` (default: all), e.g. `{"data": 1, "model": 8}` (default: all on `model`)."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = dict(shape or {"data": 1, "model": len(devices)})
+    needed = int(np.prod(list(shape.values())))
+    if needed != len(devices):
+        raise ValueError(f"mesh {shape} needs {needed} devices but {len(devices)} are available")
+    return Mesh(np.asarray(devices).reshape(tuple(shape.values())), tuple(shape))
+
+
+def param_partition_specs(
+    config: ModelConfig, mesh: Mesh, rules: Mapping[str, str | None] | None = None
+) -> Params:
+    """`PartitionSpec` for every param, checking that each sharded dimension divides evenly."""
+    rules = dict(DEFAULT_RULES if rules is None else rules)
+    shapes = layout.flatten(layout.param_specs(config))
+    specs = {}
+    for path, axes in partition_specs(config).items():
+        mesh_axes = []
+        for dim, axis in zip(shapes[path].shape, axes, strict=True):
+            target = rules.get(axis) if axis is not None else None
+            if target is not None and target in mesh.shape:
+                if dim % mesh.shape[target]:
+                    raise ValueError(
+                        f"cannot shard {path} axis {axis!r} of size {dim} over mesh axis {target!r} of "
+                        f"size {mesh.shape[target]}: it does not divide evenly"
+                    )
+                mesh_axes.append(target)
+            else:
+                mesh_axes.append(None)
+        specs[path] = PartitionSpec(*mesh_axes)
+    return layout.unflatten(specs)
+
+
+def param_shardings(config: ModelConfig, mesh: Mesh, rules: Mapping[str, str | None] | None = None) -> Params:
+    """`NamedSharding` for every param."""
+    return jax.tree.map(
+        lambda spec: NamedSharding(mesh, spec),
+        param_partition_specs(config, mesh, rules),
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+
+
+def shard(
+    params: Params, config: ModelConfig, mesh: Mesh, rules: Mapping[str, str | None] | None = None
+) -> Params:
+    """Params placed on `mesh` by the family's logical axes; run `forward` on them as usual."""
+    return jax.device_put(params, param_shardings(config, mesh, rules))
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding for `[B, ...]` inputs: batch over the `data` axis when the mesh has one."""
+    return NamedSharding(mesh, PartitionSpec("data" if "data" in mesh.shape else None))

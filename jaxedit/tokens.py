@@ -1,0 +1,75 @@
+"""Tokenization: prompts to padded `[B, T]` id and mask arrays, and token-level helpers.
+
+Padding is on the left by default so the last position of every row is the last prompt token (what
+next-token readouts and generation use); `forward` gives the same per-prompt logits either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The tokenizer's pad id, else its eos id, else 0 (padded positions are masked out anyway)."""
+    for value in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def encode_one(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of one prompt, with the special tokens (BOS) the tokenizer itself adds."""
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"prompt must be a non-empty string, got {text!r}")
+    return list(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def pad(
+    rows: Sequence[Sequence[int]],
+    pad_value: int,
+    *,
+    side: Literal["left", "right"] = "left",
+    length: int | None = None,
+    multiple: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stack ragged id lists into `([B, T] int32 ids, [B, T] int32 mask)`.
+
+    Args:
+      rows: token id lists.
+      pad_value: id written at padded positions.
+      side: where padding goes.
+      length: pad to this length (default: the longest row, rounded up to `multiple`).
+      multiple: round the length up to a multiple of this, so nearby lengths share one compilation.
+    """
+    if not rows:
+        raise ValueError("nothing to pad: no rows")
+    longest = max(len(r) for r in rows)
+    if length is None:
+        length = -(-longest // multiple) * multiple
+    if longest > length:
+        raise ValueError(f"a row of {longest} tokens does not fit in length {length}")
+    ids = np.full((len(rows), length), pad_value, np.int32)
+    mask = np.zeros((len(rows), length), np.int32)
+    for i, row in enumerate(rows):
+        n = len(row)
+        sl = slice(length - n, length) if side == "left" else slice(0, n)
+        ids[i, sl] = row
+        mask[i, sl] = 1
+    return ids, mask
+
+
+def encode(
+    tokenizer: Any,
+    prompts: Sequence[str] | str,
+    *,
+    side: Literal["left", "right"] = "left",
+    multiple: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenize and pad prompts: `([B, T] ids, [B, T] mask)`."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    rows = [encode_one(tokenizer, p) for p in prompts]
+    return pad(rows, pad_id(tokenizer), side=side, multiple=multiple)

@@ -1,0 +1,64 @@
+"""Cached generation: equal to re-running the full forward, batched equal to unbatched, sampling bounded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hf_tiny import VOCAB
+
+import jaxedit
+from jaxedit import generate
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gptj", "llama_gqa_untied", "neox_sequential"])
+def test_greedy_with_cache_equals_full_forward_loop(name, tiny_dirs) -> None:
+    model = jaxedit.load_model(tiny_dirs[name])
+    prompt = np.random.default_rng(0).integers(0, VOCAB, size=(1, 6))
+    got = generate(model.params, model.config, prompt, max_new_tokens=7)
+    seq = prompt
+    for _ in range(7):
+        logits = jaxedit.forward(model.params, model.config, seq).logits
+        seq = np.concatenate([seq, np.asarray(logits[:, -1:].argmax(-1))], axis=1)
+    np.testing.assert_array_equal(got, seq[:, 6:])
+
+
+def test_batched_left_padded_equals_unbatched(tiny_dirs) -> None:
+    model = jaxedit.load_model(tiny_dirs["llama_tied"])
+    rng = np.random.default_rng(1)
+    rows = [rng.integers(0, VOCAB, size=n).tolist() for n in (3, 9, 6)]
+    ids, mask = jaxedit.tokens.pad(rows, 0, side="left")
+    batched = generate(model.params, model.config, ids, mask, max_new_tokens=5)
+    for i, row in enumerate(rows):
+        alone = generate(model.params, model.config, np.asarray([row]), max_new_tokens=5)
+        np.testing.assert_array_equal(batched[i], alone[0])
+
+
+def test_top_k_sampling_is_seeded_and_stays_in_top_k(tiny_dirs) -> None:
+    model = jaxedit.load_model(tiny_dirs["gpt2"])
+    prompt = np.random.default_rng(2).integers(0, VOCAB, size=(4, 5))
+    a = generate(model.params, model.config, prompt, max_new_tokens=1, top_k=3, seed=7)
+    b = generate(model.params, model.config, prompt, max_new_tokens=1, top_k=3, seed=7)
+    np.testing.assert_array_equal(a, b)
+    top3 = np.argsort(
+        -np.asarray(jaxedit.forward(model.params, model.config, prompt).logits[:, -1]), axis=-1
+    )[:, :3]
+    assert all(a[i, 0] in top3[i] for i in range(4))
+    many = generate(
+        model.params, model.config, np.repeat(prompt[:1], 64, 0), max_new_tokens=1, top_k=3, seed=1
+    )
+    assert len(set(many[:, 0].tolist())) > 1
+
+
+def test_eos_repeats_after_stop(tiny_dirs) -> None:
+    model = jaxedit.load_model(tiny_dirs["gpt2"])
+    prompt = np.random.default_rng(3).integers(0, VOCAB, size=(1, 4))
+    free = generate(model.params, model.config, prompt, max_new_tokens=6)
+    eos = int(free[0, 1])
+    stopped = generate(model.params, model.config, prompt, max_new_tokens=6, eos_id=eos)
+    assert stopped[0, 1] == eos and (stopped[0, 1:] == eos).all()
+
+
+def test_generation_past_the_context_is_refused(tiny_dirs) -> None:
+    model = jaxedit.load_model(tiny_dirs["gpt2"])
+    with pytest.raises(ValueError, match="context"):
+        generate(model.params, model.config, np.zeros((1, 60), int), max_new_tokens=10)
