@@ -7,12 +7,12 @@ Quick start::
     jaxedit.generate_text(model, "The Eiffel Tower is located in the city of")
 """
 
+from jaxedit import tokens
 from jaxedit.config import ConfigError, ModelConfig
 from jaxedit.generate import generate, generate_text
 from jaxedit.interventions import SiteEdit
 from jaxedit.loading import Model, load_model, save_hf
 from jaxedit.model import Output, forward
-from jaxedit import tokens
 from jaxedit.predict import next_tokens
 from jaxedit.sharding import make_mesh, shard
 

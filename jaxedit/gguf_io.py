@@ -130,6 +130,7 @@ def read_gguf(path: Path) -> tuple[dict, TensorSource]:
         hf_name = hf_name if hf_name.endswith(".weight") else f"{hf_name}.{part}"
         heads = {"attn_q": n_heads, "attn_k": n_kv}.get(kind)
         readers[f"model.layers.{layer}.{hf_name}"] = reader_for(tensor, heads)
+    hf["has_tokenizer"] = "tokenizer.ggml.model" in reader.fields
     return hf, TensorSource(readers, str(path))
 
 

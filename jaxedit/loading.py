@@ -80,12 +80,15 @@ def params_from_source(config: ModelConfig, source: TensorSource, module: Any) -
     """
     names = source.names()
     base = module.BASE_PREFIX
+    aliases = getattr(module, "ALIASES", {})
 
     def resolve(hf_name: str) -> str:
-        if hf_name in names:
-            return hf_name
-        if hf_name.startswith(base) and hf_name[len(base) :] in names:
-            return hf_name[len(base) :]
+        candidates = [hf_name, aliases.get(hf_name)]
+        if hf_name.startswith(base):
+            candidates.append(hf_name[len(base) :])
+        for candidate in candidates:
+            if candidate in names:
+                return candidate
         raise WeightsError(f"{source.origin}: tensor {hf_name!r} is missing")
 
     specs = layout.flatten(layout.param_specs(config))
@@ -99,16 +102,18 @@ def params_from_source(config: ModelConfig, source: TensorSource, module: Any) -
             name = resolve(rule.hf.format(i=i))
             used.add(name)
             pieces = rule.load(source.get(name))
-            for slot, piece in zip(parts, pieces, strict=True):
+            for path, slot, piece in zip(rule.params, parts, pieces, strict=True):
+                full = f"layers/{path}" if rule.per_layer else path
+                expected = specs[full].shape[1:] if rule.per_layer else specs[full].shape
+                if piece.shape != expected:
+                    raise WeightsError(
+                        f"{source.origin}: {name} of shape {source.get(name).shape} gives {full} of shape "
+                        f"{piece.shape}, expected {expected}"
+                    )
                 slot.append(piece)
         for path, slot in zip(rule.params, parts, strict=True):
             full = f"layers/{path}" if rule.per_layer else path
             array = np.stack(slot) if rule.per_layer else slot[0]
-            expected = specs[full].shape
-            if array.shape != expected:
-                raise WeightsError(
-                    f"{source.origin}: {rule.hf} gives {full} of shape {array.shape}, expected {expected}"
-                )
             flat[full] = jnp.asarray(array, dtype=dtype)
     ignored = [re.compile(p) for p in module.IGNORED]
     if config.tie_embeddings:
@@ -143,11 +148,13 @@ def _load_gguf(path: Path, dtype: str | None) -> Model:
     from jaxedit.gguf_io import gguf_tokenizer, read_gguf
 
     hf, source = read_gguf(path)
+    has_tokenizer = hf.pop("has_tokenizer")
     config = config_from_hf(hf)
     if dtype:
         config = config.replace(dtype=dtype)
     params = params_from_source(config, source, family_module(config.family))
-    return Model(config=config, params=params, tokenizer=gguf_tokenizer(path), source=str(path))
+    tokenizer = gguf_tokenizer(path) if has_tokenizer else None
+    return Model(config=config, params=params, tokenizer=tokenizer, source=str(path))
 
 
 def load_model(spec: str | Path, *, dtype: str | None = None) -> Model:

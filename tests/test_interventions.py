@@ -76,7 +76,7 @@ def test_freeze_under_vmap_equals_loop(model, ids) -> None:
         interventions={"embed": iv.add(0.5 * jnp.ones((one.shape[1], c.d_model)))},
     ).taps["mlp_out"][0]
     masks = jnp.stack(
-        [jnp.zeros((c.n_layers, one.shape[1]), bool).at[l, 3:].set(True) for l in range(c.n_layers)]
+        [jnp.zeros((c.n_layers, one.shape[1]), bool).at[layer, 3:].set(True) for layer in range(c.n_layers)]
     )
 
     def run(mask):
@@ -84,8 +84,8 @@ def test_freeze_under_vmap_equals_loop(model, ids) -> None:
         return jaxedit.forward(model.params, c, one, interventions=edit).logits[0, -1]
 
     batched = jax.jit(jax.vmap(run))(masks)
-    for l in range(c.n_layers):
-        np.testing.assert_allclose(np.asarray(batched[l]), np.asarray(run(masks[l])), atol=1e-5)
+    for layer in range(c.n_layers):
+        np.testing.assert_allclose(np.asarray(batched[layer]), np.asarray(run(masks[layer])), atol=1e-5)
     assert np.abs(np.asarray(batched[0] - batched[-1])).max() > 1e-4
 
 

@@ -27,6 +27,8 @@ from jaxedit.families import (
 
 MODEL_TYPE = "gpt_neox"
 BASE_PREFIX = "gpt_neox."
+# transformers 5 saves the LM head as `lm_head.weight`; original checkpoints call it `embed_out.weight`.
+ALIASES = {"embed_out.weight": "lm_head.weight"}
 IGNORED = (r".*attention\.bias$", r".*attention\.masked_bias$", r".*rotary_emb\.inv_freq$")
 
 

@@ -1,0 +1,20 @@
+"""Sharded forward on an 8-device simulated CPU mesh equals unsharded (run in a fresh process)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_sharded_forward_equals_unsharded_on_8_devices() -> None:
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    script = Path(__file__).with_name("sharded_check.py")
+    result = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600
+    )
+    print(result.stdout, result.stderr[-3000:])
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert "does not divide evenly" in result.stdout
+    assert result.stdout.strip().endswith("OK")
