@@ -1,0 +1,86 @@
+"""Forward throughput: jaxedit vs `transformers` PyTorch on SmolLM2-135M, same weights, same machine.
+
+Both run the full causal LM forward (all logits) on the same batch of token ids in float32. Compile
+time of the jitted jaxedit forward is excluded and reported separately. The last line is
+`RATIO forward <reference_seconds / jaxedit_seconds>`.
+
+    python tools/bench_forward.py [--batch 16] [--tokens 32] [--repeats 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import jax
+import numpy as np
+import torch
+import transformers
+
+import jaxedit
+from jaxedit.loading import embedded_gguf_path
+
+
+def timed(fn, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+
+    model = jaxedit.load_model("smollm2")
+    path = embedded_gguf_path()
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    ).eval()
+    ids = np.random.default_rng(0).integers(0, model.config.vocab_size, size=(args.batch, args.tokens))
+    torch_ids = torch.tensor(ids)
+
+    def run_jax() -> None:
+        jaxedit.forward(model.params, model.config, ids).logits.block_until_ready()
+
+    def run_torch() -> None:
+        with torch.inference_mode():
+            reference(torch_ids).logits.sum()
+
+    start = time.perf_counter()
+    run_jax()
+    compile_s = time.perf_counter() - start
+    run_torch()  # warm-up
+    jax_times = timed(run_jax, args.repeats)
+    torch_times = timed(run_torch, args.repeats)
+    with torch.inference_mode():
+        ref_logits = reference(torch_ids).logits.numpy()
+    diff = float(
+        np.abs(np.asarray(jaxedit.forward(model.params, model.config, ids).logits) - ref_logits).max()
+    )
+
+    jax_s, torch_s = statistics.median(jax_times), statistics.median(torch_times)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} "
+        f"({jax.devices()[0].platform}), torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"model: SmolLM2-135M-Instruct (GGUF dequantised to float32), batch {args.batch} x {args.tokens} tokens"
+    )
+    print(f"jaxedit compile + first run: {compile_s:.2f} s")
+    print(f"jaxedit forward: median {jax_s * 1e3:.1f} ms over {args.repeats} runs")
+    print(f"transformers forward: median {torch_s * 1e3:.1f} ms over {args.repeats} runs")
+    print(f"max |logit difference|: {diff:.2e}")
+    print(f"RATIO forward {torch_s / jax_s:.3f}")
+
+
+if __name__ == "__main__":
+    main()
