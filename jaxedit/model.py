@@ -132,6 +132,37 @@ def linear(p: Params, x: jax.Array) -> jax.Array:
     return y + p["bias"] if "bias" in p else y
 
 
+def project_qkv(
+    config: ModelConfig, p: Params, x: jax.Array, rotary: tuple[jax.Array, jax.Array] | None
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Queries `[.., T, H, E]`, keys and values `[.., T, K, E]` of normed input `x` `[.., T, D]`, rotated."""
+    c = config
+    lead = x.shape[:-1]
+    q = linear(p["q"], x).reshape(*lead, c.n_heads, c.head_dim)
+    k = linear(p["k"], x).reshape(*lead, c.n_kv_heads, c.head_dim)
+    v = linear(p["v"], x).reshape(*lead, c.n_kv_heads, c.head_dim)
+    if rotary is not None:
+        q = apply_rotary(c, q, *rotary)
+        k = apply_rotary(c, k, *rotary)
+    return q, k, v
+
+
+def attend(config: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Softmax attention of `q` `[B, T, H, E]` over `k`, `v` `[B, S, K, E]`; `mask` `[B, T, S]`.
+
+    Returns the concatenated heads `[B, T, H*E]` (before the output projection).
+    """
+    c = config
+    b, t = q.shape[:2]
+    groups = c.n_heads // c.n_kv_heads
+    q = q.reshape(b, t, c.n_kv_heads, groups, c.head_dim)  # [B, T, K, G, E]
+    scores = jnp.einsum("btkge,bske->bkgts", q, k, preferred_element_type=jnp.float32)  # [B,K,G,T,S]
+    scores = scores / math.sqrt(c.head_dim)
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bske->btkge", weights, v).reshape(b, t, c.n_heads * c.head_dim)
+
+
 def attention(
     config: ModelConfig,
     p: Params,
@@ -153,26 +184,12 @@ def attention(
     Returns:
       The attention output `[B, T, D]` and the updated cache (None without one).
     """
-    c = config
-    b, t, _ = x.shape
-    q = linear(p["q"], x).reshape(b, t, c.n_heads, c.head_dim)  # [B, T, H, E]
-    k = linear(p["k"], x).reshape(b, t, c.n_kv_heads, c.head_dim)  # [B, T, K, E]
-    v = linear(p["v"], x).reshape(b, t, c.n_kv_heads, c.head_dim)  # [B, T, K, E]
-    if rotary is not None:
-        q = apply_rotary(c, q, *rotary)
-        k = apply_rotary(c, k, *rotary)
+    q, k, v = project_qkv(config, p, x, rotary)
     if cache is not None:
         k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, cache_index, 0, 0))
         v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, cache_index, 0, 0))
         cache = (k, v)
-    groups = c.n_heads // c.n_kv_heads
-    q = q.reshape(b, t, c.n_kv_heads, groups, c.head_dim)  # [B, T, K, G, E]
-    scores = jnp.einsum("btkge,bske->bkgts", q, k, preferred_element_type=jnp.float32)  # [B,K,G,T,S]
-    scores = scores / math.sqrt(c.head_dim)
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bske->btkge", weights, v).reshape(b, t, c.n_heads * c.head_dim)
-    return linear(p["o"], out), cache  # [B, T, D]
+    return linear(p["o"], attend(config, q, k, v, mask)), cache  # [B, T, D]
 
 
 def mlp_key(config: ModelConfig, p: Params, x: jax.Array) -> jax.Array:

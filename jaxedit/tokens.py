@@ -73,3 +73,33 @@ def encode(
         prompts = [prompts]
     rows = [encode_one(tokenizer, p) for p in prompts]
     return pad(rows, pad_id(tokenizer), side=side, multiple=multiple)
+
+
+def token_span(tokenizer: Any, prompt: str, substring: str) -> tuple[int, int]:
+    """Token indices `[start, end)` of the first occurrence of `substring` in the tokenized `prompt`.
+
+    Indices count every token the tokenizer produces for the prompt, BOS included (METHODS.md §0).
+    A token belongs to the span when its characters overlap the substring's characters.
+
+    Raises:
+      ValueError: the substring is empty or not in the prompt (the message names both).
+    """
+    if not substring:
+        raise ValueError(f"empty subject for prompt {prompt!r}")
+    start_char = prompt.find(substring)
+    if start_char < 0:
+        raise ValueError(f"subject {substring!r} does not occur in prompt {prompt!r}")
+    end_char = start_char + len(substring)
+    enc = tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True)
+    inside = [
+        i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < end_char and b > start_char
+    ]
+    if not inside:
+        raise ValueError(f"subject {substring!r} maps to no token of prompt {prompt!r}")
+    return inside[0], inside[-1] + 1
+
+
+def special_positions(tokenizer: Any, ids: Sequence[int]) -> list[bool]:
+    """True at positions holding special tokens (BOS/EOS/pad) of the tokenizer."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    return [int(i) in special for i in ids]
