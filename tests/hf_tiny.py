@@ -92,7 +92,58 @@ def build_hf_model(name: str, seed: int = 0) -> transformers.PreTrainedModel:
     return model.eval()
 
 
+WORDS = [
+    "the",
+    "eiffel",
+    "tower",
+    "is",
+    "located",
+    "in",
+    "city",
+    "of",
+    "paris",
+    "rome",
+    "france",
+    "capital",
+    "mother",
+    "tongue",
+    "danielle",
+    "darrieux",
+    "french",
+    "english",
+    "language",
+    "a",
+    "an",
+    "and",
+    "to",
+    "at",
+    "on",
+    "for",
+    "with",
+    "by",
+    "from",
+    "as",
+    "was",
+]
+
+
+def tiny_tokenizer() -> transformers.PreTrainedTokenizerFast:
+    """A word-level tokenizer over `VOCAB` ids (`WORDS`, then `w<i>` fillers), id 0 = `<unk>`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<unk>": 0}
+    for word in WORDS:
+        vocab.setdefault(word, len(vocab))
+    while len(vocab) < VOCAB:
+        vocab[f"w{len(vocab)}"] = len(vocab)
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>", pad_token="<unk>")
+
+
 def save_tiny(name: str, directory: Path, seed: int = 0, **save_kwargs) -> transformers.PreTrainedModel:
+    """Save a tiny model (and the tiny word-level tokenizer) to `directory`."""
     model = build_hf_model(name, seed)
     model.save_pretrained(str(directory), **save_kwargs)
+    tiny_tokenizer().save_pretrained(str(directory))
     return model

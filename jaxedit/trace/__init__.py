@@ -1,0 +1,10 @@
+"""Causal tracing (METHODS.md §1): where a model recalls a fact.
+
+`trace` runs one prompt; `trace_dataset` averages over a prompt set by token class; `suggest_edit_layer`
+reads the MLP peak for editing defaults. The restore grids run as one compiled program per kind
+(`engine`).
+"""
+
+from jaxedit.trace.api import TraceResult, trace
+
+__all__ = ["TraceResult", "trace"]

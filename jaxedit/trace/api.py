@@ -1,0 +1,304 @@
+"""`trace`: causal tracing of one fact (METHODS.md §1; papers 003 §2, 000 §3, 004 §3) and its result.
+
+`trace(model, prompt, subject=...)` runs the clean prompt, the corrupted prompt (noise on the subject,
+the relation tokens, or a given span) and then one compiled restore grid per kind (`engine.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxedit import tokens as tok
+from jaxedit.checkpoints import atomic_write_bytes
+from jaxedit.loading import Model
+from jaxedit.trace import engine
+from jaxedit.trace.runs import clean_and_corrupted, make_noise
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 256 * 2**20  # residual buffer budget per chunk of noise samples
+
+
+@dataclasses.dataclass
+class TraceResult:
+    """Restore grids of one prompt.
+
+    Attributes:
+      grids: kind -> `[L, T]` mean probability of the answer with that cell restored (`P_restored`).
+      tokens: decoded token labels (T); `corrupted[t]` marks the noised tokens.
+      subject_span: `[start, end)` token indices of the subject (None when no subject was given).
+      p_clean / p_corrupt: answer probability in the clean run / mean over the corrupted runs.
+    """
+
+    prompt: str
+    tokens: list[str]
+    token_ids: list[int]
+    subject_span: tuple[int, int] | None
+    corrupted: list[bool]
+    corruption: str
+    answer: str
+    answer_id: int
+    p_clean: float
+    p_corrupt: float
+    grids: dict[str, np.ndarray]
+    samples: int
+    noise_scale: float
+    window: int
+    window_convention: str
+    sever: str | None
+    seed: int
+    seconds: float = 0.0
+
+    def effect(self, kind: str) -> np.ndarray:
+        """Indirect effect `P_restored - P_corrupt` of every cell, `[L, T]`."""
+        return self.grids[kind] - self.p_corrupt
+
+    @property
+    def total_effect(self) -> float:
+        return self.p_clean - self.p_corrupt
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["grids"] = {k: np.asarray(v).round(7).tolist() for k, v in self.grids.items()}
+        out["total_effect"] = self.total_effect
+        return out
+
+    def save_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, json.dumps(self.to_dict(), indent=1).encode())
+        return path
+
+    def plot(self, path: str | Path | None = None):
+        """Heatmaps, one panel per kind: layers across, tokens down, corrupted tokens starred."""
+        from jaxedit.trace.plot import plot_trace
+
+        return plot_trace(self, path)
+
+    def _repr_png_(self) -> bytes:
+        import io
+
+        import matplotlib.pyplot as plt
+
+        fig = self.plot()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+        plt.close(fig)
+        return buf.getvalue()
+
+
+def answer_token(model: Model, answer: str) -> int:
+    """First token of the answer string, with a leading space unless it has one (METHODS.md §0)."""
+    if not answer or not answer.strip():
+        raise ValueError("answer must be a non-empty string")
+    text = answer if answer.startswith(" ") else " " + answer
+    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return int(ids[0])
+
+
+def corrupted_tokens(
+    model: Model, prompt: str, ids: Sequence[int], subject: str | None, corrupt: str | tuple[int, int]
+) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """Boolean mask of the tokens to noise and the subject span (METHODS.md §0 spans).
+
+    `subject`: the subject's tokens. `relation`: every token that is neither subject nor special (BOS).
+    `(start, end)`: those token indices.
+    """
+    n = len(ids)
+    span = tok.token_span(model.tokenizer, prompt, subject) if subject is not None else None
+    mask = np.zeros(n, bool)
+    if isinstance(corrupt, tuple | list):
+        start, end = (int(x) for x in corrupt)
+        if not 0 <= start < end <= n:
+            raise ValueError(f"corrupt span {corrupt} is not inside the prompt's {n} tokens")
+        mask[start:end] = True
+    elif corrupt == "subject":
+        if span is None:
+            raise ValueError("corrupt='subject' needs the subject")
+        mask[span[0] : span[1]] = True
+    elif corrupt == "relation":
+        if span is None:
+            raise ValueError("corrupt='relation' needs the subject (relation tokens are the others)")
+        special = tok.special_positions(model.tokenizer, ids)
+        mask[:] = ~np.asarray(special)
+        mask[span[0] : span[1]] = False
+        if not mask.any():
+            raise ValueError(f"prompt {prompt!r} has no relation tokens besides subject {subject!r}")
+    else:
+        raise ValueError(f"corrupt must be 'subject', 'relation' or a (start, end) span, got {corrupt!r}")
+    return mask, span
+
+
+def noise_scale_for(
+    model: Model, ids_and_masks: Sequence[tuple[Sequence[int], np.ndarray]], noise: str | float
+) -> float:
+    """The noise standard deviation: a number as given, or `3sigma` = 3 x std of the token-embedding
+    values of the corrupted tokens over the prompt set (the published ROME rule)."""
+    if isinstance(noise, int | float) and not isinstance(noise, bool):
+        if noise < 0:
+            raise ValueError(f"noise must be non-negative, got {noise}")
+        return float(noise)
+    if noise not in ("3sigma",):
+        raise ValueError(f"noise must be '3sigma' or a number, got {noise!r}")
+    table = np.asarray(model.params["embed"]["tokens"])
+    rows = [table[np.asarray(ids)[mask]] for ids, mask in ids_and_masks]
+    return 3.0 * float(np.concatenate(rows).std())
+
+
+def _bucket(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def trace(
+    model: Model,
+    prompt: str,
+    *,
+    subject: str | None = None,
+    corrupt: str | tuple[int, int] = "subject",
+    kinds: Sequence[str] = ("hidden", "mlp", "attn"),
+    samples: int = 10,
+    noise: str | float = "3sigma",
+    window: int = 10,
+    window_convention: str = "code",
+    answer: str | None = None,
+    sever: str | None = None,
+    seed: int = 0,
+    chunk_samples: int | None = None,
+    bucket: int = 4,
+) -> TraceResult:
+    """Causal trace of one prompt: restore grids for each kind (METHODS.md §1).
+
+    Args:
+      model: a loaded model with a tokenizer.
+      prompt: the fact prompt, e.g. "The Eiffel Tower is located in the city of".
+      subject: the subject inside the prompt (needed for subject and relation corruption).
+      corrupt: `"subject"` (ROME), `"relation"` (papers 000, 004) or a `(start, end)` token span.
+      kinds: any of `hidden`, `mlp`, `attn`.
+      samples: noise samples (the same noise for every cell).
+      noise: `"3sigma"` (3 x std of the corrupted tokens' embedding values) or an absolute std.
+      window: layers restored around l for `mlp` / `attn` (`window_convention` `code`: [l-5, l+4]).
+      answer: the answer whose first token is read out (default: the model's greedy prediction).
+      sever: `mlp`, `attn` or `both`: in the `hidden` grid, pin that sublayer at later layers of the
+        restored token to its corrupted value (paper 003 appendix, paper 004).
+      seed: noise seed.
+      chunk_samples: noise samples per chunk of the compiled grid (default: as many as fit 256 MiB).
+      bucket: prompt lengths are padded to a multiple of this so nearby lengths share programs.
+
+    Returns:
+      A `TraceResult`; `params` are untouched.
+    """
+    if model.tokenizer is None:
+        raise ValueError(f"model {model.source!r} has no tokenizer")
+    config = model.config
+    kinds = tuple(kinds)
+    for kind in kinds:
+        if kind not in engine.KINDS:
+            raise ValueError(f"unknown kind {kind!r}; kinds are {', '.join(engine.KINDS)}")
+    if not kinds:
+        raise ValueError("kinds is empty")
+    if not 1 <= window <= config.n_layers:
+        raise ValueError(f"window must lie in [1, {config.n_layers}] (the model's layers), got {window}")
+    if sever not in (None, "mlp", "attn", "both"):
+        raise ValueError(f"sever must be None, 'mlp', 'attn' or 'both', got {sever!r}")
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, got {samples}")
+    ids = tok.encode_one(model.tokenizer, prompt)
+    if len(ids) > config.max_positions:
+        raise ValueError(f"prompt of {len(ids)} tokens is longer than the context of {config.max_positions}")
+    mask, span = corrupted_tokens(model, prompt, ids, subject, corrupt)
+    scale = noise_scale_for(model, [(ids, mask)], noise)
+    start_time = time.perf_counter()
+
+    # left-pad to a length bucket; only rows from the first corrupted token on carry live cells
+    n = len(ids)
+    length = min(_bucket(n, bucket), config.max_positions)
+    pad = length - n
+    first_live = pad + int(np.argmax(mask))
+    live = min(_bucket(length - first_live, bucket), length)
+    padded_ids = np.full(length, tok.pad_id(model.tokenizer), np.int32)
+    padded_ids[pad:] = ids
+    key_mask = np.zeros(length, bool)
+    key_mask[pad:] = True
+    padded_corrupt = np.zeros(length, bool)
+    padded_corrupt[pad:] = mask
+    positions = np.maximum(np.cumsum(key_mask) - 1, 0).astype(np.int32)
+
+    noise_values = make_noise(seed, samples, jnp.asarray(padded_corrupt), config.d_model, scale)
+    if answer is None:
+        from jaxedit.model import forward
+
+        logits = forward(model.params, config, padded_ids[None], key_mask[None]).logits[0, -1]
+        answer_id = int(jnp.argmax(logits))
+    else:
+        answer_id = answer_token(model, answer)
+    clean, corrupt_states, p_clean, p_corrupt = clean_and_corrupted(
+        model.params,
+        config,
+        jnp.asarray(padded_ids),
+        jnp.asarray(key_mask),
+        noise_values,
+        jnp.int32(answer_id),
+    )
+    p_corrupt_mean = float(jnp.mean(p_corrupt))
+
+    per_sample_bytes = 4 * config.n_layers * live * length * config.d_model  # residual buffer, one sample
+    chunk = chunk_samples or max(1, min(samples, CHUNK_BYTES // max(per_sample_bytes, 1)))
+    n_chunks = -(-samples // chunk)
+    order = np.arange(n_chunks * chunk) % samples  # pad the last chunk with repeats, dropped later
+    chunks = jax.tree.map(lambda a: a[order].reshape(n_chunks, chunk, *a.shape[1:]), corrupt_states)
+
+    grids = {}
+    for kind in kinds:
+        plan = engine.build_plan(
+            kind,
+            config.n_layers,
+            length,
+            live,
+            chunk,
+            window,
+            window_convention,
+            sever if kind == "hidden" else None,
+        )
+        probs = engine.run_grid(
+            model.params,
+            config,
+            plan,
+            jnp.asarray(key_mask),
+            jnp.asarray(positions),
+            clean,
+            chunks,
+            jnp.int32(answer_id),
+        )
+        grid = engine.grid_from_units(plan, np.asarray(probs), samples, p_corrupt_mean, first_live)
+        grids[kind] = grid[:, pad:]
+    labels = [model.tokenizer.decode([i]) for i in ids]
+    return TraceResult(
+        prompt=prompt,
+        tokens=labels,
+        token_ids=[int(i) for i in ids],
+        subject_span=span,
+        corrupted=mask.tolist(),
+        corruption=corrupt if isinstance(corrupt, str) else "span",
+        answer=model.tokenizer.decode([answer_id]),
+        answer_id=answer_id,
+        p_clean=float(p_clean),
+        p_corrupt=p_corrupt_mean,
+        grids=grids,
+        samples=samples,
+        noise_scale=scale,
+        window=window,
+        window_convention=window_convention,
+        sever=sever,
+        seed=seed,
+        seconds=time.perf_counter() - start_time,
+    )

@@ -1,0 +1,70 @@
+"""Heatmaps of restore grids (paper 003 Fig. 1 / 000 Fig. 3 style): one panel per kind."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KIND_TITLES = {
+    "hidden": "hidden state h[l]",
+    "mlp": "MLP output (window)",
+    "attn": "attention output (window)",
+}
+KIND_CMAPS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
+
+
+def plot_trace(result: Any, path: str | Path | None = None):
+    """Draw `result.grids` as heatmaps (tokens down, layers across); corrupted tokens get a `*`.
+
+    Colour is the answer probability with the cell restored, from `P_corrupt` upwards. Saved to `path`
+    (written atomically) when given; the matplotlib figure is returned.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    kinds = list(result.grids)
+    n_tokens = len(result.tokens)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 0.9 + 0.32 * n_tokens), squeeze=False)
+    labels = [f"{t!r}{'*' if c else ''}" for t, c in zip(result.tokens, result.corrupted, strict=True)]
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        grid = np.asarray(result.grids[kind]).T  # [T, L]
+        image = ax.pcolormesh(
+            grid, cmap=KIND_CMAPS.get(kind, "viridis"), vmin=min(result.p_corrupt, grid.min())
+        )
+        ax.invert_yaxis()
+        ax.set_yticks(np.arange(n_tokens) + 0.5, labels, fontsize=8)
+        step = max(1, grid.shape[1] // 8)
+        ax.set_xticks(
+            np.arange(0, grid.shape[1], step) + 0.5, [str(i) for i in range(0, grid.shape[1], step)]
+        )
+        ax.set_xlabel("layer")
+        window = "" if kind == "hidden" else f", window {result.window}"
+        ax.set_title(f"restoring {KIND_TITLES.get(kind, kind)}{window}", fontsize=9)
+        if result.subject_span is not None:
+            lo, hi = result.subject_span
+            ax.axhline(lo, color="k", lw=0.6, ls="--")
+            ax.axhline(hi, color="k", lw=0.6, ls="--")
+        bar = fig.colorbar(image, ax=ax, fraction=0.05)
+        bar.set_label(f"p({result.answer.strip()!r})", fontsize=8)
+    fig.suptitle(
+        f"{result.prompt!r} -> {result.answer!r}  (p clean {result.p_clean:.3f}, corrupted {result.p_corrupt:.3f}, "
+        f"{result.corruption} noised)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    if path is not None:
+        _save(fig, Path(path))
+    return fig
+
+
+def _save(fig: Any, path: Path) -> None:
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
