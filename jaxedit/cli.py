@@ -81,6 +81,53 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from jaxedit.trace import suggest_edit_layer, trace, trace_dataset
+
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    noise = args.noise if args.noise == "3sigma" else float(args.noise)
+    corrupt = "relation" if args.relation else "subject"
+    if (args.prompt is None) == (args.dataset is None):
+        raise ValueError("give either --prompt (with --subject) or --dataset")
+    model = _load(args.model)
+    out = Path(args.out)
+    common = dict(kinds=kinds, samples=args.samples, noise=noise, window=args.window, sever=args.sever)
+    if args.prompt is not None:
+        if not args.subject:
+            raise ValueError("--prompt needs --subject")
+        result = trace(
+            model, args.prompt, subject=args.subject, corrupt=corrupt, answer=args.answer, **common
+        )
+        result.save_json(out / "trace.json")
+        result.plot(out / "trace.png")
+        print(
+            f"{args.prompt!r} -> {result.answer!r}: p clean {result.p_clean:.4f}, corrupted {result.p_corrupt:.4f}"
+        )
+        for kind, grid in result.grids.items():
+            layer, token = divmod(int(grid.argmax()), grid.shape[1])
+            print(
+                f"  {kind:<6} strongest restoration: layer {layer}, token {result.tokens[token]!r} (p {grid.max():.4f})"
+            )
+        print(f"wrote {out / 'trace.json'} and {out / 'trace.png'}")
+        return 0
+    from jaxedit.data import read_records
+
+    summary = trace_dataset(
+        model, read_records(args.dataset), n=args.n, corrupt=corrupt, out_dir=out, **common
+    )
+    print(
+        f"traced {summary.n_facts} facts ({summary.n_filtered} of {summary.n_considered} filtered out) in {summary.seconds:.0f} s"
+    )
+    if "mlp" in kinds:
+        position = "last_relation" if args.relation else "last_subject"
+        layer, _ = suggest_edit_layer(model, summary, position=position)
+        print(f"peak MLP indirect effect at the {position.replace('_', ' ')} token: layer {layer}")
+    print(f"wrote {out / 'trace_dataset.json'} and {out / 'trace_dataset.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxedit", description="Locate and edit facts in language models (JAX)."
@@ -99,6 +146,24 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(func=cmd_generate)
+
+    tr = sub.add_parser("trace", help="causal tracing of one prompt or an average over a dataset")
+    tr.add_argument("model")
+    tr.add_argument("--prompt", help="the fact prompt")
+    tr.add_argument("--subject", help="the subject inside the prompt")
+    tr.add_argument("--answer", help="answer to read out (default: the model's prediction)")
+    tr.add_argument("--dataset", help="JSON / JSONL records (known_1000.json layout)")
+    tr.add_argument("--n", type=int, default=None, help="number of correctly predicted facts to trace")
+    tr.add_argument(
+        "--relation", action="store_true", help="corrupt the relation tokens instead of the subject"
+    )
+    tr.add_argument("--kinds", default="hidden,mlp,attn")
+    tr.add_argument("--samples", type=int, default=10)
+    tr.add_argument("--noise", default="3sigma", help="'3sigma' or an absolute noise std")
+    tr.add_argument("--window", type=int, default=10)
+    tr.add_argument("--sever", choices=["mlp", "attn", "both"], default=None)
+    tr.add_argument("--out", required=True, help="output directory")
+    tr.set_defaults(func=cmd_trace)
 
     demo = sub.add_parser("demo", help="top-5 next tokens for the built-in facts and one generation")
     demo.add_argument("--model", default="smollm2")

@@ -184,11 +184,12 @@ def test_trace_api_on_tiny_model(model, tmp_path) -> None:
 
 
 def test_padding_bucket_does_not_change_the_grid(model) -> None:
-    exact = trace(model, PROMPT, subject="danielle darrieux", samples=2, noise=0.5, window=2, kinds=("mlp",))
-    padded = trace(
-        model, PROMPT, subject="danielle darrieux", samples=2, noise=0.5, window=2, kinds=("mlp",), bucket=8
-    )
-    np.testing.assert_allclose(padded.grids["mlp"], exact.grids["mlp"], atol=1e-5)
+    kwargs = dict(subject="danielle darrieux", samples=2, noise=0.5, window=2, kinds=("mlp", "hidden"))
+    exact = trace(model, PROMPT, **kwargs)
+    for bucket in (5, 8):  # 7 tokens padded to 10 and to 8
+        padded = trace(model, PROMPT, bucket=bucket, **kwargs)
+        for kind in kwargs["kinds"]:
+            np.testing.assert_allclose(padded.grids[kind], exact.grids[kind], atol=1e-5)
 
 
 @pytest.mark.parametrize(

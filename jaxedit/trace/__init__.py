@@ -6,5 +6,6 @@ reads the MLP peak for editing defaults. The restore grids run as one compiled p
 """
 
 from jaxedit.trace.api import TraceResult, trace
+from jaxedit.trace.dataset import DatasetTrace, suggest_edit_layer, trace_dataset
 
-__all__ = ["TraceResult", "trace"]
+__all__ = ["DatasetTrace", "TraceResult", "suggest_edit_layer", "trace", "trace_dataset"]

@@ -174,7 +174,7 @@ def trace(
     sever: str | None = None,
     seed: int = 0,
     chunk_samples: int | None = None,
-    bucket: int = 4,
+    bucket: int = 1,
 ) -> TraceResult:
     """Causal trace of one prompt: restore grids for each kind (METHODS.md §1).
 
@@ -192,7 +192,8 @@ def trace(
         restored token to its corrupted value (paper 003 appendix, paper 004).
       seed: noise seed.
       chunk_samples: noise samples per chunk of the compiled grid (default: as many as fit 256 MiB).
-      bucket: prompt lengths are padded to a multiple of this so nearby lengths share programs.
+      bucket: pad the prompt length (and the span of live cells) to a multiple of this so nearby
+        lengths share one compiled program (dataset runs); 1 computes exactly the cells needed.
 
     Returns:
       A `TraceResult`; `params` are untouched.
@@ -233,7 +234,9 @@ def trace(
     padded_corrupt[pad:] = mask
     positions = np.maximum(np.cumsum(key_mask) - 1, 0).astype(np.int32)
 
-    noise_values = make_noise(seed, samples, jnp.asarray(padded_corrupt), config.d_model, scale)
+    # noise is drawn for the unpadded prompt, so padding never changes which noise a token gets
+    noise_values = make_noise(seed, samples, jnp.asarray(mask), config.d_model, scale)
+    noise_values = jnp.pad(noise_values, ((0, 0), (pad, 0), (0, 0)))
     if answer is None:
         from jaxedit.model import forward
 

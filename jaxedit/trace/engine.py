@@ -254,46 +254,87 @@ def run_units(
         restored = clean["stream"].reshape(-1, d)[np.maximum(plan.start_clean, 0)]
         y = jnp.where((plan.start_clean >= 0)[:, None], restored, y)
 
+    final = None
     for j in range(plan.n_layers):
         n_units, n_items = plan.active[j], plan.items[j]
         if n_units == 0:
             continue
         p = _layer(params, j)
+        last_layer = j == plan.n_layers - 1
         rows = y[:n_items]  # [N, D]
+        normed = core.norm(c, p["ln1"], rows)
         item_rotary = None if rotary is None else tuple(r[:, plan.item_row[:n_items]] for r in rotary)
-        q, k, v = core.project_qkv(
-            c, p["attn"], core.norm(c, p["ln1"], rows)[None], item_rotary
-        )  # [1, N, ..]
+        k, v = _keys_values(c, p["attn"], normed, item_rotary)  # [N, K, E]
         cached = core.norm(c, p["ln1"], corrupt["stream"][:, j])  # [S, T, D]
         cached_rotary = (
             None if rotary is None else tuple(jnp.broadcast_to(r, (samples, *r.shape[1:])) for r in rotary)
         )
         _, cached_k, cached_v = core.project_qkv(c, p["attn"], cached, cached_rotary)  # [S, T, K, E]
         kv_shape = (c.n_kv_heads, c.head_dim)
-        keys = jnp.concatenate([cached_k.reshape(-1, *kv_shape), k[0]])[
-            plan.key_index[:n_units]
-        ]  # [C, T, K, E]
-        values = jnp.concatenate([cached_v.reshape(-1, *kv_shape), v[0]])[plan.key_index[:n_units]]
-        zero = jnp.zeros((1, c.n_heads, c.head_dim), q.dtype)
-        queries = jnp.concatenate([zero, q[0]])[plan.query_index[:n_units]]  # [C, T, H, E]
-        heads = core.attend(c, queries, keys, values, jnp.broadcast_to(mask, (n_units, t, t)))  # [C, T, H*E]
-        attn = core.linear(
-            p["attn"]["o"], heads.reshape(n_units * t, -1)[plan.head_index[:n_items]]
-        )  # [N, D]
-        attn = _overwrite(attn, plan.replace_attn[j], clean["attn"][j], corrupt["attn"][:, j])
+        keys = jnp.concatenate([cached_k.reshape(-1, *kv_shape), k])[plan.key_index[:n_units]]  # [C, T, K, E]
+        values = jnp.concatenate([cached_v.reshape(-1, *kv_shape), v])[plan.key_index[:n_units]]
+        if last_layer:
+            # only the last token is read out: its query, attention output and MLP, one row per unit;
+            # the other rows contributed their keys and values above
+            pick = plan.last_item[:n_units]
+            rows, normed = rows[pick], normed[pick]  # [C, D]
+            last_rotary = None if rotary is None else tuple(r[:, plan.item_row[pick]] for r in rotary)
+            queries = _queries(c, p["attn"], normed, last_rotary)[:, None]  # [C, 1, H, E]
+            heads = core.attend(c, queries, keys, values, jnp.broadcast_to(mask[-1:], (n_units, 1, t)))
+            attn = core.linear(p["attn"]["o"], heads[:, 0])  # [C, D]
+            replace_attn, replace_mlp = plan.replace_attn[j][pick], plan.replace_mlp[j][pick]
+        else:
+            zero = jnp.zeros((1, c.n_heads, c.head_dim), normed.dtype)
+            item_queries = _queries(c, p["attn"], normed, item_rotary)  # [N, H, E]
+            queries = jnp.concatenate([zero, item_queries])[plan.query_index[:n_units]]  # [C, T, H, E]
+            heads = core.attend(
+                c, queries, keys, values, jnp.broadcast_to(mask, (n_units, t, t))
+            )  # [C,T,H*E]
+            attn = core.linear(p["attn"]["o"], heads.reshape(n_units * t, -1)[plan.head_index[:n_items]])
+            replace_attn, replace_mlp = plan.replace_attn[j], plan.replace_mlp[j]
+        attn = _overwrite(attn, replace_attn, clean["attn"][j], corrupt["attn"][:, j])
         if c.parallel_residual:
             m_in = core.norm(c, p["ln1"] if c.shared_block_norm else p["ln2"], rows)
         else:
             m_in = core.norm(c, p["ln2"], rows + attn)
         mlp = core.linear(p["mlp"]["out"], core.mlp_key(c, p["mlp"], m_in))  # [N, D]
-        mlp = _overwrite(mlp, plan.replace_mlp[j], clean["mlp"][j], corrupt["mlp"][:, j])
-        y = jax.lax.dynamic_update_slice(y, rows + attn + mlp, (0, 0))
+        mlp = _overwrite(mlp, replace_mlp, clean["mlp"][j], corrupt["mlp"][:, j])
+        if last_layer:
+            final = rows + attn + mlp  # [C, D]
+        else:
+            y = jax.lax.dynamic_update_slice(y, rows + attn + mlp, (0, 0))
 
-    def readout(last: jax.Array) -> jax.Array:
-        logits = core.unembed(c, params, last)  # [V]
+    last = y[plan.last_item]  # [U, D]; units that never ran keep their start state
+    if final is not None:  # units are sorted by start layer: the ones that ran come first
+        last = jnp.concatenate([final, last[final.shape[0] :]])
+
+    def readout(row: jax.Array) -> jax.Array:
+        logits = core.unembed(c, params, row)  # [V]
         return jax.nn.softmax(logits)[answer]
 
-    return jax.lax.map(readout, y[plan.last_item], batch_size=readout_block)
+    return jax.lax.map(readout, last, batch_size=readout_block)
+
+
+def _keys_values(
+    config: ModelConfig, p: Params, normed: jax.Array, rotary: tuple[jax.Array, jax.Array] | None
+) -> tuple[jax.Array, jax.Array]:
+    """Keys and values `[N, K, E]` of normed rows `[N, D]` (rotary tables `[1, N, R]`)."""
+    shape = (normed.shape[0], config.n_kv_heads, config.head_dim)
+    k = core.linear(p["k"], normed).reshape(shape)
+    v = core.linear(p["v"], normed).reshape(shape)
+    if rotary is not None:
+        k = core.apply_rotary(config, k[None], *rotary)[0]
+    return k, v
+
+
+def _queries(
+    config: ModelConfig, p: Params, normed: jax.Array, rotary: tuple[jax.Array, jax.Array] | None
+) -> jax.Array:
+    """Queries `[N, H, E]` of normed rows `[N, D]` (rotary tables `[1, N, R]`)."""
+    q = core.linear(p["q"], normed).reshape(normed.shape[0], config.n_heads, config.head_dim)
+    if rotary is not None:
+        q = core.apply_rotary(config, q[None], *rotary)[0]
+    return q
 
 
 @functools.partial(jax.jit, static_argnames=("config", "plan"))

@@ -68,3 +68,39 @@ def _save(fig: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
     os.replace(tmp, path)
+
+
+def plot_average(summary: Any, path: str | Path | None = None):
+    """Average indirect effect heatmaps by token class (paper 003 Fig. 3 / paper 000 Fig. 3 style)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    kinds = list(summary.aie)
+    n_classes = len(summary.classes)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 1.2 + 0.35 * n_classes), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        grid = np.nan_to_num(np.asarray(summary.aie[kind], float).T)  # [classes, L]
+        image = ax.pcolormesh(grid, cmap=KIND_CMAPS.get(kind, "viridis"), vmin=min(0.0, grid.min()))
+        ax.invert_yaxis()
+        labels = [f"{c} ({n})" for c, n in zip(summary.classes, summary.counts, strict=True)]
+        ax.set_yticks(np.arange(n_classes) + 0.5, labels, fontsize=8)
+        step = max(1, grid.shape[1] // 8)
+        ax.set_xticks(
+            np.arange(0, grid.shape[1], step) + 0.5, [str(i) for i in range(0, grid.shape[1], step)]
+        )
+        ax.set_xlabel("layer")
+        sever = f", severed {summary.sever}" if summary.sever and kind == "hidden" else ""
+        ax.set_title(f"average indirect effect: {KIND_TITLES.get(kind, kind)}{sever}", fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.05)
+    fig.suptitle(
+        f"{summary.model}: {summary.n_facts} facts, {summary.corruption} corrupted, {summary.samples} samples "
+        f"(p clean {summary.p_clean:.3f}, corrupted {summary.p_corrupt:.3f})",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    if path is not None:
+        _save(fig, Path(path))
+        plt.close(fig)
+    return fig

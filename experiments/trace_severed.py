@@ -1,0 +1,115 @@
+"""Severed causal tracing (paper 004 §3; paper 003 appendix): hidden-state restoration with the MLP or
+attention of later layers pinned to their corrupted values.
+
+SmolLM2-135M on `data/rets/known_1000.json` (facts it predicts correctly), relation tokens corrupted as in
+paper 004, hidden restorations without severing, with the MLP severed and with attention severed
+(10 samples, 3 sigma). The gap between the unsevered and the severed curves at a position shows how much
+of the restored state's effect flows through that sublayer. Writes
+`experiments/results/trace_severed.{json,md,png}`.
+
+    python experiments/trace_severed.py [--n 50] [--corrupt relation|subject]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+import numpy as np
+from common import CACHE, RESULTS, machine, shared_data, write_text
+
+import jaxedit
+from jaxedit.data import read_records
+from jaxedit.trace import trace_dataset
+
+NAME = "trace_severed"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=50)
+    parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--corrupt", default="relation", choices=["relation", "subject"])
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    model = jaxedit.load_model("smollm2")
+    records = read_records(shared_data("rets", "known_1000.json"))
+    runs = {}
+    for sever in (None, "mlp", "attn"):
+        label = sever or "none"
+        runs[label] = trace_dataset(
+            model, records, n=args.n, corrupt=args.corrupt, kinds=("hidden",), samples=args.samples, sever=sever,
+            out_dir=CACHE / f"{NAME}-{args.corrupt}-{label}",
+        )  # fmt: skip
+    first = runs["none"]
+    classes = first.classes
+    curves = {label: run.aie["hidden"] for label, run in runs.items()}
+    payload = {
+        "corruption": args.corrupt,
+        "classes": classes,
+        "n_facts": first.n_facts,
+        "n_filtered": first.n_filtered,
+        "samples": first.samples,
+        "seconds": sum(r.seconds for r in runs.values()),
+        "aie_hidden": {k: np.where(np.isnan(v), None, v.round(7)).tolist() for k, v in curves.items()},
+    }
+    write_text(RESULTS / f"{NAME}.json", json.dumps(payload, indent=1))
+    _plot(curves, classes, first, RESULTS / f"{NAME}.png", model.config.n_layers)
+    rows = [
+        "| position | no severing: mean / peak AIE | MLP severed | attention severed |",
+        "|---|---|---|---|",
+    ]
+    for c, cls in enumerate(classes):
+        cells = []
+        for label in ("none", "mlp", "attn"):
+            col = curves[label][:, c]
+            cells.append("-" if np.all(np.isnan(col)) else f"{np.nanmean(col):.4f} / {np.nanmax(col):.4f}")
+        rows.append(f"| {cls} | " + " | ".join(cells) + " |")
+    last = classes[-1]
+    drop = {label: np.nanmean(curves[label][:, -1]) for label in curves}
+    md = f"""# Severed causal tracing (paper 004 §3)
+
+Model: SmolLM2-135M-Instruct, float32. {first.n_facts} correctly predicted facts of `known_1000.json`
+({first.n_filtered} of the first {first.n_considered} filtered out); {args.corrupt} tokens noised
+({first.samples} samples, 3 sigma); hidden state restored at each (layer, token), optionally with the MLP or
+the attention of all later layers of that token frozen to the corrupted run. Total run time
+{payload["seconds"] / 60:.1f} min on {machine()}. Produced by
+`python experiments/{NAME}.py --n {first.n_facts} --corrupt {args.corrupt}`.
+
+![severed traces]({NAME}.png)
+
+{chr(10).join(rows)}
+
+At the last token (`{last}`), severing the MLP changes the mean hidden-state AIE from {drop["none"]:.4f} to
+{drop["mlp"]:.4f} and severing attention to {drop["attn"]:.4f}. Paper 004 (GPT-2 XL / GPT-J) reports that
+with the relation corrupted, the restored effect at the last relation token depends on both sublayers and
+that relation knowledge is not confined to the MLPs; compare the direction of the two drops here.
+"""
+    write_text(RESULTS / f"{NAME}.md", md)
+    print(md)
+
+
+def _plot(curves, classes, first, path, n_layers) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jaxedit.trace.plot import _save
+
+    picks = [c for c in (classes.index(classes[-1]), len(classes) - 4) if 0 <= c < len(classes)]
+    fig, axes = plt.subplots(1, len(picks), figsize=(5 * len(picks), 3.2), squeeze=False)
+    for ax, c in zip(axes[0], picks, strict=True):
+        for label, style in (("none", "-"), ("mlp", "--"), ("attn", ":")):
+            ax.plot(range(n_layers), curves[label][:, c], style, label=f"severed: {label}")
+        ax.set_title(f"hidden-state AIE at '{classes[c]}' ({first.n_facts} facts)", fontsize=9)
+        ax.set_xlabel("layer")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Dataset averages of causal traces: token classes, filtering, resumption, edit-layer suggestion, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxedit
+from jaxedit import cli
+from jaxedit.trace import dataset, suggest_edit_layer, trace, trace_dataset
+
+PROMPTS = [
+    ("the mother tongue of danielle darrieux is", "danielle darrieux"),
+    ("the eiffel tower is located in the city of", "the eiffel tower"),
+    ("paris is the capital of", "paris"),
+]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dirs):
+    from test_trace import sharpened
+
+    return sharpened(jaxedit.load_model(tiny_dirs["llama_gqa_untied"]))
+
+
+@pytest.fixture(scope="module")
+def records(model):
+    out = []
+    for prompt, subject in PROMPTS:
+        ids = np.asarray([jaxedit.tokens.encode_one(model.tokenizer, prompt)])
+        top = int(jnp.argmax(jaxedit.forward(model.params, model.config, ids).logits[0, -1]))
+        out.append({"prompt": prompt, "subject": subject, "attribute": model.tokenizer.decode([top])})
+    wrong = dict(out[0], attribute="english" if out[0]["attribute"] != "english" else "french")
+    return [*out[:2], wrong, out[2]]
+
+
+def test_token_classes_by_hand() -> None:
+    classes = dataset.token_classes(8, (2, 5), "subject")
+    assert classes == {
+        "first subject token": [2],
+        "middle subject tokens": [3],
+        "last subject token": [4],
+        "first subsequent token": [5],
+        "further tokens": [6],
+        "last token": [7],
+    }
+    rel = dataset.token_classes(8, (2, 4), "relation", first_real=1)
+    assert rel == {"rp": [1], "fs": [2], "ms": [], "ls": [3], "fr": [4], "mr": [5, 6], "lr": [7]}
+
+
+def test_average_matches_per_fact_traces_and_filters_wrong_facts(model, records, tmp_path) -> None:
+    kwargs = dict(kinds=("hidden", "mlp"), samples=2, noise=0.7, window=2)
+    summary = trace_dataset(model, records, out_dir=tmp_path, progress=False, **kwargs)
+    assert (summary.n_facts, summary.n_filtered, summary.n_considered) == (3, 1, 4)
+    expected = np.zeros((model.config.n_layers, len(summary.classes)))
+    counts = np.zeros(len(summary.classes))
+    for record in (records[0], records[1], records[3]):
+        result = trace(
+            model, record["prompt"], subject=record["subject"], answer=record["attribute"], **kwargs
+        )
+        members = dataset.token_classes(len(result.tokens), result.subject_span, "subject")
+        for c, cls in enumerate(summary.classes):
+            if members[cls]:
+                counts[c] += 1
+                expected[:, c] += result.effect("mlp")[:, members[cls]].mean(1)
+    expected = np.where(counts > 0, expected / np.maximum(counts, 1), np.nan)
+    np.testing.assert_allclose(summary.aie["mlp"], expected, atol=1e-6)
+    assert (tmp_path / "trace_dataset.json").exists() and (
+        tmp_path / "trace_dataset.png"
+    ).stat().st_size > 1000
+    assert len(list((tmp_path / "facts").glob("*.json"))) == 3
+
+
+def test_rerun_resumes_from_cached_facts(model, records, tmp_path, monkeypatch) -> None:
+    kwargs = dict(kinds=("mlp",), samples=2, noise=0.7, window=2, corrupt="relation", progress=False)
+    first = trace_dataset(model, records, out_dir=tmp_path, **kwargs)
+
+    def fail(*args, **kw):
+        raise AssertionError("a cached fact was traced again")
+
+    monkeypatch.setattr(dataset, "trace", fail)
+    again = trace_dataset(model, records, out_dir=tmp_path, **kwargs)
+    np.testing.assert_array_equal(np.nan_to_num(again.aie["mlp"]), np.nan_to_num(first.aie["mlp"]))
+    layer, _ = suggest_edit_layer(model, again, position="last_relation")
+    assert layer == int(np.nanargmax(first.aie["mlp"][:, first.classes.index("lr")]))
+
+
+def test_suggest_edit_layer_needs_matching_trace(model, records) -> None:
+    summary = trace_dataset(
+        model, records[:1], kinds=("hidden",), samples=1, noise=0.5, window=2, progress=False
+    )
+    with pytest.raises(ValueError, match="mlp"):
+        suggest_edit_layer(model, summary)
+
+
+def test_nothing_known_is_an_error(model, records) -> None:
+    with pytest.raises(ValueError, match="none of the given facts"):
+        trace_dataset(model, [records[2]], samples=1, noise=0.5, window=2, progress=False)
+
+
+def test_cli_trace_prompt_and_dataset(model, records, tmp_path, capsys) -> None:
+    model_dir = str(jaxedit.save_hf(model, tmp_path / "model"))
+    args = ["trace", model_dir, "--prompt", PROMPTS[0][0], "--subject", PROMPTS[0][1], "--samples", "2"]
+    assert cli.main([*args, "--window", "2", "--out", str(tmp_path / "one")]) == 0
+    saved = json.loads((tmp_path / "one" / "trace.json").read_text())
+    assert set(saved["grids"]) == {"hidden", "mlp", "attn"} and (tmp_path / "one" / "trace.png").exists()
+    data = tmp_path / "facts.json"
+    data.write_text(json.dumps(records))
+    code = cli.main(
+        ["trace", model_dir, "--dataset", str(data), "--n", "2", "--kinds", "mlp", "--samples", "1", "--window", "2",
+         "--out", str(tmp_path / "many")]
+    )  # fmt: skip
+    assert code == 0
+    assert "peak MLP indirect effect at the last subject token: layer" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "many" / "trace_dataset.json").read_text())
+    assert summary["n_facts"] == 2 and (tmp_path / "many" / "trace_dataset.png").exists()
+    assert cli.main(["trace", model_dir, "--out", str(tmp_path / "x")]) == 2
+    assert "either --prompt" in capsys.readouterr().err

@@ -1,0 +1,182 @@
+"""Causal trace of one prompt: jaxedit's compiled grids vs the reference repositories' per-cell loop.
+
+The PyTorch reference does what the ROME code does (`trace_with_patch`): for every (layer, token)
+cell of every kind, one hooked `transformers` forward over a batch holding the clean prompt and the
+noise samples; a hook adds the noise to the token embeddings of the corrupted rows and other hooks copy
+the clean row's state over the corrupted rows at the restored sites. It uses the same noise as jaxedit.
+Both grids must agree within 1e-4.
+
+Prints the jaxedit compile time (first call minus steady state), steady-state seconds, the work done
+(recomputed token-layer rows vs the reference's), the achieved GFLOP/s against this machine's measured
+float32 matmul rate, and last `RATIO trace <reference_seconds / jaxedit_seconds>`.
+
+    python tools/bench_trace.py [--prompt P --subject S] [--samples 10] [--kinds hidden,mlp,attn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import transformers
+
+import jaxedit
+from jaxedit.loading import embedded_gguf_path
+from jaxedit.trace import engine, trace
+from jaxedit.trace.api import corrupted_tokens, noise_scale_for
+from jaxedit.trace.runs import make_noise
+
+
+def matmul_peak_gflops() -> float:
+    """Best float32 GFLOP/s of jitted square matmuls on this machine (the attainable peak)."""
+    best = 0.0
+    for n in (1024, 2048, 3072):
+        a = jnp.ones((n, n), jnp.float32)
+        f = jax.jit(lambda x: x @ x)
+        f(a).block_until_ready()
+        for _ in range(3):
+            start = time.perf_counter()
+            f(a).block_until_ready()
+            best = max(best, 2 * n**3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def row_layer_flops(c: jaxedit.ModelConfig) -> float:
+    """FLOPs of one token row through one block (projections and MLP; attention scores are extra)."""
+    q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+    mlp = (3 if c.gated_mlp else 2) * c.d_model * c.d_mlp
+    return 2.0 * (c.d_model * q + 2 * c.d_model * kv + q * c.d_model + mlp)
+
+
+def reference_trace(hf, ids, corrupt_mask, noise, answer, kind, window, convention="code") -> np.ndarray:
+    """The ROME-style loop: one hooked forward of [clean + samples] per cell."""
+    layers = hf.model.layers
+    n_layers, t_len = len(layers), len(ids)
+    batch = torch.tensor(np.repeat(np.asarray(ids)[None], 1 + noise.shape[0], 0))
+    noise_t = torch.tensor(np.asarray(noise))
+    rows = torch.tensor(np.flatnonzero(corrupt_mask))
+
+    def add_noise(_module, _inputs, output):
+        output[1:, rows] += noise_t[:, rows]
+        return output
+
+    def restore(token):
+        def hook(_module, _inputs, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            hidden[1:, token] = hidden[0, token]
+            return output
+
+        return hook
+
+    grid = np.zeros((n_layers, t_len))
+    embed_handle = hf.model.embed_tokens.register_forward_hook(add_noise)
+    try:
+        with torch.inference_mode():
+            for layer in range(n_layers):
+                for token in range(t_len):
+                    if kind == "hidden":
+                        modules = [layers[layer]]
+                    else:
+                        lo, hi = engine.window_bounds(layer, n_layers, window, convention)
+                        modules = [
+                            getattr(layers[j], "mlp" if kind == "mlp" else "self_attn")
+                            for j in range(lo, hi + 1)
+                        ]
+                    handles = [m.register_forward_hook(restore(token)) for m in modules]
+                    try:
+                        logits = hf(batch).logits
+                    finally:
+                        for h in handles:
+                            h.remove()
+                    grid[layer, token] = torch.softmax(logits[1:, -1], -1).mean(0)[answer].item()
+    finally:
+        embed_handle.remove()
+    return grid
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompt", default="The Eiffel Tower is located in the city of")
+    parser.add_argument("--subject", default="The Eiffel Tower")
+    parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--window", type=int, default=10)
+    parser.add_argument("--kinds", default="hidden,mlp,attn")
+    args = parser.parse_args()
+    kinds = tuple(args.kinds.split(","))
+
+    model = jaxedit.load_model("smollm2")
+    path = embedded_gguf_path()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    )
+    hf.eval()
+    c = model.config
+
+    def run() -> jaxedit.trace.TraceResult:
+        return trace(
+            model, args.prompt, subject=args.subject, kinds=kinds, samples=args.samples, window=args.window
+        )
+
+    start = time.perf_counter()
+    run()
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        result = run()
+        times.append(time.perf_counter() - start)
+    jax_s = min(times)
+
+    ids = jaxedit.tokens.encode_one(model.tokenizer, args.prompt)
+    mask, _ = corrupted_tokens(model, args.prompt, ids, args.subject, "subject")
+    scale = noise_scale_for(model, [(ids, mask)], "3sigma")
+    noise = make_noise(0, args.samples, jnp.asarray(mask), c.d_model, scale)  # what trace() used (seed 0)
+    start = time.perf_counter()
+    reference = {k: reference_trace(hf, ids, mask, noise, result.answer_id, k, args.window) for k in kinds}
+    ref_s = time.perf_counter() - start
+    diff = max(float(np.abs(reference[k] - result.grids[k]).max()) for k in kinds)
+
+    t_len = len(ids)
+    first_live = int(np.argmax(mask))
+    ours_rows = sum(
+        engine.build_plan(
+            k, c.n_layers, t_len, t_len - first_live, args.samples, args.window, "code", None
+        ).recomputed_rows()
+        for k in kinds
+    )
+    readout_flops = 2.0 * c.d_model * c.vocab_size
+    units = len(kinds) * c.n_layers * (t_len - first_live) * args.samples
+    ours_flops = ours_rows * row_layer_flops(c) + units * readout_flops
+    ref_cells = len(kinds) * c.n_layers * t_len
+    ref_flops = ref_cells * (1 + args.samples) * t_len * (c.n_layers * row_layer_flops(c) + readout_flops)
+    peak = matmul_peak_gflops()
+
+    print(
+        f"machine: {os.cpu_count()} CPU cores, jax {jax.__version__} ({jax.devices()[0].device_kind}), torch {torch.__version__}"
+    )
+    print(
+        f"model: SmolLM2-135M (float32), prompt {args.prompt!r} ({t_len} tokens), subject corrupted, "
+        f"{args.samples} samples, kinds {','.join(kinds)}, window {args.window}"
+    )
+    print(f"jaxedit: first call {first:.1f} s (compile ~{first - jax_s:.1f} s), steady state {jax_s:.2f} s")
+    print(f"reference (one hooked transformers forward per cell, {ref_cells} cells): {ref_s:.1f} s")
+    print(f"max |grid difference|: {diff:.2e}")
+    print(
+        f"work: jaxedit {ours_flops / 1e12:.2f} TFLOP vs reference {ref_flops / 1e12:.2f} TFLOP "
+        f"({ref_flops / ours_flops:.2f}x less)"
+    )
+    print(
+        f"achieved: jaxedit {ours_flops / jax_s / 1e9:.0f} GFLOP/s, reference {ref_flops / ref_s / 1e9:.0f} GFLOP/s, "
+        f"measured matmul peak {peak:.0f} GFLOP/s"
+    )
+    assert diff <= 1e-4, f"grids differ by {diff}"
+    print(f"RATIO trace {ref_s / jax_s:.2f}")
+
+
+if __name__ == "__main__":
+    main()
