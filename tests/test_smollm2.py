@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -80,3 +82,18 @@ def test_cli_generate_and_info(capsys) -> None:
     assert cli.main(["info", "smollm2"]) == 0
     out = capsys.readouterr().out
     assert "llama" in out and "134,515,008" in out
+
+
+def test_cli_trace_eiffel_tower_writes_three_grids_and_heatmaps(tmp_path, capsys) -> None:
+    args = ["trace", "smollm2", "--prompt", PROMPTS[0], "--subject", "The Eiffel Tower", "--samples", "2"]
+    assert cli.main([*args, "--out", str(tmp_path)]) == 0
+    saved = json.loads((tmp_path / "trace.json").read_text())
+    assert saved["answer"] == " Paris" and saved["subject_span"] == [0, 4]
+    assert {k: np.asarray(v).shape for k, v in saved["grids"].items()} == {
+        k: (30, 10) for k in ("hidden", "mlp", "attn")
+    }
+    hidden = np.asarray(saved["grids"]["hidden"])
+    assert hidden[-1, -1] == pytest.approx(saved["p_clean"], abs=1e-5)  # last state restored: clean
+    assert saved["p_clean"] > 0.5 > 0.2 > saved["p_corrupt"]
+    assert (tmp_path / "trace.png").stat().st_size > 10_000
+    assert "strongest restoration" in capsys.readouterr().out
