@@ -69,7 +69,7 @@ class TraceResult:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["grids"] = {k: np.asarray(v).round(7).tolist() for k, v in self.grids.items()}
+        out["grids"] = {k: np.asarray(v).tolist() for k, v in self.grids.items()}
         out["total_effect"] = self.total_effect
         return out
 
