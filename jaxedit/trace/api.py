@@ -192,8 +192,8 @@ def trace(
         restored token to its corrupted value (paper 003 appendix, paper 004).
       seed: noise seed.
       chunk_samples: noise samples per chunk of the compiled grid (default: as many as fit 256 MiB).
-      bucket: pad the prompt length (and the span of live cells) to a multiple of this so nearby
-        lengths share one compiled program (dataset runs); 1 computes exactly the cells needed.
+      bucket: left-pad the prompt to a multiple of this many tokens so prompts of nearby lengths share
+        compiled programs (dataset runs). Padding rows are never recomputed, so it costs little.
 
     Returns:
       A `TraceResult`; `params` are untouched.
@@ -220,12 +220,12 @@ def trace(
     scale = noise_scale_for(model, [(ids, mask)], noise)
     start_time = time.perf_counter()
 
-    # left-pad to a length bucket; only rows from the first corrupted token on carry live cells
+    # left-pad to a length bucket; only rows from the first corrupted token on carry cells
     n = len(ids)
     length = min(_bucket(n, bucket), config.max_positions)
     pad = length - n
     first_live = pad + int(np.argmax(mask))
-    live = min(_bucket(length - first_live, bucket), length)
+    live = length - first_live  # exact: padding rows carry no cells, only (cheap) keys
     padded_ids = np.full(length, tok.pad_id(model.tokenizer), np.int32)
     padded_ids[pad:] = ids
     key_mask = np.zeros(length, bool)
