@@ -132,19 +132,29 @@ def linear(p: Params, x: jax.Array) -> jax.Array:
     return y + p["bias"] if "bias" in p else y
 
 
+def project_queries(
+    config: ModelConfig, p: Params, x: jax.Array, rotary: tuple[jax.Array, jax.Array] | None
+) -> jax.Array:
+    """Queries `[B, T, H, E]` of normed input `x` `[B, T, D]`, rotated (tables `[B, T, R]`)."""
+    q = linear(p["q"], x).reshape(*x.shape[:-1], config.n_heads, config.head_dim)
+    return q if rotary is None else apply_rotary(config, q, *rotary)
+
+
+def project_keys_values(
+    config: ModelConfig, p: Params, x: jax.Array, rotary: tuple[jax.Array, jax.Array] | None
+) -> tuple[jax.Array, jax.Array]:
+    """Keys (rotated) and values `[B, T, K, E]` of normed input `x` `[B, T, D]`."""
+    shape = (*x.shape[:-1], config.n_kv_heads, config.head_dim)
+    k = linear(p["k"], x).reshape(shape)
+    v = linear(p["v"], x).reshape(shape)
+    return (k if rotary is None else apply_rotary(config, k, *rotary)), v
+
+
 def project_qkv(
     config: ModelConfig, p: Params, x: jax.Array, rotary: tuple[jax.Array, jax.Array] | None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Queries `[.., T, H, E]`, keys and values `[.., T, K, E]` of normed input `x` `[.., T, D]`, rotated."""
-    c = config
-    lead = x.shape[:-1]
-    q = linear(p["q"], x).reshape(*lead, c.n_heads, c.head_dim)
-    k = linear(p["k"], x).reshape(*lead, c.n_kv_heads, c.head_dim)
-    v = linear(p["v"], x).reshape(*lead, c.n_kv_heads, c.head_dim)
-    if rotary is not None:
-        q = apply_rotary(c, q, *rotary)
-        k = apply_rotary(c, k, *rotary)
-    return q, k, v
+    """Queries `[B, T, H, E]`, keys and values `[B, T, K, E]` of normed input `x` `[B, T, D]`."""
+    return project_queries(config, p, x, rotary), *project_keys_values(config, p, x, rotary)
 
 
 def attend(config: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:

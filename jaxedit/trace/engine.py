@@ -264,12 +264,12 @@ def run_units(
         rows = y[:n_items]  # [N, D]
         normed = core.norm(c, p["ln1"], rows)
         item_rotary = None if rotary is None else tuple(r[:, plan.item_row[:n_items]] for r in rotary)
-        k, v = _keys_values(c, p["attn"], normed, item_rotary)  # [N, K, E]
+        k, v = (a[0] for a in core.project_keys_values(c, p["attn"], normed[None], item_rotary))  # [N, K, E]
         cached = core.norm(c, p["ln1"], corrupt["stream"][:, j])  # [S, T, D]
         cached_rotary = (
             None if rotary is None else tuple(jnp.broadcast_to(r, (samples, *r.shape[1:])) for r in rotary)
         )
-        _, cached_k, cached_v = core.project_qkv(c, p["attn"], cached, cached_rotary)  # [S, T, K, E]
+        cached_k, cached_v = core.project_keys_values(c, p["attn"], cached, cached_rotary)  # [S, T, K, E]
         kv_shape = (c.n_kv_heads, c.head_dim)
         keys = jnp.concatenate([cached_k.reshape(-1, *kv_shape), k])[plan.key_index[:n_units]]  # [C, T, K, E]
         values = jnp.concatenate([cached_v.reshape(-1, *kv_shape), v])[plan.key_index[:n_units]]
@@ -279,13 +279,15 @@ def run_units(
             pick = plan.last_item[:n_units]
             rows, normed = rows[pick], normed[pick]  # [C, D]
             last_rotary = None if rotary is None else tuple(r[:, plan.item_row[pick]] for r in rotary)
-            queries = _queries(c, p["attn"], normed, last_rotary)[:, None]  # [C, 1, H, E]
+            queries = core.project_queries(c, p["attn"], normed[None], last_rotary)[0][
+                :, None
+            ]  # [C, 1, H, E]
             heads = core.attend(c, queries, keys, values, jnp.broadcast_to(mask[-1:], (n_units, 1, t)))
             attn = core.linear(p["attn"]["o"], heads[:, 0])  # [C, D]
             replace_attn, replace_mlp = plan.replace_attn[j][pick], plan.replace_mlp[j][pick]
         else:
             zero = jnp.zeros((1, c.n_heads, c.head_dim), normed.dtype)
-            item_queries = _queries(c, p["attn"], normed, item_rotary)  # [N, H, E]
+            item_queries = core.project_queries(c, p["attn"], normed[None], item_rotary)[0]  # [N, H, E]
             queries = jnp.concatenate([zero, item_queries])[plan.query_index[:n_units]]  # [C, T, H, E]
             heads = core.attend(
                 c, queries, keys, values, jnp.broadcast_to(mask, (n_units, t, t))
@@ -313,28 +315,6 @@ def run_units(
         return jax.nn.softmax(logits)[answer]
 
     return jax.lax.map(readout, last, batch_size=readout_block)
-
-
-def _keys_values(
-    config: ModelConfig, p: Params, normed: jax.Array, rotary: tuple[jax.Array, jax.Array] | None
-) -> tuple[jax.Array, jax.Array]:
-    """Keys and values `[N, K, E]` of normed rows `[N, D]` (rotary tables `[1, N, R]`)."""
-    shape = (normed.shape[0], config.n_kv_heads, config.head_dim)
-    k = core.linear(p["k"], normed).reshape(shape)
-    v = core.linear(p["v"], normed).reshape(shape)
-    if rotary is not None:
-        k = core.apply_rotary(config, k[None], *rotary)[0]
-    return k, v
-
-
-def _queries(
-    config: ModelConfig, p: Params, normed: jax.Array, rotary: tuple[jax.Array, jax.Array] | None
-) -> jax.Array:
-    """Queries `[N, H, E]` of normed rows `[N, D]` (rotary tables `[1, N, R]`)."""
-    q = core.linear(p["q"], normed).reshape(normed.shape[0], config.n_heads, config.head_dim)
-    if rotary is not None:
-        q = core.apply_rotary(config, q[None], *rotary)[0]
-    return q
 
 
 @functools.partial(jax.jit, static_argnames=("config", "plan"))
