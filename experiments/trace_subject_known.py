@@ -39,11 +39,17 @@ def main() -> None:
     attn_layer, attn_peak = summary.peak("attn", "last token")
     attn_subj_layer, attn_subj = summary.peak("attn", "last subject token")
     hidden_last_subj_layer, _ = summary.peak("hidden", "last subject token")
+    budget = (
+        ""
+        if summary.samples == 10
+        else f" (METHODS.md's default is 10 samples; this run used {summary.samples} per fact to fit the "
+        "2-core CPU's time budget: three full grids of a 10-12 token prompt cost about 70 s at 10 samples)"
+    )
     md = f"""# Subject-corrupted causal tracing over known facts (paper 003 Fig. 3 j/k/l)
 
 Model: SmolLM2-135M-Instruct ({n_layers} layers), float32. Data: `known_1000.json`, the first
 {summary.n_considered} records, of which {summary.n_facts} the model predicts correctly were traced
-({summary.n_filtered} filtered out). {summary.samples} noise samples at 3 sigma
+({summary.n_filtered} filtered out). {summary.samples} noise samples{budget} at 3 sigma
 (sigma = {summary.noise_scale / 3:.4f}), window {summary.window}. Mean p(answer): clean
 {summary.p_clean:.3f}, corrupted {summary.p_corrupt:.3f}. Run time {summary.seconds / 60:.1f} min on
 {machine()}. Produced by `python experiments/{NAME}.py --n {summary.n_facts}`.
