@@ -192,8 +192,9 @@ def trace(
         restored token to its corrupted value (paper 003 appendix, paper 004).
       seed: noise seed.
       chunk_samples: noise samples per chunk of the compiled grid (default: as many as fit 256 MiB).
-      bucket: left-pad the prompt to a multiple of this many tokens so prompts of nearby lengths share
-        compiled programs (dataset runs). Padding rows are never recomputed, so it costs little.
+      bucket: pad the prompt length, and the span of token rows that carry cells, to multiples of this
+        so prompts of nearby shapes share compiled programs (dataset runs; compiling one grid takes
+        tens of seconds for a 30-layer model). 1 (single prompts) runs exactly the cells needed.
 
     Returns:
       A `TraceResult`; `params` are untouched.
@@ -225,7 +226,7 @@ def trace(
     length = min(_bucket(n, bucket), config.max_positions)
     pad = length - n
     first_live = pad + int(np.argmax(mask))
-    live = length - first_live  # exact: padding rows carry no cells, only (cheap) keys
+    live = min(_bucket(length - first_live, bucket), length)  # rows carrying cells (dead ones included)
     padded_ids = np.full(length, tok.pad_id(model.tokenizer), np.int32)
     padded_ids[pad:] = ids
     key_mask = np.zeros(length, bool)
