@@ -11,7 +11,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("JAXEDIT_SHARED", ROOT.parent / "shared"))
 RESULTS = ROOT / "experiments" / "results"
-CACHE = RESULTS / ".cache"
+# per-fact caches of resumable runs (outside the repository when JAXEDIT_EXPERIMENT_CACHE is set)
+CACHE = Path(os.environ.get("JAXEDIT_EXPERIMENT_CACHE", RESULTS / ".cache"))
 
 
 def write_text(path: Path, text: str) -> None:
