@@ -158,16 +158,3 @@ def init_params(config: ModelConfig, seed: int = 0, scale: float = 0.02) -> Para
         else:
             out[path] = (scale * jax.random.normal(key, spec.shape)).astype(dtype)
     return unflatten(out)
-
-
-def check_params(config: ModelConfig, params: Params) -> None:
-    """Raise `ValueError` naming every missing, unexpected or mis-shaped parameter."""
-    expected = flatten(param_specs(config))
-    got = flatten(params)
-    problems = [f"missing {p} {expected[p].shape}" for p in sorted(set(expected) - set(got))]
-    problems += [f"unexpected {p}" for p in sorted(set(got) - set(expected))]
-    for path in sorted(set(expected) & set(got)):
-        if tuple(got[path].shape) != expected[path].shape:
-            problems.append(f"{path} has shape {tuple(got[path].shape)}, expected {expected[path].shape}")
-    if problems:
-        raise ValueError("params do not match the config: " + "; ".join(problems))

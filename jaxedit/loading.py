@@ -12,7 +12,6 @@ The tokenizer comes from the same place, through `transformers`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import json
 import logging
@@ -227,13 +226,3 @@ def save_hf(model: Model, directory: str | Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
-
-
-def fingerprint(model: Model) -> str:
-    """Short hash of the config and a sample of every parameter: keys caches to one exact model."""
-    digest = hashlib.sha256(repr(model.config).encode())
-    for path, value in sorted(layout.flatten(model.params).items()):
-        arr = np.asarray(value).ravel()
-        digest.update(path.encode())
-        digest.update(np.ascontiguousarray(arr[:: max(1, arr.size // 4096)], dtype=np.float32).tobytes())
-    return digest.hexdigest()[:16]

@@ -74,9 +74,6 @@ def activation(name: str, x: jax.Array) -> jax.Array:
     raise ValueError(f"unsupported activation {name!r}")
 
 
-SUPPORTED_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "silu", "swish", "relu")
-
-
 def rotary_inv_freq(config: ModelConfig) -> np.ndarray:
     """Inverse frequencies `[R/2]`, with `linear` or `llama3` rope scaling applied when configured."""
     r = config.rotary_dim
