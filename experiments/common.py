@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 from pathlib import Path
@@ -13,6 +14,30 @@ SHARED = Path(os.environ.get("JAXEDIT_SHARED", ROOT.parent / "shared"))
 RESULTS = ROOT / "experiments" / "results"
 # per-fact caches of resumable runs (outside the repository when JAXEDIT_EXPERIMENT_CACHE is set)
 CACHE = Path(os.environ.get("JAXEDIT_EXPERIMENT_CACHE", RESULTS / ".cache"))
+
+
+def trace_parser(doc: str) -> argparse.ArgumentParser:
+    """Command-line options shared by the tracing experiments."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--n", type=int, default=50, help="correctly predicted facts to trace")
+    parser.add_argument("--samples", type=int, default=10, help="noise samples per fact")
+    parser.add_argument("--model", default="smollm2", help="'smollm2', a HF directory or a .gguf file")
+    parser.add_argument("--bucket", type=int, default=4, help="pad prompt shapes to multiples of this")
+    parser.add_argument("--workers", type=int, default=1, help="facts traced concurrently (accelerators)")
+    return parser
+
+
+def dataset_options(args: argparse.Namespace) -> dict:
+    """`trace_dataset` keyword arguments from `trace_parser` options."""
+    return {"n": args.n, "samples": args.samples, "bucket": args.bucket, "workers": args.workers}
+
+
+def command(name: str, args: argparse.Namespace, **extra: object) -> str:
+    """The command line that reproduces a run (model path omitted when it is the default)."""
+    options = {"n": args.n, "samples": args.samples, "bucket": args.bucket, **extra}
+    if args.workers != 1:
+        options["workers"] = args.workers
+    return f"python experiments/{name}.py " + " ".join(f"--{k} {v}" for k, v in options.items())
 
 
 def write_text(path: Path, text: str) -> None:

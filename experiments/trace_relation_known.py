@@ -10,11 +10,20 @@ window 10); AIER averaged by position class rp / fs / ms / ls / fr / mr / lr. Wr
 
 from __future__ import annotations
 
-import argparse
 import logging
 
 import numpy as np
-from common import CACHE, RESULTS, aie_table, machine, shared_data, write_text
+from common import (
+    CACHE,
+    RESULTS,
+    aie_table,
+    command,
+    dataset_options,
+    machine,
+    shared_data,
+    trace_parser,
+    write_text,
+)
 
 import jaxedit
 from jaxedit.data import read_records
@@ -25,15 +34,13 @@ PAPER_GPT2XL = {"rp": 0.03, "fs": 0.04, "ms": 0.04, "ls": 0.04, "fr": 0.06, "mr"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=50)
-    parser.add_argument("--samples", type=int, default=10)
+    parser = trace_parser(__doc__)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    model = jaxedit.load_model("smollm2")
+    model = jaxedit.load_model(args.model)
     records = read_records(shared_data("rets", "known_1000.json"))
     summary = trace_dataset(
-        model, records, n=args.n, corrupt="relation", kinds=("mlp", "attn"), samples=args.samples,
+        model, records, corrupt="relation", kinds=("mlp", "attn"), **dataset_options(args),
         out_dir=CACHE / NAME,
     )  # fmt: skip
     summary.save(RESULTS, NAME)
@@ -60,7 +67,7 @@ first {summary.n_considered} records, {summary.n_facts} predicted correctly and 
 sigma = {summary.noise_scale / 3:.4f}); MLP and attention outputs restored over a window of
 {summary.window} layers. Mean p(answer): clean {summary.p_clean:.3f}, corrupted {summary.p_corrupt:.3f}.
 Run time {summary.seconds / 60:.1f} min on {machine()}. Produced by
-`python experiments/{NAME}.py --n {summary.n_facts}`.
+`{command(NAME, args)}`.
 
 ![average indirect effects of relation]({NAME}.png)
 

@@ -12,12 +12,11 @@ of the restored state's effect flows through that sublayer. Writes
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 
 import numpy as np
-from common import CACHE, RESULTS, machine, shared_data, write_text
+from common import CACHE, RESULTS, command, dataset_options, machine, shared_data, trace_parser, write_text
 
 import jaxedit
 from jaxedit.data import read_records
@@ -27,19 +26,17 @@ NAME = "trace_severed"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=50)
-    parser.add_argument("--samples", type=int, default=10)
+    parser = trace_parser(__doc__)
     parser.add_argument("--corrupt", default="relation", choices=["relation", "subject"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    model = jaxedit.load_model("smollm2")
+    model = jaxedit.load_model(args.model)
     records = read_records(shared_data("rets", "known_1000.json"))
     runs = {}
     for sever in (None, "mlp", "attn"):
         label = sever or "none"
         runs[label] = trace_dataset(
-            model, records, n=args.n, corrupt=args.corrupt, kinds=("hidden",), samples=args.samples, sever=sever,
+            model, records, corrupt=args.corrupt, kinds=("hidden",), sever=sever, **dataset_options(args),
             out_dir=CACHE / f"{NAME}-{args.corrupt}-{label}",
         )  # fmt: skip
     first = runs["none"]
@@ -75,7 +72,7 @@ Model: SmolLM2-135M-Instruct, float32. {first.n_facts} correctly predicted facts
 ({first.samples} samples, 3 sigma); hidden state restored at each (layer, token), optionally with the MLP or
 the attention of all later layers of that token frozen to the corrupted run. Total run time
 {payload["seconds"] / 60:.1f} min on {machine()}. Produced by
-`python experiments/{NAME}.py --n {first.n_facts} --corrupt {args.corrupt}`.
+`{command(NAME, args, corrupt=args.corrupt)}`.
 
 ![severed traces]({NAME}.png)
 

@@ -10,10 +10,19 @@ attention restorations (10 samples, 3 sigma noise, window 10). Writes
 
 from __future__ import annotations
 
-import argparse
 import logging
 
-from common import CACHE, RESULTS, aie_table, machine, shared_data, write_text
+from common import (
+    CACHE,
+    RESULTS,
+    aie_table,
+    command,
+    dataset_options,
+    machine,
+    shared_data,
+    trace_parser,
+    write_text,
+)
 
 import jaxedit
 from jaxedit.data import read_records
@@ -23,16 +32,12 @@ NAME = "trace_subject_known"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=50)
-    parser.add_argument("--samples", type=int, default=10)
+    parser = trace_parser(__doc__)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    model = jaxedit.load_model("smollm2")
+    model = jaxedit.load_model(args.model)
     records = read_records(shared_data("rets", "known_1000.json"))
-    summary = trace_dataset(
-        model, records, n=args.n, corrupt="subject", samples=args.samples, out_dir=CACHE / NAME
-    )
+    summary = trace_dataset(model, records, corrupt="subject", out_dir=CACHE / NAME, **dataset_options(args))
     summary.save(RESULTS, NAME)
     n_layers = model.config.n_layers
     mlp_layer, mlp_peak = summary.peak("mlp", "last subject token")
@@ -52,7 +57,7 @@ Model: SmolLM2-135M-Instruct ({n_layers} layers), float32. Data: `known_1000.jso
 ({summary.n_filtered} filtered out). {summary.samples} noise samples{budget} at 3 sigma
 (sigma = {summary.noise_scale / 3:.4f}), window {summary.window}. Mean p(answer): clean
 {summary.p_clean:.3f}, corrupted {summary.p_corrupt:.3f}. Run time {summary.seconds / 60:.1f} min on
-{machine()}. Produced by `python experiments/{NAME}.py --n {summary.n_facts}`.
+{machine()}. Produced by `{command(NAME, args)}`.
 
 ![average indirect effects]({NAME}.png)
 

