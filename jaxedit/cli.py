@@ -81,6 +81,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _segments(text: str) -> int | str | None:
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"--segments must be 'auto', 'none' or a positive integer, got {text!r}")
+    return int(text)
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -93,7 +101,15 @@ def cmd_trace(args: argparse.Namespace) -> int:
         raise ValueError("give either --prompt (with --subject) or --dataset")
     model = _load(args.model)
     out = Path(args.out)
-    common = dict(kinds=kinds, samples=args.samples, noise=noise, window=args.window, sever=args.sever)
+    segments = _segments(args.segments)
+    common = dict(
+        kinds=kinds,
+        samples=args.samples,
+        noise=noise,
+        window=args.window,
+        sever=args.sever,
+        segments=segments,
+    )
     if args.prompt is not None:
         if not args.subject:
             raise ValueError("--prompt needs --subject")
@@ -159,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--kinds", default="hidden,mlp,attn")
     tr.add_argument("--samples", type=int, default=10)
+    tr.add_argument(
+        "--segments",
+        default="auto",
+        help="scanned layer ranges per grid program: 'none' unrolls every layer (least work, slowest "
+        "compile), k compiles k ranges; default 'auto' (unrolled on CPU, 4 on accelerators)",
+    )
     tr.add_argument("--noise", default="3sigma", help="'3sigma' or an absolute noise std")
     tr.add_argument("--window", type=int, default=10)
     tr.add_argument("--sever", choices=["mlp", "attn", "both"], default=None)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +12,7 @@ import pytest
 
 import jaxedit
 from jaxedit import interventions as iv
+from jaxedit.layout import init_params
 from jaxedit.trace import engine, trace
 from jaxedit.trace.runs import clean_and_corrupted, make_noise
 
@@ -65,8 +69,9 @@ def reference_grid(model, ids, corrupt_mask, noise, answer, kind, window=2, conv
 
 
 def engine_grid(
-    model, ids, corrupt_mask, noise, answer, kind, window=2, convention="code", sever=None, chunk=None
-):
+    model, ids, corrupt_mask, noise, answer, kind, window=2, convention="code", sever=None, chunk=None,
+    segments=None,
+):  # fmt: skip
     c = model.config
     t_len = len(ids)
     key_mask = jnp.ones(t_len, bool)
@@ -79,7 +84,9 @@ def engine_grid(
     n_chunks = -(-n // chunk)
     order = np.arange(n_chunks * chunk) % n
     chunks = jax.tree.map(lambda a: a[order].reshape(n_chunks, chunk, *a.shape[1:]), corrupt)
-    plan = engine.build_plan(kind, c.n_layers, t_len, t_len - first, chunk, window, convention, sever)
+    plan = engine.build_plan(
+        kind, c.n_layers, t_len, t_len - first, chunk, window, convention, sever, segments
+    )
     probs = engine.run_grid(
         model.params, c, plan, key_mask, jnp.arange(t_len), clean, chunks, jnp.int32(answer)
     )
@@ -117,6 +124,40 @@ def test_compiled_grid_equals_cell_by_cell_loop(tiny_dirs, name, kind, corruptio
     got = engine_grid(model, ids, mask, noise, answer, kind, sever=sever, chunk=2)
     np.testing.assert_allclose(got, expected, atol=1e-5)
     assert np.ptp(got) > 1e-2  # the grid is not flat: restoration matters somewhere
+
+
+@pytest.mark.parametrize(("kind", "corruption", "sever"), CASES)
+def test_scanned_segments_equal_the_unrolled_grid(tiny_dirs, kind, corruption, sever) -> None:
+    base = jaxedit.load_model(tiny_dirs["llama_gqa_untied"])
+    config = dataclasses.replace(base.config, n_layers=8)  # deep enough for ranges of several layers
+    model = base.replace(config=config, params=init_params(config, seed=2, scale=0.3))
+    ids = jaxedit.tokens.encode_one(model.tokenizer, PROMPT)
+    mask, _ = jaxedit.trace.api.corrupted_tokens(model, PROMPT, ids, "danielle darrieux", corruption)
+    noise = make_noise(1, 3, jnp.asarray(mask), model.config.d_model, 2.0)
+    answer = top1(model, ids)
+    unrolled = engine_grid(model, ids, mask, noise, answer, kind, sever=sever, chunk=2)
+    for segments in (1, 3):
+        scanned = engine_grid(model, ids, mask, noise, answer, kind, sever=sever, chunk=2, segments=segments)
+        np.testing.assert_allclose(scanned, unrolled, atol=1e-5)
+    assert np.ptp(unrolled) > 1e-2
+
+
+def test_layer_segments_cover_the_layers_at_least_padded_cost() -> None:
+    items = (0, 0, 5, 9, 9, 20, 31, 40, 41, 60, 70)  # item counts per layer, the last layer apart
+    for k in (1, 2, 3, 5):
+        segments = engine.layer_segments(items, k)
+        assert len(segments) <= k
+        assert segments[0][0] == 2 and segments[-1][1] == len(items) - 1
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(segments))
+        cost = sum((end - first) * items[end - 1] for first, end in segments)
+        # no split into k contiguous ranges costs less (brute force over the cut points)
+        layers = range(3, len(items) - 1)
+        for m in range(0, k):
+            for cuts in itertools.combinations(layers, m):
+                bounds = [2, *cuts, len(items) - 1]
+                other = sum((b - a) * items[b - 1] for a, b in itertools.pairwise(bounds))
+                assert cost <= other
+    assert engine.layer_segments(items, None) == tuple((j, j + 1) for j in range(2, 10))
 
 
 def test_paper_window_convention_matches_loop(model) -> None:

@@ -130,8 +130,15 @@ def main() -> None:
         help="time SmolLM2-135M's architecture with random weights (for machines the weights cannot reach); "
         "TOKENIZER_DIR holds its tokenizer.json",
     )
+    parser.add_argument(
+        "--segments", default="auto", help="scanned layer ranges ('none': unrolled; default: per backend)"
+    )
     args = parser.parse_args()
     kinds = tuple(args.kinds.split(","))
+    if args.segments == "auto":
+        segments = None if jax.default_backend() == "cpu" else 4
+    else:
+        segments = None if args.segments == "none" else int(args.segments)
 
     # the reference runs where torch finds an accelerator, like jax; float32 without TF32 on both sides
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -156,7 +163,13 @@ def main() -> None:
 
     def run() -> jaxedit.trace.TraceResult:
         return trace(
-            model, args.prompt, subject=args.subject, kinds=kinds, samples=args.samples, window=args.window
+            model,
+            args.prompt,
+            subject=args.subject,
+            kinds=kinds,
+            samples=args.samples,
+            window=args.window,
+            segments=segments,
         )
 
     start = time.perf_counter()
@@ -183,7 +196,7 @@ def main() -> None:
     first_live = int(np.argmax(mask))
     ours_rows = sum(
         engine.build_plan(
-            k, c.n_layers, t_len, t_len - first_live, args.samples, args.window, "code", None
+            k, c.n_layers, t_len, t_len - first_live, args.samples, args.window, "code", None, segments
         ).recomputed_rows()
         for k in kinds
     )
@@ -201,7 +214,8 @@ def main() -> None:
     )
     print(
         f"model: {weights} (float32), prompt {args.prompt!r} ({t_len} tokens), subject corrupted, "
-        f"{args.samples} samples, kinds {','.join(kinds)}, window {args.window}"
+        f"{args.samples} samples, kinds {','.join(kinds)}, window {args.window}, "
+        f"layer segments {segments or 'unrolled'}"
     )
     print(f"jaxedit: first call {first:.1f} s (compile ~{first - jax_s:.1f} s), steady state {jax_s:.2f} s")
     print(f"reference (one hooked transformers forward per cell, {ref_cells} cells): {ref_s:.1f} s")

@@ -175,6 +175,7 @@ def trace(
     seed: int = 0,
     chunk_samples: int | None = None,
     bucket: int = 1,
+    segments: int | str | None = "auto",
 ) -> TraceResult:
     """Causal trace of one prompt: restore grids for each kind (METHODS.md §1).
 
@@ -195,6 +196,10 @@ def trace(
       bucket: pad the prompt length, and the span of token rows that carry cells, to multiples of this
         so prompts of nearby shapes share compiled programs (dataset runs; compiling one grid takes
         tens of seconds for a 30-layer model). 1 (single prompts) runs exactly the cells needed.
+      segments: how the program runs the layers below the last: None unrolls them (each layer at its
+        own shapes: the least work, the longest compile), k scans them in at most k ranges padded to
+        shared shapes (a fraction of the compile time for up to ~1/k more work). `"auto"`: None on a
+        CPU, 4 on accelerators, where compiling 30 differently shaped layers takes minutes.
 
     Returns:
       A `TraceResult`; `params` are untouched.
@@ -214,6 +219,10 @@ def trace(
         raise ValueError(f"sever must be None, 'mlp', 'attn' or 'both', got {sever!r}")
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
+    if segments == "auto":
+        segments = None if jax.default_backend() == "cpu" else 4
+    elif segments is not None and (not isinstance(segments, int) or segments < 1):
+        raise ValueError(f"segments must be 'auto', None or a positive int, got {segments!r}")
     ids = tok.encode_one(model.tokenizer, prompt)
     if len(ids) > config.max_positions:
         raise ValueError(f"prompt of {len(ids)} tokens is longer than the context of {config.max_positions}")
@@ -272,6 +281,7 @@ def trace(
             window,
             window_convention,
             sever if kind == "hidden" else None,
+            segments,
         )
         probs = engine.run_grid(
             model.params,

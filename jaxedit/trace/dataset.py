@@ -166,6 +166,7 @@ def trace_dataset(
     out_dir: str | Path | None = None,
     progress: bool = True,
     workers: int = 1,
+    segments: int | str | None = "auto",
 ) -> DatasetTrace:
     """Trace facts the model knows and average the indirect effects by token class.
 
@@ -227,7 +228,7 @@ def trace_dataset(
             return {k: np.asarray(saved["grids"][k]) for k in kinds}, saved["p_clean"], saved["p_corrupt"]
         result = trace(
             model, prompt, subject=subject, corrupt=corrupt, kinds=kinds, samples=samples, noise=scale,
-            window=window, answer=answer, sever=sever, seed=seed, bucket=bucket,
+            window=window, answer=answer, sever=sever, seed=seed, bucket=bucket, segments=segments,
         )  # fmt: skip
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 from typing import Literal
 
 import jax
@@ -80,6 +81,8 @@ class Plan:
         `[S, L+1, T]` flattened, and the clean-stream row `[L+1, T]` flattened, or -1.
       replace_attn[j] / replace_mlp[j]: `[N_j]` source row in `concat(clean [T], corrupted [S*T])` of
         items whose attention / MLP output is overwritten at layer j, -1 for the others.
+      segments: `(first, end)` layer ranges below the last layer; each runs as one `lax.scan` over its
+        layers at the shapes of its last layer (`(j, j + 1)` ranges: unrolled, exact work).
     """
 
     kind: str
@@ -103,14 +106,15 @@ class Plan:
     start_clean: np.ndarray
     replace_attn: tuple[np.ndarray, ...]
     replace_mlp: tuple[np.ndarray, ...]
+    segments: tuple[tuple[int, int], ...]
 
     @property
     def n_units(self) -> int:
         return len(self.unit_layer)
 
     def recomputed_rows(self) -> int:
-        """Token-layer rows the program recomputes (the work measure of the grid)."""
-        return int(sum(self.items))
+        """Token-layer rows the program recomputes (the work measure of the grid), padding included."""
+        return sum((end - first) * self.items[end - 1] for first, end in self.segments) + self.items[-1]
 
 
 @functools.lru_cache(maxsize=64)
@@ -123,8 +127,14 @@ def build_plan(
     window: int,
     convention: str,
     sever: str | None,
+    segments: int | None = None,
 ) -> Plan:
-    """The static schedule for a grid over the last `live` of `length` token rows."""
+    """The static schedule for a grid over the last `live` of `length` token rows.
+
+    `segments`: None unrolls the layer loop (every layer at its own shapes: the least work, the longest
+    compile; best on a CPU); k groups the layers below the last into at most k scanned segments, with
+    boundaries that minimise the padded work (compiles in a fraction of the time; for accelerators).
+    """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     t_len = length
@@ -182,6 +192,7 @@ def build_plan(
         return tuple(per_layer)
 
     return Plan(
+        segments=layer_segments(items, segments),
         kind=kind,
         n_layers=n_layers,
         length=length,
@@ -206,16 +217,66 @@ def build_plan(
     )
 
 
+def layer_segments(items: Sequence[int], segments: int | None) -> tuple[tuple[int, int], ...]:
+    """Contiguous layer ranges covering the layers with work below the last, at most `segments` of them.
+
+    Every layer of a range runs at the item count of its last layer (items grow with the layer), so a
+    range `[a, b)` costs `(b - a) * items[b - 1]`; the boundaries minimise the total by dynamic
+    programming. `None`: one range per layer.
+    """
+    layers = [j for j in range(len(items) - 1) if items[j] > 0]
+    if not layers:
+        return ()
+    first = layers[0]
+    if segments is None:
+        return tuple((j, j + 1) for j in range(first, len(items) - 1))
+    if segments < 1:
+        raise ValueError(f"segments must be at least 1, got {segments}")
+    end = len(items) - 1
+    n = end - first
+    k = min(segments, n)
+    inf = float("inf")
+    # best[m][i]: least cost of covering layers first .. first+i-1 with m ranges
+    best = [[inf] * (n + 1) for _ in range(k + 1)]
+    cut = [[0] * (n + 1) for _ in range(k + 1)]
+    best[0][0] = 0.0
+    for m in range(1, k + 1):
+        for i in range(1, n + 1):
+            for h in range(m - 1, i):
+                cost = best[m - 1][h] + (i - h) * items[first + i - 1]
+                if cost < best[m][i]:
+                    best[m][i], cut[m][i] = cost, h
+    m = min(range(1, k + 1), key=lambda count: best[count][n])
+    bounds, i = [], n
+    while m > 0:
+        h = cut[m][i]
+        bounds.append((first + h, first + i))
+        i, m = h, m - 1
+    return tuple(reversed(bounds))
+
+
 def _layer(params: Params, j: int) -> Params:
     return jax.tree.map(lambda a: a[j], params["layers"])
 
 
-def _overwrite(values: jax.Array, source: np.ndarray, clean: jax.Array, corrupt: jax.Array) -> jax.Array:
-    """Rows of `values` `[N, D]` with `source >= 0` become `concat(clean [T, D], corrupt [S*T, D])[source]`."""
-    if not (source >= 0).any():
+def _overwrite(
+    values: jax.Array, source: jax.Array | None, clean: jax.Array, corrupt: jax.Array
+) -> jax.Array:
+    """Rows of `values` `[N, D]` with `source >= 0` become `concat(clean [T, D], corrupt [S*T, D])[source]`.
+
+    `source` None: nothing is overwritten (known when the program is built).
+    """
+    if source is None:
         return values
     table = jnp.concatenate([clean, corrupt.reshape(-1, corrupt.shape[-1])]).astype(values.dtype)
-    return jnp.where((source >= 0)[:, None], table[np.maximum(source, 0)], values)
+    return jnp.where((source >= 0)[:, None], table[jnp.maximum(source, 0)], values)
+
+
+def _sources(per_layer: Sequence[np.ndarray], size: int) -> np.ndarray | None:
+    """Replacement sources of a range of layers padded to `size` items `[layers, size]`, None if empty."""
+    if not any((a >= 0).any() for a in per_layer):
+        return None
+    return np.stack([np.pad(a, (0, size - len(a)), constant_values=-1) for a in per_layer])
 
 
 def run_units(
@@ -254,57 +315,97 @@ def run_units(
         restored = clean["stream"].reshape(-1, d)[np.maximum(plan.start_clean, 0)]
         y = jnp.where((plan.start_clean >= 0)[:, None], restored, y)
 
-    final = None
-    for j in range(plan.n_layers):
-        n_units, n_items = plan.active[j], plan.items[j]
-        if n_units == 0:
-            continue
-        p = _layer(params, j)
-        last_layer = j == plan.n_layers - 1
-        rows = y[:n_items]  # [N, D]
-        normed = core.norm(c, p["ln1"], rows)
+    cached_rotary = (
+        None if rotary is None else tuple(jnp.broadcast_to(r, (samples, *r.shape[1:])) for r in rotary)
+    )
+    kv_shape = (c.n_kv_heads, c.head_dim)
+
+    def attention_inputs(p: Params, normed: jax.Array, stream: jax.Array, n_units: int, n_items: int):
+        """Keys and values `[C, T, K, E]` of the first `n_units` units at one layer (`stream`: its input)."""
         item_rotary = None if rotary is None else tuple(r[:, plan.item_row[:n_items]] for r in rotary)
         k, v = (a[0] for a in core.project_keys_values(c, p["attn"], normed[None], item_rotary))  # [N, K, E]
-        cached = core.norm(c, p["ln1"], corrupt["stream"][:, j])  # [S, T, D]
-        cached_rotary = (
-            None if rotary is None else tuple(jnp.broadcast_to(r, (samples, *r.shape[1:])) for r in rotary)
-        )
+        cached = core.norm(c, p["ln1"], stream)  # [S, T, D]
         cached_k, cached_v = core.project_keys_values(c, p["attn"], cached, cached_rotary)  # [S, T, K, E]
-        kv_shape = (c.n_kv_heads, c.head_dim)
-        keys = jnp.concatenate([cached_k.reshape(-1, *kv_shape), k])[plan.key_index[:n_units]]  # [C, T, K, E]
+        keys = jnp.concatenate([cached_k.reshape(-1, *kv_shape), k])[plan.key_index[:n_units]]
         values = jnp.concatenate([cached_v.reshape(-1, *kv_shape), v])[plan.key_index[:n_units]]
-        if last_layer:
-            # only the last token is read out: its query, attention output and MLP, one row per unit;
-            # the other rows contributed their keys and values above
-            pick = plan.last_item[:n_units]
-            rows, normed = rows[pick], normed[pick]  # [C, D]
-            last_rotary = None if rotary is None else tuple(r[:, plan.item_row[pick]] for r in rotary)
-            queries = core.project_queries(c, p["attn"], normed[None], last_rotary)[0][
-                :, None
-            ]  # [C, 1, H, E]
-            heads = core.attend(c, queries, keys, values, jnp.broadcast_to(mask[-1:], (n_units, 1, t)))
-            attn = core.linear(p["attn"]["o"], heads[:, 0])  # [C, D]
-            replace_attn, replace_mlp = plan.replace_attn[j][pick], plan.replace_mlp[j][pick]
-        else:
-            zero = jnp.zeros((1, c.n_heads, c.head_dim), normed.dtype)
-            item_queries = core.project_queries(c, p["attn"], normed[None], item_rotary)[0]  # [N, H, E]
-            queries = jnp.concatenate([zero, item_queries])[plan.query_index[:n_units]]  # [C, T, H, E]
-            heads = core.attend(
-                c, queries, keys, values, jnp.broadcast_to(mask, (n_units, t, t))
-            )  # [C,T,H*E]
-            attn = core.linear(p["attn"]["o"], heads.reshape(n_units * t, -1)[plan.head_index[:n_items]])
-            replace_attn, replace_mlp = plan.replace_attn[j], plan.replace_mlp[j]
-        attn = _overwrite(attn, replace_attn, clean["attn"][j], corrupt["attn"][:, j])
+        return keys, values, item_rotary
+
+    def finish(p, rows, attn, sources, clean_j, corrupt_j):
+        """Overwrite the restored / severed sublayer outputs, run the MLP: the block's output rows."""
+        attn = _overwrite(attn, sources[0], clean_j["attn"], corrupt_j["attn"])
         if c.parallel_residual:
             m_in = core.norm(c, p["ln1"] if c.shared_block_norm else p["ln2"], rows)
         else:
             m_in = core.norm(c, p["ln2"], rows + attn)
         mlp = core.linear(p["mlp"]["out"], core.mlp_key(c, p["mlp"], m_in))  # [N, D]
-        mlp = _overwrite(mlp, replace_mlp, clean["mlp"][j], corrupt["mlp"][:, j])
-        if last_layer:
-            final = rows + attn + mlp  # [C, D]
-        else:
-            y = jax.lax.dynamic_update_slice(y, rows + attn + mlp, (0, 0))
+        mlp = _overwrite(mlp, sources[1], clean_j["mlp"], corrupt_j["mlp"])
+        return rows + attn + mlp
+
+    def block(y, p, j, sources, clean_j, corrupt_j, n_units: int, n_items: int):
+        """One layer for every item of the first `n_units` units; items not started at j keep their row."""
+        rows = y[:n_items]  # [N, D]
+        normed = core.norm(c, p["ln1"], rows)
+        keys, values, item_rotary = attention_inputs(p, normed, corrupt_j["stream"], n_units, n_items)
+        zero = jnp.zeros((1, c.n_heads, c.head_dim), normed.dtype)
+        item_queries = core.project_queries(c, p["attn"], normed[None], item_rotary)[0]  # [N, H, E]
+        queries = jnp.concatenate([zero, item_queries])[plan.query_index[:n_units]]  # [C, T, H, E]
+        heads = core.attend(c, queries, keys, values, jnp.broadcast_to(mask, (n_units, t, t)))  # [C,T,H*E]
+        attn = core.linear(p["attn"]["o"], heads.reshape(n_units * t, -1)[plan.head_index[:n_items]])
+        out = finish(p, rows, attn, sources, clean_j, corrupt_j)
+        if j is not None:  # a scanned range: units starting above j are padding here
+            started = plan.unit_start[plan.item_unit[:n_items]]
+            out = jnp.where((started <= j)[:, None], out, rows)
+        return jax.lax.dynamic_update_slice(y, out, (0, 0))
+
+    def layer_inputs(first: int, end: int):
+        """Per-layer arrays of a range of layers, stacked on a leading layer axis."""
+        clean_j = {k: clean[k][first:end] for k in ("attn", "mlp")}
+        corrupt_j = {k: jnp.moveaxis(corrupt[k][:, first:end], 1, 0) for k in ("stream", "attn", "mlp")}
+        return clean_j, corrupt_j
+
+    for first, end in plan.segments:
+        n_units, n_items = plan.active[end - 1], plan.items[end - 1]
+        sources = (
+            _sources(plan.replace_attn[first:end], n_items),
+            _sources(plan.replace_mlp[first:end], n_items),
+        )
+        clean_j, corrupt_j = layer_inputs(first, end)
+        if end - first == 1:
+            y = block(
+                y, _layer(params, first), None, tuple(None if a is None else a[0] for a in sources),
+                jax.tree.map(lambda a: a[0], clean_j), jax.tree.map(lambda a: a[0], corrupt_j), n_units, n_items,
+            )  # fmt: skip
+            continue
+
+        def step(y, xs, n_units=n_units, n_items=n_items):
+            p, j, sources, clean_j, corrupt_j = xs
+            return block(y, p, j, sources, clean_j, corrupt_j, n_units, n_items), None
+
+        layer_params = jax.tree.map(lambda a, first=first, end=end: a[first:end], params["layers"])
+        xs = (layer_params, jnp.arange(first, end), sources, clean_j, corrupt_j)
+        y, _ = jax.lax.scan(step, y, xs)
+
+    # last layer: only the last token is read out: its query, attention output and MLP, one row per
+    # unit; the other rows contribute their keys and values
+    j = plan.n_layers - 1
+    final = None
+    n_units, n_items = plan.active[j], plan.items[j]
+    if n_units:
+        p = _layer(params, j)
+        normed = core.norm(c, p["ln1"], y[:n_items])
+        keys, values, _ = attention_inputs(p, normed, corrupt["stream"][:, j], n_units, n_items)
+        pick = plan.last_item[:n_units]
+        rows, normed = y[pick], normed[pick]  # [C, D]
+        last_rotary = None if rotary is None else tuple(r[:, plan.item_row[pick]] for r in rotary)
+        queries = core.project_queries(c, p["attn"], normed[None], last_rotary)[0][:, None]  # [C, 1, H, E]
+        heads = core.attend(c, queries, keys, values, jnp.broadcast_to(mask[-1:], (n_units, 1, t)))
+        attn = core.linear(p["attn"]["o"], heads[:, 0])  # [C, D]
+        sources = tuple(
+            a[j][pick] if (a[j] >= 0).any() else None for a in (plan.replace_attn, plan.replace_mlp)
+        )
+        clean_j = {k: clean[k][j] for k in ("attn", "mlp")}
+        corrupt_j = {k: corrupt[k][:, j] for k in ("attn", "mlp")}
+        final = finish(p, rows, attn, sources, clean_j, corrupt_j)  # [C, D]
 
     last = y[plan.last_item]  # [U, D]; units that never ran keep their start state
     if final is not None:  # units are sorted by start layer: the ones that ran come first
