@@ -24,12 +24,21 @@ def trace_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--model", default="smollm2", help="'smollm2', a HF directory or a .gguf file")
     parser.add_argument("--bucket", type=int, default=4, help="pad prompt shapes to multiples of this")
     parser.add_argument("--workers", type=int, default=1, help="facts traced concurrently (accelerators)")
+    parser.add_argument(
+        "--segments", type=int, default=4, help="scanned layer ranges per grid program (compile time)"
+    )
     return parser
 
 
 def dataset_options(args: argparse.Namespace) -> dict:
     """`trace_dataset` keyword arguments from `trace_parser` options."""
-    return {"n": args.n, "samples": args.samples, "bucket": args.bucket, "workers": args.workers}
+    return {
+        "n": args.n,
+        "samples": args.samples,
+        "bucket": args.bucket,
+        "workers": args.workers,
+        "segments": args.segments,
+    }
 
 
 def command(name: str, args: argparse.Namespace, **extra: object) -> str:

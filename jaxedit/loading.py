@@ -41,13 +41,17 @@ class Model:
     """A loaded model: config, params pytree, tokenizer (or None) and where it came from.
 
     A value: editing functions return a new `Model` (`dataclasses.replace(model, params=...)`) and
-    never change this one.
+    never change this one. An edited model also holds the unedited params (`base`, shared, not copied)
+    and the weight deltas applied to them in order (`edits`, see `jaxedit.edit.delta`), so any edit can
+    be withdrawn exactly.
     """
 
     config: ModelConfig
     params: Params
     tokenizer: Any = None
     source: str = ""
+    base: Params | None = None
+    edits: tuple = ()
 
     def replace(self, **changes: Any) -> Model:
         return dataclasses.replace(self, **changes)

@@ -248,6 +248,27 @@ def block(
     return BlockOut(resid=out, taps=states, cache=cache)
 
 
+def run_layers(
+    config: ModelConfig,
+    layers: Params,
+    x: jax.Array,
+    rotary: tuple[jax.Array, jax.Array] | None,
+    mask: jax.Array,
+    taps: Sequence[str] = (),
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Blocks with stacked params `layers` (any contiguous range of the model's) on `x` `[B, T, D]`.
+
+    Returns the output stream and the requested taps stacked `[n, B, T, W]`. For computations that start
+    or stop inside the model (statistics up to a layer, target optimisation from a layer on).
+    """
+
+    def step(x: jax.Array, p: Params) -> tuple[jax.Array, dict]:
+        out = block(config, p, x, rotary, mask, {}, tuple(taps))
+        return out.resid, out.taps
+
+    return jax.lax.scan(step, x, layers)
+
+
 def embed_tokens(params: Params, input_ids: jax.Array) -> jax.Array:
     """Token embeddings `[B, T, D]`."""
     return jnp.take(params["embed"]["tokens"], input_ids, axis=0)

@@ -75,8 +75,9 @@ def encode(
     return pad(rows, pad_id(tokenizer), side=side, multiple=multiple)
 
 
-def token_span(tokenizer: Any, prompt: str, substring: str) -> tuple[int, int]:
-    """Token indices `[start, end)` of the first occurrence of `substring` in the tokenized `prompt`.
+def token_span(tokenizer: Any, prompt: str, substring: str, after: int = 0) -> tuple[int, int]:
+    """Token indices `[start, end)` of the first occurrence of `substring` in the tokenized `prompt`
+    at or after character `after`.
 
     Indices count every token the tokenizer produces for the prompt, BOS included (METHODS.md §0).
     A token belongs to the span when its characters overlap the substring's characters.
@@ -86,7 +87,7 @@ def token_span(tokenizer: Any, prompt: str, substring: str) -> tuple[int, int]:
     """
     if not substring:
         raise ValueError(f"empty subject for prompt {prompt!r}")
-    start_char = prompt.find(substring)
+    start_char = prompt.find(substring, after)
     if start_char < 0:
         raise ValueError(f"subject {substring!r} does not occur in prompt {prompt!r}")
     end_char = start_char + len(substring)

@@ -1,0 +1,54 @@
+"""Context templates for target optimisation: the bare prompt plus prefixes the model writes itself
+(METHODS.md §4).
+
+ROME uses 10 prefixes of 5 tokens and 10 of 10 tokens; MEMIT / PMET 5 of 10. Prefixes are sampled once
+per (model, spec, seed) from the unedited model (top-k 5, starting words as in the MEMIT code) and cached
+as JSON under `$JAXEDIT_CACHE/contexts`. A template is `"<prefix>. {}"`; the first is `"{}"`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from jaxedit.checkpoints import atomic_write_bytes
+from jaxedit.edit.stats import fingerprint
+from jaxedit.generate import generate_text
+from jaxedit.loading import Model
+
+ROME_PREFIXES = ((5, 10), (10, 10))
+MEMIT_PREFIXES = ((10, 5),)
+STARTS = ("The", "Therefore", "Because", "I", "You")
+
+
+def _cache_path(model: Model, spec: Sequence[tuple[int, int]], seed: int) -> Path:
+    root = Path(os.environ.get("JAXEDIT_CACHE", Path.home() / ".cache" / "jaxedit")) / "contexts"
+    name = "-".join(f"{length}x{count}" for length, count in spec)
+    return root / f"{fingerprint(model)}-{name}-seed{seed}.json"
+
+
+def context_templates(
+    model: Model, spec: Sequence[tuple[int, int]] = ROME_PREFIXES, *, seed: int = 0, cache: bool = True
+) -> list[str]:
+    """`["{}", "<prefix 1>. {}", ...]` with `count` prefixes of `length` tokens for each `(length, count)`."""
+    spec = tuple((int(length), int(count)) for length, count in spec)
+    if any(length < 1 or count < 0 for length, count in spec):
+        raise ValueError(f"prefix spec must hold (length >= 1, count >= 0) pairs, got {spec}")
+    path = _cache_path(model, spec, seed)
+    if cache and path.exists():
+        return json.loads(path.read_text())
+    templates = ["{}"]
+    for length, count in spec:
+        if count == 0:
+            continue
+        starts = [STARTS[i % len(STARTS)] for i in range(count)]
+        texts = generate_text(model, starts, max_new_tokens=length - 1, top_k=5, seed=seed + length)
+        for start, text in zip(starts, texts, strict=True):
+            prefix = (start + text).replace("{", " ").replace("}", " ").strip()
+            templates.append(prefix + ". {}")
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, json.dumps(templates, indent=1).encode())
+    return templates

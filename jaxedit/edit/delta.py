@@ -1,0 +1,123 @@
+"""Edits as values: low-rank changes of the MLP output projections, applied and withdrawn exactly.
+
+Every editing method (ROME, MEMIT, PMET, RETS) changes `W_out`, the output projection of chosen MLPs
+(METHODS.md §0). A `Delta` stores that change as factors: at each of its layers
+`ΔK[l] = left[l]ᵀ @ right[l]` for the `[in, out]` kernel (`left [r, F]`, `right [r, D]`); ROME is rank one
+(METHODS.md §5), a MEMIT batch of n edits rank n (§6).
+
+`apply` returns a new `Model` whose params are the unedited ones (`model.base`) plus every applied delta
+in order; `revert` drops one delta and recomputes from `base`, so reverting the only edit returns the
+original arrays bit for bit, and withdrawing edit 2 of 3 gives exactly what applying edits 1 and 3 gives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxedit.layout import Params
+from jaxedit.loading import Model
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Delta:
+    """A change of `W_out` at `layers`: `kernel[l] += left[i].T @ right[i]` for `l = layers[i]`.
+
+    Attributes:
+      layers: edited layer indices (ascending, distinct).
+      left: `[n_layers, r, d_mlp]` float32.
+      right: `[n_layers, r, d_model]` float32.
+      method: the method that made it (`rome`, `memit`, ...).
+      requests: the edit requests it implements (prompt, subject, target), for journals and reports.
+      id: unique id (journal key).
+      info: method diagnostics (loss curve, norms), JSON-serialisable.
+    """
+
+    layers: tuple[int, ...]
+    left: np.ndarray
+    right: np.ndarray
+    method: str
+    requests: tuple[dict, ...] = ()
+    id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:12])
+    info: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        left, right = np.asarray(self.left, np.float32), np.asarray(self.right, np.float32)
+        if left.ndim != 3 or right.ndim != 3 or left.shape[:2] != right.shape[:2]:
+            raise ValueError(
+                f"Delta factors must be [layers, rank, dim] alike, got {left.shape} and {right.shape}"
+            )
+        if len(self.layers) != left.shape[0] or len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"Delta has {left.shape[0]} factor layers but layers {self.layers}")
+        if not (np.isfinite(left).all() and np.isfinite(right).all()):
+            raise ValueError(f"Delta {self.id} ({self.method}) has non-finite factors")
+        object.__setattr__(self, "left", left)
+        object.__setattr__(self, "right", right)
+        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+
+    def dense(self) -> np.ndarray:
+        """`[n_layers, d_mlp, d_model]` kernel increments."""
+        return np.einsum("lrf,lrd->lfd", self.left, self.right)
+
+    def norms(self) -> dict[int, float]:
+        """Frobenius norm of the increment per layer."""
+        return {layer: float(np.linalg.norm(w)) for layer, w in zip(self.layers, self.dense(), strict=True)}
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description (no arrays)."""
+        return {
+            "id": self.id,
+            "method": self.method,
+            "layers": list(self.layers),
+            "rank": int(self.left.shape[1]),
+            "requests": list(self.requests),
+            "norms": {str(k): v for k, v in self.norms().items()},
+            "info": self.info,
+        }
+
+
+@jax.jit
+def _add(kernel: jax.Array, layers: jax.Array, left: jax.Array, right: jax.Array) -> jax.Array:
+    update = jnp.einsum("lrf,lrd->lfd", left, right).astype(kernel.dtype)
+    return kernel.at[layers].add(update)
+
+
+def add_to_params(params: Params, delta: Delta) -> Params:
+    """`params` with the delta added to the MLP output kernels (a new pytree; `params` is untouched)."""
+    kernel = params["layers"]["mlp"]["out"]["kernel"]
+    n_layers, d_mlp, d_model = kernel.shape
+    if max(delta.layers) >= n_layers or delta.left.shape[2] != d_mlp or delta.right.shape[2] != d_model:
+        raise ValueError(
+            f"delta {delta.id} (layers {delta.layers}, widths {delta.left.shape[2]}x{delta.right.shape[2]}) "
+            f"does not fit a model with {n_layers} layers of {d_mlp}x{d_model} MLP output kernels"
+        )
+    new = _add(kernel, jnp.asarray(delta.layers), jnp.asarray(delta.left), jnp.asarray(delta.right))
+    mlp_out = {**params["layers"]["mlp"]["out"], "kernel": new}
+    mlp = {**params["layers"]["mlp"], "out": mlp_out}
+    return {**params, "layers": {**params["layers"], "mlp": mlp}}
+
+
+def apply(model: Model, delta: Delta) -> Model:
+    """A new model with `delta` applied after the model's current edits."""
+    if any(d.id == delta.id for d in model.edits):
+        raise ValueError(f"delta {delta.id} is already applied")
+    base = model.base if model.base is not None else model.params
+    return model.replace(params=add_to_params(model.params, delta), base=base, edits=(*model.edits, delta))
+
+
+def revert(model: Model, delta: Delta | str) -> Model:
+    """A new model without `delta` (or the delta with that id): the other edits replayed on `base`."""
+    key = delta if isinstance(delta, str) else delta.id
+    if not any(d.id == key for d in model.edits):
+        applied = ", ".join(d.id for d in model.edits) or "none"
+        raise KeyError(f"delta {key} is not applied to this model (applied: {applied})")
+    remaining = tuple(d for d in model.edits if d.id != key)
+    params = model.base
+    for d in remaining:
+        params = add_to_params(params, d)
+    return model.replace(params=params, base=model.base if remaining else None, edits=remaining)

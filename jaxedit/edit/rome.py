@@ -1,0 +1,123 @@
+"""ROME: rank-one model editing (paper 003 §3; METHODS.md §5).
+
+The key `k*` is the mean over the contexts of the MLP key at the last subject token of the edited layer;
+the value `v* = m0 + δ` comes from target optimisation (§4). The closed-form update of the paper's
+appendix, with `k` and `W k` from the bare prompt:
+
+    u = C⁻¹ k*,    ΔW = (v* − W k) uᵀ / (uᵀ k)
+
+so `Ŵ k = v*` and every direction `x` with `uᵀ x = x̂ᵀ C⁻¹ k* = 0` passes unchanged. `C = E[k kᵀ]` are the
+layer's key statistics (§3); the solve runs in float64 on the host, never through an explicit inverse.
+The result is a rank-one `Delta` (`left = u / (uᵀ k)`, `right = v* − W k`) that `jaxedit.edit.apply`
+adds to the `[in, out]` kernel and `revert` withdraws.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from jaxedit.edit.contexts import ROME_PREFIXES, context_templates
+from jaxedit.edit.delta import Delta
+from jaxedit.edit.stats import KeyStats, StatsError
+from jaxedit.edit.targets import Request, TargetHparams, as_request, optimise_targets
+from jaxedit.loading import Model
+
+# Published default layers (0-based), METHODS.md §5, keyed by (family, n_layers).
+PUBLISHED_LAYERS = {
+    ("gpt2", 24): 8,
+    ("gpt2", 36): 12,
+    ("gpt2", 48): 17,
+    ("gptj", 28): 5,
+    ("gpt_neox", 44): 15,
+}
+# SmolLM2-135M (llama, 30 layers): the peak of the average MLP indirect effect at the last subject token
+# over known facts, experiments/results/trace_subject_known.md (suggest_edit_layer).
+TRACED_LAYERS = {("llama", 30): 7}
+
+
+def default_layer(model: Model) -> int:
+    """The family's published ROME layer, the traced layer for SmolLM2, else GPT-2 XL's relative depth."""
+    key = (model.config.family, model.config.n_layers)
+    if key in PUBLISHED_LAYERS:
+        return PUBLISHED_LAYERS[key]
+    if key in TRACED_LAYERS:
+        return TRACED_LAYERS[key]
+    return min(model.config.n_layers - 1, round(17 / 48 * model.config.n_layers))
+
+
+@dataclasses.dataclass(frozen=True)
+class RomeHparams:
+    """ROME settings; `layer=None` takes `default_layer`."""
+
+    layer: int | None = None
+    prefixes: tuple[tuple[int, int], ...] = ROME_PREFIXES
+    targets: TargetHparams = dataclasses.field(default_factory=TargetHparams)
+    seed: int = 0
+
+
+def rank_one_update(
+    stats: np.ndarray, key_mean: np.ndarray, key: np.ndarray, residual: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Factors `(left [F], right [D])` of `ΔW = residual uᵀ / (uᵀ key)`, `u = C⁻¹ key_mean`, in float64.
+
+    `residual` is `v* − W key`. The kernel increment (`[in, out]` layout) is `outer(left, right)`.
+    """
+    c = np.asarray(stats, np.float64)
+    try:
+        u = np.linalg.solve(c, np.asarray(key_mean, np.float64))
+    except np.linalg.LinAlgError as err:
+        raise StatsError(f"the key statistics are singular ({err}); use more statistics samples") from err
+    denominator = float(u @ np.asarray(key, np.float64))
+    if not np.isfinite(u).all() or not np.isfinite(denominator) or denominator == 0.0:
+        raise FloatingPointError("ROME solve is not finite: the key statistics are ill-conditioned")
+    left = u / denominator
+    return left.astype(np.float32), np.asarray(residual, np.float64).astype(np.float32)
+
+
+def rome(
+    model: Model,
+    request: Request | dict,
+    stats: KeyStats | np.ndarray,
+    hp: RomeHparams = RomeHparams(),
+    *,
+    templates: Sequence[str] | None = None,
+) -> Delta:
+    """The ROME delta for one request on `model` (which may already carry edits).
+
+    Args:
+      request: `Request(prompt="{} is located in the city of", subject="The Eiffel Tower", target="Rome")`
+        or a dict / CounterFact record.
+      stats: the layer's key statistics (`key_statistics`); checked against the model and layer.
+      templates: context templates (default: `context_templates(model, hp.prefixes, seed=hp.seed)`).
+    """
+    request = as_request(request)
+    layer = default_layer(model) if hp.layer is None else hp.layer
+    if isinstance(stats, KeyStats):
+        stats.check(model, layer)
+        matrix = stats.matrix
+    else:
+        matrix = np.asarray(stats)
+    width = model.config.d_mlp
+    if matrix.shape != (width, width):
+        raise StatsError(f"statistics of shape {matrix.shape} do not fit keys of width {width}")
+    templates = (
+        list(templates) if templates is not None else context_templates(model, hp.prefixes, seed=hp.seed)
+    )
+    targets = optimise_targets(model, [request], layer, templates, hp.targets)
+    left, right = rank_one_update(matrix, targets.key_mean[0], targets.key[0], targets.delta[0])
+    info = {
+        "layer": layer,
+        "loss": [float(x) for x in targets.loss[0] if np.isfinite(x)],
+        "nll": float(targets.nll[0]),
+        "steps": int(targets.steps[0]),
+        "delta_norm": float(np.linalg.norm(targets.delta[0])),
+        "m0_norm": float(np.linalg.norm(targets.m0[0])),
+        "contexts": len(templates),
+    }
+    return Delta(
+        layers=(layer,), left=left[None, None], right=right[None, None], method="rome",
+        requests=(request.to_dict(),), info=info,
+    )  # fmt: skip

@@ -1,0 +1,308 @@
+"""Target optimisation shared by ROME, MEMIT, PMET and RETS (METHODS.md §4).
+
+For each edit request, find `δ` added to the MLP output of the edited layer at the key token (the last
+subject token) so that the model predicts the new object in every context:
+
+    loss = mean_contexts NLL(target | context) + kl_factor · KL(P_edited ‖ P_original) + weight_decay · ‖δ‖ / ‖m0‖²
+
+with the KL term read at the last subject token of `"{subject} is a"` and `m0` the original MLP output at
+the key token of the bare prompt. Adam (lr 0.5), the norm clamp `‖δ‖ ≤ clamp · ‖m0‖` after every step,
+at most `steps` evaluations, stopping once the loss is below `loss_stop` (as the reference loop does: it
+evaluates, stops, or updates).
+
+What the problem's structure saves: layers below the edited one do not see `δ`, so their output is
+computed once (no gradient) and the jitted loop runs only the layers from the edited one up; logits are
+computed only at the target positions and the KL positions, not over the whole sequence. Many requests
+optimise together in one padded batch: the loss is a sum of per-request terms that share no parameters,
+so one Adam run over the `[n, D]` matrix equals n separate runs; each request stops on its own (its rows
+keep running, its `δ` stops changing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxedit import interventions as iv
+from jaxedit import model as core
+from jaxedit import tokens as tok
+from jaxedit.config import ModelConfig
+from jaxedit.layout import Params
+from jaxedit.loading import Model
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """An edit: `prompt` holds `{}` where the subject goes; `target` is the new object."""
+
+    prompt: str
+    subject: str
+    target: str
+
+    @property
+    def text(self) -> str:
+        return self.prompt.format(self.subject)
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+
+def as_request(value: Request | dict) -> Request:
+    """A `Request` from itself, a dict with prompt / subject / target, or a CounterFact record."""
+    if isinstance(value, Request):
+        request = value
+    else:
+        record = value.get("requested_rewrite", value)
+        target = record.get("target", record.get("target_new"))
+        if isinstance(target, dict):
+            target = target.get("str")
+        request = Request(
+            prompt=record.get("prompt", ""), subject=record.get("subject", ""), target=target or ""
+        )
+    if not request.target or not request.target.strip():
+        raise ValueError(f"edit request has an empty target: {request}")
+    if not request.subject:
+        raise ValueError(f"edit request has an empty subject: {request}")
+    if request.prompt.count("{}") != 1:
+        raise ValueError(f"edit prompt must hold one '{{}}' for the subject, got {request.prompt!r}")
+    return request
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetHparams:
+    """METHODS.md §4 defaults (ROME on GPT-2: 20 steps, clamp 4)."""
+
+    steps: int = 20
+    lr: float = 0.5
+    kl_factor: float = 0.0625
+    weight_decay: float = 0.5
+    clamp: float = 4.0
+    loss_stop: float = 0.05
+    kl_prompt: str = "{} is a"
+
+
+@dataclasses.dataclass
+class Targets:
+    """Result of the optimisation for n requests.
+
+    Attributes:
+      delta: `[n, D]` the optimised `δ`; `value = m0 + delta` is `v*`.
+      m0: `[n, D]` original MLP output at the key token of the bare prompt (`W k` + bias).
+      key: `[n, F]` MLP key at that token (bare prompt); `key_mean`: `[n, F]` mean over the contexts.
+      loss: `[n, steps]` loss per evaluation (NaN after the request stopped); `nll`: the final NLL.
+      steps: evaluations per request.
+    """
+
+    delta: np.ndarray
+    m0: np.ndarray
+    key: np.ndarray
+    key_mean: np.ndarray
+    loss: np.ndarray
+    nll: np.ndarray
+    steps: np.ndarray
+
+    @property
+    def value(self) -> np.ndarray:
+        return self.m0 + self.delta
+
+
+def target_ids(model: Model, target: str) -> list[int]:
+    """Token ids of a target object, with a leading space (METHODS.md §0); no special tokens."""
+    text = target if target.startswith(" ") else " " + target
+    ids = list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+    if not ids:
+        raise ValueError(f"target {target!r} has no tokens")
+    return ids
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """Host arrays of the padded batch: per row its request, key position and readout positions."""
+
+    ids: np.ndarray  # [R, T]
+    mask: np.ndarray  # [R, T]
+    row_request: np.ndarray  # [R]
+    key_pos: np.ndarray  # [R]
+    is_kl: np.ndarray  # [R] bool
+    is_bare: np.ndarray  # [R] bool: the "{}" context of its request
+    read_pos: np.ndarray  # [R, M] positions whose next-token distribution is scored
+    labels: np.ndarray  # [R, M]
+    weights: np.ndarray  # [R, M] 1 / n_target_tokens at real target positions, else 0
+
+
+def build_batch(model: Model, requests: Sequence[Request], templates: Sequence[str], kl_prompt: str) -> Batch:
+    """Rows `context + target[:-1]` for every (request, template), then one KL row per request."""
+    rows, keys, owners, kl_flags, bare, reads, labels = [], [], [], [], [], [], []
+    for index, request in enumerate(requests):
+        targets = target_ids(model, request.target)
+        for template in templates:
+            text = template.format(request.text)
+            after = template.index("{}") + request.prompt.index("{}")
+            ids = tok.encode_one(model.tokenizer, text)
+            _, end = tok.token_span(model.tokenizer, text, request.subject, after=after)
+            rows.append(ids + targets[:-1])
+            keys.append(end - 1)
+            owners.append(index)
+            kl_flags.append(False)
+            bare.append(template == "{}")
+            reads.append([len(ids) - 1 + j for j in range(len(targets))])
+            labels.append(targets)
+        kl_text = kl_prompt.format(request.subject)
+        kl_ids = tok.encode_one(model.tokenizer, kl_text)
+        _, end = tok.token_span(model.tokenizer, kl_text, request.subject)
+        rows.append(kl_ids)
+        keys.append(end - 1)
+        owners.append(index)
+        kl_flags.append(True)
+        bare.append(False)
+        reads.append([end - 1])
+        labels.append([0])
+    ids, mask = tok.pad(rows, tok.pad_id(model.tokenizer), side="right", multiple=8)
+    width = max(len(r) for r in reads)
+    read_pos = np.zeros((len(rows), width), np.int32)
+    label_arr = np.zeros((len(rows), width), np.int32)
+    weights = np.zeros((len(rows), width), np.float32)
+    for r, (pos, lab, kl) in enumerate(zip(reads, labels, kl_flags, strict=True)):
+        read_pos[r, : len(pos)] = pos
+        label_arr[r, : len(lab)] = lab
+        weights[r, : len(pos)] = 0.0 if kl else 1.0 / len(pos)
+    if ids.shape[1] > model.config.max_positions:
+        raise ValueError(
+            f"edit contexts of {ids.shape[1]} tokens exceed the context of {model.config.max_positions}"
+        )
+    return Batch(
+        ids=ids, mask=mask, row_request=np.asarray(owners, np.int32), key_pos=np.asarray(keys, np.int32),
+        is_kl=np.asarray(kl_flags), is_bare=np.asarray(bare), read_pos=read_pos, labels=label_arr,
+        weights=weights,
+    )  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnames=("config", "layer", "n_requests", "hp"))
+def _optimise(
+    params: Params,
+    config: ModelConfig,
+    layer: int,
+    n_requests: int,
+    hp: TargetHparams,
+    ids: jax.Array,
+    mask: jax.Array,
+    row_request: jax.Array,
+    key_pos: jax.Array,
+    is_kl: jax.Array,
+    is_bare: jax.Array,
+    read_pos: jax.Array,
+    labels: jax.Array,
+    weights: jax.Array,
+) -> tuple[jax.Array, ...]:
+    positions = core.positions_from_mask(mask)
+    rotary = core.rotary_for(config, positions)
+    causal = core.causal_mask(mask)
+    x = core.residual_input(config, params, core.embed_tokens(params, ids), positions)
+    below = jax.tree.map(lambda a: a[:layer], params["layers"])
+    x, _ = core.run_layers(config, below, x, rotary, causal)  # input of the edited layer: fixed
+    x = jax.lax.stop_gradient(x)
+    p_layer = jax.tree.map(lambda a: a[layer], params["layers"])
+    above = jax.tree.map(lambda a: a[layer + 1 :], params["layers"])
+    rows = jnp.arange(ids.shape[0])
+    at_key = jax.nn.one_hot(key_pos, ids.shape[1], dtype=x.dtype)  # [R, T]
+
+    def run(delta: jax.Array, taps: tuple[str, ...] = ()) -> tuple[jax.Array, dict]:
+        add = at_key[:, :, None] * delta[row_request][:, None, :]  # [R, T, D]
+        out = core.block(config, p_layer, x, rotary, causal, {"mlp_out": iv.add(add)}, taps)
+        h, _ = core.run_layers(config, above, out.resid, rotary, causal)
+        read = h[rows[:, None], read_pos]  # [R, M, D]
+        return jax.nn.log_softmax(core.unembed(config, params, read), axis=-1), out.taps  # [R, M, V]
+
+    zero = jnp.zeros((n_requests, config.d_model), jnp.float32)
+    logp0, taps = run(zero, ("mlp_key", "mlp_out"))
+    kl_base = jax.lax.stop_gradient(logp0[:, 0])  # [R, V], used on KL rows
+    m_out = taps["mlp_out"][rows, key_pos]  # [R, D]
+    keys = taps["mlp_key"][rows, key_pos]  # [R, F]
+    bare_index = jnp.argmax(
+        is_bare[None, :] & (row_request[None, :] == jnp.arange(n_requests)[:, None]), axis=1
+    )
+    m0 = m_out[bare_index]  # [n, D]
+    key = keys[bare_index]
+    context = (~is_kl).astype(jnp.float32)
+    per_request = jax.ops.segment_sum(context, row_request, n_requests)
+    key_mean = jax.ops.segment_sum(keys * context[:, None], row_request, n_requests) / per_request[:, None]
+    m0_norm = jnp.linalg.norm(m0, axis=-1)  # [n]
+
+    def losses(delta: jax.Array) -> tuple[jax.Array, jax.Array]:
+        logp, _ = run(delta)
+        picked = jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]  # [R, M]
+        nll_row = -(picked * weights).sum(-1)  # [R], zero on KL rows
+        nll = jax.ops.segment_sum(nll_row * context, row_request, n_requests) / per_request
+        kl_row = jnp.sum(jnp.exp(logp[:, 0]) * (logp[:, 0] - kl_base), axis=-1)  # KL(edited ‖ original)
+        kl = jax.ops.segment_sum(kl_row * is_kl, row_request, n_requests)
+        decay = hp.weight_decay * optax.safe_norm(delta, 0.0, axis=-1) / m0_norm**2  # zero grad at 0
+        return nll + hp.kl_factor * kl + decay, nll
+
+    optimiser = optax.adam(hp.lr)
+
+    def total(delta: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        loss, nll = losses(delta)
+        return loss.sum(), (loss, nll)
+
+    grad_fn = jax.value_and_grad(total, has_aux=True)
+    history0 = jnp.full((n_requests, hp.steps), jnp.nan, jnp.float32)
+
+    def cond(carry):
+        step, _, _, _, active, _, _ = carry
+        return (step < hp.steps) & active.any()
+
+    def body(carry):
+        step, delta, state, history, active, steps, last_nll = carry
+        (_, (loss, nll)), grad = grad_fn(delta)
+        history = history.at[:, step].set(jnp.where(active, loss, jnp.nan))
+        steps = steps + active
+        last_nll = jnp.where(active, nll, last_nll)
+        active = active & (loss >= hp.loss_stop) & (step < hp.steps - 1)
+        updates, state = optimiser.update(grad, state, delta)
+        moved = optax.apply_updates(delta, updates)
+        limit = hp.clamp * m0_norm
+        norm = jnp.linalg.norm(moved, axis=-1)
+        moved = moved * jnp.minimum(1.0, limit / jnp.maximum(norm, 1e-12))[:, None]
+        delta = jnp.where(active[:, None], moved, delta)
+        return step + 1, delta, state, history, active, steps, last_nll
+
+    init = (
+        jnp.int32(0), zero, optimiser.init(zero), history0, jnp.ones(n_requests, bool),
+        jnp.zeros(n_requests, jnp.int32), jnp.zeros(n_requests, jnp.float32),
+    )  # fmt: skip
+    _, delta, _, history, _, steps, nll = jax.lax.while_loop(cond, body, init)
+    return delta, m0, key, key_mean, history, nll, steps
+
+
+def optimise_targets(
+    model: Model,
+    requests: Sequence[Request | dict],
+    layer: int,
+    templates: Sequence[str],
+    hp: TargetHparams = TargetHparams(),
+) -> Targets:
+    """Optimise `δ` for every request at `layer` in one jitted loop (see the module docstring)."""
+    if model.tokenizer is None:
+        raise ValueError(f"model {model.source!r} has no tokenizer")
+    if not 0 <= layer < model.config.n_layers:
+        raise ValueError(f"layer must lie in [0, {model.config.n_layers}), got {layer}")
+    if not templates or templates[0] != "{}":
+        raise ValueError("templates must start with the bare prompt '{}'")
+    requests = [as_request(r) for r in requests]
+    if not requests:
+        raise ValueError("no edit requests")
+    batch = build_batch(model, requests, templates, hp.kl_prompt)
+    out = _optimise(
+        model.params, model.config, layer, len(requests), hp,
+        *(jnp.asarray(getattr(batch, f.name)) for f in dataclasses.fields(batch)),
+    )  # fmt: skip
+    delta, m0, key, key_mean, history, nll, steps = (np.asarray(a) for a in out)
+    if not np.isfinite(delta).all():
+        raise FloatingPointError("target optimisation produced non-finite values")
+    return Targets(delta=delta, m0=m0, key=key, key_mean=key_mean, loss=history, nll=nll, steps=steps)
