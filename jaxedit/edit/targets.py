@@ -54,7 +54,10 @@ class Request:
 
 
 def as_request(value: Request | dict) -> Request:
-    """A `Request` from itself, a dict with prompt / subject / target, or a CounterFact record."""
+    """A `Request` from itself, a dict with prompt / subject / target, or a CounterFact record.
+
+    The prompt holds `{}` where the subject goes, or the subject itself (its first occurrence is used).
+    """
     if isinstance(value, Request):
         request = value
     else:
@@ -69,6 +72,10 @@ def as_request(value: Request | dict) -> Request:
         raise ValueError(f"edit request has an empty target: {request}")
     if not request.subject:
         raise ValueError(f"edit request has an empty subject: {request}")
+    if "{}" not in request.prompt:  # the subject written out: mark its first occurrence
+        if request.subject not in request.prompt:
+            raise ValueError(f"subject {request.subject!r} does not occur in prompt {request.prompt!r}")
+        request = dataclasses.replace(request, prompt=request.prompt.replace(request.subject, "{}", 1))
     if request.prompt.count("{}") != 1:
         raise ValueError(f"edit prompt must hold one '{{}}' for the subject, got {request.prompt!r}")
     return request

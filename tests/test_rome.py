@@ -1,0 +1,190 @@
+"""ROME on tiny models: the closed form, edits as values, statistics, target optimisation, bad input."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxedit
+from jaxedit.edit import Delta, RomeHparams, apply, revert, rome
+from jaxedit.edit.rome import rank_one_update
+from jaxedit.edit.stats import StatsError, key_statistics
+from jaxedit.edit.targets import Request, TargetHparams, optimise_targets
+
+REQUEST = Request(prompt="the mother tongue of {} is", subject="danielle darrieux", target="english")
+TEXTS = [
+    "the eiffel tower is located in the city of paris in france",
+    "the capital of france is paris and the language is french",
+    "danielle darrieux was french and the mother tongue of danielle darrieux is french",
+    "rome is the capital city of a w40 w41 w42 on the w50",
+    "english is a language w33 w34 with w60 w61 w62 w63 w64 w65",
+] * 8
+TEMPLATES = ["{}", "the city of rome . {}", "a tower in paris was w44 . {}"]
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dirs):
+    """The tiny Llama with matrices x3: its MLP outputs get norms of a few units, as in real models
+    (at init they are ~0.02, and the norm-relative decay and clamp of METHODS.md §4 then dominate)."""
+    tiny = jaxedit.load_model(tiny_dirs["llama_gqa_untied"])
+    return tiny.replace(params=jax.tree.map(lambda a: a * 3 if a.ndim >= 2 else a, tiny.params))
+
+
+@pytest.fixture(scope="module")
+def stats(model, tmp_path_factory):
+    return key_statistics(model, [1], TEXTS, cache=False, progress=False)[1]
+
+
+def test_rank_one_update_maps_key_to_value_and_spares_orthogonal_directions() -> None:
+    rng = np.random.default_rng(0)
+    f, d = 24, 16
+    a = rng.normal(size=(f, 400))
+    c = a @ a.T / 400
+    kernel = rng.normal(size=(f, d))  # [in, out]
+    key_mean = rng.normal(size=f)
+    key = key_mean + 0.1 * rng.normal(size=f)
+    value = rng.normal(size=d)
+    left, right = rank_one_update(c, key_mean, key, value - key @ kernel)
+    edited = kernel + np.outer(left, right)
+    assert np.linalg.norm(key @ edited - value) / np.linalg.norm(value) <= 1e-4
+    u = np.linalg.solve(c, key_mean)
+    for _ in range(5):
+        x = rng.normal(size=f)
+        x -= (x @ u) / (u @ u) * u  # x^T C^-1 k* = 0
+        np.testing.assert_allclose(x @ edited, x @ kernel, atol=1e-4)
+
+
+def test_singular_statistics_raise_a_clear_error() -> None:
+    with pytest.raises(StatsError, match="singular"):
+        rank_one_update(np.zeros((4, 4)), np.ones(4), np.ones(4), np.ones(3))
+
+
+def random_delta(model, layer: int, seed: int) -> Delta:
+    rng = np.random.default_rng(seed)
+    c = model.config
+    return Delta(
+        layers=(layer,), left=rng.normal(size=(1, 1, c.d_mlp)), right=rng.normal(size=(1, 1, c.d_model)),
+        method="test",
+    )  # fmt: skip
+
+
+def leaves_equal(a, b) -> bool:
+    return all(
+        bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+def test_revert_of_apply_is_bit_for_bit(model) -> None:
+    delta = random_delta(model, 1, 0)
+    edited = apply(model, delta)
+    assert not leaves_equal(edited.params, model.params)
+    back = revert(edited, delta)
+    assert leaves_equal(back.params, model.params)
+    assert back.edits == () and back.base is None
+
+
+def test_withdrawing_edit_two_of_three_equals_applying_one_and_three(model) -> None:
+    d1, d2, d3 = (random_delta(model, layer, seed) for seed, layer in ((1, 0), (2, 1), (3, 1)))
+    all_three = apply(apply(apply(model, d1), d2), d3)
+    withdrawn = revert(all_three, d2.id)
+    only = apply(apply(model, d1), d3)
+    assert [d.id for d in withdrawn.edits] == [d1.id, d3.id]
+    for a, b in zip(jax.tree.leaves(withdrawn.params), jax.tree.leaves(only.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+
+
+def test_delta_errors(model) -> None:
+    delta = random_delta(model, 1, 0)
+    with pytest.raises(KeyError, match="not applied"):
+        revert(model, delta)
+    with pytest.raises(ValueError, match="already applied"):
+        apply(apply(model, delta), delta)
+    with pytest.raises(ValueError, match="does not fit"):
+        apply(
+            model,
+            Delta(
+                layers=(9,), left=np.ones((1, 1, model.config.d_mlp)), right=np.ones((1, 1, 64)), method="x"
+            ),
+        )
+    with pytest.raises(ValueError, match="non-finite"):
+        Delta(layers=(0,), left=np.full((1, 1, 4), np.nan), right=np.ones((1, 1, 4)), method="x")
+
+
+def test_statistics_equal_the_mean_outer_product_of_keys(model, stats) -> None:
+    ids, mask = jaxedit.tokens.encode(model.tokenizer, TEXTS[:5], side="right")
+    keys = np.asarray(
+        jaxedit.forward(model.params, model.config, ids, mask, taps=("mlp_key",)).taps["mlp_key"]
+    )
+    rows = keys[:, 1][np.asarray(mask, bool)]  # [tokens, F]
+    expected = rows.T @ rows / len(rows)
+    np.testing.assert_allclose(stats.matrix, expected, rtol=1e-4, atol=1e-6)
+    assert stats.tokens == 8 * len(rows)  # TEXTS repeats the five texts eight times
+
+
+def test_statistics_cache_round_trip_and_checks(model, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("JAXEDIT_CACHE", str(tmp_path))
+    first = key_statistics(model, [0, 1], TEXTS, progress=False)
+    files = sorted(p.name for p in (tmp_path / "stats").iterdir())
+    assert len(files) == 2 and all(name.endswith(".npz") for name in files)
+    again = key_statistics(model, [1], TEXTS, progress=False)
+    np.testing.assert_array_equal(again[1].matrix, first[1].matrix)
+    assert again[1].meta["corpus"].startswith("texts:") and again[1].meta["layer"] == 1
+    first[1].check(model, 1)
+    with pytest.raises(StatsError, match="not for this model and layer"):
+        first[1].check(model, 0)
+    other = model.replace(params=jax.tree.map(lambda a: a * 1.5, model.params))
+    with pytest.raises(StatsError, match="not for this model and layer"):
+        first[1].check(other, 1)
+
+
+def test_batched_target_optimisation_equals_separate_runs(model) -> None:
+    other = Request(prompt="the eiffel tower is located in the city of {}", subject="paris", target="rome")
+    hp = TargetHparams(steps=6)
+    both = optimise_targets(model, [REQUEST, other], 1, TEMPLATES, hp)
+    for i, request in enumerate([REQUEST, other]):
+        alone = optimise_targets(model, [request], 1, TEMPLATES, hp)
+        np.testing.assert_allclose(both.delta[i], alone.delta[0], rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(both.m0[i], alone.m0[0], rtol=1e-5, atol=1e-6)
+    assert (both.loss[:, 0] > both.loss[:, 5]).all()  # the loss goes down
+
+
+def test_rome_writes_v_star_and_raises_the_target(model, stats) -> None:
+    hp = RomeHparams(layer=1)
+    delta = rome(model, REQUEST, stats, hp, templates=TEMPLATES)
+    edited = apply(model, delta)
+    ids = np.asarray([jaxedit.tokens.encode_one(model.tokenizer, REQUEST.text)])
+    target = model.tokenizer.convert_tokens_to_ids("english")
+    before = jax.nn.softmax(jaxedit.forward(model.params, model.config, ids).logits[0, -1])
+    after = jax.nn.softmax(jaxedit.forward(edited.params, edited.config, ids).logits[0, -1])
+    assert float(after[target]) > 2 * float(before[target])  # the flip itself: tests/test_smollm2.py
+    # the rank-one edit writes v* exactly at the bare prompt's key (the last subject token)
+    pos = jaxedit.tokens.token_span(model.tokenizer, REQUEST.text, REQUEST.subject)[1] - 1
+    key = jaxedit.forward(model.params, model.config, ids, taps=("mlp_key", "mlp_out")).taps
+    k = np.asarray(key["mlp_key"][0, 1, pos])
+    taps_after = jaxedit.forward(edited.params, edited.config, ids, taps=("mlp_out",)).taps
+    out_after = taps_after["mlp_out"][0, 1, pos]
+    v_star = np.asarray(key["mlp_out"][0, 1, pos]) + delta.right[0, 0]
+    np.testing.assert_allclose(np.asarray(out_after), v_star, rtol=1e-4, atol=1e-4)
+    assert delta.info["layer"] == 1 and k.shape == (model.config.d_mlp,)
+
+
+@pytest.mark.parametrize(
+    ("request_", "match"),
+    [
+        ({"prompt": "the city of paris is", "subject": "rome", "target": "rome"}, "does not occur"),
+        ({"prompt": "the city of {} is", "subject": "paris", "target": " "}, "empty target"),
+        ({"prompt": "the city of {} is {}", "subject": "paris", "target": "rome"}, "one '\\{\\}'"),
+    ],
+)
+def test_bad_requests_raise_and_change_nothing(model, stats, request_, match) -> None:
+    before = jax.tree.map(np.asarray, model.params)
+    with pytest.raises(ValueError, match=match):
+        rome(model, request_, stats, RomeHparams(layer=1), templates=TEMPLATES)
+    assert leaves_equal(before, model.params)
+
+
+def test_statistics_for_another_layer_are_refused(model, stats) -> None:
+    with pytest.raises(StatsError, match="not for this model and layer"):
+        rome(model, REQUEST, stats, RomeHparams(layer=0), templates=TEMPLATES)
