@@ -144,6 +144,59 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _statistics(model, layers, corpus: str | None, samples: int, max_len: int):
+    from jaxedit.edit.stats import corpus_or_samples, key_statistics
+
+    texts, corpus_id = corpus_or_samples(model, corpus, samples)
+    if corpus is None:
+        print(f"statistics: no --corpus given, using {len(texts)} texts sampled from the model itself")
+    return key_statistics(model, layers, texts, corpus_id=corpus_id, max_len=max_len)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    model = _load(args.model)
+    stats = _statistics(model, args.layers, args.corpus, args.samples, args.max_len)
+    for layer, s in sorted(stats.items()):
+        trace = float(s.matrix.trace())
+        print(
+            f"layer {layer}: E[kk^T] {s.matrix.shape[0]}x{s.matrix.shape[1]} over {s.tokens} tokens, trace {trace:.4g}"
+        )
+        print(f"    corpus {s.meta['corpus']}, {s.meta['samples']} texts, max_len {s.meta['max_len']}")
+    return 0
+
+
+def cmd_edit(args: argparse.Namespace) -> int:
+    from jaxedit.edit import EditJournal, RomeHparams, default_layer, rome
+    from jaxedit.edit.targets import Request, as_request
+    from jaxedit.generate import generate_text
+
+    model = _load(args.model)
+    request = as_request(Request(prompt=args.prompt, subject=args.subject, target=args.target))
+    layer = default_layer(model) if args.layer is None else args.layer
+    stats = _statistics(model, [layer], args.corpus, args.stats_samples, args.max_len)[layer]
+    start = time.perf_counter()
+    delta = rome(model, request, stats, RomeHparams(layer=layer))
+    journal = EditJournal(model)
+    edited = journal.apply(delta)
+    info = delta.info
+    print(
+        f"ROME at layer {layer}: {info['steps']} optimisation steps, final NLL {info['nll']:.3f}, "
+        f"|delta| {info['delta_norm']:.1f} (|m0| {info['m0_norm']:.1f}), {time.perf_counter() - start:.1f} s"
+    )
+    prompts = [request.text, *args.check]
+    before = generate_text(model, prompts, max_new_tokens=args.max_new_tokens)
+    after = generate_text(edited, prompts, max_new_tokens=args.max_new_tokens)
+    for prompt, old, new in zip(prompts, before, after, strict=True):
+        print(prompt)
+        print(f"    before: {old!r}")
+        print(f"    after:  {new!r}")
+    if args.save:
+        path = journal.export(args.save)
+        journal.save(path / "journal")
+        print(f"edited model (Hugging Face format) and its journal written to {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxedit", description="Locate and edit facts in language models (JAX)."
@@ -187,6 +240,29 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="output directory")
     tr.set_defaults(func=cmd_trace)
 
+    st = sub.add_parser("stats", help="second-moment statistics of MLP keys (cached)")
+    st.add_argument("model")
+    st.add_argument("--layers", type=int, nargs="+", required=True)
+    st.add_argument("--corpus", help="text / jsonl file or directory (default: text sampled from the model)")
+    st.add_argument("--samples", type=int, default=1000, help="texts to use")
+    st.add_argument("--max-len", type=int, default=128, help="tokens kept per text")
+    st.set_defaults(func=cmd_stats)
+
+    ed = sub.add_parser("edit", help="edit one fact and show greedy completions before and after")
+    ed.add_argument("model")
+    ed.add_argument("--method", choices=["rome"], default="rome")
+    ed.add_argument("--prompt", required=True, help='e.g. "{} is located in the city of"')
+    ed.add_argument("--subject", required=True)
+    ed.add_argument("--target", required=True, help="the new object, e.g. Rome")
+    ed.add_argument("--layer", type=int, default=None, help="edited layer (default: the family's)")
+    ed.add_argument("--check", nargs="*", default=[], help="more prompts to complete before and after")
+    ed.add_argument("--corpus", help="text for the statistics (default: text sampled from the model)")
+    ed.add_argument("--stats-samples", type=int, default=500)
+    ed.add_argument("--max-len", type=int, default=128)
+    ed.add_argument("--max-new-tokens", type=int, default=10)
+    ed.add_argument("--save", help="directory for the edited model (HF format) and its journal")
+    ed.set_defaults(func=cmd_edit)
+
     demo = sub.add_parser("demo", help="top-5 next tokens for the built-in facts and one generation")
     demo.add_argument("--model", default="smollm2")
     demo.add_argument("--max-new-tokens", type=int, default=20)
@@ -200,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, KeyError) as err:
         print(f"jaxedit: error: {err}", file=sys.stderr)
         return 2
 

@@ -188,3 +188,45 @@ def test_bad_requests_raise_and_change_nothing(model, stats, request_, match) ->
 def test_statistics_for_another_layer_are_refused(model, stats) -> None:
     with pytest.raises(StatsError, match="not for this model and layer"):
         rome(model, REQUEST, stats, RomeHparams(layer=0), templates=TEMPLATES)
+
+
+def test_journal_save_load_round_trip_and_withdraw(model, tmp_path) -> None:
+    from jaxedit.edit import EditJournal
+
+    journal = EditJournal(model)
+    deltas = [random_delta(model, layer, seed) for seed, layer in ((4, 0), (5, 1), (6, 2))]
+    for d in deltas:
+        journal.apply(d)
+    path = journal.save(tmp_path / "journal")
+    loaded = EditJournal.load(path, model)
+    assert [e["id"] for e in loaded.entries()] == [d.id for d in deltas]
+    assert leaves_equal(loaded.model.params, journal.model.params)
+    loaded.withdraw(deltas[1].id)
+    assert [e["id"] for e in loaded.entries()] == [deltas[0].id, deltas[2].id]
+    assert "<table>" in loaded._repr_html_()
+    with pytest.raises(KeyError, match="not applied"):
+        loaded.withdraw("nope")
+    other = model.replace(params=jax.tree.map(lambda a: a + 1.0, model.params))
+    with pytest.raises(ValueError, match="another model"):
+        EditJournal.load(path, other)
+    journal.save(path)  # overwriting an existing journal is atomic and leaves no staging folders
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal"]
+
+
+def test_exported_edited_model_matches_in_transformers(model, tmp_path) -> None:
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    from jaxedit.edit import EditJournal
+
+    journal = EditJournal(model)
+    journal.apply(random_delta(model, 1, 7))
+    path = journal.export(tmp_path / "edited")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    ids = np.asarray([jaxedit.tokens.encode_one(model.tokenizer, REQUEST.text)])
+    with torch.no_grad():
+        expected = hf(torch.tensor(ids)).logits.numpy()
+    got = np.asarray(jaxedit.forward(journal.model.params, model.config, ids).logits)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+    base = np.asarray(jaxedit.forward(model.params, model.config, ids).logits)
+    assert np.abs(base - got).max() > 1e-3  # the edit is in the exported weights

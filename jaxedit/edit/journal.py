@@ -1,0 +1,136 @@
+"""The edit journal: a model's edits in order, listable, withdrawable by id, saved and loaded.
+
+A journal holds a `Model` whose `edits` are its entries (see `jaxedit.edit.delta`: params are always the
+unedited `base` plus the applied deltas, so withdrawing is exact). On disk a journal is a directory:
+`journal.json` (format version, the base model's fingerprint and source, the entries' summaries in
+order) and `deltas.safetensors` (`<id>.left`, `<id>.right` factors and `<id>.layers`), written atomically
+(a temporary directory renamed into place).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from jaxedit.edit.delta import Delta, apply, revert
+from jaxedit.edit.stats import fingerprint
+from jaxedit.loading import Model, save_hf
+
+FORMAT = 1
+
+
+class EditJournal:
+    """Edits applied to a model, in order. `journal.model` is the edited model (a value)."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+
+    @property
+    def base(self) -> Model:
+        """The unedited model."""
+        if self.model.base is None:
+            return self.model
+        return self.model.replace(params=self.model.base, base=None, edits=())
+
+    def apply(self, delta: Delta) -> Model:
+        """Apply `delta` after the current edits; returns the edited model."""
+        self.model = apply(self.model, delta)
+        return self.model
+
+    def withdraw(self, edit_id: str) -> Model:
+        """Withdraw the edit with this id (`KeyError` naming the applied ids if there is none)."""
+        self.model = revert(self.model, edit_id)
+        return self.model
+
+    def entries(self) -> list[dict]:
+        """Summaries of the applied edits, in order."""
+        return [d.summary() for d in self.model.edits]
+
+    def __len__(self) -> int:
+        return len(self.model.edits)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the journal to `directory` (replaced atomically if it exists)."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            tensors: dict[str, np.ndarray] = {}
+            for d in self.model.edits:
+                tensors[f"{d.id}.left"] = d.left
+                tensors[f"{d.id}.right"] = d.right
+                tensors[f"{d.id}.layers"] = np.asarray(d.layers, np.int64)
+            if tensors:
+                save_file(tensors, str(staging / "deltas.safetensors"))
+            meta = {
+                "format": FORMAT,
+                "base_fingerprint": fingerprint(self.base),
+                "base_source": self.model.source,
+                "entries": self.entries(),
+            }
+            (staging / "journal.json").write_text(json.dumps(meta, indent=1))
+            if directory.exists():
+                old = directory.with_name(f".{directory.name}.old")
+                os.replace(directory, old)
+                os.replace(staging, directory)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(staging, directory)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, model: Model) -> EditJournal:
+        """Re-apply a saved journal to `model` (the unedited model it was made on; checked)."""
+        directory = Path(directory)
+        meta_path = directory / "journal.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{directory} holds no journal.json")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"journal format {meta.get('format')} is not supported (expected {FORMAT})")
+        journal = cls(model)
+        if fingerprint(journal.base) != meta["base_fingerprint"]:
+            raise ValueError(
+                f"journal {directory} was made on another model ({meta['base_source']}); "
+                "load it onto the unedited model it was made on"
+            )
+        tensors = load_file(str(directory / "deltas.safetensors")) if meta["entries"] else {}
+        journal = cls(journal.base)
+        for entry in meta["entries"]:
+            key = entry["id"]
+            journal.apply(
+                Delta(
+                    layers=tuple(int(x) for x in tensors[f"{key}.layers"]), left=tensors[f"{key}.left"],
+                    right=tensors[f"{key}.right"], method=entry["method"], requests=tuple(entry["requests"]),
+                    id=key, info=entry.get("info", {}),
+                )
+            )  # fmt: skip
+        return journal
+
+    def export(self, directory: str | Path) -> Path:
+        """Save the edited model as a Hugging Face checkpoint (`save_hf`)."""
+        return save_hf(self.model, directory)
+
+    def _repr_html_(self) -> str:
+        def row(e: dict) -> str:
+            edits = "; ".join(
+                f"{r.get('prompt', '').format(r.get('subject', ''))} → {r.get('target', '')}"
+                for r in e["requests"]
+            )
+            norms = ", ".join(f"{float(n):.3g}" for n in e["norms"].values())
+            cells = (e["id"], e["method"], ",".join(map(str, e["layers"])), edits, norms)
+            return "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in cells) + "</tr>"
+
+        head = "<tr><th>id</th><th>method</th><th>layers</th><th>edits</th><th>‖ΔW‖</th></tr>"
+        rows = "".join(row(e) for e in self.entries())
+        caption = f"{len(self)} edits on {html.escape(self.model.name)}"
+        return f"<table><caption>{caption}</caption>{head}{rows}</table>"
