@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -64,20 +65,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from jaxedit.data import demo_facts
-    from jaxedit.generate import generate_text
-    from jaxedit.predict import next_tokens
+    from jaxedit.demo import run_demo
 
     model = _load(args.model)
-    facts = demo_facts()
-    print(f"Top-5 next tokens of {model.name} ({model.config.family}, {model.config.n_layers} layers):\n")
-    for row in next_tokens(model, [f["prompt"] for f in facts], k=5):
-        print(row.prompt)
-        for token, prob in zip(row.tokens, row.probs, strict=True):
-            print(f"    {token!r:<14} {prob:6.3f}")
-    prompt = facts[0]["prompt"]
-    (text,) = generate_text(model, [prompt], max_new_tokens=args.max_new_tokens)
-    print(f"\nGreedy generation:\n    {prompt}{text}")
+    run_demo(model, args.out, corpus=args.corpus, stats_samples=args.stats_samples, eval_records=args.records)
     return 0
 
 
@@ -153,6 +144,22 @@ def _statistics(model, layers, corpus: str | None, samples: int, max_len: int):
     return key_statistics(model, layers, texts, corpus_id=corpus_id, max_len=max_len)
 
 
+def _editor(model, args: argparse.Namespace):
+    """`(model, request) -> Delta` for `args.method` (statistics and contexts prepared once)."""
+    from jaxedit.edit import RomeHparams, default_layer, rome
+    from jaxedit.edit.contexts import context_templates
+    from jaxedit.edit.finetune import FT, FT_L, finetune
+
+    layer = default_layer(model) if args.layer is None else args.layer
+    if args.method in ("ft", "ft-l"):
+        hp = dataclasses.replace(FT if args.method == "ft" else FT_L, layer=layer)
+        return lambda m, request: finetune(m, request, hp)
+    stats = _statistics(model, [layer], args.corpus, args.stats_samples, args.max_len)[layer]
+    templates = context_templates(model)
+    hp = RomeHparams(layer=layer)
+    return lambda m, request: rome(m, request, stats, hp, templates=templates)
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     model = _load(args.model)
     stats = _statistics(model, args.layers, args.corpus, args.samples, args.max_len)
@@ -166,22 +173,22 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
-    from jaxedit.edit import EditJournal, RomeHparams, default_layer, rome
+    from jaxedit.edit import EditJournal
     from jaxedit.edit.targets import Request, as_request
     from jaxedit.generate import generate_text
 
     model = _load(args.model)
     request = as_request(Request(prompt=args.prompt, subject=args.subject, target=args.target))
-    layer = default_layer(model) if args.layer is None else args.layer
-    stats = _statistics(model, [layer], args.corpus, args.stats_samples, args.max_len)[layer]
+    edit = _editor(model, args)
     start = time.perf_counter()
-    delta = rome(model, request, stats, RomeHparams(layer=layer))
+    delta = edit(model, request)
     journal = EditJournal(model)
     edited = journal.apply(delta)
     info = delta.info
+    details = f"|delta| {info['delta_norm']:.1f} (|m0| {info['m0_norm']:.1f})" if "delta_norm" in info else ""
     print(
-        f"ROME at layer {layer}: {info['steps']} optimisation steps, final NLL {info['nll']:.3f}, "
-        f"|delta| {info['delta_norm']:.1f} (|m0| {info['m0_norm']:.1f}), {time.perf_counter() - start:.1f} s"
+        f"{args.method.upper()} at layer {info['layer']}: {info['steps']} optimisation steps, final NLL "
+        f"{info['nll']:.3f} {details}, {time.perf_counter() - start:.1f} s"
     )
     prompts = [request.text, *args.check]
     before = generate_text(model, prompts, max_new_tokens=args.max_new_tokens)
@@ -194,6 +201,39 @@ def cmd_edit(args: argparse.Namespace) -> int:
         path = journal.export(args.save)
         journal.save(path / "journal")
         print(f"edited model (Hugging Face format) and its journal written to {path}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from jaxedit.evaluate import evaluate_counterfact, read_counterfact
+
+    model = _load(args.model)
+    cases = read_counterfact(args.dataset)[: args.n]
+    edit = None if args.method == "none" else _editor(model, args)
+
+    summary = evaluate_counterfact(
+        model, cases, edit, method=args.method, out_dir=args.out, generation_tokens=args.generation_tokens
+    )
+    keys = (
+        "n",
+        "ES",
+        "PS",
+        "NS",
+        "score",
+        "fluency",
+        "token_acc_rewrite",
+        "token_acc_rephrase",
+        "token_acc_locality",
+    )
+    print("| method | " + " | ".join(keys) + " |")
+    print("|---" * (len(keys) + 1) + "|")
+    for name in ("unedited", args.method):
+        if name in summary and isinstance(summary[name], dict) and "n" in summary[name]:
+            print(f"| {name} | " + " | ".join(str(summary[name].get(k)) for k in keys) + " |")
+    print(f"protocols: {json.dumps(summary['protocol'])}")
+    print(f"{summary['seconds']:.0f} s; per-case results and summary.json in {args.out}")
     return 0
 
 
@@ -250,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ed = sub.add_parser("edit", help="edit one fact and show greedy completions before and after")
     ed.add_argument("model")
-    ed.add_argument("--method", choices=["rome"], default="rome")
+    ed.add_argument("--method", choices=["rome", "ft", "ft-l"], default="rome")
     ed.add_argument("--prompt", required=True, help='e.g. "{} is located in the city of"')
     ed.add_argument("--subject", required=True)
     ed.add_argument("--target", required=True, help="the new object, e.g. Rome")
@@ -263,9 +303,27 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--save", help="directory for the edited model (HF format) and its journal")
     ed.set_defaults(func=cmd_edit)
 
-    demo = sub.add_parser("demo", help="top-5 next tokens for the built-in facts and one generation")
+    ev = sub.add_parser("eval", help="CounterFact evaluation of an editing method (resumable)")
+    ev.add_argument("model")
+    ev.add_argument(
+        "--method", choices=["rome", "ft", "ft-l", "none"], default="rome", help="'none': the unedited model"
+    )
+    ev.add_argument("--dataset", required=True, help="CounterFact JSON (ROME or EasyEdit layout)")
+    ev.add_argument("--n", type=int, default=None, help="first N records")
+    ev.add_argument("--out", required=True, help="directory for per-case results and summary.json")
+    ev.add_argument("--layer", type=int, default=None)
+    ev.add_argument("--corpus", help="text for the statistics (default: text sampled from the model)")
+    ev.add_argument("--stats-samples", type=int, default=500)
+    ev.add_argument("--max-len", type=int, default=128)
+    ev.add_argument("--generation-tokens", type=int, default=50, help="tokens per fluency sample (0: skip)")
+    ev.set_defaults(func=cmd_eval)
+
+    demo = sub.add_parser("demo", help="trace, ROME-edit and evaluate facts on SmolLM2 (README command 1)")
     demo.add_argument("--model", default="smollm2")
-    demo.add_argument("--max-new-tokens", type=int, default=20)
+    demo.add_argument("--out", default="out/demo", help="directory for the trace, the evaluation")
+    demo.add_argument("--corpus", help="text for the statistics (default: text sampled from the model)")
+    demo.add_argument("--stats-samples", type=int, default=300)
+    demo.add_argument("--records", type=int, default=None, help="evaluate only the first N demo records")
     demo.set_defaults(func=cmd_demo)
     return parser
 

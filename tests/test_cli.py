@@ -32,3 +32,53 @@ def test_generate_without_tokenizer_is_a_clear_error(tiny_dirs, tmp_path, capsys
 def test_unknown_model_is_a_clear_error(capsys) -> None:
     assert cli.main(["info", "/no/such/dir"]) == 2
     assert "neither an embedded model" in capsys.readouterr().err
+
+
+EDIT_ARGS = [
+    "--prompt",
+    "the mother tongue of {} is",
+    "--subject",
+    "danielle darrieux",
+    "--target",
+    "english",
+]
+
+
+def test_edit_with_fine_tuning_saves_model_and_journal(tiny_dirs, tmp_path, capsys) -> None:
+    model = str(tiny_dirs["llama_gqa_untied"])
+    args = ["edit", model, "--method", "ft", *EDIT_ARGS, "--layer", "1", "--max-new-tokens", "2"]
+    assert cli.main([*args, "--save", str(tmp_path / "edited")]) == 0
+    out = capsys.readouterr().out
+    assert "FT at layer 1" in out and "before:" in out and "after:" in out
+    assert (tmp_path / "edited" / "model.safetensors").exists()
+    assert (tmp_path / "edited" / "journal" / "journal.json").exists()
+
+
+def test_edit_with_a_subject_missing_from_the_prompt_fails_cleanly(tiny_dirs, tmp_path, capsys) -> None:
+    model = str(tiny_dirs["llama_gqa_untied"])
+    args = ["edit", model, "--method", "ft", "--prompt", "the city of paris is", "--subject", "rome"]
+    assert cli.main([*args, "--target", "english", "--save", str(tmp_path / "edited")]) == 2
+    assert "does not occur in prompt" in capsys.readouterr().err
+    assert not (tmp_path / "edited").exists()
+
+
+def test_eval_writes_a_summary(tiny_dirs, tmp_path, capsys) -> None:
+    import json
+
+    data = tmp_path / "cf.json"
+    record = {
+        "case_id": 3,
+        "prompt": "the eiffel tower is located in the city of",
+        "subject": "the eiffel tower",
+        "target_new": "rome",
+        "ground_truth": "paris",
+        "rephrase_prompt": "the city of the eiffel tower is",
+        "locality_prompt": "the capital of france is",
+    }
+    data.write_text(json.dumps([record]))
+    model = str(tiny_dirs["llama_gqa_untied"])
+    args = ["eval", model, "--method", "ft-l", "--dataset", str(data), "--out", str(tmp_path / "run")]
+    assert cli.main([*args, "--layer", "1", "--generation-tokens", "3"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["ft-l"]["n"] == 1 and summary["unedited"]["n"] == 1
+    assert "| ft-l |" in capsys.readouterr().out

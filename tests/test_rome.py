@@ -230,3 +230,23 @@ def test_exported_edited_model_matches_in_transformers(model, tmp_path) -> None:
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
     base = np.asarray(jaxedit.forward(model.params, model.config, ids).logits)
     assert np.abs(base - got).max() > 1e-3  # the edit is in the exported weights
+
+
+def test_fine_tuning_baselines_lower_the_nll_and_ft_l_respects_its_bound(model) -> None:
+    from jaxedit.edit.finetune import FinetuneHparams, finetune
+
+    ft = finetune(model, REQUEST, FinetuneHparams(layer=1, lr=1e-2, steps=10))
+    ft_l = finetune(model, REQUEST, FinetuneHparams(layer=1, lr=1e-2, steps=10, limit=5e-4))
+    dense_l = ft_l.dense()[0]
+    assert np.abs(dense_l).max() <= 5e-4 + 1e-9
+    assert np.abs(ft.dense()[0]).max() > 5e-4
+    ids = np.asarray([jaxedit.tokens.encode_one(model.tokenizer, REQUEST.text)])
+    target = model.tokenizer.convert_tokens_to_ids("english")
+
+    def p_target(m) -> float:
+        return float(jax.nn.softmax(jaxedit.forward(m.params, m.config, ids).logits[0, -1])[target])
+
+    assert p_target(apply(model, ft)) > p_target(model)
+    assert ft.method == "ft" and ft_l.method == "ft-l" and ft.info["steps"] <= 10
+    back = revert(apply(model, ft), ft)
+    assert leaves_equal(back.params, model.params)

@@ -12,6 +12,11 @@ def demo_facts() -> list[dict]:
     return json.loads(resources.files(__package__).joinpath("demo_facts.json").read_text())
 
 
+def demo_counterfact_path() -> Path:
+    """The project's own small CounterFact-format file (ROME layout, 8 records) for the demo."""
+    return Path(str(resources.files(__package__).joinpath("demo_counterfact.json")))
+
+
 def read_records(path: str | Path) -> list[dict]:
     """Records of a JSON list file or a JSON-lines file, with clear errors for a missing or bad file."""
     path = Path(path)

@@ -1,0 +1,241 @@
+"""CounterFact evaluation of edits (METHODS.md §12, paper 003 §4).
+
+Per record, on the edited model (and on the unedited one for the baseline row):
+- Efficacy `ES = [P(o*) > P(o_true)]` on the rewrite prompt, Paraphrase `PS` the same averaged over the
+  paraphrases, Neighbourhood `NS = [P(o_true) > P(o*)]` averaged over the neighbourhood prompts, with the
+  magnitudes `EM / PM / NM` (mean probability differences); `P` is the length-normalised probability.
+- Fluency: generation entropy of texts sampled (top-k 5, as the reference) from the generation prompts.
+- EasyEdit-style teacher-forced token accuracy beside them: rewrite and rephrase accuracy of the new
+  object's tokens, and locality accuracy (edited top-1 tokens on the neighbourhood prompt's true object
+  equal to the unedited model's).
+Summaries are means ×100 with Score = harmonic mean of ES, PS, NS.
+
+Reads both layouts: the ROME `counterfact.json` (`requested_rewrite`, `paraphrase_prompts`,
+`neighborhood_prompts`, `generation_prompts`) and the EasyEdit split layout (`prompt`, `subject`,
+`target_new`, `ground_truth`, `rephrase_prompt`, `locality_prompt`); for the latter, which has no
+generation prompts, fluency is measured on the rewrite and rephrase prompts (the summary says so).
+Runs are resumable: one JSON per case under `out_dir/cases/`, then `summary.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxedit.checkpoints import atomic_write_bytes
+from jaxedit.edit.delta import Delta, apply
+from jaxedit.edit.targets import Request, as_request
+from jaxedit.evaluate.metrics import generation_entropy, harmonic_mean, target_scores
+from jaxedit.generate import generate_text
+from jaxedit.loading import Model
+
+TOKEN_PROTOCOL = "EasyEdit teacher-forced token accuracy (rewrite / rephrase / locality vs unedited top-1)"
+
+
+@dataclasses.dataclass(frozen=True)
+class CounterfactCase:
+    """One CounterFact record in a layout-independent form."""
+
+    case_id: str
+    request: Request
+    target_true: str
+    paraphrases: tuple[str, ...]
+    neighborhood: tuple[str, ...]
+    generation_prompts: tuple[str, ...]
+    layout: str
+
+
+def _case(record: dict) -> CounterfactCase:
+    if "requested_rewrite" in record:  # ROME layout
+        rewrite = record["requested_rewrite"]
+        request = as_request(rewrite)
+        return CounterfactCase(
+            case_id=str(record.get("case_id", "")),
+            request=request,
+            target_true=rewrite["target_true"]["str"],
+            paraphrases=tuple(record.get("paraphrase_prompts", ())),
+            neighborhood=tuple(record.get("neighborhood_prompts", ())),
+            generation_prompts=tuple(record.get("generation_prompts", ())),
+            layout="rome",
+        )
+    if "target_new" in record and "ground_truth" in record:  # EasyEdit split layout
+        request = as_request(
+            {"prompt": record["prompt"], "subject": record["subject"], "target": record["target_new"]}
+        )
+        rephrase = record.get("rephrase_prompt")
+        locality = record.get("locality_prompt")
+        return CounterfactCase(
+            case_id=str(record.get("case_id", "")),
+            request=request,
+            target_true=record["ground_truth"],
+            paraphrases=(rephrase,) if rephrase else (),
+            neighborhood=(locality,) if locality else (),
+            generation_prompts=tuple(p for p in (request.text, rephrase) if p),
+            layout="easyedit",
+        )
+    raise ValueError(f"not a CounterFact record (ROME or EasyEdit layout): keys {sorted(record)}")
+
+
+def read_counterfact(path: str | Path) -> list[CounterfactCase]:
+    """CounterFact cases from a JSON list in either layout (case ids default to the index)."""
+    records = json.loads(Path(path).read_text())
+    if not isinstance(records, list) or not records:
+        raise ValueError(f"{path} holds no list of records")
+    cases = []
+    for index, record in enumerate(records):
+        case = _case(record)
+        cases.append(case if case.case_id else dataclasses.replace(case, case_id=str(index)))
+    return cases
+
+
+def score_case(
+    model: Model,
+    case: CounterfactCase,
+    *,
+    reference: Model | None = None,
+    generation_tokens: int = 50,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Metrics of one case on `model`; `reference` (the unedited model) for the locality token accuracy."""
+    new, true = case.request.target, case.target_true
+    prompts = [case.request.text, *case.paraphrases, *case.neighborhood]
+    pairs = [(p, t) for p in prompts for t in (new, true)]
+    nll, correct, _ = target_scores(model, pairs)
+    prob = np.exp(-nll).reshape(len(prompts), 2)  # [prompt, (new, true)]
+    acc_new = [float(correct[2 * i].mean()) for i in range(len(prompts))]
+    n_para = len(case.paraphrases)
+    rewrite, para, neigh = prob[:1], prob[1 : 1 + n_para], prob[1 + n_para :]
+    out: dict[str, Any] = {
+        "ES": float(rewrite[0, 0] > rewrite[0, 1]),
+        "EM": float(rewrite[0, 0] - rewrite[0, 1]),
+        "PS": float((para[:, 0] > para[:, 1]).mean()) if n_para else None,
+        "PM": float((para[:, 0] - para[:, 1]).mean()) if n_para else None,
+        "NS": float((neigh[:, 1] > neigh[:, 0]).mean()) if len(neigh) else None,
+        "NM": float((neigh[:, 1] - neigh[:, 0]).mean()) if len(neigh) else None,
+        "p_new": prob[:, 0].tolist(),
+        "p_true": prob[:, 1].tolist(),
+        "token_acc_rewrite": acc_new[0],
+        "token_acc_rephrase": float(np.mean(acc_new[1 : 1 + n_para])) if n_para else None,
+    }
+    if case.neighborhood:
+        locality_pairs = [(p, true) for p in case.neighborhood]
+        _, _, edited_top = target_scores(model, locality_pairs)
+        if reference is not None:
+            _, _, base_top = target_scores(reference, locality_pairs)
+        else:
+            base_top = edited_top
+        out["token_acc_locality"] = float(
+            np.mean([(a == b).mean() for a, b in zip(edited_top, base_top, strict=True)])
+        )
+    if generation_tokens and case.generation_prompts:
+        texts = generate_text(
+            model, list(case.generation_prompts), max_new_tokens=generation_tokens, top_k=5, seed=seed
+        )
+        out["fluency"] = generation_entropy(texts)
+        out["generations"] = texts
+    return out
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Means ×100 (fluency as is), Score = harmonic mean of ES, PS, NS."""
+    out: dict[str, Any] = {"n": len(rows)}
+    for key in (
+        "ES",
+        "PS",
+        "NS",
+        "EM",
+        "PM",
+        "NM",
+        "token_acc_rewrite",
+        "token_acc_rephrase",
+        "token_acc_locality",
+    ):
+        mean = _mean([r.get(key) for r in rows])
+        out[key] = None if mean is None else round(100 * mean, 2)
+    fluency = _mean([r.get("fluency") for r in rows])
+    out["fluency"] = None if fluency is None else round(fluency, 3)
+    parts = [out[k] for k in ("ES", "PS", "NS")]
+    out["score"] = round(harmonic_mean(parts), 2) if all(p is not None for p in parts) else None
+    return out
+
+
+def evaluate_counterfact(
+    model: Model,
+    cases: Sequence[CounterfactCase],
+    edit: Callable[[Model, Request], Delta] | None,
+    *,
+    method: str,
+    out_dir: str | Path | None = None,
+    generation_tokens: int = 50,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Edit each case on the unedited model (one at a time), score before and after, summarise.
+
+    Args:
+      edit: `(model, request) -> Delta` (e.g. `lambda m, r: rome(m, r, stats)`), or None to score the
+        unedited model only.
+      method: the name the summary gives the edited rows.
+      out_dir: per-case JSON (`cases/<id>.json`, reused on rerun) and `summary.json`.
+
+    Returns:
+      `{"unedited": summary, method: summary, "protocol": ..., "seconds": ...}`.
+    """
+    if not cases:
+        raise ValueError("no CounterFact cases to evaluate")
+    start = time.perf_counter()
+    directory = Path(out_dir) if out_dir is not None else None
+    pre_rows, post_rows = [], []
+    for case in tqdm(cases, desc=f"CounterFact ({method})", disable=not progress):
+        path = directory / "cases" / f"{case.case_id}.json" if directory is not None else None
+        if path is not None and path.exists():
+            saved = json.loads(path.read_text())
+        else:
+            saved = {
+                "case_id": case.case_id,
+                "request": case.request.to_dict(),
+                "target_true": case.target_true,
+            }
+            saved["pre"] = score_case(model, case, generation_tokens=generation_tokens)
+            if edit is not None:
+                delta = edit(model, case.request)
+                edited = apply(model, delta)
+                saved["post"] = score_case(edited, case, reference=model, generation_tokens=generation_tokens)
+                saved["edit"] = delta.summary()
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_bytes(path, json.dumps(saved, indent=1).encode())
+        pre_rows.append(saved["pre"])
+        if "post" in saved:
+            post_rows.append(saved["post"])
+    layouts = sorted({c.layout for c in cases})
+    summary: dict[str, Any] = {"unedited": summarise(pre_rows)}
+    if post_rows:
+        summary[method] = summarise(post_rows)
+    summary["protocol"] = {
+        "ES/PS/NS": "ROME CounterFact: P(new) > P(true) (NS: P(true) > P(new)), length-normalised probabilities",
+        "token_acc": TOKEN_PROTOCOL,
+        "fluency": "generation entropy (2/3 H2 + 4/3 H3)/2 of top-k 5 samples"
+        + (
+            " of the rewrite and rephrase prompts (EasyEdit layout has no generation prompts)"
+            if "easyedit" in layouts
+            else ""
+        ),
+        "layouts": layouts,
+        "generation_tokens": generation_tokens,
+    }
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    if directory is not None:
+        atomic_write_bytes(directory / "summary.json", json.dumps(summary, indent=1).encode())
+    return summary

@@ -1,0 +1,88 @@
+"""Metric building blocks (METHODS.md §0, §12): teacher-forced target probabilities, n-gram entropy, Score."""
+
+from __future__ import annotations
+
+import collections
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxedit import tokens as tok
+from jaxedit.loading import Model
+from jaxedit.model import forward
+
+
+@jax.jit
+def _scores(logits: jax.Array, read: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    rows = jnp.arange(logits.shape[0])[:, None]
+    logp = jax.nn.log_softmax(logits[rows, read], axis=-1)  # [R, M, V]
+    picked = jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+    return picked, jnp.argmax(logp, axis=-1)
+
+
+def target_scores(
+    model: Model, pairs: Sequence[tuple[str, str]], batch_size: int = 32
+) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """For each `(prompt, target)`: the mean NLL of the target tokens (teacher forced; the target gets a
+    leading space), and per target token whether it is the top-1 prediction and what the top-1 is.
+
+    Returns `(mean_nll [P], correct: list of [n_tokens] bool, argmax: list of [n_tokens] int)`.
+    `P(o | p) = exp(-mean_nll)` is the length-normalised probability of METHODS.md §0.
+    """
+    from jaxedit.edit.targets import target_ids
+
+    nll = np.zeros(len(pairs))
+    correct: list[np.ndarray] = []
+    argmax: list[np.ndarray] = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        rows, reads, labels = [], [], []
+        for prompt, target in chunk:
+            ids = tok.encode_one(model.tokenizer, prompt)
+            targets = target_ids(model, target)
+            rows.append(ids + targets[:-1])
+            reads.append([len(ids) - 1 + j for j in range(len(targets))])
+            labels.append(targets)
+        ids, mask = tok.pad(rows, tok.pad_id(model.tokenizer), side="right", multiple=16)
+        width = max(len(r) for r in reads)
+        read = np.zeros((len(rows), width), np.int32)
+        label = np.zeros((len(rows), width), np.int32)
+        for r, (pos, lab) in enumerate(zip(reads, labels, strict=True)):
+            read[r, : len(pos)] = pos
+            label[r, : len(lab)] = lab
+        logits = forward(model.params, model.config, ids, mask).logits
+        picked, top = (np.asarray(a) for a in _scores(logits, jnp.asarray(read), jnp.asarray(label)))
+        for r, lab in enumerate(labels):
+            n = len(lab)
+            nll[start + r] = -picked[r, :n].mean()
+            correct.append(top[r, :n] == np.asarray(lab))
+            argmax.append(top[r, :n])
+    return nll, correct, argmax
+
+
+def ngram_entropy(text: str, n: int) -> float:
+    """Entropy (bits) of the word n-gram frequency distribution of `text`."""
+    words = text.split()
+    grams = collections.Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    total = sum(grams.values())
+    if total == 0:
+        return 0.0
+    return -sum(c / total * math.log2(c / total) for c in grams.values())
+
+
+def generation_entropy(texts: Sequence[str]) -> float:
+    """Fluency: `(2/3 · H2 + 4/3 · H3) / 2` of word bi- and tri-grams, averaged over texts (METHODS.md §12)."""
+    if not texts:
+        raise ValueError("no generated texts to score")
+    return float(np.mean([(2 / 3 * ngram_entropy(t, 2) + 4 / 3 * ngram_entropy(t, 3)) / 2 for t in texts]))
+
+
+def harmonic_mean(values: Sequence[float]) -> float:
+    """Harmonic mean (Score of ROME / MEMIT / PMET); 0 when any value is 0."""
+    values = [float(v) for v in values]
+    if any(v <= 0 for v in values):
+        return 0.0
+    return len(values) / sum(1 / v for v in values)

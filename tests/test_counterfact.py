@@ -1,0 +1,136 @@
+"""CounterFact evaluation: both layouts, probabilities against a direct computation, metrics, resumable runs."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import jaxedit
+from jaxedit.edit import Delta
+from jaxedit.evaluate import evaluate_counterfact, read_counterfact, score_case
+from jaxedit.evaluate.metrics import generation_entropy, harmonic_mean, ngram_entropy
+
+ROME_RECORD = {
+    "case_id": 7,
+    "requested_rewrite": {
+        "prompt": "the mother tongue of {} is",
+        "subject": "danielle darrieux",
+        "target_new": {"str": "english"},
+        "target_true": {"str": "french"},
+    },
+    "paraphrase_prompts": [
+        "danielle darrieux was a w40 the language of",
+        "the language of danielle darrieux is",
+    ],
+    "neighborhood_prompts": ["the mother tongue of w50 w51 is", "the language of paris is"],
+    "generation_prompts": ["danielle darrieux is"],
+}
+EASYEDIT_RECORD = {
+    "case_id": 8,
+    "prompt": "the eiffel tower is located in the city of",
+    "subject": "the eiffel tower",
+    "target_new": "rome",
+    "ground_truth": "paris",
+    "rephrase_prompt": "the city of the eiffel tower is",
+    "locality_prompt": "the capital of france is",
+    "locality_ground_truth": "paris",
+}
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dirs):
+    tiny = jaxedit.load_model(tiny_dirs["llama_gqa_untied"])
+    return tiny.replace(params=jax.tree.map(lambda a: a * 3 if a.ndim >= 2 else a, tiny.params))
+
+
+def test_reads_both_layouts(tmp_path) -> None:
+    path = tmp_path / "cf.json"
+    path.write_text(json.dumps([ROME_RECORD, EASYEDIT_RECORD]))
+    rome_case, easy_case = read_counterfact(path)
+    assert rome_case.request.text == "the mother tongue of danielle darrieux is"
+    assert (rome_case.target_true, len(rome_case.paraphrases), len(rome_case.neighborhood)) == (
+        "french",
+        2,
+        2,
+    )
+    assert easy_case.request.prompt == "{} is located in the city of" and easy_case.request.target == "rome"
+    assert easy_case.paraphrases == ("the city of the eiffel tower is",) and easy_case.layout == "easyedit"
+    (tmp_path / "bad.json").write_text(json.dumps([{"question": "x"}]))
+    with pytest.raises(ValueError, match="not a CounterFact record"):
+        read_counterfact(tmp_path / "bad.json")
+
+
+def probability(model, prompt: str, target: str) -> float:
+    """Length-normalised P(target | prompt), one token at a time with full forwards."""
+    ids = jaxedit.tokens.encode_one(model.tokenizer, prompt)
+    targets = model.tokenizer(" " + target, add_special_tokens=False)["input_ids"]
+    nll = []
+    for token in targets:
+        logits = jaxedit.forward(model.params, model.config, np.asarray([ids])).logits[0, -1]
+        nll.append(-float(jax.nn.log_softmax(logits)[token]))
+        ids = [*ids, token]
+    return float(np.exp(-np.mean(nll)))
+
+
+def test_case_metrics_match_direct_probabilities(model, tmp_path) -> None:
+    path = tmp_path / "cf.json"
+    path.write_text(json.dumps([ROME_RECORD]))
+    (case,) = read_counterfact(path)
+    got = score_case(model, case, generation_tokens=5)
+    new = [
+        probability(model, p, "english") for p in [case.request.text, *case.paraphrases, *case.neighborhood]
+    ]
+    true = [
+        probability(model, p, "french") for p in [case.request.text, *case.paraphrases, *case.neighborhood]
+    ]
+    np.testing.assert_allclose(got["p_new"], new, rtol=1e-4)
+    np.testing.assert_allclose(got["p_true"], true, rtol=1e-4)
+    assert got["ES"] == float(new[0] > true[0])
+    assert got["PS"] == np.mean([n > t for n, t in zip(new[1:3], true[1:3], strict=True)])
+    assert got["NS"] == np.mean([t > n for n, t in zip(new[3:], true[3:], strict=True)])
+    assert got["token_acc_locality"] == 1.0  # no reference given: compared with itself
+    assert len(got["generations"]) == 1 and got["fluency"] >= 0
+
+
+def test_entropy_and_harmonic_mean() -> None:
+    h2 = -(2 / 3 * np.log2(2 / 3) + 1 / 3 * np.log2(1 / 3))
+    assert ngram_entropy("a b a b", 2) == pytest.approx(h2)
+    assert ngram_entropy("a b a b", 3) == pytest.approx(1.0)
+    assert generation_entropy(["a b a b"]) == pytest.approx((2 / 3 * h2 + 4 / 3 * 1.0) / 2)
+    assert harmonic_mean([100, 50, 100]) == pytest.approx(75.0)
+    assert harmonic_mean([100, 0]) == 0.0
+
+
+def test_evaluation_is_resumable_and_summarises(model, tmp_path) -> None:
+    path = tmp_path / "cf.json"
+    path.write_text(json.dumps([ROME_RECORD, EASYEDIT_RECORD]))
+    cases = read_counterfact(path)
+    rng = np.random.default_rng(0)
+    c = model.config
+
+    def edit(m, request):
+        return Delta(
+            layers=(1,),
+            left=rng.normal(size=(1, 1, c.d_mlp)),
+            right=rng.normal(size=(1, 1, c.d_model)),
+            method="test",
+        )
+
+    out = tmp_path / "run"
+    first = evaluate_counterfact(
+        model, cases, edit, method="test", out_dir=out, generation_tokens=4, progress=False
+    )
+    assert first["unedited"]["n"] == 2 and first["test"]["n"] == 2
+    assert sorted(p.name for p in (out / "cases").iterdir()) == ["7.json", "8.json"]
+    assert json.loads((out / "summary.json").read_text())["test"] == first["test"]
+
+    def must_not_run(m, request):
+        raise AssertionError("cached cases must not be edited again")
+
+    again = evaluate_counterfact(model, cases, must_not_run, method="test", out_dir=out, progress=False)
+    assert again["test"] == first["test"]
+    es = [json.loads((out / "cases" / f"{i}.json").read_text())["post"]["ES"] for i in (7, 8)]
+    assert first["test"]["ES"] == pytest.approx(100 * np.mean(es))
