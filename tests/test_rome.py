@@ -250,3 +250,28 @@ def test_fine_tuning_baselines_lower_the_nll_and_ft_l_respects_its_bound(model) 
     assert ft.method == "ft" and ft_l.method == "ft-l" and ft.info["steps"] <= 10
     back = revert(apply(model, ft), ft)
     assert leaves_equal(back.params, model.params)
+
+
+def test_target_nll_equals_a_plain_forward_with_the_delta_added(model) -> None:
+    """The optimisation recomputes only the tokens from the key on (cached prefix keys / values);
+    its NLL must equal full forwards of every context with δ added at the key token."""
+    from jaxedit import interventions as iv
+    from jaxedit.edit.targets import build_batch
+
+    layer = 1
+    targets = optimise_targets(model, [REQUEST], layer, TEMPLATES, TargetHparams(steps=4, loss_stop=0.0))
+    batch = build_batch(model, [REQUEST], TEMPLATES, "{} is a")
+    c = model.config
+    nll = []
+    for r in np.flatnonzero(~batch.is_kl):
+        n = int(batch.mask[r].sum())
+        ids = batch.ids[r : r + 1, :n]
+        add = np.zeros((1, c.n_layers, n, c.d_model), np.float32)
+        add[0, layer, batch.key_pos[r]] = targets.delta[0]
+        logits = jaxedit.forward(model.params, c, ids, interventions={"mlp_out": iv.add(add)}).logits[0]
+        logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+        reads = batch.read_pos[r][batch.weights[r] > 0]
+        labels = batch.labels[r][batch.weights[r] > 0]
+        nll.append(-np.mean(logp[reads, labels]))
+    np.testing.assert_allclose(targets.nll[0], np.mean(nll), rtol=1e-4, atol=1e-5)
+    assert np.linalg.norm(targets.delta[0]) > 0

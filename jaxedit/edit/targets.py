@@ -190,13 +190,14 @@ def build_batch(model: Model, requests: Sequence[Request], templates: Sequence[s
     )  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnames=("config", "layer", "n_requests", "hp"))
+@functools.partial(jax.jit, static_argnames=("config", "layer", "n_requests", "hp", "window"))
 def _optimise(
     params: Params,
     config: ModelConfig,
     layer: int,
     n_requests: int,
     hp: TargetHparams,
+    window: int,
     ids: jax.Array,
     mask: jax.Array,
     row_request: jax.Array,
@@ -217,20 +218,60 @@ def _optimise(
     p_layer = jax.tree.map(lambda a: a[layer], params["layers"])
     above = jax.tree.map(lambda a: a[layer + 1 :], params["layers"])
     rows = jnp.arange(ids.shape[0])
-    at_key = jax.nn.one_hot(key_pos, ids.shape[1], dtype=x.dtype)  # [R, T]
+    t = ids.shape[1]
 
-    def run(delta: jax.Array, taps: tuple[str, ...] = ()) -> tuple[jax.Array, dict]:
-        add = at_key[:, :, None] * delta[row_request][:, None, :]  # [R, T, D]
-        out = core.block(config, p_layer, x, rotary, causal, {"mlp_out": iv.add(add)}, taps)
-        h, _ = core.run_layers(config, above, out.resid, rotary, causal)
-        read = h[rows[:, None], read_pos]  # [R, M, D]
-        return jax.nn.log_softmax(core.unembed(config, params, read), axis=-1), out.taps  # [R, M, V]
+    # one full pass with δ = 0: the original distributions, m0 and keys, and every layer's keys / values
+    out0 = core.block(config, p_layer, x, rotary, causal, {}, ("mlp_key", "mlp_out"))
+    h0, taps_above = core.run_layers(config, above, out0.resid, rotary, causal, ("resid_pre",))
+    logp0 = jax.nn.log_softmax(core.unembed(config, params, h0[rows[:, None], read_pos]), axis=-1)
+    inputs = jnp.concatenate([x[None], taps_above["resid_pre"]])  # [n_from, R, T, D]
+
+    def keys_values(p: Params, h: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return core.project_keys_values(config, p["attn"], core.norm(config, p["ln1"], h), rotary)
+
+    from_layer = jax.tree.map(lambda a: a[layer:], params["layers"])
+    cached_k, cached_v = jax.vmap(keys_values)(from_layer, inputs)  # [n_from, R, T, K, E]
+    pad = jnp.zeros((*cached_k.shape[:2], window, *cached_k.shape[3:]), cached_k.dtype)
+    cached_k = jax.lax.stop_gradient(jnp.concatenate([cached_k, pad], axis=2))  # the suffix is written at T
+    cached_v = jax.lax.stop_gradient(jnp.concatenate([cached_v, pad], axis=2))
+
+    # δ changes only the key token and the tokens after it: each row recomputes the `window` tokens from
+    # its key position on, attending to the cached keys / values of the tokens before it
+    offsets = jnp.arange(window)
+    index = key_pos[:, None] + offsets  # [R, W]
+    last_read = read_pos.max(axis=1)
+    valid = index <= last_read[:, None]
+    index = jnp.minimum(index, t - 1)
+    x_suffix = x[rows[:, None], index]  # [R, W, D]
+    rotary_suffix = core.rotary_for(config, positions[rows[:, None], index])
+    before_key = (jnp.arange(t)[None, :] < key_pos[:, None]) & mask.astype(bool)  # [R, T]
+    causal_suffix = (offsets[:, None] >= offsets[None, :])[None] & (
+        valid[:, None, :] | jnp.eye(window, dtype=bool)
+    )
+    suffix_mask = jnp.concatenate(
+        [jnp.broadcast_to(before_key[:, None, :], (len(rows), window, t)), causal_suffix], -1
+    )
+    read_suffix = jnp.maximum(read_pos - key_pos[:, None], 0)  # padded reads (weight 0) clip to 0
+    at_key = (offsets == 0).astype(x.dtype)[None, :, None]
+
+    def run(delta: jax.Array) -> jax.Array:
+        add = at_key * delta[row_request][:, None, :]  # [R, W, D]
+        edit = {"mlp_out": iv.add(add)}
+        cache = (cached_k[0], cached_v[0])
+        h = core.block(config, p_layer, x_suffix, rotary_suffix, suffix_mask, edit, (), cache, t).resid
+
+        def step(h: jax.Array, layer_xs: tuple) -> tuple[jax.Array, None]:
+            p, k, v = layer_xs
+            return core.block(config, p, h, rotary_suffix, suffix_mask, {}, (), (k, v), t).resid, None
+
+        h, _ = jax.lax.scan(step, h, (above, cached_k[1:], cached_v[1:]))
+        read = h[rows[:, None], read_suffix]  # [R, M, D]
+        return jax.nn.log_softmax(core.unembed(config, params, read), axis=-1)  # [R, M, V]
 
     zero = jnp.zeros((n_requests, config.d_model), jnp.float32)
-    logp0, taps = run(zero, ("mlp_key", "mlp_out"))
     kl_base = jax.lax.stop_gradient(logp0[:, 0])  # [R, V], used on KL rows
-    m_out = taps["mlp_out"][rows, key_pos]  # [R, D]
-    keys = taps["mlp_key"][rows, key_pos]  # [R, F]
+    m_out = out0.taps["mlp_out"][rows, key_pos]  # [R, D]
+    keys = out0.taps["mlp_key"][rows, key_pos]  # [R, F]
     bare_index = jnp.argmax(
         is_bare[None, :] & (row_request[None, :] == jnp.arange(n_requests)[:, None]), axis=1
     )
@@ -242,7 +283,7 @@ def _optimise(
     m0_norm = jnp.linalg.norm(m0, axis=-1)  # [n]
 
     def losses(delta: jax.Array) -> tuple[jax.Array, jax.Array]:
-        logp, _ = run(delta)
+        logp = run(delta)
         picked = jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]  # [R, M]
         nll_row = -(picked * weights).sum(-1)  # [R], zero on KL rows
         nll = jax.ops.segment_sum(nll_row * context, row_request, n_requests) / per_request
@@ -305,8 +346,9 @@ def optimise_targets(
     if not requests:
         raise ValueError("no edit requests")
     batch = build_batch(model, requests, templates, hp.kl_prompt)
+    window = int((batch.read_pos.max(axis=1) - batch.key_pos).max()) + 1  # tokens recomputed per row
     out = _optimise(
-        model.params, model.config, layer, len(requests), hp,
+        model.params, model.config, layer, len(requests), hp, window,
         *(jnp.asarray(getattr(batch, f.name)) for f in dataclasses.fields(batch)),
     )  # fmt: skip
     delta, m0, key, key_mean, history, nll, steps = (np.asarray(a) for a in out)
