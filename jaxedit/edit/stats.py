@@ -4,7 +4,8 @@ Uncentred, float32 accumulation, the mean over every non-padding token. Texts ar
 `max_len` tokens and run in batches of at most `batch_tokens` tokens through a jitted forward that stops
 after the deepest requested layer. Results are cached on disk (`$JAXEDIT_CACHE/stats`, default
 `~/.cache/jaxedit/stats`) under a key made of the model fingerprint, layer, corpus id, sample count,
-maximum length and dtype, as `<key>.npz` holding the matrix, the token count and the metadata; an
+maximum length and dtype, as `<key>.npz` holding the matrix and the metadata (a readable copy of the
+metadata beside it as `<key>.json`); an
 interrupted run resumes from its last checkpoint (`<key>.partial.npz`).
 """
 
@@ -230,6 +231,8 @@ def key_statistics(
                 matrix=stats.matrix,
                 meta=np.asarray(json.dumps(stats.meta)),
             )
+            meta_text = json.dumps(stats.meta, indent=1).encode()  # readable copy beside the matrix
+            atomic_write_bytes(_cache_dir() / f"{keys[layer]}.json", meta_text)
         out[layer] = stats
     if cache and partial.exists():
         partial.unlink()
