@@ -2,7 +2,7 @@
 
 1. What the model predicts for the built-in facts (top-5 next tokens).
 2. Causal trace of "The Eiffel Tower is located in the city of" (paper 003 §2): heatmaps written to
-   `OUT/trace.png`, the peak MLP layer at the last subject token printed.
+   `OUT/trace.png`, the subject token and layer of the largest MLP effect printed.
 3. ROME (paper 003 §3) moves the Eiffel Tower to Rome: greedy completions before and after, on the
    prompt, a paraphrase and an unrelated fact; then the edit is reverted and the original answer is back.
 4. CounterFact-style evaluation (ES / PS / NS, Score, fluency) of ROME on the project's own 8-record
@@ -56,12 +56,13 @@ def run_demo(
     result = trace(model, EDIT.text, subject=EDIT.subject, samples=trace_samples, segments=4)
     result.plot(out / "trace.png")
     result.save_json(out / "trace.json")
-    last_subject = result.subject_span[1] - 1
-    effect = result.effect("mlp")[:, last_subject]
-    peak = int(effect.argmax())
+    first, end = result.subject_span
+    effect = result.effect("mlp")[:, first:end]  # [layers, subject tokens]
+    layer_peak, token_peak = (int(i) for i in divmod(int(effect.argmax()), effect.shape[1]))
     print(
-        f"    p({result.answer!r}) clean {result.p_clean:.3f}, corrupted {result.p_corrupt:.3f}; MLP effect at "
-        f"the last subject token peaks at layer {peak} ({effect[peak]:.3f}); heatmaps: {out / 'trace.png'}"
+        f"    p({result.answer!r}) clean {result.p_clean:.3f}, corrupted {result.p_corrupt:.3f}; the largest MLP "
+        f"effect on the subject is at {result.tokens[first + token_peak]!r}, layer {layer_peak} "
+        f"({effect[layer_peak, token_peak]:.3f}); heatmaps: {out / 'trace.png'}"
     )
 
     layer = default_layer(model)
