@@ -15,6 +15,17 @@ KIND_TITLES = {
 KIND_CMAPS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
 
 
+def _heatmap(fig: Any, ax: Any, grid: np.ndarray, cmap: str, vmin: float, labels: list[str]) -> Any:
+    """One panel: rows labelled top-down, layers across (ticks every ~8th layer), with a colour bar."""
+    image = ax.pcolormesh(grid, cmap=cmap, vmin=vmin)
+    ax.invert_yaxis()
+    ax.set_yticks(np.arange(len(labels)) + 0.5, labels, fontsize=8)
+    step = max(1, grid.shape[1] // 8)
+    ax.set_xticks(np.arange(0, grid.shape[1], step) + 0.5, [str(i) for i in range(0, grid.shape[1], step)])
+    ax.set_xlabel("layer")
+    return fig.colorbar(image, ax=ax, fraction=0.05)
+
+
 def plot_trace(result: Any, path: str | Path | None = None):
     """Draw `result.grids` as heatmaps (tokens down, layers across); corrupted tokens get a `*`.
 
@@ -32,23 +43,14 @@ def plot_trace(result: Any, path: str | Path | None = None):
     labels = [f"{t!r}{'*' if c else ''}" for t, c in zip(result.tokens, result.corrupted, strict=True)]
     for ax, kind in zip(axes[0], kinds, strict=True):
         grid = np.asarray(result.grids[kind]).T  # [T, L]
-        image = ax.pcolormesh(
-            grid, cmap=KIND_CMAPS.get(kind, "viridis"), vmin=min(result.p_corrupt, grid.min())
-        )
-        ax.invert_yaxis()
-        ax.set_yticks(np.arange(n_tokens) + 0.5, labels, fontsize=8)
-        step = max(1, grid.shape[1] // 8)
-        ax.set_xticks(
-            np.arange(0, grid.shape[1], step) + 0.5, [str(i) for i in range(0, grid.shape[1], step)]
-        )
-        ax.set_xlabel("layer")
+        vmin = min(result.p_corrupt, grid.min())
+        bar = _heatmap(fig, ax, grid, KIND_CMAPS.get(kind, "viridis"), vmin, labels)
         window = "" if kind == "hidden" else f", window {result.window}"
         ax.set_title(f"restoring {KIND_TITLES.get(kind, kind)}{window}", fontsize=9)
         if result.subject_span is not None:
             lo, hi = result.subject_span
             ax.axhline(lo, color="k", lw=0.6, ls="--")
             ax.axhline(hi, color="k", lw=0.6, ls="--")
-        bar = fig.colorbar(image, ax=ax, fraction=0.05)
         bar.set_label(f"p({result.answer.strip()!r})", fontsize=8)
     fig.suptitle(
         f"{result.prompt!r} -> {result.answer!r}  (p clean {result.p_clean:.3f}, corrupted {result.p_corrupt:.3f}, "
@@ -58,6 +60,7 @@ def plot_trace(result: Any, path: str | Path | None = None):
     fig.tight_layout()
     if path is not None:
         _save(fig, Path(path))
+        plt.close(fig)
     return fig
 
 
@@ -82,18 +85,10 @@ def plot_average(summary: Any, path: str | Path | None = None):
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 1.2 + 0.35 * n_classes), squeeze=False)
     for ax, kind in zip(axes[0], kinds, strict=True):
         grid = np.nan_to_num(np.asarray(summary.aie[kind], float).T)  # [classes, L]
-        image = ax.pcolormesh(grid, cmap=KIND_CMAPS.get(kind, "viridis"), vmin=min(0.0, grid.min()))
-        ax.invert_yaxis()
         labels = [f"{c} ({n})" for c, n in zip(summary.classes, summary.counts, strict=True)]
-        ax.set_yticks(np.arange(n_classes) + 0.5, labels, fontsize=8)
-        step = max(1, grid.shape[1] // 8)
-        ax.set_xticks(
-            np.arange(0, grid.shape[1], step) + 0.5, [str(i) for i in range(0, grid.shape[1], step)]
-        )
-        ax.set_xlabel("layer")
+        _heatmap(fig, ax, grid, KIND_CMAPS.get(kind, "viridis"), min(0.0, grid.min()), labels)
         sever = f", severed {summary.sever}" if summary.sever and kind == "hidden" else ""
         ax.set_title(f"average indirect effect: {KIND_TITLES.get(kind, kind)}{sever}", fontsize=9)
-        fig.colorbar(image, ax=ax, fraction=0.05)
     fig.suptitle(
         f"{summary.model}: {summary.n_facts} facts, {summary.corruption} corrupted, {summary.samples} samples "
         f"(p clean {summary.p_clean:.3f}, corrupted {summary.p_corrupt:.3f})",
