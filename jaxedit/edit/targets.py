@@ -92,6 +92,10 @@ class TargetHparams:
     clamp: float = 4.0
     loss_stop: float = 0.05
     kl_prompt: str = "{} is a"
+    # what `m0` (the vector δ is added to, and the scale of the clamp and decay) is: the MLP output of
+    # the edited layer (ROME), or its residual output `h[l]` (MEMIT / PMET targets, METHODS.md §6);
+    # adding δ to either changes `h[l]` identically
+    reference: str = "mlp_out"
 
 
 @dataclasses.dataclass
@@ -100,7 +104,8 @@ class Targets:
 
     Attributes:
       delta: `[n, D]` the optimised `δ`; `value = m0 + delta` is `v*`.
-      m0: `[n, D]` original MLP output at the key token of the bare prompt (`W k` + bias).
+      m0: `[n, D]` original MLP output (`W k` + bias; `reference="resid_post"`: the layer's residual
+        output) at the key token of the bare prompt.
       key: `[n, F]` MLP key at that token (bare prompt); `key_mean`: `[n, F]` mean over the contexts.
       loss: `[n, steps]` loss per evaluation (NaN after the request stopped); `nll`: the final NLL.
       steps: evaluations per request.
@@ -221,7 +226,7 @@ def _optimise(
     t = ids.shape[1]
 
     # one full pass with δ = 0: the original distributions, m0 and keys, and every layer's keys / values
-    out0 = core.block(config, p_layer, x, rotary, causal, {}, ("mlp_key", "mlp_out"))
+    out0 = core.block(config, p_layer, x, rotary, causal, {}, ("mlp_key", hp.reference))
     h0, taps_above = core.run_layers(config, above, out0.resid, rotary, causal, ("resid_pre",))
     logp0 = jax.nn.log_softmax(core.unembed(config, params, h0[rows[:, None], read_pos]), axis=-1)
     inputs = jnp.concatenate([x[None], taps_above["resid_pre"]])  # [n_from, R, T, D]
@@ -270,7 +275,7 @@ def _optimise(
 
     zero = jnp.zeros((n_requests, config.d_model), jnp.float32)
     kl_base = jax.lax.stop_gradient(logp0[:, 0])  # [R, V], used on KL rows
-    m_out = out0.taps["mlp_out"][rows, key_pos]  # [R, D]
+    m_out = out0.taps[hp.reference][rows, key_pos]  # [R, D]
     keys = out0.taps["mlp_key"][rows, key_pos]  # [R, F]
     bare_index = jnp.argmax(
         is_bare[None, :] & (row_request[None, :] == jnp.arange(n_requests)[:, None]), axis=1
@@ -340,6 +345,8 @@ def optimise_targets(
         raise ValueError(f"model {model.source!r} has no tokenizer")
     if not 0 <= layer < model.config.n_layers:
         raise ValueError(f"layer must lie in [0, {model.config.n_layers}), got {layer}")
+    if hp.reference not in ("mlp_out", "resid_post"):
+        raise ValueError(f"reference must be 'mlp_out' or 'resid_post', got {hp.reference!r}")
     if not templates or templates[0] != "{}":
         raise ValueError("templates must start with the bare prompt '{}'")
     requests = [as_request(r) for r in requests]

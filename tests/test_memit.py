@@ -1,0 +1,148 @@
+"""MEMIT: the per-layer solve, spread factors, the one-layer closed form, batch withdrawal."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxedit
+from jaxedit.edit import TargetHparams, apply, key_statistics, revert
+from jaxedit.edit.memit import MemitHparams, memit, solve_update, spread_factor
+from jaxedit.edit.targets import Request, build_batch, optimise_targets
+
+REQUESTS = [
+    Request(prompt="the mother tongue of {} is", subject="danielle darrieux", target="english"),
+    Request(prompt="the eiffel tower is located in the city of {}", subject="paris", target="rome"),
+    Request(prompt="{} is the capital of", subject="rome", target="france"),
+]
+TEMPLATES = ["{}", "the city of rome . {}", "a tower in paris was w44 . {}"]
+TEXTS = [
+    "the eiffel tower is located in the city of paris in france",
+    "the capital of france is paris and the language is french",
+    "danielle darrieux was french and the mother tongue of danielle darrieux is french",
+    "rome is the capital city of a w40 w41 w42 on the w50",
+    "english is a language w33 w34 with w60 w61 w62 w63 w64 w65",
+] * 8
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dirs):
+    tiny = jaxedit.load_model(tiny_dirs["llama_gqa_untied"])
+    return tiny.replace(params=jax.tree.map(lambda a: a * 3 if a.ndim >= 2 else a, tiny.params))
+
+
+@pytest.fixture(scope="module")
+def stats(model):
+    """Statistics over the fixed texts plus random word sequences, so that C has full rank."""
+    words = sorted(w for w in model.tokenizer.get_vocab() if w != "<unk>")
+    rng = np.random.default_rng(0)
+    texts = TEXTS + [" ".join(rng.choice(words, 12)) for _ in range(60)]
+    return key_statistics(model, [0, 1], texts, cache=False, progress=False)
+
+
+def random_problem(seed: int = 0, f: int = 20, d: int = 12, n: int = 5):
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(f, 300))
+    return a @ a.T / 300, rng.normal(size=(n, f)), rng.normal(size=(n, d))
+
+
+def test_solve_satisfies_its_normal_equations() -> None:
+    c, k, r = random_problem()
+    weight = 3.0
+    left = solve_update(c, k, r, weight)
+    update = left.T @ r  # [F, D] kernel increment
+    lhs = (weight * c + k.T @ k) @ update
+    rhs = k.T @ r
+    assert np.linalg.norm(lhs - rhs) / np.linalg.norm(rhs) <= 1e-5
+
+
+def test_solve_equals_regularised_least_squares_in_float64() -> None:
+    """min_X ||K X - R||² + λ tr(Xᵀ C X), solved as a stacked least-squares problem with numpy."""
+    c, k, r = random_problem(1)
+    weight = 0.7
+    chol = np.linalg.cholesky(c)
+    stacked = np.concatenate([k, np.sqrt(weight) * chol.T])  # [n + F, F]
+    target = np.concatenate([r, np.zeros((c.shape[0], r.shape[1]))])
+    expected, *_ = np.linalg.lstsq(stacked, target, rcond=None)
+    np.testing.assert_allclose(solve_update(c, k, r, weight).T @ r, expected, rtol=1e-8, atol=1e-10)
+
+
+def test_spread_factors_are_exact() -> None:
+    assert [spread_factor(layer, 8, "even") for layer in range(3, 9)] == [
+        1 / 6,
+        1 / 5,
+        1 / 4,
+        1 / 3,
+        1 / 2,
+        1.0,
+    ]
+    assert [spread_factor(layer, 8, "sqrt") for layer in range(3, 9)] == [
+        1 / np.sqrt(k) for k in (6, 5, 4, 3, 2, 1)
+    ]
+    with pytest.raises(ValueError, match="spread"):
+        spread_factor(3, 8, "linear")
+
+
+def test_one_edit_on_one_layer_equals_the_closed_form(model, stats) -> None:
+    hp = MemitHparams(
+        layers=(1,), mom2_weight=2.0, targets=TargetHparams(steps=6, clamp=0.75, reference="resid_post")
+    )
+    delta = memit(model, REQUESTS[:1], stats, hp, templates=TEMPLATES, progress=False)
+    # independently: the target, the mean key over contexts, the residual output at the bare prompt
+    targets = optimise_targets(model, REQUESTS[:1], 1, TEMPLATES, hp.targets)
+    batch = build_batch(model, REQUESTS[:1], TEMPLATES, hp.targets.kl_prompt)
+    keys, h = [], None
+    for r in range(len(batch.ids)):
+        if batch.is_kl[r]:
+            continue
+        n = int(batch.mask[r].sum())
+        taps = jaxedit.forward(
+            model.params, model.config, batch.ids[r : r + 1, :n], taps=("mlp_key", "resid_post")
+        ).taps
+        keys.append(np.asarray(taps["mlp_key"][0, 1, batch.key_pos[r]], np.float64))
+        if batch.is_bare[r]:
+            h = np.asarray(taps["resid_post"][0, 1, batch.key_pos[r]], np.float64)
+    k = np.mean(keys, axis=0)[None]  # [1, F]
+    residual = (targets.value[0] - h)[None]  # [1, D]
+    c = stats[1].matrix.astype(np.float64)
+    expected = np.linalg.solve(2.0 * c + k.T @ k, k.T @ residual)  # [F, D]
+    np.testing.assert_allclose(delta.dense()[0], expected, rtol=2e-3, atol=1e-6)
+
+
+def test_batch_edit_moves_outputs_to_targets_and_withdraws_exactly(model, stats) -> None:
+    hp = MemitHparams(
+        layers=(0, 1), mom2_weight=0.5, targets=TargetHparams(steps=6, clamp=0.75, reference="resid_post")
+    )
+    delta = memit(model, REQUESTS, stats, hp, templates=TEMPLATES, progress=False)
+    assert delta.left.shape == (2, 3, model.config.d_mlp) and delta.layers == (0, 1)
+    edited = apply(model, delta)
+    targets = optimise_targets(model, REQUESTS, 1, TEMPLATES, hp.targets)
+    batch = build_batch(model, REQUESTS, TEMPLATES, hp.targets.kl_prompt)
+    for i, r in enumerate(np.flatnonzero(batch.is_bare)):
+        n = int(batch.mask[r].sum())
+        ids = batch.ids[r : r + 1, :n]
+
+        def h(m, ids=ids, r=r):
+            return np.asarray(
+                jaxedit.forward(m.params, m.config, ids, taps=("resid_post",)).taps["resid_post"][
+                    0, 1, batch.key_pos[r]
+                ]
+            )
+
+        assert np.linalg.norm(h(edited) - targets.value[i]) < 0.5 * np.linalg.norm(
+            h(model) - targets.value[i]
+        )
+    back = revert(edited, delta)
+    assert all(
+        bool(jnp.array_equal(a, b))
+        for a, b in zip(jax.tree.leaves(back.params), jax.tree.leaves(model.params), strict=True)
+    )
+
+
+def test_missing_statistics_are_refused(model, stats) -> None:
+    from jaxedit.edit import StatsError
+
+    with pytest.raises(StatsError, match="no statistics for critical layer 2"):
+        memit(model, REQUESTS[:1], stats, MemitHparams(layers=(1, 2)), templates=TEMPLATES, progress=False)
