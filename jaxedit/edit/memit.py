@@ -6,6 +6,7 @@ holding the updates of the layers before it:
 
     K = keys at l (mean over the contexts, last subject token)        [n, F]
     R = (Z − h[lL]) · spread(l)                                          [n, D]
+        (PMET: Z and the current value are MLP outputs of lL, `Z = m0 + δm`; δa only shaped δm)
     ΔK = (λ C + Kᵀ K)⁻¹ Kᵀ R            (the [in, out] kernel increment)
 
 with `spread = 1 / (lL − l + 1)` (MEMIT, `"even"`) or `1 / sqrt(lL − l + 1)` (PMET, `"sqrt"`). The solve
@@ -63,6 +64,18 @@ class MemitHparams:
     )
     batch_rows: int = 256
     seed: int = 0
+    method: str = "memit"
+
+
+def pmet_hparams(layers: tuple[int, ...] | None = None, **changes: object) -> MemitHparams:
+    """PMET (METHODS.md §7, GPT-J CounterFact defaults): δa and δm at the last critical layer, only
+    `v = m0 + δm` (MLP-output space) is spread, by `1/sqrt`, with μ = 1, φ 1 → 0.1, 30 steps, lr 0.2,
+    λ 6000. The attention clamp and decay equal the MLP ones (the paper gives no separate values)."""
+    targets = TargetHparams(
+        steps=30, lr=0.2, clamp=0.75, kl_factor=1.0, reference="mlp_out", attn_delta=True, nll_schedule=True
+    )
+    hp = MemitHparams(layers=layers, mom2_weight=6000.0, spread="sqrt", targets=targets, method="pmet")
+    return dataclasses.replace(hp, **changes)
 
 
 def spread_factor(layer: int, last: int, spread: str) -> float:
@@ -90,40 +103,45 @@ def solve_update(stats: np.ndarray, keys: np.ndarray, residual: np.ndarray, weig
     return solved.T
 
 
-@functools.partial(jax.jit, static_argnames=("config", "layer", "z_layer"))
+@functools.partial(jax.jit, static_argnames=("config", "layer", "z_layer", "z_site"))
 def _read(
     params: Params,
     config: ModelConfig,
     layer: int,
     z_layer: int,
+    z_site: str,
     ids: jax.Array,
     mask: jax.Array,
     key_pos: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
-    """Keys at `layer` and residual outputs of `z_layer` (>= layer) at the key positions: `[R, F]`, `[R, D]`."""
+    """Keys at `layer` and `z_site` (`resid_post` or `mlp_out`) of `z_layer` (>= layer) at the key
+    positions: `[R, F]`, `[R, D]`."""
     positions = core.positions_from_mask(mask)
     rotary = core.rotary_for(config, positions)
     causal = core.causal_mask(mask)
     x = core.residual_input(config, params, core.embed_tokens(params, ids), positions)
     x, _ = core.run_layers(config, jax.tree.map(lambda a: a[:layer], params["layers"]), x, rotary, causal)
-    out = core.block(
-        config, jax.tree.map(lambda a: a[layer], params["layers"]), x, rotary, causal, {}, ("mlp_key",)
-    )
-    between = jax.tree.map(lambda a: a[layer + 1 : z_layer + 1], params["layers"])
-    h, _ = core.run_layers(config, between, out.resid, rotary, causal)
+    p_layer = jax.tree.map(lambda a: a[layer], params["layers"])
+    out = core.block(config, p_layer, x, rotary, causal, {}, ("mlp_key", z_site))
+    z = out.taps[z_site]
+    if z_layer > layer:
+        between = jax.tree.map(lambda a: a[layer + 1 : z_layer + 1], params["layers"])
+        _, taps = core.run_layers(config, between, out.resid, rotary, causal, (z_site,))
+        z = taps[z_site][-1]
     rows = jnp.arange(ids.shape[0])
-    return out.taps["mlp_key"][rows, key_pos], h[rows, key_pos]
+    return out.taps["mlp_key"][rows, key_pos], z[rows, key_pos]
 
 
 def read_keys(
-    model: Model, params: Params, batch, layer: int, z_layer: int, batch_rows: int
+    model: Model, params: Params, batch, layer: int, z_layer: int, z_site: str, batch_rows: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """`_read` over row chunks of a `build_batch` batch (bounded memory for thousands of edits)."""
     keys, outs = [], []
     for start in range(0, len(batch.ids), batch_rows):
         part = slice(start, start + batch_rows)
         k, h = _read(
-            params, model.config, layer, z_layer, jnp.asarray(batch.ids[part]), jnp.asarray(batch.mask[part]),
+            params, model.config, layer, z_layer, z_site, jnp.asarray(batch.ids[part]),
+            jnp.asarray(batch.mask[part]),
             jnp.asarray(batch.key_pos[part]),
         )  # fmt: skip
         keys.append(np.asarray(k, np.float64))
@@ -171,7 +189,7 @@ def memit(
         list(templates) if templates is not None else context_templates(model, hp.prefixes, seed=hp.seed)
     )
     targets = optimise_targets(model, requests, last, templates, hp.targets)
-    z = targets.value.astype(np.float64)  # [n, D]
+    z = targets.value.astype(np.float64)  # [n, D]: h[lL] + δ (MEMIT) or m0 + δm (PMET; δa is dropped)
     batch = build_batch(model, requests, templates, hp.targets.kl_prompt)
     contexts = np.flatnonzero(~batch.is_kl)
     bare = np.flatnonzero(batch.is_bare)  # one row per request, in request order
@@ -180,7 +198,7 @@ def memit(
     params = model.params
     lefts, rights = [], []
     for layer in tqdm(layers, desc=f"MEMIT {n} edits", disable=not progress):
-        keys, outs = read_keys(model, params, batch, layer, last, hp.batch_rows)
+        keys, outs = read_keys(model, params, batch, layer, last, hp.targets.reference, hp.batch_rows)
         k = _per_request_mean(keys, batch.row_request, contexts, n)  # [n, F]
         residual = (z - outs[bare]) * spread_factor(layer, last, hp.spread)  # [n, D]
         left = solve_update(matrices[layer], k, residual, hp.mom2_weight)  # [n, F]
@@ -189,10 +207,10 @@ def memit(
         lefts.append(left)
         rights.append(residual)
     info = {
-        "layers": list(layers), "spread": hp.spread, "mom2_weight": hp.mom2_weight,
+        "layers": list(layers), "spread": hp.spread, "mom2_weight": hp.mom2_weight, "target_site": hp.targets.reference,
         "target_nll": targets.nll.tolist(), "target_steps": targets.steps.tolist(), "contexts": len(templates),
     }  # fmt: skip
     return Delta(
-        layers=layers, left=np.stack(lefts), right=np.stack(rights), method="memit",
+        layers=layers, left=np.stack(lefts), right=np.stack(rights), method=hp.method,
         requests=tuple(r.to_dict() for r in requests), info=info,
     )  # fmt: skip

@@ -96,6 +96,15 @@ class TargetHparams:
     # the edited layer (ROME), or its residual output `h[l]` (MEMIT / PMET targets, METHODS.md §6);
     # adding δ to either changes `h[l]` identically
     reference: str = "mlp_out"
+    # PMET (METHODS.md §7): also optimise δa on the attention output (own clamp and decay), and weight the
+    # NLL by φ = 1 until every target token is the argmax, then φ = nll_after (0.1), stopping once the KL
+    # falls below kl_stop
+    attn_delta: bool = False
+    attn_clamp: float | None = None  # None: clamp
+    attn_weight_decay: float | None = None  # None: weight_decay
+    nll_schedule: bool = False
+    nll_after: float = 0.1
+    kl_stop: float = 0.01
 
 
 @dataclasses.dataclass
@@ -109,6 +118,7 @@ class Targets:
       key: `[n, F]` MLP key at that token (bare prompt); `key_mean`: `[n, F]` mean over the contexts.
       loss: `[n, steps]` loss per evaluation (NaN after the request stopped); `nll`: the final NLL.
       steps: evaluations per request.
+      delta_attn: `[n, D]` PMET's δa on the attention output (`attn_delta=True`), else None.
     """
 
     delta: np.ndarray
@@ -118,6 +128,7 @@ class Targets:
     loss: np.ndarray
     nll: np.ndarray
     steps: np.ndarray
+    delta_attn: np.ndarray | None = None
 
     @property
     def value(self) -> np.ndarray:
@@ -226,7 +237,7 @@ def _optimise(
     t = ids.shape[1]
 
     # one full pass with δ = 0: the original distributions, m0 and keys, and every layer's keys / values
-    out0 = core.block(config, p_layer, x, rotary, causal, {}, ("mlp_key", hp.reference))
+    out0 = core.block(config, p_layer, x, rotary, causal, {}, ("mlp_key", "attn_out", hp.reference))
     h0, taps_above = core.run_layers(config, above, out0.resid, rotary, causal, ("resid_pre",))
     logp0 = jax.nn.log_softmax(core.unembed(config, params, h0[rows[:, None], read_pos]), axis=-1)
     inputs = jnp.concatenate([x[None], taps_above["resid_pre"]])  # [n_from, R, T, D]
@@ -259,9 +270,10 @@ def _optimise(
     read_suffix = jnp.maximum(read_pos - key_pos[:, None], 0)  # padded reads (weight 0) clip to 0
     at_key = (offsets == 0).astype(x.dtype)[None, :, None]
 
-    def run(delta: jax.Array) -> jax.Array:
-        add = at_key * delta[row_request][:, None, :]  # [R, W, D]
-        edit = {"mlp_out": iv.add(add)}
+    def run(delta: dict[str, jax.Array]) -> jax.Array:
+        edit = {
+            f"{site}_out": iv.add(at_key * d[row_request][:, None, :]) for site, d in delta.items()
+        }  # [R, W, D]
         cache = (cached_k[0], cached_v[0])
         h = core.block(config, p_layer, x_suffix, rotary_suffix, suffix_mask, edit, (), cache, t).resid
 
@@ -273,64 +285,89 @@ def _optimise(
         read = h[rows[:, None], read_suffix]  # [R, M, D]
         return jax.nn.log_softmax(core.unembed(config, params, read), axis=-1)  # [R, M, V]
 
-    zero = jnp.zeros((n_requests, config.d_model), jnp.float32)
     kl_base = jax.lax.stop_gradient(logp0[:, 0])  # [R, V], used on KL rows
-    m_out = out0.taps[hp.reference][rows, key_pos]  # [R, D]
-    keys = out0.taps["mlp_key"][rows, key_pos]  # [R, F]
     bare_index = jnp.argmax(
         is_bare[None, :] & (row_request[None, :] == jnp.arange(n_requests)[:, None]), axis=1
     )
-    m0 = m_out[bare_index]  # [n, D]
+    m0 = out0.taps[hp.reference][rows, key_pos][bare_index]  # [n, D]
+    keys = out0.taps["mlp_key"][rows, key_pos]  # [R, F]
     key = keys[bare_index]
     context = (~is_kl).astype(jnp.float32)
     per_request = jax.ops.segment_sum(context, row_request, n_requests)
     key_mean = jax.ops.segment_sum(keys * context[:, None], row_request, n_requests) / per_request[:, None]
-    m0_norm = jnp.linalg.norm(m0, axis=-1)  # [n]
+    scale = {"mlp": jnp.linalg.norm(m0, axis=-1)}  # [n]: the clamp and decay scale of each δ
+    clamp = {"mlp": hp.clamp}
+    decay_weight = {"mlp": hp.weight_decay}
+    if hp.attn_delta:
+        a0 = out0.taps["attn_out"][rows, key_pos][bare_index]
+        scale["attn"] = jnp.linalg.norm(a0, axis=-1)
+        clamp["attn"] = hp.clamp if hp.attn_clamp is None else hp.attn_clamp
+        decay_weight["attn"] = hp.weight_decay if hp.attn_weight_decay is None else hp.attn_weight_decay
+    zero = {site: jnp.zeros((n_requests, config.d_model), jnp.float32) for site in scale}
 
-    def losses(delta: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def losses(delta: dict[str, jax.Array], phi: jax.Array) -> tuple[jax.Array, tuple]:
         logp = run(delta)
         picked = jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]  # [R, M]
         nll_row = -(picked * weights).sum(-1)  # [R], zero on KL rows
         nll = jax.ops.segment_sum(nll_row * context, row_request, n_requests) / per_request
         kl_row = jnp.sum(jnp.exp(logp[:, 0]) * (logp[:, 0] - kl_base), axis=-1)  # KL(edited ‖ original)
         kl = jax.ops.segment_sum(kl_row * is_kl, row_request, n_requests)
-        decay = hp.weight_decay * optax.safe_norm(delta, 0.0, axis=-1) / m0_norm**2  # zero grad at 0
-        return nll + hp.kl_factor * kl + decay, nll
+        decay = sum(
+            decay_weight[site] * optax.safe_norm(d, 0.0, axis=-1) / scale[site] ** 2  # zero grad at 0
+            for site, d in delta.items()
+        )
+        wrong = jnp.any((jnp.argmax(logp, -1) != labels) & (weights > 0), axis=-1) & ~is_kl  # [R]
+        argmax_ok = jax.ops.segment_sum(wrong.astype(jnp.int32), row_request, n_requests) == 0
+        return phi * nll + hp.kl_factor * kl + decay, (nll, kl, argmax_ok)
 
     optimiser = optax.adam(hp.lr)
 
-    def total(delta: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-        loss, nll = losses(delta)
-        return loss.sum(), (loss, nll)
+    def total(delta: dict[str, jax.Array], phi: jax.Array) -> tuple[jax.Array, tuple]:
+        loss, aux = losses(delta, phi)
+        return loss.sum(), (loss, *aux)
 
     grad_fn = jax.value_and_grad(total, has_aux=True)
     history0 = jnp.full((n_requests, hp.steps), jnp.nan, jnp.float32)
 
     def cond(carry):
-        step, _, _, _, active, _, _ = carry
+        step, _, _, _, active, *_ = carry
         return (step < hp.steps) & active.any()
 
     def body(carry):
-        step, delta, state, history, active, steps, last_nll = carry
-        (_, (loss, nll)), grad = grad_fn(delta)
+        step, delta, state, history, active, steps, last_nll, phi = carry
+        (_, (loss, nll, kl, argmax_ok)), grad = grad_fn(delta, phi)
         history = history.at[:, step].set(jnp.where(active, loss, jnp.nan))
         steps = steps + active
         last_nll = jnp.where(active, nll, last_nll)
-        active = active & (loss >= hp.loss_stop) & (step < hp.steps - 1)
+        done = (loss < hp.loss_stop) | (step >= hp.steps - 1)
+        if hp.nll_schedule:
+            done = done | ((phi < 1.0) & (kl < hp.kl_stop))
+            phi = jnp.where(argmax_ok, hp.nll_after, phi)
+        active = active & ~done
         updates, state = optimiser.update(grad, state, delta)
         moved = optax.apply_updates(delta, updates)
-        limit = hp.clamp * m0_norm
-        norm = jnp.linalg.norm(moved, axis=-1)
-        moved = moved * jnp.minimum(1.0, limit / jnp.maximum(norm, 1e-12))[:, None]
-        delta = jnp.where(active[:, None], moved, delta)
-        return step + 1, delta, state, history, active, steps, last_nll
+        for site in moved:
+            limit = clamp[site] * scale[site]
+            norm = jnp.linalg.norm(moved[site], axis=-1)
+            moved[site] = moved[site] * jnp.minimum(1.0, limit / jnp.maximum(norm, 1e-12))[:, None]
+        delta = jax.tree.map(lambda new, old: jnp.where(active[:, None], new, old), moved, delta)
+        return step + 1, delta, state, history, active, steps, last_nll, phi
 
     init = (
         jnp.int32(0), zero, optimiser.init(zero), history0, jnp.ones(n_requests, bool),
-        jnp.zeros(n_requests, jnp.int32), jnp.zeros(n_requests, jnp.float32),
+        jnp.zeros(n_requests, jnp.int32), jnp.zeros(n_requests, jnp.float32), jnp.ones(n_requests, jnp.float32),
     )  # fmt: skip
-    _, delta, _, history, _, steps, nll = jax.lax.while_loop(cond, body, init)
-    return delta, m0, key, key_mean, history, nll, steps
+    _, delta, _, history, _, steps, nll, _ = jax.lax.while_loop(cond, body, init)
+    return (
+        delta["mlp"],
+        delta.get("attn", jnp.zeros_like(delta["mlp"])),
+        m0,
+        key,
+        key_mean,
+        history,
+        nll,
+        steps,
+    )
 
 
 def optimise_targets(
@@ -358,7 +395,10 @@ def optimise_targets(
         model.params, model.config, layer, len(requests), hp, window,
         *(jnp.asarray(getattr(batch, f.name)) for f in dataclasses.fields(batch)),
     )  # fmt: skip
-    delta, m0, key, key_mean, history, nll, steps = (np.asarray(a) for a in out)
-    if not np.isfinite(delta).all():
+    delta, delta_attn, m0, key, key_mean, history, nll, steps = (np.asarray(a) for a in out)
+    if not (np.isfinite(delta).all() and np.isfinite(delta_attn).all()):
         raise FloatingPointError("target optimisation produced non-finite values")
-    return Targets(delta=delta, m0=m0, key=key, key_mean=key_mean, loss=history, nll=nll, steps=steps)
+    return Targets(
+        delta=delta, m0=m0, key=key, key_mean=key_mean, loss=history, nll=nll, steps=steps,
+        delta_attn=delta_attn if hp.attn_delta else None,
+    )  # fmt: skip
