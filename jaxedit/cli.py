@@ -145,11 +145,19 @@ def _statistics(model, layers, corpus: str | None, samples: int, max_len: int):
 
 
 def _editor(model, args: argparse.Namespace):
-    """`(model, request) -> Delta` for `args.method` (statistics and contexts prepared once)."""
+    """`(model, request) -> Delta` for `args.method` (MEMIT / PMET: `(model, [requests]) -> Delta`);
+    statistics and contexts are prepared once."""
     from jaxedit.edit import RomeHparams, default_layer, rome
     from jaxedit.edit.contexts import context_templates
     from jaxedit.edit.finetune import FT, FT_L, finetune
+    from jaxedit.edit.memit import MemitHparams, default_layers, memit, pmet_hparams
 
+    if args.method in ("memit", "pmet"):
+        layers = tuple(args.layers) if getattr(args, "layers", None) else default_layers(model)
+        hp = MemitHparams(layers=layers) if args.method == "memit" else pmet_hparams(layers)
+        stats = _statistics(model, list(layers), args.corpus, args.stats_samples, args.max_len)
+        templates = context_templates(model, hp.prefixes)
+        return lambda m, requests: memit(m, requests, stats, hp, templates=templates)
     layer = default_layer(model) if args.layer is None else args.layer
     if args.method in ("ft", "ft-l"):
         hp = dataclasses.replace(FT if args.method == "ft" else FT_L, layer=layer)
@@ -213,9 +221,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cases = read_counterfact(args.dataset)[: args.n]
     edit = None if args.method == "none" else _editor(model, args)
 
+    batch = args.batch if args.method in ("memit", "pmet") else 1
     summary = evaluate_counterfact(
-        model, cases, edit, method=args.method, out_dir=args.out, generation_tokens=args.generation_tokens
-    )
+        model, cases, edit, method=args.method, batch=batch, out_dir=args.out,
+        generation_tokens=args.generation_tokens,
+    )  # fmt: skip
     keys = (
         "n",
         "ES",
@@ -306,8 +316,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="CounterFact evaluation of an editing method (resumable)")
     ev.add_argument("model")
     ev.add_argument(
-        "--method", choices=["rome", "ft", "ft-l", "none"], default="rome", help="'none': the unedited model"
+        "--method",
+        choices=["rome", "ft", "ft-l", "memit", "pmet", "none"],
+        default="rome",
+        help="'none': the unedited model",
     )
+    ev.add_argument("--batch", type=int, default=100, help="records edited together (memit, pmet)")
+    ev.add_argument("--layers", type=int, nargs="+", help="critical layers (memit, pmet)")
     ev.add_argument("--dataset", required=True, help="CounterFact JSON (ROME or EasyEdit layout)")
     ev.add_argument("--n", type=int, default=None, help="first N records")
     ev.add_argument("--out", required=True, help="directory for per-case results and summary.json")

@@ -82,3 +82,60 @@ def test_eval_writes_a_summary(tiny_dirs, tmp_path, capsys) -> None:
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["ft-l"]["n"] == 1 and summary["unedited"]["n"] == 1
     assert "| ft-l |" in capsys.readouterr().out
+
+
+def test_eval_memit_edits_records_in_batches(tiny_dirs, tmp_path, capsys) -> None:
+    import json
+
+    records = [
+        {
+            "case_id": i,
+            "prompt": prompt,
+            "subject": subject,
+            "target_new": new,
+            "ground_truth": true,
+            "rephrase_prompt": rephrase,
+            "locality_prompt": "the capital of france is",
+        }
+        for i, (prompt, subject, new, true, rephrase) in enumerate(
+            [
+                (
+                    "the eiffel tower is located in the city of",
+                    "the eiffel tower",
+                    "rome",
+                    "paris",
+                    "the eiffel tower is in",
+                ),
+                (
+                    "the mother tongue of danielle darrieux is",
+                    "danielle darrieux",
+                    "english",
+                    "french",
+                    "danielle darrieux speaks",
+                ),
+                ("the capital of france is", "france", "rome", "paris", "france has the capital"),
+            ]
+        )
+    ]
+    data = tmp_path / "cf.json"
+    data.write_text(json.dumps(records))
+    model = str(tiny_dirs["llama_gqa_untied"])
+    args = [
+        "eval",
+        model,
+        "--method",
+        "memit",
+        "--dataset",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--batch",
+        "2",
+    ]
+    args += ["--layers", "0", "1", "--stats-samples", "20", "--max-len", "16", "--generation-tokens", "0"]
+    assert cli.main(args) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["memit"]["n"] == 3 and summary["batch"] == 2
+    cases = [json.loads((tmp_path / "run" / "cases" / f"{i}.json").read_text()) for i in range(3)]
+    assert cases[0]["edit"]["id"] == cases[1]["edit"]["id"] != cases[2]["edit"]["id"]  # two batches
+    assert cases[0]["edit"]["rank"] == 2 and cases[2]["edit"]["rank"] == 1

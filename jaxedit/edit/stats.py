@@ -256,6 +256,7 @@ def model_samples(model: Model, n: int, *, length: int = 64, seed: int = 0) -> l
     """Texts sampled from the model itself (top-k 40) for when no corpus is given; label them as such."""
     from jaxedit.generate import generate_text
 
+    length = max(1, min(length, model.config.max_positions - 8))  # room for the start word in small contexts
     starts = ["The", "In", "A", "It", "When", "This", "There", "After", "One", "Many"]
     prompts = [starts[i % len(starts)] for i in range(n)]
     return [

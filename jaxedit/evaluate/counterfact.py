@@ -174,19 +174,23 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def evaluate_counterfact(
     model: Model,
     cases: Sequence[CounterfactCase],
-    edit: Callable[[Model, Request], Delta] | None,
+    edit: Callable[[Model, Any], Delta] | None,
     *,
     method: str,
+    batch: int = 1,
     out_dir: str | Path | None = None,
     generation_tokens: int = 50,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Edit each case on the unedited model (one at a time), score before and after, summarise.
+    """Edit the cases on the unedited model, one at a time or `batch` together, score each before and
+    after, summarise.
 
     Args:
-      edit: `(model, request) -> Delta` (e.g. `lambda m, r: rome(m, r, stats)`), or None to score the
-        unedited model only.
+      edit: `(model, request) -> Delta` (e.g. `lambda m, r: rome(m, r, stats)`); with `batch > 1`,
+        `(model, [requests]) -> Delta` (MEMIT / PMET), applied once for the whole group; or None to score
+        the unedited model only.
       method: the name the summary gives the edited rows.
+      batch: records edited together (each group on the unedited model).
       out_dir: per-case JSON (`cases/<id>.json`, reused on rerun) and `summary.json`.
 
     Returns:
@@ -194,31 +198,48 @@ def evaluate_counterfact(
     """
     if not cases:
         raise ValueError("no CounterFact cases to evaluate")
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
     start = time.perf_counter()
     directory = Path(out_dir) if out_dir is not None else None
     pre_rows, post_rows = [], []
-    for case in tqdm(cases, desc=f"CounterFact ({method})", disable=not progress):
-        path = directory / "cases" / f"{case.case_id}.json" if directory is not None else None
-        if path is not None and path.exists():
-            saved = json.loads(path.read_text())
+    groups = [cases[i : i + batch] for i in range(0, len(cases), batch)]
+    bar = tqdm(total=len(cases), desc=f"CounterFact ({method}, batch {batch})", disable=not progress)
+    for group in groups:
+        paths = [directory / "cases" / f"{c.case_id}.json" if directory is not None else None for c in group]
+        if all(p is not None and p.exists() for p in paths):
+            saved_group = [json.loads(p.read_text()) for p in paths]
         else:
-            saved = {
-                "case_id": case.case_id,
-                "request": case.request.to_dict(),
-                "target_true": case.target_true,
-            }
-            saved["pre"] = score_case(model, case, generation_tokens=generation_tokens)
+            edited, edit_summary = None, None
             if edit is not None:
-                delta = edit(model, case.request)
-                edited = apply(model, delta)
-                saved["post"] = score_case(edited, case, reference=model, generation_tokens=generation_tokens)
-                saved["edit"] = delta.summary()
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_bytes(path, json.dumps(saved, indent=1).encode())
-        pre_rows.append(saved["pre"])
-        if "post" in saved:
-            post_rows.append(saved["post"])
+                delta = (
+                    edit(model, group[0].request) if batch == 1 else edit(model, [c.request for c in group])
+                )
+                edited, edit_summary = apply(model, delta), delta.summary()
+            saved_group = []
+            for case, path in zip(group, paths, strict=True):
+                saved = {
+                    "case_id": case.case_id,
+                    "request": case.request.to_dict(),
+                    "target_true": case.target_true,
+                }
+                saved["pre"] = score_case(model, case, generation_tokens=generation_tokens)
+                if edited is not None:
+                    saved["post"] = score_case(
+                        edited, case, reference=model, generation_tokens=generation_tokens
+                    )
+                    keep = ("id", "method", "layers", "rank")  # a batch's requests would repeat in every case
+                    saved["edit"] = edit_summary if batch == 1 else {k: edit_summary[k] for k in keep}
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write_bytes(path, json.dumps(saved, indent=1).encode())
+                saved_group.append(saved)
+        for saved in saved_group:
+            pre_rows.append(saved["pre"])
+            if "post" in saved:
+                post_rows.append(saved["post"])
+        bar.update(len(group))
+    bar.close()
     layouts = sorted({c.layout for c in cases})
     summary: dict[str, Any] = {"unedited": summarise(pre_rows)}
     if post_rows:
@@ -235,6 +256,7 @@ def evaluate_counterfact(
         "layouts": layouts,
         "generation_tokens": generation_tokens,
     }
+    summary["batch"] = batch
     summary["seconds"] = round(time.perf_counter() - start, 1)
     if directory is not None:
         atomic_write_bytes(directory / "summary.json", json.dumps(summary, indent=1).encode())
