@@ -212,35 +212,51 @@ def cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmark(path: str) -> str:
+    """`zsre` or `counterfact`, from the first record's fields."""
+    import json
+    from pathlib import Path
+
+    records = json.loads(Path(path).read_text())
+    first = records[0] if isinstance(records, list) and records else {}
+    if "src" in first or isinstance(first.get("locality"), dict):
+        return "zsre"
+    if "requested_rewrite" in first or "locality_prompt" in first:
+        return "counterfact"
+    raise ValueError(f"{path}: neither CounterFact nor zsRE records (keys {sorted(first)})")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     import json
 
     from jaxedit.evaluate import evaluate_counterfact, read_counterfact
+    from jaxedit.evaluate.zsre import evaluate_zsre, read_zsre
 
+    benchmark = _benchmark(args.dataset) if args.benchmark == "auto" else args.benchmark
     model = _load(args.model)
-    cases = read_counterfact(args.dataset)[: args.n]
+    if benchmark == "zsre":
+        cases, skipped = read_zsre(args.dataset)
+        if skipped:
+            print(f"zsRE: {skipped} records skipped (their subject is not written in their question)")
+    else:
+        cases = read_counterfact(args.dataset)
+    cases = cases[: args.n]
     edit = None if args.method == "none" else _editor(model, args)
-
     batch = args.batch if args.method in ("memit", "pmet") else 1
-    summary = evaluate_counterfact(
-        model, cases, edit, method=args.method, batch=batch, out_dir=args.out,
-        generation_tokens=args.generation_tokens,
-    )  # fmt: skip
-    keys = (
-        "n",
-        "ES",
-        "PS",
-        "NS",
-        "score",
-        "fluency",
-        "token_acc_rewrite",
-        "token_acc_rephrase",
-        "token_acc_locality",
-    )
+    if benchmark == "zsre":
+        summary = evaluate_zsre(model, cases, edit, method=args.method, batch=batch, out_dir=args.out)
+        keys = ("n", "ES", "PS", "NS", "score")
+    else:
+        summary = evaluate_counterfact(
+            model, cases, edit, method=args.method, batch=batch, out_dir=args.out,
+            generation_tokens=args.generation_tokens,
+        )  # fmt: skip
+        keys = ("n", "ES", "PS", "NS", "score", "fluency", "token_acc_rewrite", "token_acc_rephrase")
+        keys += ("token_acc_locality",)
     print("| method | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 1) + "|")
     for name in ("unedited", args.method):
-        if name in summary and isinstance(summary[name], dict) and "n" in summary[name]:
+        if isinstance(summary.get(name), dict):
             print(f"| {name} | " + " | ".join(str(summary[name].get(k)) for k in keys) + " |")
     print(f"protocols: {json.dumps(summary['protocol'])}")
     print(f"{summary['seconds']:.0f} s; per-case results and summary.json in {args.out}")
@@ -313,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--save", help="directory for the edited model (HF format) and its journal")
     ed.set_defaults(func=cmd_edit)
 
-    ev = sub.add_parser("eval", help="CounterFact evaluation of an editing method (resumable)")
+    ev = sub.add_parser("eval", help="CounterFact or zsRE evaluation of an editing method (resumable)")
     ev.add_argument("model")
     ev.add_argument(
         "--method",
@@ -323,7 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--batch", type=int, default=100, help="records edited together (memit, pmet)")
     ev.add_argument("--layers", type=int, nargs="+", help="critical layers (memit, pmet)")
-    ev.add_argument("--dataset", required=True, help="CounterFact JSON (ROME or EasyEdit layout)")
+    ev.add_argument(
+        "--dataset", required=True, help="CounterFact (ROME / EasyEdit) or zsRE (MEND / KnowEdit) JSON"
+    )
+    ev.add_argument("--benchmark", choices=["auto", "counterfact", "zsre"], default="auto")
     ev.add_argument("--n", type=int, default=None, help="first N records")
     ev.add_argument("--out", required=True, help="directory for per-case results and summary.json")
     ev.add_argument("--layer", type=int, default=None)

@@ -139,3 +139,35 @@ def test_eval_memit_edits_records_in_batches(tiny_dirs, tmp_path, capsys) -> Non
     cases = [json.loads((tmp_path / "run" / "cases" / f"{i}.json").read_text()) for i in range(3)]
     assert cases[0]["edit"]["id"] == cases[1]["edit"]["id"] != cases[2]["edit"]["id"]  # two batches
     assert cases[0]["edit"]["rank"] == 2 and cases[2]["edit"]["rank"] == 1
+
+
+def test_eval_recognises_zsre_files(tiny_dirs, tmp_path, capsys) -> None:
+    import json
+
+    record = {
+        "subject": "danielle darrieux",
+        "src": "the mother tongue of danielle darrieux is",
+        "alt": "english",
+        "rephrase": "danielle darrieux speaks the language",
+        "loc": "nq question: the capital of france is",
+        "loc_ans": "paris",
+    }
+    data = tmp_path / "zsre.json"
+    data.write_text(json.dumps([record]))
+    model = str(tiny_dirs["llama_gqa_untied"])
+    args = [
+        "eval",
+        model,
+        "--method",
+        "ft",
+        "--dataset",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--layer",
+        "1",
+    ]
+    assert cli.main(args) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["protocol"].startswith("zsRE") and summary["ft"]["n"] == 1
+    assert "| ft |" in capsys.readouterr().out

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from jaxedit.checkpoints import atomic_write_bytes
-from jaxedit.edit.delta import Delta, apply
+from jaxedit.edit.delta import Delta
 from jaxedit.edit.targets import Request, as_request
 from jaxedit.evaluate.metrics import generation_entropy, harmonic_mean, target_scores
+from jaxedit.evaluate.runner import run_edits
 from jaxedit.generate import generate_text
 from jaxedit.loading import Model
 
@@ -196,50 +196,21 @@ def evaluate_counterfact(
     Returns:
       `{"unedited": summary, method: summary, "protocol": ..., "seconds": ...}`.
     """
-    if not cases:
-        raise ValueError("no CounterFact cases to evaluate")
-    if batch < 1:
-        raise ValueError(f"batch must be at least 1, got {batch}")
     start = time.perf_counter()
-    directory = Path(out_dir) if out_dir is not None else None
-    pre_rows, post_rows = [], []
-    groups = [cases[i : i + batch] for i in range(0, len(cases), batch)]
-    bar = tqdm(total=len(cases), desc=f"CounterFact ({method}, batch {batch})", disable=not progress)
-    for group in groups:
-        paths = [directory / "cases" / f"{c.case_id}.json" if directory is not None else None for c in group]
-        if all(p is not None and p.exists() for p in paths):
-            saved_group = [json.loads(p.read_text()) for p in paths]
-        else:
-            edited, edit_summary = None, None
-            if edit is not None:
-                delta = (
-                    edit(model, group[0].request) if batch == 1 else edit(model, [c.request for c in group])
-                )
-                edited, edit_summary = apply(model, delta), delta.summary()
-            saved_group = []
-            for case, path in zip(group, paths, strict=True):
-                saved = {
-                    "case_id": case.case_id,
-                    "request": case.request.to_dict(),
-                    "target_true": case.target_true,
-                }
-                saved["pre"] = score_case(model, case, generation_tokens=generation_tokens)
-                if edited is not None:
-                    saved["post"] = score_case(
-                        edited, case, reference=model, generation_tokens=generation_tokens
-                    )
-                    keep = ("id", "method", "layers", "rank")  # a batch's requests would repeat in every case
-                    saved["edit"] = edit_summary if batch == 1 else {k: edit_summary[k] for k in keep}
-                if path is not None:
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    atomic_write_bytes(path, json.dumps(saved, indent=1).encode())
-                saved_group.append(saved)
-        for saved in saved_group:
-            pre_rows.append(saved["pre"])
-            if "post" in saved:
-                post_rows.append(saved["post"])
-        bar.update(len(group))
-    bar.close()
+
+    def score(m: Model, case: CounterfactCase, reference: Model | None) -> dict[str, Any]:
+        return score_case(m, case, reference=reference, generation_tokens=generation_tokens)
+
+    pre_rows, post_rows = run_edits(
+        model,
+        cases,
+        edit,
+        score,
+        name=f"CounterFact ({method})",
+        batch=batch,
+        out_dir=out_dir,
+        progress=progress,
+    )
     layouts = sorted({c.layout for c in cases})
     summary: dict[str, Any] = {"unedited": summarise(pre_rows)}
     if post_rows:
@@ -258,6 +229,6 @@ def evaluate_counterfact(
     }
     summary["batch"] = batch
     summary["seconds"] = round(time.perf_counter() - start, 1)
-    if directory is not None:
-        atomic_write_bytes(directory / "summary.json", json.dumps(summary, indent=1).encode())
+    if out_dir is not None:
+        atomic_write_bytes(Path(out_dir) / "summary.json", json.dumps(summary, indent=1).encode())
     return summary

@@ -1,0 +1,134 @@
+"""zsRE evaluation of edits (METHODS.md §12, as in the MEMIT / PMET / iReVa papers).
+
+Teacher-forced token-level top-1 accuracy of the new answer on the question (efficacy, ES), on its
+rephrasing (generalisation, PS), and of the locality answer on the locality prompt (specificity, NS),
+each ×100; Score is their arithmetic mean (iReVa's convention).
+
+Reads both layouts in `../shared/data/zsre/`: the MEND one (`src`, `alt`, `rephrase`, `loc`, `loc_ans`,
+`subject`; locality is an `nq question:` prompt) and the KnowEdit one (`prompt`, `target_new`,
+`rephrase_prompt`, `locality.Relation_Specificity` prompts with their answers). The question is the edit
+prompt; records whose subject does not occur in their question cannot be edited with a subject-keyed
+method and are skipped by `read_zsre` (their number is returned).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxedit.checkpoints import atomic_write_bytes
+from jaxedit.edit.delta import Delta
+from jaxedit.edit.targets import Request, as_request
+from jaxedit.evaluate.metrics import target_scores
+from jaxedit.evaluate.runner import run_edits
+from jaxedit.loading import Model
+
+PROTOCOL = "zsRE: teacher-forced token top-1 accuracy x100 (ES question, PS rephrase, NS locality answer)"
+
+
+@dataclasses.dataclass(frozen=True)
+class ZsreCase:
+    case_id: str
+    request: Request
+    rephrase: str | None
+    locality: tuple[tuple[str, str], ...]  # (prompt, answer)
+    layout: str
+
+
+def _first(value: Any) -> str:
+    return value[0] if isinstance(value, list) else value
+
+
+def _case(index: int, record: dict) -> ZsreCase:
+    if "src" in record and "alt" in record:  # MEND layout
+        request = as_request({"prompt": record["src"], "subject": record["subject"], "target": record["alt"]})
+        locality = ((record["loc"], record["loc_ans"]),) if record.get("loc") else ()
+        return ZsreCase(str(record.get("case_id", index)), request, record.get("rephrase"), locality, "mend")
+    if "prompt" in record and "target_new" in record:  # KnowEdit layout
+        request = as_request(
+            {"prompt": record["prompt"], "subject": record["subject"], "target": _first(record["target_new"])}
+        )
+        specific = (record.get("locality") or {}).get("Relation_Specificity", [])
+        locality = tuple((item["prompt"], _first(item["ground_truth"])) for item in specific)
+        return ZsreCase(
+            str(record.get("case_id", index)), request, record.get("rephrase_prompt"), locality, "knowedit"
+        )
+    raise ValueError(f"not a zsRE record (MEND or KnowEdit layout): keys {sorted(record)}")
+
+
+def read_zsre(path: str | Path) -> tuple[list[ZsreCase], int]:
+    """zsRE cases from a JSON list in either layout, and how many records were skipped because their
+    subject is not written in their question."""
+    records = json.loads(Path(path).read_text())
+    if not isinstance(records, list) or not records:
+        raise ValueError(f"{path} holds no list of records")
+    cases, skipped = [], 0
+    for index, record in enumerate(records):
+        try:
+            cases.append(_case(index, record))
+        except ValueError as err:
+            if "does not occur" not in str(err):
+                raise
+            skipped += 1
+    return cases, skipped
+
+
+def score_zsre_case(model: Model, case: ZsreCase) -> dict[str, Any]:
+    """Token accuracies (fractions) of one case on `model`."""
+    pairs = [(case.request.text, case.request.target)]
+    if case.rephrase:
+        pairs.append((case.rephrase, case.request.target))
+    pairs += list(case.locality)
+    _, correct, _ = target_scores(model, pairs)
+    out: dict[str, Any] = {"ES": float(correct[0].mean())}
+    out["PS"] = float(correct[1].mean()) if case.rephrase else None
+    rest = correct[2 if case.rephrase else 1 :]
+    out["NS"] = float(np.mean([c.mean() for c in rest])) if rest else None
+    return out
+
+
+def summarise_zsre(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": len(rows)}
+    for key in ("ES", "PS", "NS"):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        out[key] = round(100 * float(np.mean(values)), 2) if values else None
+    parts = [out[k] for k in ("ES", "PS", "NS") if out[k] is not None]
+    out["score"] = round(float(np.mean(parts)), 2) if parts else None
+    return out
+
+
+def evaluate_zsre(
+    model: Model,
+    cases: Sequence[ZsreCase],
+    edit: Callable[[Model, Any], Delta] | None,
+    *,
+    method: str,
+    batch: int = 1,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Edit (one at a time or in batches) and score zsRE cases; `{"unedited": ..., method: ...}`."""
+    start = time.perf_counter()
+
+    def score(m: Model, case: ZsreCase, reference: Model | None) -> dict[str, Any]:
+        return score_zsre_case(m, case)
+
+    pre, post = run_edits(
+        model, cases, edit, score, name=f"zsRE ({method})", batch=batch, out_dir=out_dir, progress=progress
+    )
+    summary: dict[str, Any] = {"unedited": summarise_zsre(pre)}
+    if post:
+        summary[method] = summarise_zsre(post)
+    summary["protocol"] = PROTOCOL
+    summary["layouts"] = sorted({c.layout for c in cases})
+    summary["batch"] = batch
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    if out_dir is not None:
+        atomic_write_bytes(Path(out_dir) / "summary.json", json.dumps(summary, indent=1).encode())
+    return summary

@@ -1,0 +1,78 @@
+"""zsRE evaluation: both layouts, token accuracy against a direct computation, summaries."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import jaxedit
+from jaxedit.evaluate.zsre import evaluate_zsre, read_zsre, score_zsre_case
+
+MEND = {
+    "subject": "danielle darrieux",
+    "src": "the mother tongue of danielle darrieux is",
+    "alt": "english",
+    "rephrase": "danielle darrieux speaks the language",
+    "loc": "nq question: the capital of france is",
+    "loc_ans": "paris",
+}
+KNOWEDIT = {
+    "subject": "the eiffel tower",
+    "prompt": "the eiffel tower is located in the city of",
+    "target_new": "rome",
+    "ground_truth": ["paris"],
+    "rephrase_prompt": "the city of the eiffel tower is",
+    "locality": {"Relation_Specificity": [{"prompt": "the eiffel tower is in", "ground_truth": ["france"]}]},
+}
+UNEDITABLE = {**MEND, "subject": "someone else"}
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dirs):
+    tiny = jaxedit.load_model(tiny_dirs["llama_gqa_untied"])
+    return tiny.replace(params=jax.tree.map(lambda a: a * 3 if a.ndim >= 2 else a, tiny.params))
+
+
+def accuracy(model, prompt: str, answer: str) -> float:
+    """Fraction of answer tokens that are the top-1 prediction given the prompt and earlier answer tokens."""
+    ids = jaxedit.tokens.encode_one(model.tokenizer, prompt)
+    hits = []
+    for token in model.tokenizer(" " + answer, add_special_tokens=False)["input_ids"]:
+        logits = jaxedit.forward(model.params, model.config, np.asarray([ids])).logits[0, -1]
+        hits.append(int(np.argmax(logits)) == token)
+        ids = [*ids, token]
+    return float(np.mean(hits))
+
+
+def test_reads_both_layouts_and_counts_uneditable_records(tmp_path) -> None:
+    path = tmp_path / "zsre.json"
+    path.write_text(json.dumps([MEND, KNOWEDIT, UNEDITABLE]))
+    cases, skipped = read_zsre(path)
+    assert skipped == 1 and [c.layout for c in cases] == ["mend", "knowedit"]
+    assert cases[0].request.prompt == "the mother tongue of {} is" and cases[0].locality[0][1] == "paris"
+    assert cases[1].request.target == "rome" and cases[1].locality == (("the eiffel tower is in", "france"),)
+
+
+def test_token_accuracy_matches_a_direct_computation(model, tmp_path) -> None:
+    path = tmp_path / "zsre.json"
+    path.write_text(json.dumps([MEND, KNOWEDIT]))
+    cases, _ = read_zsre(path)
+    for case in cases:
+        got = score_zsre_case(model, case)
+        assert got["ES"] == accuracy(model, case.request.text, case.request.target)
+        assert got["PS"] == accuracy(model, case.rephrase, case.request.target)
+        assert got["NS"] == np.mean([accuracy(model, p, a) for p, a in case.locality])
+
+
+def test_summary_score_is_the_mean(model, tmp_path) -> None:
+    path = tmp_path / "zsre.json"
+    path.write_text(json.dumps([MEND, KNOWEDIT]))
+    cases, _ = read_zsre(path)
+    summary = evaluate_zsre(model, cases, None, method="none", out_dir=tmp_path / "run", progress=False)
+    row = summary["unedited"]
+    assert row["n"] == 2
+    assert row["score"] == pytest.approx(np.mean([row["ES"], row["PS"], row["NS"]]), abs=0.01)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["unedited"] == row
