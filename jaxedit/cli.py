@@ -147,24 +147,30 @@ def _statistics(model, layers, corpus: str | None, samples: int, max_len: int):
 def _editor(model, args: argparse.Namespace):
     """`(model, request) -> Delta` for `args.method` (MEMIT / PMET: `(model, [requests]) -> Delta`);
     statistics and contexts are prepared once."""
-    from jaxedit.edit import RomeHparams, default_layer, rome
+    from jaxedit.edit import rome
     from jaxedit.edit.contexts import context_templates
     from jaxedit.edit.finetune import FT, FT_L, finetune
-    from jaxedit.edit.memit import MemitHparams, default_layers, memit, pmet_hparams
+    from jaxedit.edit.memit import default_hparams as mass_hparams
+    from jaxedit.edit.memit import memit
+    from jaxedit.edit.rome import default_hparams, default_layer
 
+    path = getattr(args, "hparams", None)
     if args.method in ("memit", "pmet"):
-        layers = tuple(args.layers) if getattr(args, "layers", None) else default_layers(model)
-        hp = MemitHparams(layers=layers) if args.method == "memit" else pmet_hparams(layers)
-        stats = _statistics(model, list(layers), args.corpus, args.stats_samples, args.max_len)
+        hp = mass_hparams(model, args.method, path)
+        if getattr(args, "layers", None):
+            hp = dataclasses.replace(hp, layers=tuple(args.layers))
+        stats = _statistics(model, list(hp.layers), args.corpus, args.stats_samples, args.max_len)
         templates = context_templates(model, hp.prefixes)
         return lambda m, requests: memit(m, requests, stats, hp, templates=templates)
-    layer = default_layer(model) if args.layer is None else args.layer
     if args.method in ("ft", "ft-l"):
-        hp = dataclasses.replace(FT if args.method == "ft" else FT_L, layer=layer)
-        return lambda m, request: finetune(m, request, hp)
-    stats = _statistics(model, [layer], args.corpus, args.stats_samples, args.max_len)[layer]
-    templates = context_templates(model)
-    hp = RomeHparams(layer=layer)
+        layer = default_layer(model) if args.layer is None else args.layer
+        ft = dataclasses.replace(FT if args.method == "ft" else FT_L, layer=layer)
+        return lambda m, request: finetune(m, request, ft)
+    hp = default_hparams(model, path)
+    if args.layer is not None:
+        hp = dataclasses.replace(hp, layer=args.layer)
+    stats = _statistics(model, [hp.layer], args.corpus, args.stats_samples, args.max_len)[hp.layer]
+    templates = context_templates(model, hp.prefixes)
     return lambda m, request: rome(m, request, stats, hp, templates=templates)
 
 
@@ -321,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--subject", required=True)
     ed.add_argument("--target", required=True, help="the new object, e.g. Rome")
     ed.add_argument("--layer", type=int, default=None, help="edited layer (default: the family's)")
+    ed.add_argument("--hparams", help="hyperparameter JSON (copy one from jaxedit/hparams/<method>/)")
     ed.add_argument("--check", nargs="*", default=[], help="more prompts to complete before and after")
     ed.add_argument("--corpus", help="text for the statistics (default: text sampled from the model)")
     ed.add_argument("--stats-samples", type=int, default=500)
@@ -339,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--batch", type=int, default=100, help="records edited together (memit, pmet)")
     ev.add_argument("--layers", type=int, nargs="+", help="critical layers (memit, pmet)")
+    ev.add_argument("--hparams", help="hyperparameter JSON (copy one from jaxedit/hparams/<method>/)")
     ev.add_argument(
         "--dataset", required=True, help="CounterFact (ROME / EasyEdit) or zsRE (MEND / KnowEdit) JSON"
     )

@@ -170,3 +170,35 @@ def test_pmet_writes_only_the_mlp_target_into_the_weights(model, stats) -> None:
     c = stats[1].matrix.astype(np.float64)
     expected = np.linalg.solve(2.0 * c + k.T @ k, k.T @ residual)
     np.testing.assert_allclose(delta.dense()[0], expected, rtol=2e-3, atol=1e-6)
+
+
+def test_packaged_hyperparameter_files_build_and_unknown_fields_are_refused(tmp_path) -> None:
+    from importlib import resources
+
+    from jaxedit.edit.hparams import build, read_hparams
+    from jaxedit.edit.memit import MemitHparams
+    from jaxedit.edit.rome import RomeHparams
+
+    root = resources.files("jaxedit.hparams")
+    for method, cls in (("rome", RomeHparams), ("memit", MemitHparams), ("pmet", MemitHparams)):
+        files = sorted(p for p in root.joinpath(method).iterdir() if p.name.endswith(".json"))
+        assert files, method
+        for file in files:
+            hp = build(cls, read_hparams(file))
+            assert isinstance(hp.targets, TargetHparams)
+            if method != "rome":
+                assert hp.layers == tuple(sorted(hp.layers)) and hp.spread == (
+                    "sqrt" if method == "pmet" else "even"
+                )
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"layer": 3, "stepz": 10}')
+    with pytest.raises(ValueError, match="unknown RomeHparams fields"):
+        build(RomeHparams, read_hparams(bad))
+
+
+def test_default_hyperparameters_per_model(model) -> None:
+    from jaxedit.edit.memit import default_hparams
+    from jaxedit.edit.rome import default_layer
+
+    assert default_layer(model) == 1  # no file for a 3-layer llama: GPT-2 XL's relative depth
+    assert default_hparams(model, "pmet").spread == "sqrt" and default_hparams(model).layers == (0, 1)

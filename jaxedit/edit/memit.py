@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -31,24 +32,12 @@ from jaxedit import model as core
 from jaxedit.config import ModelConfig
 from jaxedit.edit.contexts import MEMIT_PREFIXES, context_templates
 from jaxedit.edit.delta import Delta, add_to_params
+from jaxedit.edit.hparams import build, packaged_file, read_hparams
 from jaxedit.edit.rome import default_layer
 from jaxedit.edit.stats import KeyStats, StatsError
 from jaxedit.edit.targets import Request, TargetHparams, as_request, build_batch, optimise_targets
 from jaxedit.layout import Params
 from jaxedit.loading import Model
-
-# Published critical layers and λ (METHODS.md §6), keyed by (family, n_layers).
-PUBLISHED = {("gpt2", 48): ((13, 14, 15, 16, 17), 20000.0), ("gptj", 28): ((3, 4, 5, 6, 7, 8), 15000.0)}
-
-
-def default_layers(model: Model) -> tuple[int, ...]:
-    """Published critical layers, else the five layers ending at the model's ROME layer (GPT-2 XL's
-    MEMIT range 13-17 ends at its ROME layer 17)."""
-    key = (model.config.family, model.config.n_layers)
-    if key in PUBLISHED:
-        return PUBLISHED[key][0]
-    last = default_layer(model)
-    return tuple(range(max(0, last - 4), last + 1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +65,25 @@ def pmet_hparams(layers: tuple[int, ...] | None = None, **changes: object) -> Me
     )
     hp = MemitHparams(layers=layers, mom2_weight=6000.0, spread="sqrt", targets=targets, method="pmet")
     return dataclasses.replace(hp, **changes)
+
+
+def default_hparams(model: Model, method: str = "memit", path: str | Path | None = None) -> MemitHparams:
+    """Settings from `path`, else the packaged file (`hparams/<method>/<family>-<layers>.json`), else
+    the five layers ending at the model's ROME layer (GPT-2 XL's MEMIT range 13-17 ends at its ROME
+    layer 17) with MEMIT's GPT-J settings or `pmet_hparams`."""
+    if method not in ("memit", "pmet"):
+        raise ValueError(f"method must be 'memit' or 'pmet', got {method!r}")
+    file = path or packaged_file(method, model.config)
+    if file is not None:
+        return build(MemitHparams, read_hparams(file))
+    last = default_layer(model)
+    layers = tuple(range(max(0, last - 4), last + 1))
+    return MemitHparams(layers=layers) if method == "memit" else pmet_hparams(layers)
+
+
+def default_layers(model: Model) -> tuple[int, ...]:
+    """The critical layers of MEMIT's `default_hparams`."""
+    return default_hparams(model).layers
 
 
 def spread_factor(layer: int, last: int, spread: str) -> float:
@@ -159,7 +167,7 @@ def memit(
     model: Model,
     requests: Sequence[Request | dict],
     stats: Mapping[int, KeyStats | np.ndarray],
-    hp: MemitHparams = MemitHparams(),
+    hp: MemitHparams | None = None,
     *,
     templates: Sequence[str] | None = None,
     progress: bool = True,
@@ -168,10 +176,12 @@ def memit(
 
     Args:
       stats: key statistics per critical layer (`key_statistics(model, layers, ...)`).
+      hp: settings (default: MEMIT's `default_hparams(model)`; PMET: `default_hparams(model, "pmet")`).
     """
     requests = [as_request(r) for r in requests]
     if not requests:
         raise ValueError("no edit requests")
+    hp = default_hparams(model) if hp is None else hp
     layers = tuple(sorted(hp.layers if hp.layers is not None else default_layers(model)))
     last = layers[-1]
     if layers[0] < 0 or last >= model.config.n_layers:

@@ -16,36 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from jaxedit.edit.contexts import ROME_PREFIXES, context_templates
 from jaxedit.edit.delta import Delta
+from jaxedit.edit.hparams import build, packaged_file, read_hparams
 from jaxedit.edit.stats import KeyStats, StatsError
 from jaxedit.edit.targets import Request, TargetHparams, as_request, optimise_targets
 from jaxedit.loading import Model
-
-# Published default layers (0-based), METHODS.md §5, keyed by (family, n_layers).
-PUBLISHED_LAYERS = {
-    ("gpt2", 24): 8,
-    ("gpt2", 36): 12,
-    ("gpt2", 48): 17,
-    ("gptj", 28): 5,
-    ("gpt_neox", 44): 15,
-}
-# SmolLM2-135M (llama, 30 layers): the peak of the average MLP indirect effect at the last subject token
-# over known facts, experiments/results/trace_subject_known.md (suggest_edit_layer).
-TRACED_LAYERS = {("llama", 30): 7}
-
-
-def default_layer(model: Model) -> int:
-    """The family's published ROME layer, the traced layer for SmolLM2, else GPT-2 XL's relative depth."""
-    key = (model.config.family, model.config.n_layers)
-    if key in PUBLISHED_LAYERS:
-        return PUBLISHED_LAYERS[key]
-    if key in TRACED_LAYERS:
-        return TRACED_LAYERS[key]
-    return min(model.config.n_layers - 1, round(17 / 48 * model.config.n_layers))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +36,21 @@ class RomeHparams:
     prefixes: tuple[tuple[int, int], ...] = ROME_PREFIXES
     targets: TargetHparams = dataclasses.field(default_factory=TargetHparams)
     seed: int = 0
+
+
+def default_hparams(model: Model, path: str | Path | None = None) -> RomeHparams:
+    """Settings from `path`, else the packaged file for the model (`hparams/rome/<family>-<layers>.json`:
+    published layers for GPT-2 / GPT-J / NeoX, the traced layer for SmolLM2), else the defaults at GPT-2
+    XL's relative depth (layer 17 of 48)."""
+    file = path or packaged_file("rome", model.config)
+    if file is not None:
+        return build(RomeHparams, read_hparams(file))
+    return RomeHparams(layer=min(model.config.n_layers - 1, round(17 / 48 * model.config.n_layers)))
+
+
+def default_layer(model: Model) -> int:
+    """The ROME layer of `default_hparams` (METHODS.md §5)."""
+    return default_hparams(model).layer
 
 
 def rank_one_update(
@@ -81,7 +76,7 @@ def rome(
     model: Model,
     request: Request | dict,
     stats: KeyStats | np.ndarray,
-    hp: RomeHparams = RomeHparams(),
+    hp: RomeHparams | None = None,
     *,
     templates: Sequence[str] | None = None,
 ) -> Delta:
@@ -91,9 +86,11 @@ def rome(
       request: `Request(prompt="{} is located in the city of", subject="The Eiffel Tower", target="Rome")`
         or a dict / CounterFact record.
       stats: the layer's key statistics (`key_statistics`); checked against the model and layer.
+      hp: settings (default: `default_hparams(model)`, the packaged file for the model).
       templates: context templates (default: `context_templates(model, hp.prefixes, seed=hp.seed)`).
     """
     request = as_request(request)
+    hp = default_hparams(model) if hp is None else hp
     layer = default_layer(model) if hp.layer is None else hp.layer
     if isinstance(stats, KeyStats):
         stats.check(model, layer)

@@ -1,0 +1,1 @@
+"""Packaged hyperparameter files (see `jaxedit.edit.hparams`)."""
