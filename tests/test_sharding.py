@@ -18,3 +18,14 @@ def test_sharded_forward_equals_unsharded_on_8_devices() -> None:
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert "does not divide evenly" in result.stdout
     assert result.stdout.strip().endswith("OK")
+
+
+def test_sharded_pmet_batch_equals_unsharded_on_8_devices() -> None:
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    script = Path(__file__).with_name("sharded_pmet_check.py")
+    result = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600
+    )
+    print(result.stdout, result.stderr[-3000:])
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert result.stdout.strip().endswith("OK")
