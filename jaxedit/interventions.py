@@ -29,7 +29,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-LAYER_SITES: tuple[str, ...] = ("resid_pre", "attn_out", "mlp_in", "mlp_key", "mlp_out", "resid_post")
+LAYER_SITES: tuple[str, ...] = (
+    "resid_pre", "attn_heads", "attn_out", "mlp_in", "mlp_key", "mlp_out", "resid_post",
+)  # fmt: skip
 SITES: tuple[str, ...] = ("embed", *LAYER_SITES)
 
 

@@ -170,7 +170,7 @@ def attend(config: ModelConfig, q: jax.Array, k: jax.Array, v: jax.Array, mask: 
     return jnp.einsum("bkgts,bske->btkge", weights, v).reshape(b, t, c.n_heads * c.head_dim)
 
 
-def attention(
+def attention_heads(
     config: ModelConfig,
     p: Params,
     x: jax.Array,
@@ -179,7 +179,8 @@ def attention(
     cache: tuple[jax.Array, jax.Array] | None = None,
     cache_index: jax.Array | None = None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-    """Multi-head (grouped-query) causal attention.
+    """Multi-head (grouped-query) causal attention up to the concatenated heads `[B, T, H*E]` (the input
+    of the output projection).
 
     Args:
       x: normed input `[B, T, D]`.
@@ -189,14 +190,28 @@ def attention(
         `cache_index` and attention runs over the whole cache. Without a cache, S = T.
 
     Returns:
-      The attention output `[B, T, D]` and the updated cache (None without one).
+      The heads and the updated cache (None without one).
     """
     q, k, v = project_qkv(config, p, x, rotary)
     if cache is not None:
         k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, cache_index, 0, 0))
         v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, cache_index, 0, 0))
         cache = (k, v)
-    return linear(p["o"], attend(config, q, k, v, mask)), cache  # [B, T, D]
+    return attend(config, q, k, v, mask), cache
+
+
+def attention(
+    config: ModelConfig,
+    p: Params,
+    x: jax.Array,
+    rotary: tuple[jax.Array, jax.Array] | None,
+    mask: jax.Array,
+    cache: tuple[jax.Array, jax.Array] | None = None,
+    cache_index: jax.Array | None = None,
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+    """`attention_heads` then the output projection: `[B, T, D]` and the cache."""
+    heads, cache = attention_heads(config, p, x, rotary, mask, cache, cache_index)
+    return linear(p["o"], heads), cache
 
 
 def mlp_key(config: ModelConfig, p: Params, x: jax.Array) -> jax.Array:
@@ -235,8 +250,11 @@ def block(
         return value
 
     x = site("resid_pre", x)
-    a, cache = attention(config, p["attn"], norm(config, p["ln1"], x), rotary, mask, cache, cache_index)
-    a = site("attn_out", a)
+    heads, cache = attention_heads(
+        config, p["attn"], norm(config, p["ln1"], x), rotary, mask, cache, cache_index
+    )
+    heads = site("attn_heads", heads)
+    a = site("attn_out", linear(p["attn"]["o"], heads))
     if config.parallel_residual:
         m_in = norm(config, p["ln1"] if config.shared_block_norm else p["ln2"], x)
     else:
@@ -318,6 +336,7 @@ def site_widths(config: ModelConfig) -> dict[str, int]:
     """Last-axis width of every intervention site."""
     widths = {site: config.d_model for site in iv.SITES}
     widths["mlp_key"] = config.d_mlp
+    widths["attn_heads"] = config.n_heads * config.head_dim
     return widths
 
 

@@ -279,3 +279,35 @@ def test_target_nll_equals_a_plain_forward_with_the_delta_added(model) -> None:
         nll.append(-np.mean(logp[reads, labels]))
     np.testing.assert_allclose(targets.nll[0], np.mean(nll), rtol=1e-4, atol=1e-5)
     assert np.linalg.norm(targets.delta[0]) > 0
+
+
+def test_attention_projection_deltas_and_statistics(model) -> None:
+    c = model.config
+    width = c.n_heads * c.head_dim
+    rng = np.random.default_rng(9)
+    delta = Delta(
+        layers=(2,), left=rng.normal(size=(1, 1, width)), right=rng.normal(size=(1, 1, c.d_model)),
+        method="test", site="attn",
+    )  # fmt: skip
+    edited = apply(model, delta)
+    before = model.params["layers"]["attn"]["o"]["kernel"]
+    after = edited.params["layers"]["attn"]["o"]["kernel"]
+    np.testing.assert_allclose(np.asarray(after[2] - before[2]), delta.dense()[0], rtol=1e-5, atol=1e-6)
+    assert bool(jnp.array_equal(after[:2], before[:2]))
+    assert bool(
+        jnp.array_equal(
+            edited.params["layers"]["mlp"]["out"]["kernel"], model.params["layers"]["mlp"]["out"]["kernel"]
+        )
+    )
+    assert leaves_equal(revert(edited, delta).params, model.params)
+    with pytest.raises(ValueError, match="site"):
+        Delta(layers=(0,), left=np.ones((1, 1, 4)), right=np.ones((1, 1, 4)), method="x", site="embed")
+
+    stats = key_statistics(model, [1], TEXTS[:5], cache=False, progress=False, site="attn_heads")[1]
+    ids, mask = jaxedit.tokens.encode(model.tokenizer, TEXTS[:5], side="right")
+    heads = np.asarray(jaxedit.forward(model.params, c, ids, mask, taps=("attn_heads",)).taps["attn_heads"])
+    rows = heads[:, 1][np.asarray(mask, bool)]
+    np.testing.assert_allclose(stats.matrix, rows.T @ rows / len(rows), rtol=1e-4, atol=1e-6)
+    stats.check(model, 1, site="attn_heads")
+    with pytest.raises(StatsError, match="not for this model and layer"):
+        stats.check(model, 1)

@@ -30,12 +30,14 @@ class Delta:
 
     Attributes:
       layers: edited layer indices (ascending, distinct).
-      left: `[n_layers, r, d_mlp]` float32.
+      left: `[n_layers, r, d_in]` float32 (`d_in` = d_mlp for the MLP, heads x head_dim for attention).
       right: `[n_layers, r, d_model]` float32.
       method: the method that made it (`rome`, `memit`, ...).
       requests: the edit requests it implements (prompt, subject, target), for journals and reports.
       id: unique id (journal key).
       info: method diagnostics (loss curve, norms), JSON-serialisable.
+      site: `mlp` (the MLP output projection) or `attn` (the attention output projection, PMET's
+        ablation).
     """
 
     layers: tuple[int, ...]
@@ -45,8 +47,11 @@ class Delta:
     requests: tuple[dict, ...] = ()
     id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:12])
     info: dict = dataclasses.field(default_factory=dict)
+    site: str = "mlp"
 
     def __post_init__(self) -> None:
+        if self.site not in KERNELS:
+            raise ValueError(f"Delta site must be one of {sorted(KERNELS)}, got {self.site!r}")
         left, right = np.asarray(self.left, np.float32), np.asarray(self.right, np.float32)
         if left.ndim != 3 or right.ndim != 3 or left.shape[:2] != right.shape[:2]:
             raise ValueError(
@@ -73,12 +78,16 @@ class Delta:
         return {
             "id": self.id,
             "method": self.method,
+            "site": self.site,
             "layers": list(self.layers),
             "rank": int(self.left.shape[1]),
             "requests": list(self.requests),
             "norms": {str(k): v for k, v in self.norms().items()},
             "info": self.info,
         }
+
+
+KERNELS = {"mlp": ("mlp", "out"), "attn": ("attn", "o")}  # site -> params["layers"][block][name]
 
 
 @jax.jit
@@ -88,18 +97,19 @@ def _add(kernel: jax.Array, layers: jax.Array, left: jax.Array, right: jax.Array
 
 
 def add_to_params(params: Params, delta: Delta) -> Params:
-    """`params` with the delta added to the MLP output kernels (a new pytree; `params` is untouched)."""
-    kernel = params["layers"]["mlp"]["out"]["kernel"]
-    n_layers, d_mlp, d_model = kernel.shape
-    if max(delta.layers) >= n_layers or delta.left.shape[2] != d_mlp or delta.right.shape[2] != d_model:
+    """`params` with the delta added to its output kernels (a new pytree; `params` is untouched)."""
+    block, name = KERNELS[delta.site]
+    kernel = params["layers"][block][name]["kernel"]
+    n_layers, d_in, d_model = kernel.shape
+    if max(delta.layers) >= n_layers or delta.left.shape[2] != d_in or delta.right.shape[2] != d_model:
         raise ValueError(
             f"delta {delta.id} (layers {delta.layers}, widths {delta.left.shape[2]}x{delta.right.shape[2]}) "
-            f"does not fit a model with {n_layers} layers of {d_mlp}x{d_model} MLP output kernels"
+            f"does not fit a model with {n_layers} layers of {d_in}x{d_model} {delta.site} output kernels"
         )
     new = _add(kernel, jnp.asarray(delta.layers), jnp.asarray(delta.left), jnp.asarray(delta.right))
-    mlp_out = {**params["layers"]["mlp"]["out"], "kernel": new}
-    mlp = {**params["layers"]["mlp"], "out": mlp_out}
-    return {**params, "layers": {**params["layers"], "mlp": mlp}}
+    projection = {**params["layers"][block][name], "kernel": new}
+    edited = {**params["layers"][block], name: projection}
+    return {**params, "layers": {**params["layers"], block: edited}}
 
 
 def apply(model: Model, delta: Delta) -> Model:

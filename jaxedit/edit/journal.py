@@ -111,7 +111,7 @@ class EditJournal:
                 Delta(
                     layers=tuple(int(x) for x in tensors[f"{key}.layers"]), left=tensors[f"{key}.left"],
                     right=tensors[f"{key}.right"], method=entry["method"], requests=tuple(entry["requests"]),
-                    id=key, info=entry.get("info", {}),
+                    id=key, info=entry.get("info", {}), site=entry.get("site", "mlp"),
                 )
             )  # fmt: skip
         return journal

@@ -45,10 +45,10 @@ class KeyStats:
     tokens: int
     meta: dict
 
-    def check(self, model: Model, layer: int) -> None:
-        """Raise `StatsError` unless these statistics were computed for `model` at `layer`."""
-        want = {"fingerprint": fingerprint(model), "layer": layer}
-        got = {k: self.meta.get(k) for k in want}
+    def check(self, model: Model, layer: int, site: str = "mlp_key") -> None:
+        """Raise `StatsError` unless these statistics were computed for `model` at `layer` and `site`."""
+        want = {"fingerprint": fingerprint(model), "layer": layer, "site": site}
+        got = {k: self.meta.get(k, "mlp_key" if k == "site" else None) for k in want}
         if got != want:
             raise StatsError(f"statistics are for {got}, not for this model and layer {want}")
 
@@ -96,24 +96,25 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("JAXEDIT_CACHE", Path.home() / ".cache" / "jaxedit")) / "stats"
 
 
-@functools.partial(jax.jit, static_argnames=("config", "layers"))
+@functools.partial(jax.jit, static_argnames=("config", "layers", "site"))
 def _accumulate(
     params: Params,
     config: ModelConfig,
     layers: tuple[int, ...],
+    site: str,
     ids: jax.Array,
     mask: jax.Array,
     acc: jax.Array,
 ) -> jax.Array:
-    """`acc [n_layers, F, F]` plus the sum of `k kᵀ` over the real tokens of one batch at `layers`."""
+    """`acc [n_layers, F, F]` plus the sum of `k kᵀ` of `site` over the real tokens of one batch."""
     positions = core.positions_from_mask(mask)
     x = core.residual_input(config, params, core.embed_tokens(params, ids), positions)
     rotary = core.rotary_for(config, positions)
     causal = core.causal_mask(mask)
     deepest = max(layers) + 1
     stack = jax.tree.map(lambda a: a[:deepest], params["layers"])
-    _, taps = core.run_layers(config, stack, x, rotary, causal, ("mlp_key",))
-    keys = taps["mlp_key"]  # [deepest, B, T, F]
+    _, taps = core.run_layers(config, stack, x, rotary, causal, (site,))
+    keys = taps[site]  # [deepest, B, T, F]
     keys = keys[jnp.asarray(layers)].astype(jnp.float32) * mask[None, :, :, None]
     return acc + jnp.einsum("lbtf,lbtg->lfg", keys, keys)
 
@@ -139,6 +140,7 @@ def key_statistics(
     cache: bool = True,
     progress: bool = True,
     checkpoint_every: int = 20,
+    site: str = "mlp_key",
 ) -> dict[int, KeyStats]:
     """`E[k kᵀ]` at each layer over the first `samples` texts (each cut to `max_len` tokens).
 
@@ -149,6 +151,8 @@ def key_statistics(
       batch_tokens: tokens per batch (independent of the model's context length).
       corpus_id: names the corpus in the cache key and metadata (default: the path, or a hash of texts).
       cache: read and write the on-disk cache.
+      site: `mlp_key` (the MLP output projection's input, METHODS.md §3) or `attn_heads` (the attention
+        output projection's input, for PMET's attention ablation).
 
     Returns:
       `{layer: KeyStats}`.
@@ -156,6 +160,8 @@ def key_statistics(
     layers = tuple(sorted({int(x) for x in layers}))
     if not layers or min(layers) < 0 or max(layers) >= model.config.n_layers:
         raise StatsError(f"layers must lie in [0, {model.config.n_layers}), got {list(layers)}")
+    if site not in ("mlp_key", "attn_heads"):
+        raise StatsError(f"site must be 'mlp_key' or 'attn_heads', got {site!r}")
     if samples < 1 or max_len < 1:
         raise StatsError(f"samples and max_len must be positive, got {samples} and {max_len}")
     if (texts is None) == (corpus is None):
@@ -171,7 +177,8 @@ def key_statistics(
     dtype = str(jnp.dtype(model.params["layers"]["mlp"]["out"]["kernel"].dtype))
     meta_base = {
         "fingerprint": fingerprint(model), "model": model.source, "corpus": corpus_id, "samples": len(texts),
-        "max_len": max_len, "dtype": dtype, "statistic": "uncentred E[k k^T] of MLP keys, mean over tokens",
+        "max_len": max_len, "dtype": dtype, "site": site,
+        "statistic": f"uncentred E[k k^T] of {site}, mean over tokens",
     }  # fmt: skip
     keys = {
         layer: hashlib.sha256(json.dumps({**meta_base, "layer": layer}, sort_keys=True).encode()).hexdigest()[
@@ -192,7 +199,7 @@ def key_statistics(
     ids = [tok.encode_one(model.tokenizer, t)[:max_len] for t in texts]
     per_batch = max(1, batch_tokens // max_len)
     partial = _cache_dir() / f"{keys[todo[0]]}-{'-'.join(map(str, todo))}.partial.npz"
-    width = config.d_mlp
+    width = core.site_widths(config)[site]
     acc = jnp.zeros((len(todo), width, width), jnp.float32)
     done, count = 0, 0
     if cache and partial.exists():
@@ -209,7 +216,7 @@ def key_statistics(
             side="right",
         )
         mask[len(chunk) :] = 0  # filler rows
-        acc = _accumulate(model.params, config, todo, jnp.asarray(batch), jnp.asarray(mask), acc)
+        acc = _accumulate(model.params, config, todo, site, jnp.asarray(batch), jnp.asarray(mask), acc)
         count += int(mask.sum())
         done = start + len(chunk)
         if cache and (index + 1) % checkpoint_every == 0 and done < len(ids):
