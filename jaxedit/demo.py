@@ -97,6 +97,6 @@ def run_demo(
     keys = ("ES", "PS", "NS", "score", "fluency")
     print("    method     " + "".join(f"{k:>9}" for k in keys))
     for name in ("unedited", "rome"):
-        print(f"    {name:<10} " + "".join(f"{summary[name][k]:>9}" for k in keys))
+        print(f"    {name:<10} " + "".join(f"{summary[name][k]!s:>9}" for k in keys))
     print(f"\nDone in {time.perf_counter() - start:.0f} s; outputs in {out}")
     return summary
