@@ -147,6 +147,8 @@ def test_batched_target_optimisation_equals_separate_runs(model) -> None:
     other = Request(prompt="the eiffel tower is located in the city of {}", subject="paris", target="rome")
     hp = TargetHparams(steps=6)
     both = optimise_targets(model, [REQUEST, other], 1, TEMPLATES, hp)
+    chunked = optimise_targets(model, [REQUEST, other], 1, TEMPLATES, hp, max_rows=4)  # one request per loop
+    np.testing.assert_allclose(chunked.delta, both.delta, rtol=1e-3, atol=1e-4)
     for i, request in enumerate([REQUEST, other]):
         alone = optimise_targets(model, [request], 1, TEMPLATES, hp)
         np.testing.assert_allclose(both.delta[i], alone.delta[0], rtol=1e-3, atol=1e-4)

@@ -198,7 +198,7 @@ def memit(
     templates = (
         list(templates) if templates is not None else context_templates(model, hp.prefixes, seed=hp.seed)
     )
-    targets = optimise_targets(model, requests, last, templates, hp.targets)
+    targets = optimise_targets(model, requests, last, templates, hp.targets, progress=progress)
     z = targets.value.astype(np.float64)  # [n, D]: h[lL] + δ (MEMIT) or m0 + δm (PMET; δa is dropped)
     batch = build_batch(model, requests, templates, hp.targets.kl_prompt)
     contexts = np.flatnonzero(~batch.is_kl)

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
 from jaxedit import interventions as iv
 from jaxedit import model as core
@@ -376,8 +377,16 @@ def optimise_targets(
     layer: int,
     templates: Sequence[str],
     hp: TargetHparams = TargetHparams(),
+    *,
+    max_rows: int = 1024,
+    progress: bool = False,
 ) -> Targets:
-    """Optimise `δ` for every request at `layer` in one jitted loop (see the module docstring)."""
+    """Optimise `δ` for every request at `layer` in jitted loops (see the module docstring).
+
+    Requests are optimised together in chunks of at most `max_rows` batch rows (contexts + 1 per request),
+    which bounds memory for thousands of edits; requests share no parameters, so chunking changes
+    nothing but the memory and the number of loops (`progress` shows them).
+    """
     if model.tokenizer is None:
         raise ValueError(f"model {model.source!r} has no tokenizer")
     if not 0 <= layer < model.config.n_layers:
@@ -389,13 +398,21 @@ def optimise_targets(
     requests = [as_request(r) for r in requests]
     if not requests:
         raise ValueError("no edit requests")
-    batch = build_batch(model, requests, templates, hp.kl_prompt)
-    window = int((batch.read_pos.max(axis=1) - batch.key_pos).max()) + 1  # tokens recomputed per row
-    out = _optimise(
-        model.params, model.config, layer, len(requests), hp, window,
-        *(jnp.asarray(getattr(batch, f.name)) for f in dataclasses.fields(batch)),
-    )  # fmt: skip
-    delta, delta_attn, m0, key, key_mean, history, nll, steps = (np.asarray(a) for a in out)
+    per_chunk = max(1, max_rows // (len(templates) + 1))
+    chunks = [requests[i : i + per_chunk] for i in range(0, len(requests), per_chunk)]
+    parts = []
+    for chunk in tqdm(chunks, desc=f"targets at layer {layer}", disable=not progress or len(chunks) == 1):
+        batch = build_batch(model, chunk, templates, hp.kl_prompt)
+        window = int((batch.read_pos.max(axis=1) - batch.key_pos).max()) + 1  # tokens recomputed per row
+        window = -(-window // 4) * 4  # nearby chunks share one compiled loop
+        out = _optimise(
+            model.params, model.config, layer, len(chunk), hp, window,
+            *(jnp.asarray(getattr(batch, f.name)) for f in dataclasses.fields(batch)),
+        )  # fmt: skip
+        parts.append([np.asarray(a) for a in out])
+    delta, delta_attn, m0, key, key_mean, history, nll, steps = (
+        np.concatenate(p) for p in zip(*parts, strict=True)
+    )
     if not (np.isfinite(delta).all() and np.isfinite(delta_attn).all()):
         raise FloatingPointError("target optimisation produced non-finite values")
     return Targets(
