@@ -86,6 +86,8 @@ class DatasetTrace:
       aie: kind -> `[L, n_classes]` mean IE over facts (NaN where no fact has the class).
       counts: facts contributing to each class.
       n_facts: traced facts; n_filtered: facts dropped because the model got them wrong.
+      seconds: filtering plus the tracing time of every fact (as measured when it was traced, so a run
+        resumed from its cache reports the work of the whole run, not the resumption).
     """
 
     corruption: str
@@ -209,6 +211,7 @@ def trace_dataset(
     if not kept:
         raise ValueError("the model predicts none of the given facts correctly: nothing to trace")
     scale = noise_scale_for(model, [(ids, mask) for *_, ids, mask, _ in kept], noise)
+    filter_seconds = time.perf_counter() - start
 
     cache = Path(out_dir) / "facts" if out_dir is not None else None
     key = _settings_key(
@@ -220,12 +223,13 @@ def trace_dataset(
     counts = np.zeros(len(classes), int)
     p_clean, p_corrupt = [], []
 
-    def traced(index: int) -> tuple[dict[str, np.ndarray], float, float]:
+    def traced(index: int) -> tuple[dict[str, np.ndarray], float, float, float]:
         prompt, subject, answer, *_ = kept[index]
         path = cache / f"{key}-{index:05d}.json" if cache is not None else None
         if path is not None and path.exists():
             saved = json.loads(path.read_text())
-            return {k: np.asarray(saved["grids"][k]) for k in kinds}, saved["p_clean"], saved["p_corrupt"]
+            grids = {k: np.asarray(saved["grids"][k]) for k in kinds}
+            return grids, saved["p_clean"], saved["p_corrupt"], float(saved.get("seconds", 0.0))
         result = trace(
             model, prompt, subject=subject, corrupt=corrupt, kinds=kinds, samples=samples, noise=scale,
             window=window, answer=answer, sever=sever, seed=seed, bucket=bucket, segments=segments,
@@ -233,7 +237,7 @@ def trace_dataset(
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             result.save_json(path)
-        return result.grids, result.p_clean, result.p_corrupt
+        return result.grids, result.p_clean, result.p_corrupt, result.seconds
 
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
@@ -246,7 +250,7 @@ def trace_dataset(
                 disable=not progress,
             )
         )
-    for (grids, pc, pk), (_, _, _, ids, _, span) in zip(results, kept, strict=True):
+    for (grids, pc, pk, _), (_, _, _, ids, _, span) in zip(results, kept, strict=True):
         p_clean.append(pc)
         p_corrupt.append(pk)
         first_real = sum(tok.special_positions(model.tokenizer, ids)[: span[0]])
@@ -273,7 +277,7 @@ def trace_dataset(
         noise_scale=scale,
         window=window,
         sever=sever,
-        seconds=time.perf_counter() - start,
+        seconds=filter_seconds + sum(r[3] for r in results),
         model=model.source,
     )
     if out_dir is not None:
