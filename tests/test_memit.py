@@ -202,3 +202,83 @@ def test_default_hyperparameters_per_model(model) -> None:
 
     assert default_layer(model) == 1  # no file for a 3-layer llama: GPT-2 XL's relative depth
     assert default_hparams(model, "pmet").spread == "sqrt" and default_hparams(model).layers == (0, 1)
+
+
+def test_conflicting_targets_in_one_batch_are_refused(model, stats) -> None:
+    clash = [REQUESTS[0], dataclasses.replace(REQUESTS[0], target="french"), REQUESTS[1]]
+    with pytest.raises(ValueError, match="1 prompts are asked for conflicting targets"):
+        memit(model, clash, stats, MemitHparams(layers=(0, 1)), templates=TEMPLATES, progress=False)
+    with pytest.raises(ValueError, match="no edit requests"):
+        memit(model, [], stats, MemitHparams(layers=(0, 1)), templates=TEMPLATES, progress=False)
+    with pytest.raises(ValueError, match="critical layers must lie in"):
+        memit(model, REQUESTS[:1], stats, MemitHparams(layers=(1, 3)), templates=TEMPLATES, progress=False)
+
+
+def test_pmet_attention_ablation_solves_the_attention_projection_and_withdraws(
+    model, stats, tmp_path
+) -> None:
+    from jaxedit.edit import EditJournal
+    from jaxedit.edit.memit import pmet_hparams
+    from jaxedit.edit.stats import StatsError
+
+    words = sorted(w for w in model.tokenizer.get_vocab() if w != "<unk>")
+    rng = np.random.default_rng(1)
+    texts = TEXTS + [" ".join(rng.choice(words, 12)) for _ in range(60)]
+    attn_stats = key_statistics(model, [1], texts, site="attn_heads", cache=False, progress=False)
+    hp = pmet_hparams(layers=(1,), mom2_weight=2.0, update_attn=True)
+    hp = dataclasses.replace(hp, targets=dataclasses.replace(hp.targets, steps=6))
+    with pytest.raises(StatsError, match="attn_stats"):
+        memit(model, REQUESTS[:1], stats, hp, templates=TEMPLATES, progress=False)
+    with pytest.raises(StatsError, match="statistics are for"):  # MLP statistics given for attention
+        memit(model, REQUESTS[:1], stats, hp, templates=TEMPLATES, attn_stats=stats, progress=False)
+    delta = memit(model, REQUESTS[:1], stats, hp, templates=TEMPLATES, attn_stats=attn_stats, progress=False)
+    (attn,) = delta.attached
+    assert attn.site == "attn" and attn.left.shape == (1, 1, model.config.n_heads * model.config.head_dim)
+    # closed form at the last critical layer: the attention input keys, residual δa
+    targets = optimise_targets(model, REQUESTS[:1], 1, TEMPLATES, hp.targets)
+    batch = build_batch(model, REQUESTS[:1], TEMPLATES, hp.targets.kl_prompt)
+    keys = []
+    for r in np.flatnonzero(~batch.is_kl):
+        n = int(batch.mask[r].sum())
+        taps = jaxedit.forward(
+            model.params, model.config, batch.ids[r : r + 1, :n], taps=("attn_heads",)
+        ).taps
+        keys.append(np.asarray(taps["attn_heads"][0, 1, batch.key_pos[r]], np.float64))
+    k = np.mean(keys, axis=0)[None]
+    c = attn_stats[1].matrix.astype(np.float64)
+    expected = np.linalg.solve(2.0 * c + k.T @ k, k.T @ targets.delta_attn[None, 0].astype(np.float64))
+    np.testing.assert_allclose(attn.dense()[0], expected, rtol=2e-3, atol=1e-6)
+
+    journal = EditJournal(model)
+    edited = journal.apply(delta)
+    o_before = model.params["layers"]["attn"]["o"]["kernel"]
+    assert not bool(jnp.array_equal(edited.params["layers"]["attn"]["o"]["kernel"], o_before))
+    loaded = EditJournal.load(journal.save(tmp_path / "journal"), model)
+    assert loaded.entries()[0]["attached"][0]["site"] == "attn"
+    for a, b in zip(jax.tree.leaves(loaded.model.params), jax.tree.leaves(edited.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    back = journal.withdraw(delta.id)
+    for a, b in zip(jax.tree.leaves(back.params), jax.tree.leaves(model.params), strict=True):
+        assert bool(jnp.array_equal(a, b))
+
+
+def test_pmet_phi_schedule_lowers_the_nll_weight_once_the_targets_are_argmax(model) -> None:
+    """With the KL stop always met, a request stops at the first evaluation after φ fell to 0.1: the
+    losses equal the unscheduled run's up to that evaluation, which is lower by 0.9·NLL."""
+    base = TargetHparams(steps=30, lr=0.5, clamp=4.0, loss_stop=-1.0, kl_stop=1e9)
+    plain = optimise_targets(model, REQUESTS, 1, TEMPLATES, base)
+    phased = optimise_targets(model, REQUESTS, 1, TEMPLATES, dataclasses.replace(base, nll_schedule=True))
+    assert (plain.steps == 30).all()
+    switched = 0
+    for i in range(len(REQUESTS)):
+        same = np.isclose(phased.loss[i], plain.loss[i], rtol=1e-5, atol=1e-6)
+        if same.all():  # this request's targets never became the argmax: φ stayed 1, no early stop
+            assert phased.steps[i] == 30
+            continue
+        switch = int(np.argmin(same))  # first evaluation that differs
+        assert switch >= 1 and same[:switch].all()
+        assert phased.steps[i] == switch + 1  # stopped at the first evaluation with φ = 0.1
+        assert phased.loss[i, switch] < plain.loss[i, switch]
+        assert np.isnan(phased.loss[i, switch + 1 :]).all()
+        switched += 1
+    assert switched >= 2

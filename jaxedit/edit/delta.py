@@ -38,6 +38,8 @@ class Delta:
       info: method diagnostics (loss curve, norms), JSON-serialisable.
       site: `mlp` (the MLP output projection) or `attn` (the attention output projection, PMET's
         ablation).
+      attached: further deltas made by the same edit (the attention-projection update of PMET's
+        ablation next to its MLP update); applied, saved and withdrawn together with this one.
     """
 
     layers: tuple[int, ...]
@@ -48,6 +50,7 @@ class Delta:
     id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:12])
     info: dict = dataclasses.field(default_factory=dict)
     site: str = "mlp"
+    attached: tuple[Delta, ...] = ()
 
     def __post_init__(self) -> None:
         if self.site not in KERNELS:
@@ -64,6 +67,9 @@ class Delta:
         object.__setattr__(self, "left", left)
         object.__setattr__(self, "right", right)
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        object.__setattr__(self, "attached", tuple(self.attached))
+        if any(a.attached for a in self.attached):
+            raise ValueError("attached deltas cannot carry deltas of their own")
 
     def dense(self) -> np.ndarray:
         """`[n_layers, d_mlp, d_model]` kernel increments."""
@@ -84,6 +90,7 @@ class Delta:
             "requests": list(self.requests),
             "norms": {str(k): v for k, v in self.norms().items()},
             "info": self.info,
+            **({"attached": [a.summary() for a in self.attached]} if self.attached else {}),
         }
 
 
@@ -97,7 +104,10 @@ def _add(kernel: jax.Array, layers: jax.Array, left: jax.Array, right: jax.Array
 
 
 def add_to_params(params: Params, delta: Delta) -> Params:
-    """`params` with the delta added to its output kernels (a new pytree; `params` is untouched)."""
+    """`params` with the delta (and its attached deltas) added to its output kernels (a new pytree;
+    `params` is untouched)."""
+    for part in delta.attached:
+        params = add_to_params(params, part)
     block, name = KERNELS[delta.site]
     kernel = params["layers"][block][name]["kernel"]
     n_layers, d_in, d_model = kernel.shape

@@ -26,6 +26,17 @@ from jaxedit.loading import Model, save_hf
 FORMAT = 1
 
 
+def _delta(entry: dict, tensors: dict[str, np.ndarray]) -> Delta:
+    """A saved entry (summary + factors) as a `Delta`, with its attached deltas."""
+    key = entry["id"]
+    return Delta(
+        layers=tuple(int(x) for x in tensors[f"{key}.layers"]), left=tensors[f"{key}.left"],
+        right=tensors[f"{key}.right"], method=entry["method"], requests=tuple(entry["requests"]), id=key,
+        info=entry.get("info", {}), site=entry.get("site", "mlp"),
+        attached=tuple(_delta(part, tensors) for part in entry.get("attached", ())),
+    )  # fmt: skip
+
+
 class EditJournal:
     """Edits applied to a model, in order. `journal.model` is the edited model (a value)."""
 
@@ -64,9 +75,10 @@ class EditJournal:
         try:
             tensors: dict[str, np.ndarray] = {}
             for d in self.model.edits:
-                tensors[f"{d.id}.left"] = d.left
-                tensors[f"{d.id}.right"] = d.right
-                tensors[f"{d.id}.layers"] = np.asarray(d.layers, np.int64)
+                for part in (d, *d.attached):
+                    tensors[f"{part.id}.left"] = part.left
+                    tensors[f"{part.id}.right"] = part.right
+                    tensors[f"{part.id}.layers"] = np.asarray(part.layers, np.int64)
             if tensors:
                 save_file(tensors, str(staging / "deltas.safetensors"))
             meta = {
@@ -106,14 +118,7 @@ class EditJournal:
         tensors = load_file(str(directory / "deltas.safetensors")) if meta["entries"] else {}
         journal = cls(journal.base)
         for entry in meta["entries"]:
-            key = entry["id"]
-            journal.apply(
-                Delta(
-                    layers=tuple(int(x) for x in tensors[f"{key}.layers"]), left=tensors[f"{key}.left"],
-                    right=tensors[f"{key}.right"], method=entry["method"], requests=tuple(entry["requests"]),
-                    id=key, info=entry.get("info", {}), site=entry.get("site", "mlp"),
-                )
-            )  # fmt: skip
+            journal.apply(_delta(entry, tensors))
         return journal
 
     def export(self, directory: str | Path) -> Path:

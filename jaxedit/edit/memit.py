@@ -35,7 +35,14 @@ from jaxedit.edit.delta import Delta, add_to_params
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
 from jaxedit.edit.rome import default_layer
 from jaxedit.edit.stats import KeyStats, StatsError
-from jaxedit.edit.targets import Request, TargetHparams, as_request, build_batch, optimise_targets
+from jaxedit.edit.targets import (
+    Request,
+    TargetHparams,
+    Targets,
+    as_request,
+    build_batch,
+    optimise_targets,
+)
 from jaxedit.layout import Params
 from jaxedit.loading import Model
 
@@ -54,6 +61,8 @@ class MemitHparams:
     batch_rows: int = 256
     seed: int = 0
     method: str = "memit"
+    # PMET's ablation (METHODS.md §7): also solve the attention output projections towards `a0 + δa`
+    update_attn: bool = False
 
 
 def pmet_hparams(layers: tuple[int, ...] | None = None, **changes: object) -> MemitHparams:
@@ -111,46 +120,53 @@ def solve_update(stats: np.ndarray, keys: np.ndarray, residual: np.ndarray, weig
     return solved.T
 
 
-@functools.partial(jax.jit, static_argnames=("config", "layer", "z_layer", "z_site"))
+@functools.partial(jax.jit, static_argnames=("config", "layer", "z_layer", "key_site", "z_site"))
 def _read(
     params: Params,
     config: ModelConfig,
     layer: int,
     z_layer: int,
+    key_site: str,
     z_site: str,
     ids: jax.Array,
     mask: jax.Array,
     key_pos: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
-    """Keys at `layer` and `z_site` (`resid_post` or `mlp_out`) of `z_layer` (>= layer) at the key
-    positions: `[R, F]`, `[R, D]`."""
+    """Keys (`key_site` of `layer`: `mlp_key` or `attn_heads`) and values (`z_site` of `z_layer` >= layer:
+    `resid_post`, `mlp_out` or `attn_out`) at the key positions: `[R, F]`, `[R, D]`."""
     positions = core.positions_from_mask(mask)
     rotary = core.rotary_for(config, positions)
     causal = core.causal_mask(mask)
     x = core.residual_input(config, params, core.embed_tokens(params, ids), positions)
     x, _ = core.run_layers(config, jax.tree.map(lambda a: a[:layer], params["layers"]), x, rotary, causal)
     p_layer = jax.tree.map(lambda a: a[layer], params["layers"])
-    out = core.block(config, p_layer, x, rotary, causal, {}, ("mlp_key", z_site))
+    out = core.block(config, p_layer, x, rotary, causal, {}, (key_site, z_site))
     z = out.taps[z_site]
     if z_layer > layer:
         between = jax.tree.map(lambda a: a[layer + 1 : z_layer + 1], params["layers"])
         _, taps = core.run_layers(config, between, out.resid, rotary, causal, (z_site,))
         z = taps[z_site][-1]
     rows = jnp.arange(ids.shape[0])
-    return out.taps["mlp_key"][rows, key_pos], z[rows, key_pos]
+    return out.taps[key_site][rows, key_pos], z[rows, key_pos]
 
 
 def read_keys(
-    model: Model, params: Params, batch, layer: int, z_layer: int, z_site: str, batch_rows: int
+    model: Model,
+    params: Params,
+    batch,
+    layer: int,
+    z_layer: int,
+    z_site: str,
+    batch_rows: int,
+    key_site: str = "mlp_key",
 ) -> tuple[np.ndarray, np.ndarray]:
     """`_read` over row chunks of a `build_batch` batch (bounded memory for thousands of edits)."""
     keys, outs = [], []
     for start in range(0, len(batch.ids), batch_rows):
         part = slice(start, start + batch_rows)
         k, h = _read(
-            params, model.config, layer, z_layer, z_site, jnp.asarray(batch.ids[part]),
-            jnp.asarray(batch.mask[part]),
-            jnp.asarray(batch.key_pos[part]),
+            params, model.config, layer, z_layer, key_site, z_site, jnp.asarray(batch.ids[part]),
+            jnp.asarray(batch.mask[part]), jnp.asarray(batch.key_pos[part]),
         )  # fmt: skip
         keys.append(np.asarray(k, np.float64))
         outs.append(np.asarray(h, np.float64))
@@ -163,6 +179,52 @@ def _per_request_mean(values: np.ndarray, owners: np.ndarray, rows: np.ndarray, 
     return out / np.bincount(owners[rows], minlength=n)[:, None]
 
 
+def memit_targets(
+    model: Model,
+    requests: Sequence[Request | dict],
+    hp: MemitHparams | None = None,
+    *,
+    templates: Sequence[str] | None = None,
+    progress: bool = True,
+) -> Targets:
+    """The targets `memit` optimises (at the last critical layer), for reuse across solves."""
+    hp = default_hparams(model) if hp is None else hp
+    layers = hp.layers if hp.layers is not None else default_layers(model)
+    if templates is None:
+        templates = context_templates(model, hp.prefixes, seed=hp.seed)
+    requests = [as_request(r) for r in requests]
+    return optimise_targets(model, requests, max(layers), templates, hp.targets, progress=progress)
+
+
+def check_conflicts(requests: Sequence[Request]) -> None:
+    """Refuse a batch in which one prompt (subject in its relation) is asked for two different targets:
+    the solve would silently average them. Exact repeats are harmless and allowed."""
+    wanted: dict[str, set[str]] = {}
+    for r in requests:
+        wanted.setdefault(r.text, set()).add(r.target.strip())
+    conflicts = {text: sorted(targets) for text, targets in wanted.items() if len(targets) > 1}
+    if conflicts:
+        listed = "; ".join(f"{text!r} -> {targets}" for text, targets in list(conflicts.items())[:5])
+        raise ValueError(
+            f"{len(conflicts)} prompts are asked for conflicting targets in one batch ({listed}); "
+            "edit them in separate batches or keep one target each"
+        )
+
+
+def _matrices(model: Model, stats: Mapping, layers: Sequence[int], site: str) -> dict[int, np.ndarray]:
+    """The statistics matrix of every critical layer (`KeyStats` checked against the model and site)."""
+    matrices = {}
+    for layer in layers:
+        if layer not in stats:
+            raise StatsError(f"no statistics for critical layer {layer} ({site})")
+        entry = stats[layer]
+        if isinstance(entry, KeyStats):
+            entry.check(model, layer, site)
+            entry = entry.matrix
+        matrices[layer] = np.asarray(entry)
+    return matrices
+
+
 def memit(
     model: Model,
     requests: Sequence[Request | dict],
@@ -170,6 +232,8 @@ def memit(
     hp: MemitHparams | None = None,
     *,
     templates: Sequence[str] | None = None,
+    targets: Targets | None = None,
+    attn_stats: Mapping[int, KeyStats | np.ndarray] | None = None,
     progress: bool = True,
 ) -> Delta:
     """One MEMIT delta for all `requests` (a batch), over `hp.layers`.
@@ -177,41 +241,65 @@ def memit(
     Args:
       stats: key statistics per critical layer (`key_statistics(model, layers, ...)`).
       hp: settings (default: MEMIT's `default_hparams(model)`; PMET: `default_hparams(model, "pmet")`).
+      targets: `memit_targets(...)` of the same requests and settings, to reuse them (a λ or layer
+        sweep solves again without optimising again); computed when None.
+      attn_stats: statistics of the attention output projection's input (`site="attn_heads"`) per
+        critical layer, needed with `hp.update_attn` (PMET's ablation).
+
+    With `hp.update_attn` the attention output projections of the critical layers are solved too, each
+    layer's before its MLP (the attention output feeds the MLP's keys), towards `a0 + δa` at the last
+    critical layer with the same spread; that update is attached to the returned MLP delta.
     """
     requests = [as_request(r) for r in requests]
     if not requests:
         raise ValueError("no edit requests")
+    check_conflicts(requests)
     hp = default_hparams(model) if hp is None else hp
     layers = tuple(sorted(hp.layers if hp.layers is not None else default_layers(model)))
     last = layers[-1]
     if layers[0] < 0 or last >= model.config.n_layers:
         raise ValueError(f"critical layers must lie in [0, {model.config.n_layers}), got {layers}")
-    matrices = {}
-    for layer in layers:
-        if layer not in stats:
-            raise StatsError(f"no statistics for critical layer {layer}")
-        entry = stats[layer]
-        if isinstance(entry, KeyStats):
-            entry.check(model, layer)
-            entry = entry.matrix
-        matrices[layer] = np.asarray(entry)
+    matrices = _matrices(model, stats, layers, "mlp_key")
+    if hp.update_attn:
+        if not hp.targets.attn_delta:
+            raise ValueError("update_attn needs attention targets: set targets.attn_delta (PMET)")
+        if attn_stats is None:
+            raise StatsError("update_attn needs attn_stats (key_statistics(..., site='attn_heads'))")
+        attn_matrices = _matrices(model, attn_stats, layers, "attn_heads")
     templates = (
         list(templates) if templates is not None else context_templates(model, hp.prefixes, seed=hp.seed)
     )
-    targets = optimise_targets(model, requests, last, templates, hp.targets, progress=progress)
+    if targets is None:
+        targets = optimise_targets(model, requests, last, templates, hp.targets, progress=progress)
+    elif len(targets.delta) != len(requests):
+        raise ValueError(f"targets hold {len(targets.delta)} edits, but {len(requests)} requests were given")
     z = targets.value.astype(np.float64)  # [n, D]: h[lL] + δ (MEMIT) or m0 + δm (PMET; δa is dropped)
     batch = build_batch(model, requests, templates, hp.targets.kl_prompt)
     contexts = np.flatnonzero(~batch.is_kl)
     bare = np.flatnonzero(batch.is_bare)  # one row per request, in request order
     n = len(requests)
 
-    params = model.params
-    lefts, rights = [], []
-    for layer in tqdm(layers, desc=f"MEMIT {n} edits", disable=not progress):
-        keys, outs = read_keys(model, params, batch, layer, last, hp.targets.reference, hp.batch_rows)
+    def solve(params: Params, layer: int, key_site: str, z_site: str, wanted: np.ndarray, c: np.ndarray):
+        keys, outs = read_keys(model, params, batch, layer, last, z_site, hp.batch_rows, key_site)
         k = _per_request_mean(keys, batch.row_request, contexts, n)  # [n, F]
-        residual = (z - outs[bare]) * spread_factor(layer, last, hp.spread)  # [n, D]
-        left = solve_update(matrices[layer], k, residual, hp.mom2_weight)  # [n, F]
+        residual = (wanted - outs[bare]) * spread_factor(layer, last, hp.spread)  # [n, D]
+        return solve_update(c, k, residual, hp.mom2_weight), residual  # [n, F], [n, D]
+
+    params = model.params
+    lefts, rights, attn_lefts, attn_rights = [], [], [], []
+    if hp.update_attn:
+        a0 = read_keys(model, params, batch, last, last, "attn_out", hp.batch_rows)[1][bare]
+        attn_target = a0 + targets.delta_attn.astype(np.float64)
+    for layer in tqdm(layers, desc=f"MEMIT {n} edits", disable=not progress):
+        if hp.update_attn:
+            left, residual = solve(params, layer, "attn_heads", "attn_out", attn_target, attn_matrices[layer])
+            step = Delta(
+                layers=(layer,), left=left[None], right=residual[None], method="attn-layer", site="attn"
+            )
+            params = add_to_params(params, step)
+            attn_lefts.append(left)
+            attn_rights.append(residual)
+        left, residual = solve(params, layer, "mlp_key", hp.targets.reference, z, matrices[layer])
         step = Delta(layers=(layer,), left=left[None], right=residual[None], method="memit-layer")
         params = add_to_params(params, step)
         lefts.append(left)
@@ -220,7 +308,15 @@ def memit(
         "layers": list(layers), "spread": hp.spread, "mom2_weight": hp.mom2_weight, "target_site": hp.targets.reference,
         "target_nll": targets.nll.tolist(), "target_steps": targets.steps.tolist(), "contexts": len(templates),
     }  # fmt: skip
+    summary = tuple(r.to_dict() for r in requests)
+    attached = ()
+    if hp.update_attn:
+        attn = Delta(
+            layers=layers, left=np.stack(attn_lefts), right=np.stack(attn_rights), method=f"{hp.method}-attn",
+            requests=summary, site="attn",
+        )  # fmt: skip
+        attached = (attn,)
     return Delta(
-        layers=layers, left=np.stack(lefts), right=np.stack(rights), method=hp.method,
-        requests=tuple(r.to_dict() for r in requests), info=info,
+        layers=layers, left=np.stack(lefts), right=np.stack(rights), method=hp.method, requests=summary,
+        info=info, attached=attached,
     )  # fmt: skip
