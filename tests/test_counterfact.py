@@ -134,3 +134,28 @@ def test_evaluation_is_resumable_and_summarises(model, tmp_path) -> None:
     assert again["test"] == first["test"]
     es = [json.loads((out / "cases" / f"{i}.json").read_text())["post"]["ES"] for i in (7, 8)]
     assert first["test"]["ES"] == pytest.approx(100 * np.mean(es))
+
+
+def test_unedited_scores_are_shared_across_methods(model, tmp_path, monkeypatch) -> None:
+    from jaxedit.evaluate import counterfact
+
+    path = tmp_path / "cf.json"
+    path.write_text(json.dumps([ROME_RECORD, EASYEDIT_RECORD]))
+    cases = read_counterfact(path)
+    c = model.config
+    zero = Delta(layers=(1,), left=np.zeros((1, 1, c.d_mlp)), right=np.zeros((1, 1, c.d_model)), method="z")
+    shared = tmp_path / "unedited"
+    first = evaluate_counterfact(
+        model, cases, lambda m, r: zero, method="a", out_dir=tmp_path / "a", unedited_dir=shared,
+        generation_tokens=0, progress=False,
+    )  # fmt: skip
+    assert sorted(p.name for p in (shared / "cases").iterdir()) == ["7.json", "8.json"]
+    calls = []
+    original = counterfact.score_case
+    monkeypatch.setattr(counterfact, "score_case", lambda *a, **k: calls.append(k) or original(*a, **k))
+    second = evaluate_counterfact(
+        model, cases, lambda m, r: zero, method="b", out_dir=tmp_path / "b", unedited_dir=shared,
+        generation_tokens=0, progress=False,
+    )  # fmt: skip
+    assert len(calls) == 2 and all(k["reference"] is not None for k in calls)  # edited rows only
+    assert second["unedited"] == first["unedited"]

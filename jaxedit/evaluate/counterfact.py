@@ -179,6 +179,7 @@ def evaluate_counterfact(
     method: str,
     batch: int = 1,
     out_dir: str | Path | None = None,
+    unedited_dir: str | Path | None = None,
     generation_tokens: int = 50,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -192,6 +193,7 @@ def evaluate_counterfact(
       method: the name the summary gives the edited rows.
       batch: records edited together (each group on the unedited model).
       out_dir: per-case JSON (`cases/<id>.json`, reused on rerun) and `summary.json`.
+      unedited_dir: per-case unedited scores shared across methods (see `run_edits`).
 
     Returns:
       `{"unedited": summary, method: summary, "protocol": ..., "seconds": ...}`.
@@ -209,6 +211,7 @@ def evaluate_counterfact(
         name=f"CounterFact ({method})",
         batch=batch,
         out_dir=out_dir,
+        unedited_dir=unedited_dir,
         progress=progress,
     )
     layouts = sorted({c.layout for c in cases})

@@ -24,6 +24,7 @@ def run_edits(
     name: str,
     batch: int = 1,
     out_dir: str | Path | None = None,
+    unedited_dir: str | Path | None = None,
     progress: bool = True,
 ) -> tuple[list[dict], list[dict]]:
     """Score every case on `model` ("pre") and, when `edit` is given, on the model edited for its group
@@ -35,12 +36,26 @@ def run_edits(
       score: `(model, case, reference) -> metrics`; `reference` is the unedited model on edited runs.
       batch: cases edited together; each group starts from the unedited model.
       out_dir: `cases/<case_id>.json` per case (reused when every case of a group is there).
+      unedited_dir: `cases/<case_id>.json` of the unedited scores alone, shared by every method evaluated
+        on the same model, cases and scoring settings (so each unedited case is scored once).
     """
     if not cases:
         raise ValueError(f"no {name} cases to evaluate")
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
     directory = Path(out_dir) if out_dir is not None else None
+    unedited = Path(unedited_dir) if unedited_dir is not None else None
+
+    def pre_score(case: Any) -> dict:
+        path = unedited / "cases" / f"{case.case_id}.json" if unedited is not None else None
+        if path is not None and path.exists():
+            return json.loads(path.read_text())
+        row = score(model, case, None)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, json.dumps(row, indent=1).encode())
+        return row
+
     pre_rows: list[dict] = []
     post_rows: list[dict] = []
     bar = tqdm(total=len(cases), desc=f"{name} (batch {batch})", disable=not progress)
@@ -61,7 +76,7 @@ def run_edits(
                 saved = {
                     "case_id": case.case_id,
                     "request": case.request.to_dict(),
-                    "pre": score(model, case, None),
+                    "pre": pre_score(case),
                 }
                 if edited is not None:
                     saved["post"] = score(edited, case, model)

@@ -111,16 +111,27 @@ def evaluate_zsre(
     method: str,
     batch: int = 1,
     out_dir: str | Path | None = None,
+    unedited_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Edit (one at a time or in batches) and score zsRE cases; `{"unedited": ..., method: ...}`."""
+    """Edit (one at a time or in batches) and score zsRE cases; `{"unedited": ..., method: ...}`.
+
+    `out_dir` and `unedited_dir` cache per-case scores as in `run_edits`."""
     start = time.perf_counter()
 
     def score(m: Model, case: ZsreCase, reference: Model | None) -> dict[str, Any]:
         return score_zsre_case(m, case)
 
     pre, post = run_edits(
-        model, cases, edit, score, name=f"zsRE ({method})", batch=batch, out_dir=out_dir, progress=progress
+        model,
+        cases,
+        edit,
+        score,
+        name=f"zsRE ({method})",
+        batch=batch,
+        out_dir=out_dir,
+        unedited_dir=unedited_dir,
+        progress=progress,
     )
     summary: dict[str, Any] = {"unedited": summarise_zsre(pre)}
     if post:
