@@ -49,6 +49,44 @@ def command(name: str, args: argparse.Namespace, **extra: object) -> str:
     return f"python experiments/{name}.py " + " ".join(f"--{k} {v}" for k, v in options.items())
 
 
+def cached_targets(model, requests, hp, templates):
+    """`memit_targets` for `requests`, cached per request under `CACHE/targets/<settings>/` (a request's
+    target does not depend on the other requests of its batch), so the experiments that edit the same
+    records with the same settings (scaling, mass editing, ablations) optimise each target once."""
+    import dataclasses
+    import hashlib
+    import json
+
+    from jaxedit.edit.memit import memit_targets
+    from jaxedit.edit.stats import fingerprint
+    from jaxedit.edit.targets import Targets
+
+    def digest(value: object) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+    settings = {
+        "model": fingerprint(model), "targets": dataclasses.asdict(hp.targets), "layer": max(hp.layers),
+        "templates": list(templates),
+    }  # fmt: skip
+    folder = CACHE / "targets" / digest(settings)
+    paths = [folder / f"{digest(r.to_dict())}.npz" for r in requests]
+    missing = [i for i, p in enumerate(paths) if not p.exists()]
+    if missing:
+        fresh = memit_targets(model, [requests[i] for i in missing], hp, templates=templates)
+        folder.mkdir(parents=True, exist_ok=True)
+        for row, i in enumerate(missing):
+            part = fresh.select(slice(row, row + 1))
+            arrays = {k: v for k, v in dataclasses.asdict(part).items() if v is not None}
+            tmp = paths[i].with_suffix(".tmp.npz")
+            np.savez(tmp, **arrays)
+            tmp.replace(paths[i])
+    parts = []
+    for p in paths:
+        with np.load(p) as data:
+            parts.append(Targets(**{k: data[k] for k in data.files}))
+    return Targets.concatenate(parts)
+
+
 def write_text(path: Path, text: str) -> None:
     """Write a results file atomically."""
     from jaxedit.checkpoints import atomic_write_bytes
@@ -88,3 +126,26 @@ def aie_table(summary, kind: str) -> str:
             f"| {cls} | {summary.counts[c]} | {layer} | {column[layer]:.4f} | {np.nanmean(column):.4f} |"
         )
     return "\n".join(lines)
+
+
+def markdown_table(results: dict, rows: list[str], keys: tuple[str, ...], label: str = "method") -> str:
+    """A markdown table of `results[row][key]`."""
+    lines = [f"| {label} | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    lines += [f"| {r} | " + " | ".join(str(results[r].get(k)) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def mass_setup(model, method: str, records: int, stats_samples: int, **changes):
+    """Packaged MEMIT / PMET settings (with `changes`), their statistics over `stats_samples` Wikipedia
+    articles and their context templates."""
+    import dataclasses
+
+    from jaxedit.edit import key_statistics
+    from jaxedit.edit.contexts import context_templates
+    from jaxedit.edit.memit import default_hparams
+    from jaxedit.edit.stats import read_corpus
+
+    hp = dataclasses.replace(default_hparams(model, method), **changes)
+    texts = read_corpus(shared_data("corpus", "wikipedia"))[:stats_samples]
+    stats = key_statistics(model, hp.layers, texts, corpus_id=f"wikipedia:{stats_samples}")
+    return hp, stats, context_templates(model, hp.prefixes)

@@ -313,3 +313,22 @@ def test_attention_projection_deltas_and_statistics(model) -> None:
     stats.check(model, 1, site="attn_heads")
     with pytest.raises(StatsError, match="not for this model and layer"):
         stats.check(model, 1)
+
+
+def test_rome_sequence_equals_edits_applied_one_after_another(model, stats) -> None:
+    from jaxedit.edit import rome_sequence
+
+    second = Request(prompt="{} is the capital of", subject="rome", target="france")
+    hp = RomeHparams(layer=1, targets=TargetHparams(steps=5))
+    merged = rome_sequence(model, [REQUEST, second], stats, hp, templates=TEMPLATES, progress=False)
+    first = rome(model, REQUEST, stats, hp, templates=TEMPLATES)
+    once = apply(model, first)
+    then = apply(once, rome(once, second, stats, hp, templates=TEMPLATES))  # computed on the edited model
+    assert merged.method == "rome-seq" and merged.left.shape[:2] == (1, 2)
+    sequenced = apply(model, merged)
+    for a, b in zip(jax.tree.leaves(sequenced.params), jax.tree.leaves(then.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    alone = apply(model, rome(model, second, stats, hp, templates=TEMPLATES))  # not what a sequence does
+    kernel = ("layers", "mlp", "out", "kernel")
+    get = lambda m: np.asarray(m.params[kernel[0]][kernel[1]][kernel[2]][kernel[3]])  # noqa: E731
+    assert not np.allclose(get(sequenced) - get(once), get(alone) - get(model), atol=1e-6)

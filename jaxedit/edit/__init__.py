@@ -5,7 +5,7 @@ from jaxedit.edit.delta import Delta, apply, revert
 from jaxedit.edit.finetune import FT, FT_L, FinetuneHparams, finetune
 from jaxedit.edit.journal import EditJournal
 from jaxedit.edit.memit import MemitHparams, memit, pmet_hparams
-from jaxedit.edit.rome import RomeHparams, default_layer, rome
+from jaxedit.edit.rome import RomeHparams, default_layer, rome, rome_sequence
 from jaxedit.edit.stats import KeyStats, StatsError, key_statistics
 from jaxedit.edit.targets import Request, TargetHparams
 
@@ -29,4 +29,5 @@ __all__ = [
     "pmet_hparams",
     "revert",
     "rome",
+    "rome_sequence",
 ]

@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from jaxedit.edit.contexts import ROME_PREFIXES, context_templates
-from jaxedit.edit.delta import Delta
+from jaxedit.edit.delta import Delta, apply
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
 from jaxedit.edit.stats import KeyStats, StatsError
 from jaxedit.edit.targets import Request, TargetHparams, as_request, optimise_targets
@@ -117,4 +118,35 @@ def rome(
     return Delta(
         layers=(layer,), left=left[None, None], right=right[None, None], method="rome",
         requests=(request.to_dict(),), info=info,
+    )  # fmt: skip
+
+
+def rome_sequence(
+    model: Model,
+    requests: Sequence[Request | dict],
+    stats: KeyStats | np.ndarray,
+    hp: RomeHparams | None = None,
+    *,
+    templates: Sequence[str] | None = None,
+    progress: bool = True,
+) -> Delta:
+    """ROME applied sequentially (the many-edit contrast of MEMIT / PMET, METHODS.md §6): each
+    request's rank-one update is computed on the model holding the previous ones; the sum of the updates
+    is returned as one rank-n delta (exactly the model the sequence produced), method `rome-seq`."""
+    requests = [as_request(r) for r in requests]
+    if not requests:
+        raise ValueError("no edit requests")
+    hp = default_hparams(model) if hp is None else hp
+    if templates is None:
+        templates = context_templates(model, hp.prefixes, seed=hp.seed)
+    current, steps = model, []
+    for request in tqdm(requests, desc=f"ROME × {len(requests)} in sequence", disable=not progress):
+        step = rome(current, request, stats, hp, templates=templates)
+        current = apply(current, step)
+        steps.append(step)
+    return Delta(
+        layers=steps[0].layers, left=np.concatenate([s.left for s in steps], axis=1),
+        right=np.concatenate([s.right for s in steps], axis=1), method="rome-seq",
+        requests=tuple(r.to_dict() for r in requests),
+        info={"layer": steps[0].layers[0], "steps": [s.info["steps"] for s in steps]},
     )  # fmt: skip

@@ -135,6 +135,23 @@ class Targets:
     def value(self) -> np.ndarray:
         return self.m0 + self.delta
 
+    def select(self, index: Sequence[int] | slice) -> Targets:
+        """The targets of some requests (each request's optimisation is independent of the others')."""
+        return Targets(**{
+            f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
+            for f in dataclasses.fields(self)
+        })  # fmt: skip
+
+    @staticmethod
+    def concatenate(parts: Sequence[Targets]) -> Targets:
+        """The targets of several request lists, in order."""
+
+        def join(name: str) -> np.ndarray | None:
+            values = [getattr(p, name) for p in parts]
+            return None if values[0] is None else np.concatenate(values)
+
+        return Targets(**{f.name: join(f.name) for f in dataclasses.fields(Targets)})
+
 
 def target_ids(model: Model, target: str) -> list[int]:
     """Token ids of a target object, with a leading space (METHODS.md §0); no special tokens."""
