@@ -10,24 +10,27 @@ only the tokens from the key token on) and `memit(..., targets=)` (per critical 
 keys and current values, a float64 solve on the host).
 
 The reference does what the public MEMIT / PMET code does (`compute_z`, `compute_ks`, `execute_memit`) on
-the same `transformers` model (from the same GGUF file), one request at a time: Adam on `δ` (MEMIT: added
-to the residual output of the last critical layer; PMET: `δm` on its MLP output and `δa` on its attention
-output) at the last subject token by forward hooks, each step a full forward over that request's rows
-(contexts + target, and the KL prompt) on all layers with a whole-vocabulary log-softmax at every
-position; the loss is jaxedit's (NLL averaged over the contexts, PMET's φ schedule, `kl_factor · KL`,
-`weight_decay · ‖δ‖ / ‖m0‖²`, the clamp `‖δ‖ ≤ clamp · ‖m0‖`). Then, for each critical layer in ascending
-order on the partly edited model: keys from a forward pre-hook on `mlp.down_proj` (mean over the contexts),
-current values at the last critical layer (residual output for MEMIT, MLP output for PMET) by a forward
-hook on the decoder without its unembedding, the residual spread (`1/(L-l+1)`, PMET `1/sqrt(L-l+1)`),
-`(λC + KKᵀ)⁻¹K` by `torch.linalg.solve` in float64 and the update added to `down_proj.weight`. The early
-stops (loss, PMET's KL) are disabled on both sides, so every request runs exactly the step budget.
+the same `transformers` model (from the same GGUF file, its weights frozen as `compute_z` freezes them), one
+request at a time: Adam on `δ` (MEMIT: added to the residual output of the last critical layer; PMET: `δm`
+on its MLP output and `δa` on its attention output) at the last subject token by forward hooks, each step a
+full forward over that request's rows (contexts + target, and the KL prompt) on all layers with a
+whole-vocabulary log-softmax at every position (the first, at `δ = 0`, also gives `m0` and the KL's original
+distribution, as in `compute_z`); the loss is jaxedit's (NLL averaged over the contexts, PMET's φ schedule,
+`kl_factor · KL`, `weight_decay · ‖δ‖ / ‖m0‖²`, the clamp `‖δ‖ ≤ clamp · ‖m0‖`). Then, for each critical
+layer in ascending order on the partly edited model: keys from a forward pre-hook on `mlp.down_proj` (mean
+over the contexts), current values at the last critical layer (residual output for MEMIT, MLP output for
+PMET) by a forward hook on the decoder without its unembedding, the residual spread (`1/(L-l+1)`, PMET
+`1/sqrt(L-l+1)`), `(λC + KKᵀ)⁻¹K` by `torch.linalg.solve` in float64 and the update added to
+`down_proj.weight`. The early stops (loss, PMET's KL) are disabled on both sides, so every request runs
+exactly the step budget.
 
 Timing: one call per method and size on each side (the reference's hooks and weights are restored
 between runs). jaxedit's time is its first call at that size, so it includes compiling its programs for
 the new shapes; the compile part (tracing, lowering and XLA compilation, from `jax.monitoring` events) is
 reported separately, and `RATIO` uses jaxedit's time without it (the steady state, as `bench_rome.py`),
 the table also shows the ratio with it. Memory: the peak over each phase of the process's resident set
-above its size at the phase's start (Linux `VmHWM` after resetting it through `/proc/self/clear_refs`);
+above its size at the phase's start (Linux `VmHWM` after resetting it through `/proc/self/clear_refs`, and
+after `malloc_trim` returned the heap earlier phases freed; memory an allocator keeps cached still hides);
 on an accelerator, the device's peak bytes instead (jax: the process's peak so far, it cannot be reset;
 torch: reset per phase). The reference runs where torch finds CUDA, like jax; float32 without TF32.
 
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import os
 import sys
@@ -68,9 +72,8 @@ from jaxedit.edit.targets import Batch, Request, TargetHparams, build_batch, tar
 from jaxedit.evaluate import read_counterfact
 from jaxedit.loading import Model, embedded_gguf_path
 
-DATA = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact_easyedit" / "counterfact-edit.json"
-)
+SHARED = Path(os.environ.get("JAXEDIT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+DATA = SHARED / "data" / "counterfact_easyedit" / "counterfact-edit.json"
 COMPILE_EVENTS = (
     "/jax/core/compile/jaxpr_trace_duration",
     "/jax/core/compile/jaxpr_to_mlir_module_duration",
@@ -112,6 +115,8 @@ def peak_memory(side: str, device: str) -> Iterator[dict[str, float]]:
         yield result
         result["mb"] = jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2**20
     else:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back first, so reuse counts as growth
         start = _status_kb("VmRSS")
         with open("/proc/self/clear_refs", "w") as clear:
             clear.write("5")  # resets VmHWM to the current resident set
@@ -183,18 +188,16 @@ def reference_target(
         at_key(site_module(hf, layer, site), b["key_pos"], record, s, deltas[s]) for s, site in sites.items()
     ]
     try:
-        with torch.no_grad():  # δ = 0: the original distributions and the vectors δ is added to
-            logits = hf(input_ids=b["ids"], attention_mask=b["mask"]).logits
-        origin = {s: record[s][bare] for s in sites}
-        kl_base = torch.log_softmax(logits[rows, b["read_pos"][:, 0]], -1)[kl_rows]
         optimiser = torch.optim.Adam(list(deltas.values()), lr=hp.lr)
         phi = 1.0
         for step in range(hp.steps):
             optimiser.zero_grad()
             logits = hf(input_ids=b["ids"], attention_mask=b["mask"]).logits
-            logp = torch.log_softmax(logits, -1)[
-                rows[:, None], b["read_pos"]
-            ]  # every position, whole vocabulary
+            logp = torch.log_softmax(logits, -1)  # every position, whole vocabulary
+            logp = logp[rows[:, None], b["read_pos"]]
+            if step == 0:  # δ = 0: the original vectors and distribution (`target_init`, `kl_distr_init`)
+                origin = {s: record[s][bare] for s in sites}
+                kl_base = logp[kl_rows, 0].detach()
             picked = torch.gather(logp, 2, b["labels"][..., None])[..., 0]
             nll = -(picked * b["weights"]).sum(-1)[contexts].mean()
             kl = functional.kl_div(kl_base, logp[kl_rows, 0], log_target=True, reduction="batchmean")
@@ -319,9 +322,8 @@ def torch_logits(
                 input_ids=torch.tensor(ids[part], device=device),
                 attention_mask=torch.tensor(mask[part], device=device),
             ).logits
-            out.append(
-                logits[torch.arange(len(logits)), torch.tensor(last[part], device=device)].cpu().numpy()
-            )
+            index = (torch.arange(len(logits), device=device), torch.tensor(last[part], device=device))
+            out.append(logits[index].cpu().numpy())
     return np.concatenate(out)
 
 
@@ -405,7 +407,8 @@ def method_hparams(model: Model, method: str, steps: int | None) -> MemitHparams
 
 
 COLUMNS = (
-    ("method", "method", "{}"), ("n", "n", "{}"), ("jax s", "jax_s", "{:.1f}"), ("compile", "jax_compile_s", "{:.1f}"),
+    ("method", "method", "{}"), ("n", "n", "{}"), ("jax s", "jax_s", "{:.1f}"),
+    ("compile", "jax_compile_s", "{:.1f}"),
     ("ref s", "ref_s", "{:.1f}"), ("ratio", "ratio", "{:.2f}"), ("w/ comp", "ratio_with_compile", "{:.2f}"),
     ("jax MB", "jax_mb", "{:.0f}"), ("ref MB", "ref_mb", "{:.0f}"), ("δ diff", "delta", "{:.1e}"),
     ("δa diff", "delta_attn", "{:.1e}"), ("logits", "logits", "{:.1e}"), ("change", "change", "{:.1e}"),
@@ -443,7 +446,7 @@ def main() -> None:
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, dtype=torch.float32
     )
-    hf = hf.to(device).eval()
+    hf = hf.to(device).eval().requires_grad_(False)  # as `compute_z` (`set_requires_grad(False, model)`)
     requests = [case.request for case in read_counterfact(args.data)[: sizes[-1]]]
     settings = {m: method_hparams(model, m, args.steps) for m in methods}
     layers = sorted({layer for hp in settings.values() for layer in hp.layers})
@@ -457,6 +460,11 @@ def main() -> None:
         f"torch {torch.__version__} on {torch_device}"
     )
     tokens = computed[layers[0]].tokens
+    if tokens <= model.config.d_mlp:
+        raise SystemExit(
+            f"{tokens} statistics tokens leave C singular (MLP width {model.config.d_mlp}): "
+            "raise --stats-texts"
+        )
     print(f"model: SmolLM2-135M (float32); statistics over {len(texts)} sampled texts ({tokens} tokens)")
     for method, hp in settings.items():
         t = hp.targets
@@ -475,10 +483,11 @@ def main() -> None:
                 flush=True,
             )
     print(
-        "jax s: first call at that size (targets + solve, compile included); compile: its tracing / lowering / "
-        "XLA compile; ratio: ref s / (jax s - compile); w/ comp: ref s / jax s; MB: peak above the phase's "
-        "start (CPU: resident set); δ diff, δa diff, logits (edited, at the edit prompts), change (edited - "
-        "unedited logits): relative Frobenius differences; top1: same top-1 token; ES: top-1 = target's first token"
+        "jax s: first call at that size (targets + solve, compile included); compile: its tracing / "
+        "lowering / XLA compile; ratio: ref s / (jax s - compile); w/ comp: ref s / jax s; MB: peak above "
+        "the phase's start (CPU: resident set); δ diff, δa diff, logits (edited, at the edit prompts), "
+        "change (edited - unedited logits): relative Frobenius differences; top1: same top-1 token; "
+        "ES: top-1 = target's first token"
     )
     print_table(rows)
     final = [r for r in rows if r["method"] == ("pmet" if "pmet" in methods else methods[-1])][-1]

@@ -135,7 +135,7 @@ def main() -> None:
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         str(path.parent), gguf_file=path.name, dtype=torch.float32
     )
-    hf.eval()
+    hf.eval().requires_grad_(False)
     layer = default_layer(model)
     texts = model_samples(model, args.stats_texts, length=64)
 
@@ -173,6 +173,7 @@ def main() -> None:
         fresh = transformers.AutoModelForCausalLM.from_pretrained(
             str(path.parent), gguf_file=path.name, dtype=torch.float32
         ).eval()
+        fresh.requires_grad_(False)  # as the ROME code (`set_requires_grad(False, model)`): only δ trains
         start = time.perf_counter()
         ref_delta, _ = reference_rome(fresh, model, layer, templates, stats.matrix, hp.targets)
         ref_times.append(time.perf_counter() - start)
