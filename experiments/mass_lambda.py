@@ -1,5 +1,5 @@
-"""Choosing λ (`mom2_weight`) for MEMIT and PMET on SmolLM2, on held-out CounterFact records
-(METHODS.md §6, §7: the papers' λ values were tuned for GPT-2 XL / GPT-J statistics).
+"""Choosing λ (`mom2_weight`) for MEMIT and PMET, and PMET's δm clamp, on SmolLM2, on held-out CounterFact
+records (METHODS.md §6, §7: the papers' values were tuned for GPT-2 XL / GPT-J).
 
 The first N records of `counterfact_easyedit/counterfact-train.json` (disjoint from the `-edit` split the
 other experiments evaluate on) are edited together; targets are optimised once per method and every λ of
@@ -9,7 +9,7 @@ most preserving of the near-best settings: a point is below one record's weight 
 the packaged SmolLM2 hyperparameter files (`jaxedit/hparams/{memit,pmet}/llama-30.json`) use. Writes
 `experiments/results/mass_lambda.{json,md,png}`.
 
-    python experiments/mass_lambda.py [--n 64] [--grid 15000,6000,2000,1000,500,200]
+    python experiments/mass_lambda.py [--n 64] [--grid 15000,6000,2000,1000,500,200] [--methods memit,pmet:clamp=2]
 """
 
 from __future__ import annotations
@@ -38,6 +38,14 @@ NAME = "mass_lambda"
 KEYS = ("ES", "PS", "NS", "score")
 
 
+def variant(model, spec: str):
+    """`memit`, `pmet`, or a method with target settings changed: `pmet:clamp=3:attn_clamp=0.75`."""
+    name, *changes = spec.split(":")
+    hp = default_hparams(model, name)
+    fields = {key: float(value) for key, value in (c.split("=") for c in changes)}
+    return dataclasses.replace(hp, targets=dataclasses.replace(hp.targets, **fields))
+
+
 def choose(points: dict[str, dict]) -> str:
     """The largest λ whose score is within one point of the best score."""
     top = max(p["score"] for p in points.values())
@@ -48,7 +56,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--grid", default="15000,6000,2000,1000,500,200")
-    parser.add_argument("--methods", default="memit,pmet")
+    parser.add_argument(
+        "--methods",
+        default="memit,pmet,pmet:clamp=2:attn_clamp=0.75,pmet:clamp=4:attn_clamp=0.75",
+        help="methods, each optionally with target settings changed (pmet:clamp=3)",
+    )
     parser.add_argument("--stats-samples", type=int, default=1000)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -62,13 +74,13 @@ def main() -> None:
     points = CACHE / NAME / f"train-n{len(cases)}"
     points.mkdir(parents=True, exist_ok=True)
     for method in args.methods.split(","):
-        hp = default_hparams(model, method)
+        hp = variant(model, method)
         stats = key_statistics(model, hp.layers, texts, corpus_id=f"wikipedia:{args.stats_samples}")
         templates = context_templates(model, hp.prefixes)
         targets = cached_targets(model, requests, hp, templates)
         results[method] = {}
         for weight in grid:
-            point = points / f"{method}-{weight:g}.json"
+            point = points / f"{method.replace(':', '-')}-{weight:g}.json"
             if not point.exists():
                 changed = dataclasses.replace(hp, mom2_weight=weight)
                 delta = memit(

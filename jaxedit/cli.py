@@ -135,13 +135,13 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
-def _statistics(model, layers, corpus: str | None, samples: int, max_len: int):
+def _statistics(model, layers, corpus: str | None, samples: int, max_len: int, site: str = "mlp_key"):
     from jaxedit.edit.stats import corpus_or_samples, key_statistics
 
     texts, corpus_id = corpus_or_samples(model, corpus, samples)
     if corpus is None:
         print(f"statistics: no --corpus given, using {len(texts)} texts sampled from the model itself")
-    return key_statistics(model, layers, texts, corpus_id=corpus_id, max_len=max_len)
+    return key_statistics(model, layers, texts, corpus_id=corpus_id, max_len=max_len, site=site)
 
 
 def _editor(model, args: argparse.Namespace):
@@ -160,8 +160,13 @@ def _editor(model, args: argparse.Namespace):
         if getattr(args, "layers", None):
             hp = dataclasses.replace(hp, layers=tuple(args.layers))
         stats = _statistics(model, list(hp.layers), args.corpus, args.stats_samples, args.max_len)
+        attn = None
+        if hp.update_attn:  # PMET's ablation in a user's hyperparameter file
+            attn = _statistics(
+                model, list(hp.layers), args.corpus, args.stats_samples, args.max_len, "attn_heads"
+            )
         templates = context_templates(model, hp.prefixes)
-        return lambda m, requests: memit(m, requests, stats, hp, templates=templates)
+        return lambda m, requests: memit(m, requests, stats, hp, templates=templates, attn_stats=attn)
     if args.method in ("ft", "ft-l"):
         layer = default_layer(model) if args.layer is None else args.layer
         ft = dataclasses.replace(FT if args.method == "ft" else FT_L, layer=layer)

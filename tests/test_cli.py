@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
+
 from jaxedit import cli
 
 
@@ -84,7 +86,14 @@ def test_eval_writes_a_summary(tiny_dirs, tmp_path, capsys) -> None:
     assert "| ft-l |" in capsys.readouterr().out
 
 
-def test_eval_memit_edits_records_in_batches(tiny_dirs, tmp_path, capsys) -> None:
+PMET_ATTN_FILE = {  # a user's copy of the PMET settings with the attention-projection ablation on
+    "layers": [0, 1], "mom2_weight": 1.0, "spread": "sqrt", "update_attn": True, "method": "pmet",
+    "targets": {"steps": 3, "reference": "mlp_out", "attn_delta": True, "nll_schedule": True},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["memit", "pmet-attn"])
+def test_eval_memit_edits_records_in_batches(tiny_dirs, tmp_path, capsys, method) -> None:
     import json
 
     records = [
@@ -120,22 +129,17 @@ def test_eval_memit_edits_records_in_batches(tiny_dirs, tmp_path, capsys) -> Non
     data = tmp_path / "cf.json"
     data.write_text(json.dumps(records))
     model = str(tiny_dirs["llama_gqa_untied"])
-    args = [
-        "eval",
-        model,
-        "--method",
-        "memit",
-        "--dataset",
-        str(data),
-        "--out",
-        str(tmp_path / "run"),
-        "--batch",
-        "2",
-    ]
-    args += ["--layers", "0", "1", "--stats-samples", "20", "--max-len", "16", "--generation-tokens", "0"]
+    name = method.split("-")[0]
+    args = ["eval", model, "--method", name, "--dataset", str(data), "--out", str(tmp_path / "run")]
+    args += ["--batch", "2", "--stats-samples", "20", "--max-len", "16", "--generation-tokens", "0"]
+    if method == "pmet-attn":
+        (tmp_path / "pmet.json").write_text(json.dumps(PMET_ATTN_FILE))
+        args += ["--hparams", str(tmp_path / "pmet.json")]
+    else:
+        args += ["--layers", "0", "1"]
     assert cli.main(args) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["memit"]["n"] == 3 and summary["batch"] == 2
+    assert summary[name]["n"] == 3 and summary["batch"] == 2
     cases = [json.loads((tmp_path / "run" / "cases" / f"{i}.json").read_text()) for i in range(3)]
     assert cases[0]["edit"]["id"] == cases[1]["edit"]["id"] != cases[2]["edit"]["id"]  # two batches
     assert cases[0]["edit"]["rank"] == 2 and cases[2]["edit"]["rank"] == 1
