@@ -21,6 +21,7 @@ import logging
 import time
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -71,6 +72,7 @@ def main() -> None:
     grid = [float(x) for x in args.grid.split(",")]
     requests = [c.request for c in cases]
     results: dict = {"unedited": summarise([score_case(model, c, generation_tokens=0) for c in cases])}
+    diagnostics: dict = {}
     points = CACHE / NAME / f"train-n{len(cases)}"
     points.mkdir(parents=True, exist_ok=True)
     for method in args.methods.split(","):
@@ -78,6 +80,12 @@ def main() -> None:
         stats = key_statistics(model, hp.layers, texts, corpus_id=f"wikipedia:{args.stats_samples}")
         templates = context_templates(model, hp.prefixes)
         targets = cached_targets(model, requests, hp, templates)
+        ratio = np.linalg.norm(targets.delta, axis=1) / np.linalg.norm(targets.m0, axis=1)
+        diagnostics[method] = {
+            "target_nll": round(float(targets.nll.mean()), 3),
+            "reference_norm": round(float(np.linalg.norm(targets.m0, axis=1).mean()), 2),
+            "at_clamp": round(float(np.mean(ratio >= 0.999 * hp.targets.clamp)), 3),
+        }
         results[method] = {}
         for weight in grid:
             point = points / f"{method.replace(':', '-')}-{weight:g}.json"
@@ -94,7 +102,10 @@ def main() -> None:
     seconds = round(time.perf_counter() - start)
     methods = args.methods.split(",")
     best = {m: choose(results[m]) for m in methods}
-    settings = {"records": len(cases), "grid": grid, "best": best, "seconds": seconds, "machine": machine()}
+    settings = {
+        "records": len(cases), "grid": grid, "best": best, "seconds": seconds, "machine": machine(),
+        "targets": diagnostics,
+    }  # fmt: skip
     write_text(RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1))
 
     fig, axes = plt.subplots(1, len(KEYS), figsize=(4 * len(KEYS), 3.2), sharex=True)
@@ -107,6 +118,18 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(RESULTS / f"{NAME}.png", dpi=120)
 
+    chosen = ", ".join(f"{m} {float(best[m]):g}" for m in methods)
+    packaged = ", ".join(
+        f"{base}: `{top}` λ {float(best[top]):g}"
+        for base in sorted({m.split(":")[0] for m in methods})
+        for top in [
+            max((m for m in methods if m.split(":")[0] == base), key=lambda m: results[m][best[m]]["score"])
+        ]
+    )
+    diag = "\n".join(
+        f"- `{m}`: NLL {d['target_nll']}, norm {d['reference_norm']}, at clamp {d['at_clamp']}"
+        for m, d in diagnostics.items()
+    )
     rows = ["| method | λ | " + " | ".join(KEYS) + " |", "|---" * (len(KEYS) + 2) + "|"]
     rows.append("| unedited | - | " + " | ".join(str(results["unedited"][k]) for k in KEYS) + " |")
     for m in methods:
@@ -126,13 +149,24 @@ per method with the packaged settings, the layer updates solved again for each �
 
 {chr(10).join(rows)}
 
-Chosen λ (the largest within one point of the best score): {", ".join(f"{m} {float(best[m]):g}" for m in methods)}. The papers' values (GPT-J: MEMIT 15,000,
-PMET 6,000) were tuned on GPT-J's key statistics; SmolLM2's keys (1,536 wide, layers 0-4) need a smaller λ
-for the batch's keys to outweigh the preservation term.
+Chosen λ per variant (the largest within one point of the best score): {chosen}.
+Packaged (the variant of each method whose chosen point scores best): {packaged}.
+
+The papers' λ (GPT-J: MEMIT 15,000, PMET 6,000) were tuned on GPT-J's key statistics; on SmolLM2's
+(1,536-wide keys, layers 0-4) they leave most of the edits undone, and a smaller λ lets the batch's keys
+outweigh the preservation term. PMET's δm is clamped relative to the MLP output it is added to, MEMIT's δ
+relative to the residual; the targets per variant (mean final target NLL, mean norm of the vector the
+clamp is relative to, share of targets at the clamp):
+
+{diag}
+
+At SmolLM2's layer 4 the MLP output is much smaller than the residual, so GPT-J's clamp 0.75 keeps δm
+from reaching its targets and a wider clamp is needed.
 
 ![λ sweep]({NAME}.png)
 """
     write_text(RESULTS / f"{NAME}.md", md)
+    # the target NLLs quoted above are those of the cached targets (mean over the records)
     print(md)
 
 

@@ -16,11 +16,12 @@ KIND_CMAPS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
 
 
 def _heatmap(fig: Any, ax: Any, grid: np.ndarray, cmap: str, vmin: float, labels: list[str]) -> Any:
-    """One panel: rows labelled top-down, layers across (ticks every ~8th layer), with a colour bar."""
+    """One panel: rows labelled top-down, layers across (at most 7 layer ticks, at round steps), with a
+    colour bar."""
     image = ax.pcolormesh(grid, cmap=cmap, vmin=vmin)
     ax.invert_yaxis()
     ax.set_yticks(np.arange(len(labels)) + 0.5, labels, fontsize=8)
-    step = max(1, grid.shape[1] // 8)
+    step = next(s for s in (1, 2, 5, 10, 20, 50, 100) if -(-grid.shape[1] // s) <= 7)
     ax.set_xticks(np.arange(0, grid.shape[1], step) + 0.5, [str(i) for i in range(0, grid.shape[1], step)])
     ax.set_xlabel("layer")
     return fig.colorbar(image, ax=ax, fraction=0.05)
