@@ -2,8 +2,9 @@
 records (METHODS.md §6, §7: the papers' values were tuned for GPT-2 XL / GPT-J).
 
 The first N records of `counterfact_easyedit/counterfact-train.json` (disjoint from the `-edit` split the
-other experiments evaluate on) are edited together; targets are optimised once per method and every λ of
-the grid re-solves the layer updates from them. Each point reports ES, PS, NS (no generation) and their
+other experiments evaluate on) are edited together, starting from the papers' GPT-J CounterFact settings
+(on SmolLM2's packaged layers) and variants of PMET's clamps; targets are optimised once per variant and
+every λ of the grid re-solves the layer updates from them. Each point reports ES, PS, NS (no generation) and their
 harmonic mean; the md names, per method, the largest λ whose score is within one point of the best (the
 most preserving of the near-best settings: a point is below one record's weight at 64 records), which
 the packaged SmolLM2 hyperparameter files (`jaxedit/hparams/{memit,pmet}/llama-30.json`) use. Writes
@@ -30,7 +31,7 @@ from common import CACHE, RESULTS, cached_targets, machine, shared_data, write_t
 import jaxedit
 from jaxedit.edit import apply, key_statistics
 from jaxedit.edit.contexts import context_templates
-from jaxedit.edit.memit import default_hparams, memit
+from jaxedit.edit.memit import MemitHparams, default_hparams, memit, pmet_hparams
 from jaxedit.edit.stats import read_corpus
 from jaxedit.evaluate import read_counterfact
 from jaxedit.evaluate.counterfact import score_case, summarise
@@ -40,9 +41,11 @@ KEYS = ("ES", "PS", "NS", "score")
 
 
 def variant(model, spec: str):
-    """`memit`, `pmet`, or a method with target settings changed: `pmet:clamp=3:attn_clamp=0.75`."""
+    """The papers' GPT-J CounterFact settings of `memit` or `pmet` (§6, §7) on the packaged SmolLM2 layers,
+    optionally with target settings changed: `pmet:clamp=3:attn_clamp=0.75`."""
     name, *changes = spec.split(":")
-    hp = default_hparams(model, name)
+    layers = default_hparams(model, name).layers
+    hp = MemitHparams(layers=layers) if name == "memit" else pmet_hparams(layers)
     fields = {key: float(value) for key, value in (c.split("=") for c in changes)}
     return dataclasses.replace(hp, targets=dataclasses.replace(hp.targets, **fields))
 
@@ -141,11 +144,13 @@ def main() -> None:
     md = f"""# λ for MEMIT and PMET on SmolLM2
 
 Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of
-`counterfact_easyedit/counterfact-train.json`, all edited in one batch per method; targets optimised once
-per method with the packaged settings, the layer updates solved again for each λ. Statistics over
-{args.stats_samples} Wikipedia articles. Score = harmonic mean of ES, PS, NS (no fluency here). Run time
-{seconds / 60:.0f} min on {machine()}. Produced by `python experiments/{NAME}.py --n {len(cases)}
---grid {args.grid}`.
+`counterfact_easyedit/counterfact-train.json` (held out from the `-edit` split), all edited in one batch
+per variant. Variants: the papers' GPT-J CounterFact settings of MEMIT and PMET on SmolLM2's packaged
+layers, and PMET with its δm clamp changed (`name:field=value`); targets optimised once per variant, the
+layer updates solved again for each λ. Statistics over {args.stats_samples} Wikipedia articles. Score =
+harmonic mean of ES, PS, NS (no fluency here). Each variant's targets and points take about 5 and 3 min
+on {machine()} (cached per record and point; this invocation: {seconds / 60:.0f} min). Produced by
+`python experiments/{NAME}.py --n {len(cases)} --grid {args.grid} --methods {args.methods}`.
 
 {chr(10).join(rows)}
 
