@@ -159,3 +159,41 @@ def test_unedited_scores_are_shared_across_methods(model, tmp_path, monkeypatch)
     )  # fmt: skip
     assert len(calls) == 2 and all(k["reference"] is not None for k in calls)  # edited rows only
     assert second["unedited"] == first["unedited"]
+
+
+def test_an_interrupted_batch_rescores_only_its_missing_cases(model, tmp_path, monkeypatch) -> None:
+    from jaxedit.evaluate import counterfact
+
+    path = tmp_path / "cf.json"
+    path.write_text(json.dumps([ROME_RECORD, EASYEDIT_RECORD]))
+    cases = read_counterfact(path)
+    c = model.config
+    zero = Delta(layers=(1,), left=np.zeros((1, 1, c.d_mlp)), right=np.zeros((1, 1, c.d_model)), method="z")
+    out = tmp_path / "run"
+    first = evaluate_counterfact(
+        model,
+        cases,
+        lambda m, rs: zero,
+        method="b",
+        batch=2,
+        out_dir=out,
+        generation_tokens=0,
+        progress=False,
+    )
+    (out / "cases" / "8.json").unlink()  # as if the run stopped after scoring case 7
+    calls = []
+    original = counterfact.score_case
+    monkeypatch.setattr(
+        counterfact, "score_case", lambda m, case, **k: calls.append(case.case_id) or original(m, case, **k)
+    )
+    again = evaluate_counterfact(
+        model,
+        cases,
+        lambda m, rs: zero,
+        method="b",
+        batch=2,
+        out_dir=out,
+        generation_tokens=0,
+        progress=False,
+    )
+    assert calls == ["8", "8"] and again["b"] == first["b"]  # case 8 scored before and after, case 7 reused

@@ -64,6 +64,7 @@ def run_edits(
         paths = [directory / "cases" / f"{c.case_id}.json" if directory is not None else None for c in group]
         if all(p is not None and p.exists() for p in paths):
             saved_group = [json.loads(p.read_text()) for p in paths]
+            bar.update(len(group))
         else:
             edited, edit_summary = None, None
             if edit is not None:
@@ -73,6 +74,10 @@ def run_edits(
                 edited, edit_summary = apply(model, delta), delta.summary()
             saved_group = []
             for case, path in zip(group, paths, strict=True):
+                if path is not None and path.exists():  # scored before an interruption (same edit)
+                    saved_group.append(json.loads(path.read_text()))
+                    bar.update(1)
+                    continue
                 saved = {
                     "case_id": case.case_id,
                     "request": case.request.to_dict(),
@@ -86,10 +91,10 @@ def run_edits(
                     path.parent.mkdir(parents=True, exist_ok=True)
                     atomic_write_bytes(path, json.dumps(saved, indent=1).encode())
                 saved_group.append(saved)
+                bar.update(1)  # per case: a batch of thousands shows its scoring progress
         for saved in saved_group:
             pre_rows.append(saved["pre"])
             if "post" in saved:
                 post_rows.append(saved["post"])
-        bar.update(len(group))
     bar.close()
     return pre_rows, post_rows
