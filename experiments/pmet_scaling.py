@@ -82,6 +82,7 @@ def main() -> None:
                 solve=solve,
             ):
                 begin = time.perf_counter()
+                batch = batch if isinstance(batch, list) else [batch]  # the runner passes one request alone
                 delta = memit(m, batch, stats, hp, templates=templates, targets=targets)
                 solve["seconds"] = round(time.perf_counter() - begin, 1)
                 return delta
