@@ -132,7 +132,7 @@ on {machine()}. Produced by `python experiments/{NAME}.py --max {args.max} --poi
 ![scaling]({NAME}.png)
 
 Paper 002 Fig. 3 (GPT-J, up to 10,000 edits): efficacy and generalization of PMET stay highest as edits
-grow, MEMIT keeps slightly better specificity; ROME collapses under sequential edits.
+grow, MEMIT keeps slightly better specificity.
 """
     write_text(RESULTS / f"{NAME}.md", md)
     print(md)
