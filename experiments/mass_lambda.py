@@ -148,8 +148,8 @@ Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of
 per variant. Variants: the papers' GPT-J CounterFact settings of MEMIT and PMET on SmolLM2's packaged
 layers, and PMET with its δm clamp changed (`name:field=value`); targets optimised once per variant, the
 layer updates solved again for each λ. Statistics over {args.stats_samples} Wikipedia articles. Score =
-harmonic mean of ES, PS, NS (no fluency here). Each variant's targets and points take about 5 and 3 min
-on {machine()} (cached per record and point; this invocation: {seconds / 60:.0f} min). Produced by
+harmonic mean of ES, PS, NS (no fluency here). Run time of this invocation {seconds / 60:.0f} min on {machine()} (targets and points cached per record and
+point by earlier invocations are not counted). Produced by
 `python experiments/{NAME}.py --n {len(cases)} --grid {args.grid} --methods {args.methods}`.
 
 {chr(10).join(rows)}
