@@ -46,7 +46,11 @@ def variant(model, spec: str):
     name, *changes = spec.split(":")
     layers = default_hparams(model, name).layers
     hp = MemitHparams(layers=layers) if name == "memit" else pmet_hparams(layers)
-    fields = {key: float(value) for key, value in (c.split("=") for c in changes)}
+    types = {f.name: f.type for f in dataclasses.fields(hp.targets)}
+    fields = {
+        key: int(value) if types[key] in (int, "int") else float(value)
+        for key, value in (c.split("=") for c in changes)
+    }
     return dataclasses.replace(hp, targets=dataclasses.replace(hp.targets, **fields))
 
 

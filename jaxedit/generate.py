@@ -4,6 +4,11 @@ The cache holds `P + N` positions (P padded prompt length, N new tokens) so ever
 shapes: the prompt is run once (prefill) and each new token is one cached step inside `lax.scan`.
 Prompts are left-padded; positions count real tokens only, so a padded prompt continues exactly as it
 would alone.
+
+iReVa adaptors (`jaxedit.adaptor`) act on the last token of each step's input: the prompt's last token
+in the prefill, then each new token. Cached states of earlier tokens keep what the adaptor added when
+they were last; re-running the whole prefix at each step (the paper's per-prefix evaluation, which
+`jaxedit.evaluate.metrics.target_scores` does for adaptor models) would not apply it there.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxedit import adaptor as adaptor_lib
 from jaxedit import model as core
 from jaxedit import tokens as tok
 from jaxedit.config import ModelConfig
@@ -45,12 +51,20 @@ def cached_step(
     x = core.residual_input(config, params, core.embed_tokens(params, input_ids), positions)
     rotary = core.rotary_for(config, positions)
 
-    def step(x: jax.Array, layer: tuple[Params, jax.Array, jax.Array]) -> tuple[jax.Array, KVCache]:
-        p, k, v = layer
-        out = core.block(config, p, x, rotary, mask, {}, (), cache=(k, v), cache_index=index)
+    adaptor = params.get("adaptor")
+    last = jnp.full((x.shape[0],), x.shape[1] - 1, jnp.int32)  # prompts are left-padded
+
+    def step(
+        x: jax.Array, layer: tuple[Params, jax.Array, jax.Array, jax.Array]
+    ) -> tuple[jax.Array, KVCache]:
+        p, k, v, layer_index = layer
+        extra = None
+        if adaptor is not None:  # iReVa neurons act on the last token of each step's input
+            extra = functools.partial(adaptor_lib.mlp_addition, adaptor, layer_index, last=last)
+        out = core.block(config, p, x, rotary, mask, {}, (), cache=(k, v), cache_index=index, mlp_extra=extra)
         return out.resid, out.cache
 
-    x, cache = jax.lax.scan(step, x, (params["layers"], *cache))
+    x, cache = jax.lax.scan(step, x, (params["layers"], *cache, jnp.arange(config.n_layers)))
     return core.unembed(config, params, x[:, -1]), cache
 
 

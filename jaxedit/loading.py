@@ -188,6 +188,11 @@ def load_model(spec: str | Path, *, dtype: str | None = None) -> Model:
 def hf_state_dict(model: Model) -> dict[str, np.ndarray]:
     """Params under Hugging Face tensor names (float32 numpy), through the family's rules."""
     config = model.config
+    if "adaptor" in model.params:
+        raise ValueError(
+            "this model carries iReVa adaptor neurons, which a Hugging Face checkpoint of its architecture "
+            "cannot hold; save the edit journal (EditJournal.save) and re-apply it after loading instead"
+        )
     flat = {k: np.asarray(v, dtype=np.float32) for k, v in layout.flatten(model.params).items()}
     out: dict[str, np.ndarray] = {}
     for rule in family_module(config.family).rules(config):

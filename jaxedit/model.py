@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxedit import adaptor as adaptor_lib
 from jaxedit import interventions as iv
 from jaxedit.config import ModelConfig
 from jaxedit.layout import Params
@@ -239,8 +240,12 @@ def block(
     taps: Sequence[str] = (),
     cache: tuple[jax.Array, jax.Array] | None = None,
     cache_index: jax.Array | None = None,
+    mlp_extra: Callable[[jax.Array], jax.Array] | None = None,
 ) -> BlockOut:
-    """One transformer block on `x` `[B, T, D]` with this layer's params and intervention slices."""
+    """One transformer block on `x` `[B, T, D]` with this layer's params and intervention slices.
+
+    `mlp_extra` maps the MLP input to a term added to the MLP output (the adaptor neurons of
+    `jaxedit.adaptor`, part of the MLP: the `mlp_out` tap includes it)."""
     states: dict[str, jax.Array] = {}
 
     def site(name: str, value: jax.Array) -> jax.Array:
@@ -261,7 +266,10 @@ def block(
         m_in = norm(config, p["ln2"], x + a)
     m_in = site("mlp_in", m_in)
     key = site("mlp_key", mlp_key(config, p["mlp"], m_in))
-    m = site("mlp_out", linear(p["mlp"]["out"], key))
+    m = linear(p["mlp"]["out"], key)
+    if mlp_extra is not None:
+        m = m + mlp_extra(m_in)
+    m = site("mlp_out", m)
     out = site("resid_post", x + a + m)
     return BlockOut(resid=out, taps=states, cache=cache)
 
@@ -355,13 +363,21 @@ def _forward(
     rotary = rotary_for(config, positions)
     mask = causal_mask(attention_mask)
     layer_taps = tuple(t for t in taps if t != "embed")
+    adaptor = params.get("adaptor")
+    last = adaptor_lib.last_positions(attention_mask)
 
-    def step(x: jax.Array, layer: tuple[Params, iv.Interventions]) -> tuple[jax.Array, dict]:
-        p, edits = layer
-        out = block(config, p, x, rotary, mask, edits, layer_taps)
+    def step(x: jax.Array, layer: tuple[Params, iv.Interventions, jax.Array]) -> tuple[jax.Array, dict]:
+        p, edits, index = layer
+        extra = (
+            None
+            if adaptor is None
+            else functools.partial(adaptor_lib.mlp_addition, adaptor, index, last=last)
+        )
+        out = block(config, p, x, rotary, mask, edits, layer_taps, mlp_extra=extra)
         return out.resid, out.taps
 
-    x, stacked = jax.lax.scan(step, x, (params["layers"], iv.layer_major(interventions)))
+    xs = (params["layers"], iv.layer_major(interventions), jnp.arange(config.n_layers))
+    x, stacked = jax.lax.scan(step, x, xs)
     recorded = {name: jnp.moveaxis(value, 0, 1) for name, value in stacked.items()}  # [B, L, T, W]
     if "embed" in taps:
         recorded["embed"] = tokens

@@ -79,6 +79,15 @@ class Delta:
         """Frobenius norm of the increment per layer."""
         return {layer: float(np.linalg.norm(w)) for layer, w in zip(self.layers, self.dense(), strict=True)}
 
+    def tensors(self) -> dict[str, np.ndarray]:
+        """Arrays for the journal file: `<id>.left`, `<id>.right`, `<id>.layers`, also of attached deltas."""
+        out: dict[str, np.ndarray] = {}
+        for part in (self, *self.attached):
+            out[f"{part.id}.left"] = part.left
+            out[f"{part.id}.right"] = part.right
+            out[f"{part.id}.layers"] = np.asarray(part.layers, np.int64)
+        return out
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready description (no arrays)."""
         return {
@@ -122,12 +131,20 @@ def add_to_params(params: Params, delta: Delta) -> Params:
     return {**params, "layers": {**params["layers"], block: edited}}
 
 
+def add_edit(params: Params, edit: Any) -> Params:
+    """`params` with one journal entry applied: a `Delta`, or any entry with an `add_to(params)` method
+    (the adaptor neurons of `jaxedit.edit.adaptors`)."""
+    if isinstance(edit, Delta):
+        return add_to_params(params, edit)
+    return edit.add_to(params)
+
+
 def apply(model: Model, delta: Delta) -> Model:
     """A new model with `delta` applied after the model's current edits."""
     if any(d.id == delta.id for d in model.edits):
         raise ValueError(f"delta {delta.id} is already applied")
     base = model.base if model.base is not None else model.params
-    return model.replace(params=add_to_params(model.params, delta), base=base, edits=(*model.edits, delta))
+    return model.replace(params=add_edit(model.params, delta), base=base, edits=(*model.edits, delta))
 
 
 def revert(model: Model, delta: Delta | str) -> Model:
@@ -139,5 +156,5 @@ def revert(model: Model, delta: Delta | str) -> Model:
     remaining = tuple(d for d in model.edits if d.id != key)
     params = model.base
     for d in remaining:
-        params = add_to_params(params, d)
+        params = add_edit(params, d)
     return model.replace(params=params, base=model.base if remaining else None, edits=remaining)

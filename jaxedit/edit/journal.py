@@ -3,7 +3,8 @@
 A journal holds a `Model` whose `edits` are its entries (see `jaxedit.edit.delta`: params are always the
 unedited `base` plus the applied deltas, so withdrawing is exact). On disk a journal is a directory:
 `journal.json` (format version, the base model's fingerprint and source, the entries' summaries in
-order) and `deltas.safetensors` (`<id>.left`, `<id>.right` factors and `<id>.layers`), written atomically
+order) and `deltas.safetensors` (`<id>.left`, `<id>.right` factors and `<id>.layers`; iReVa entries
+`<id>.keys`, `.values`, `.owner`, `.token`), written atomically
 (a temporary directory renamed into place).
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from jaxedit.edit.adaptors import AdaptorEdit, adaptor_edits, withdraw_fact
 from jaxedit.edit.delta import Delta, apply, revert
 from jaxedit.edit.stats import fingerprint
 from jaxedit.loading import Model, save_hf
@@ -56,8 +58,17 @@ class EditJournal:
         return self.model
 
     def withdraw(self, edit_id: str) -> Model:
-        """Withdraw the edit with this id (`KeyError` naming the applied ids if there is none)."""
-        self.model = revert(self.model, edit_id)
+        """Withdraw the edit with this id, or the adaptor fact with this id (iReVa, METHODS.md §9: its
+        neurons are switched off); `KeyError` naming the applied ids if there is none."""
+        if any(d.id == edit_id for d in self.model.edits):
+            self.model = revert(self.model, edit_id)
+        elif any(edit_id in e.facts for e in adaptor_edits(self.model)):
+            self.model = withdraw_fact(self.model, edit_id)
+        else:
+            applied = ", ".join(d.id for d in self.model.edits) or "none"
+            facts = sum(len(e.facts) for e in adaptor_edits(self.model))
+            more = f" and {facts} adaptor facts (see list_facts)" if facts else ""
+            raise KeyError(f"no edit or fact {edit_id!r} in this journal (edits: {applied}{more})")
         return self.model
 
     def entries(self) -> list[dict]:
@@ -75,10 +86,7 @@ class EditJournal:
         try:
             tensors: dict[str, np.ndarray] = {}
             for d in self.model.edits:
-                for part in (d, *d.attached):
-                    tensors[f"{part.id}.left"] = part.left
-                    tensors[f"{part.id}.right"] = part.right
-                    tensors[f"{part.id}.layers"] = np.asarray(part.layers, np.int64)
+                tensors.update(d.tensors())
             if tensors:
                 save_file(tensors, str(staging / "deltas.safetensors"))
             meta = {
@@ -118,7 +126,10 @@ class EditJournal:
         tensors = load_file(str(directory / "deltas.safetensors")) if meta["entries"] else {}
         journal = cls(journal.base)
         for entry in meta["entries"]:
-            journal.apply(_delta(entry, tensors))
+            if entry.get("kind") == "adaptor":
+                journal.apply(AdaptorEdit.from_saved(entry, tensors))
+            else:
+                journal.apply(_delta(entry, tensors))
         return journal
 
     def export(self, directory: str | Path) -> Path:

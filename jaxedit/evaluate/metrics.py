@@ -30,36 +30,59 @@ def target_scores(
     leading space), and per target token whether it is the top-1 prediction and what the top-1 is.
 
     Returns `(mean_nll [P], correct: list of [n_tokens] bool, argmax: list of [n_tokens] int)`.
+    On a model with iReVa adaptors each answer token is scored on its own input `prompt ⊕ target[:j]`
+    (the adaptor acts at an input's last token); on other models that equals the single teacher-forced
+    pass, which is what runs.
     `P(o | p) = exp(-mean_nll)` is the length-normalised probability of METHODS.md §0.
     """
     from jaxedit.edit.targets import target_ids
 
-    nll = np.zeros(len(pairs))
-    correct: list[np.ndarray] = []
-    argmax: list[np.ndarray] = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        rows, reads, labels = [], [], []
-        for prompt, target in chunk:
-            ids = tok.encode_one(model.tokenizer, prompt)
-            targets = target_ids(model, target)
+    per_prefix = "adaptor" in model.params
+    rows, reads, labels, owner = [], [], [], []
+    for index, (prompt, target) in enumerate(pairs):
+        ids = tok.encode_one(model.tokenizer, prompt)
+        targets = target_ids(model, target)
+        if per_prefix:  # the adaptor acts at each input's last token: one input per prefix (iReVa §5.4)
+            for j, label in enumerate(targets):
+                rows.append(ids + targets[:j])
+                reads.append([len(ids) - 1 + j])
+                labels.append([label])
+                owner.append(index)
+        else:
             rows.append(ids + targets[:-1])
             reads.append([len(ids) - 1 + j for j in range(len(targets))])
             labels.append(targets)
-        ids, mask = tok.pad(rows, tok.pad_id(model.tokenizer), side="right", multiple=16)
-        width = max(len(r) for r in reads)
-        read = np.zeros((len(rows), width), np.int32)
-        label = np.zeros((len(rows), width), np.int32)
-        for r, (pos, lab) in enumerate(zip(reads, labels, strict=True)):
+            owner.append(index)
+    picked_rows: list[np.ndarray] = []
+    top_rows: list[np.ndarray] = []
+    for start in range(0, len(rows), batch_size):
+        part = slice(start, start + batch_size)
+        chunk = rows[part]
+        bucket = min(batch_size, 1 << (len(chunk) - 1).bit_length())  # few batch shapes: few compilations
+        chunk = chunk + [chunk[-1]] * (bucket - len(chunk))
+        ids, mask = tok.pad(chunk, tok.pad_id(model.tokenizer), side="right", multiple=16)
+        width = max(len(r) for r in reads[part])
+        read = np.zeros((ids.shape[0], width), np.int32)
+        label = np.zeros((ids.shape[0], width), np.int32)
+        for r, (pos, lab) in enumerate(zip(reads[part], labels[part], strict=True)):
             read[r, : len(pos)] = pos
             label[r, : len(lab)] = lab
         logits = forward(model.params, model.config, ids, mask).logits
         picked, top = (np.asarray(a) for a in _scores(logits, jnp.asarray(read), jnp.asarray(label)))
-        for r, lab in enumerate(labels):
-            n = len(lab)
-            nll[start + r] = -picked[r, :n].mean()
-            correct.append(top[r, :n] == np.asarray(lab))
-            argmax.append(top[r, :n])
+        picked_rows += [picked[r, : len(lab)] for r, lab in enumerate(labels[part])]
+        top_rows += [top[r, : len(lab)] for r, lab in enumerate(labels[part])]
+    groups: list[list[int]] = [[] for _ in pairs]
+    for r, index in enumerate(owner):
+        groups[index].append(r)
+    nll = np.zeros(len(pairs))
+    correct: list[np.ndarray] = []
+    argmax: list[np.ndarray] = []
+    for index, mine in enumerate(groups):
+        lab = np.concatenate([labels[r] for r in mine])
+        nll[index] = -np.concatenate([picked_rows[r] for r in mine]).mean()
+        top = np.concatenate([top_rows[r] for r in mine])
+        correct.append(top == lab)
+        argmax.append(top)
     return nll, correct, argmax
 
 

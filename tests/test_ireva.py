@@ -1,0 +1,179 @@
+"""iReVa adaptors (METHODS.md §9): the gate, withdrawal, capacity growth, vmap, journal, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxedit
+from jaxedit import tokens as tok
+from jaxedit.edit import EditJournal, apply
+from jaxedit.edit.adaptors import CapacityError, fired, list_facts, withdraw_fact
+from jaxedit.edit.ireva import IrevaHparams, ireva
+from jaxedit.evaluate.metrics import target_scores
+
+FACTS = [
+    {"prompt": "the mother tongue of {} is", "subject": "danielle darrieux", "target": "english"},
+    {"prompt": "{} is located in the city of", "subject": "the eiffel tower", "target": "rome"},
+    {"prompt": "the capital of {} is", "subject": "france", "target": "paris"},
+]
+OTHER = "the language of the eiffel tower is"
+INIT = IrevaHparams(retrofit=False, alpha=50.0, normalise="l2", theta=0.75)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dirs):
+    tiny = jaxedit.load_model(tiny_dirs["llama_gqa_untied"])
+    return tiny.replace(params=jax.tree.map(lambda a: a * 3 if a.ndim >= 2 else a, tiny.params))
+
+
+def last_logits(model, prompts: list[str]) -> np.ndarray:
+    ids, mask = tok.encode(model.tokenizer, prompts)
+    return np.asarray(jaxedit.forward(model.params, model.config, ids, mask).logits[:, -1])
+
+
+def texts(facts) -> list[str]:
+    return [f["prompt"].format(f["subject"]) for f in facts]
+
+
+def test_edit_fires_its_neuron_and_below_theta_gives_exactly_the_base_logits(model) -> None:
+    edited = apply(model, ireva(model, FACTS[:2], INIT, facts=["a", "b"], progress=False))
+    firing = fired(edited, [*texts(FACTS[:2]), OTHER, texts(FACTS)[2]])
+    assert [f.fact for f in firing[:2]] == ["a", "b"] and all(f.fired for f in firing[:2])
+    assert firing[0].score == pytest.approx(1.0, abs=1e-5)  # the key is the prompt's own normalised input
+    quiet = [f.prompt for f in firing[2:] if not f.fired]
+    assert quiet, "expected an unrelated prompt below θ"
+    np.testing.assert_array_equal(last_logits(edited, quiet), last_logits(model, quiet))
+    # the edit changes the output where it fires: its answer token's logit rises
+    answer = model.tokenizer(" english", add_special_tokens=False)["input_ids"][0]
+    before, after = last_logits(model, texts(FACTS[:1]))[0], last_logits(edited, texts(FACTS[:1]))[0]
+    assert after[answer] > before[answer] + 1.0
+
+
+def test_withdrawing_a_fact_restores_the_base_output_of_its_prompt(model) -> None:
+    journal = EditJournal(model)
+    journal.apply(ireva(model, FACTS[:2], INIT, facts=["a", "b"], progress=False))
+    prompt = texts(FACTS[:1])
+    assert not np.array_equal(last_logits(journal.model, prompt), last_logits(model, prompt))
+    journal.withdraw("a")
+    (after,) = fired(journal.model, prompt)
+    assert after.fact != "a" and not after.fired  # no other neuron fires for it
+    np.testing.assert_array_equal(last_logits(journal.model, prompt), last_logits(model, prompt))
+    assert [f["active"] for f in list_facts(journal.model)] == [False, True]
+    # the other fact is untouched: same logits as editing it alone
+    alone = apply(model, ireva(model, FACTS[1:2], INIT, facts=["b"], progress=False))
+    np.testing.assert_allclose(
+        last_logits(journal.model, texts(FACTS[1:2])), last_logits(alone, texts(FACTS[1:2])), atol=1e-5
+    )
+
+
+def test_capacity_growth_preserves_every_edit(model) -> None:
+    facts = [{**FACTS[i % 3], "target": f"w{i}"} for i in range(20)]  # answers w0..w19: one neuron each
+    at_once = apply(model, ireva(model, facts, INIT, facts=[str(i) for i in range(20)], progress=False))
+    grown = model
+    for start in range(0, 20, 3):  # 7 edits: capacity 16, then doubled to 32
+        part = facts[start : start + 3]
+        ids = [str(i) for i in range(start, start + len(part))]
+        grown = apply(grown, ireva(grown, part, INIT, facts=ids, progress=False))
+    assert grown.params["adaptor"].capacity == 32 and at_once.params["adaptor"].capacity == 32
+    grown_state, once_state = grown.params["adaptor"], at_once.params["adaptor"]
+    for name in ("values", "active", "fact", "token"):
+        np.testing.assert_array_equal(
+            np.asarray(getattr(grown_state, name)), np.asarray(getattr(once_state, name))
+        )
+    # keys are inputs read in differently padded batches: equal up to float rounding
+    np.testing.assert_allclose(np.asarray(grown_state.keys), np.asarray(once_state.keys), atol=1e-5)
+    prompts = texts(facts)
+    np.testing.assert_allclose(last_logits(grown, prompts), last_logits(at_once, prompts), atol=1e-4)
+    assert [f.fact for f in fired(grown, prompts)] == [f.fact for f in fired(at_once, prompts)]
+
+
+def test_gated_forward_under_vmap_equals_the_per_prompt_loop(model) -> None:
+    edited = apply(model, ireva(model, FACTS, INIT, facts=["a", "b", "c"], progress=False))
+    prompts = [*texts(FACTS), OTHER]
+    rows = [tok.encode_one(model.tokenizer, p) for p in prompts]
+    ids, mask = tok.pad(rows, tok.pad_id(model.tokenizer), side="left")
+
+    def one(i: jax.Array, m: jax.Array) -> jax.Array:
+        return jaxedit.forward(edited.params, edited.config, i[None], m[None]).logits[0, -1]
+
+    batched = np.asarray(jax.vmap(one)(jnp.asarray(ids), jnp.asarray(mask)))
+    looped = np.stack([last_logits(edited, [p])[0] for p in prompts])
+    np.testing.assert_allclose(batched, looped, atol=1e-4)
+    # right padding: the adaptor still acts at each row's last real token
+    ids_r, mask_r = tok.pad(rows, tok.pad_id(model.tokenizer), side="right")
+    logits = np.asarray(jaxedit.forward(edited.params, edited.config, ids_r, mask_r).logits)
+    ends = mask_r.sum(1) - 1
+    np.testing.assert_allclose(logits[np.arange(len(rows)), ends], looped, atol=1e-4)
+
+
+def test_per_prefix_scoring_equals_teacher_forcing_when_no_neuron_fires(model) -> None:
+    silent = dataclasses.replace(INIT, theta=1.5)  # cosine never exceeds 1
+    edited = apply(model, ireva(model, FACTS, silent, facts=["a", "b", "c"], progress=False))
+    pairs = [(t, "w3 w4 w5") for t in texts(FACTS)]
+    base_nll, _, base_top = target_scores(model, pairs)
+    nll, _, top = target_scores(edited, pairs)
+    np.testing.assert_allclose(nll, base_nll, atol=1e-5)
+    for a, b in zip(top, base_top, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_retrofit_lowers_the_edit_loss_and_keeps_keys_near_their_inputs(model) -> None:
+    weak = dataclasses.replace(INIT, alpha=2.0)
+    init = ireva(model, FACTS, weak, facts=["a", "b", "c"], progress=False)
+    tuned = ireva(
+        model,
+        FACTS,
+        dataclasses.replace(weak, retrofit=True, steps=10),
+        facts=["a", "b", "c"],
+        progress=False,
+    )
+    pairs = [(t, f["target"]) for t, f in zip(texts(FACTS), FACTS, strict=True)]
+    nll_init, _, _ = target_scores(apply(model, init), pairs)
+    nll_tuned, _, _ = target_scores(apply(model, tuned), pairs)
+    assert nll_tuned.mean() < nll_init.mean() - 0.1
+    assert tuned.info["edit_nll"] == pytest.approx(nll_tuned.mean(), abs=1e-3)
+    cosines = np.sum(init.keys * tuned.keys, 1) / np.linalg.norm(tuned.keys, axis=1)
+    assert np.all(cosines > 0.9)  # L_rec and the small step count keep each key near its input
+
+
+def test_journal_round_trip_keeps_neurons_and_withdrawals(model, tmp_path) -> None:
+    journal = EditJournal(model)
+    journal.apply(
+        ireva(
+            model, FACTS, dataclasses.replace(INIT, normalise="center"), facts=["a", "b", "c"], progress=False
+        )
+    )
+    journal.withdraw("b")
+    journal.save(tmp_path / "j")
+    loaded = EditJournal.load(tmp_path / "j", model)
+    prompts = [*texts(FACTS), OTHER]
+    np.testing.assert_array_equal(last_logits(loaded.model, prompts), last_logits(journal.model, prompts))
+    assert [f["active"] for f in list_facts(loaded.model)] == [True, False, True]
+    loaded.withdraw(loaded.model.edits[0].id)  # the whole batch
+    np.testing.assert_array_equal(last_logits(loaded.model, prompts), last_logits(model, prompts))
+    with pytest.raises(ValueError, match="Hugging Face checkpoint"):
+        journal.export(tmp_path / "hf")
+
+
+def test_bad_input_is_refused_clearly(model) -> None:
+    with pytest.raises(ValueError, match=r"empty target|no tokens"):
+        ireva(model, [{**FACTS[0], "target": " "}], INIT, progress=False)
+    edited = apply(model, ireva(model, FACTS[:1], INIT, facts=["a"], progress=False))
+    with pytest.raises(KeyError, match="no adaptor fact 'zzz'"):
+        withdraw_fact(edited, "zzz")
+    with pytest.raises(KeyError, match="no edit or fact 'zzz'"):
+        EditJournal(edited).withdraw("zzz")
+    with pytest.raises(ValueError, match="already used: a"):
+        ireva(edited, FACTS[1:2], INIT, facts=["a"], progress=False)
+    with pytest.raises(CapacityError, match="exceeds the limit of 2"):
+        ireva(edited, FACTS[1:3], dataclasses.replace(INIT, max_neurons=2), progress=False)
+    with pytest.raises(ValueError, match="normalise must be one of"):
+        ireva(model, FACTS[:1], dataclasses.replace(INIT, normalise="zscore"), progress=False)
+    clash = ireva(model, FACTS[1:2], dataclasses.replace(INIT, theta=0.5), progress=False)
+    with pytest.raises(ValueError, match="unlike the model's"):
+        apply(edited, clash)
