@@ -15,6 +15,7 @@ from jaxedit.edit import EditJournal, apply
 from jaxedit.edit.adaptors import CapacityError, fired, list_facts, withdraw_fact
 from jaxedit.edit.ireva import IrevaHparams, ireva
 from jaxedit.evaluate.metrics import target_scores
+from jaxedit.evaluate.withdrawal import withdrawal_metrics
 
 FACTS = [
     {"prompt": "the mother tongue of {} is", "subject": "danielle darrieux", "target": "english"},
@@ -177,3 +178,21 @@ def test_bad_input_is_refused_clearly(model) -> None:
     clash = ireva(model, FACTS[1:2], dataclasses.replace(INIT, theta=0.5), progress=False)
     with pytest.raises(ValueError, match="unlike the model's"):
         apply(edited, clash)
+
+
+def test_withdrawal_metrics_match_withdrawing_each_fact_through_the_journal(model) -> None:
+    edited = apply(model, ireva(model, FACTS, INIT, facts=["a", "b", "c"], progress=False))
+    pairs = [(t, f["target"]) for t, f in zip(texts(FACTS), FACTS, strict=True)]
+    metrics = withdrawal_metrics(edited, model, pairs, ["a", "b", "c"], progress=False)
+    _, _, edited_top = target_scores(edited, pairs)
+    _, _, base_top = target_scores(model, pairs)
+    retrieved, consistent = [], []
+    for index, fact in enumerate("abc"):
+        journal = EditJournal(edited)
+        journal.withdraw(fact)
+        _, _, (top,) = target_scores(journal.model, [pairs[index]])
+        retrieved.append(np.mean(top != edited_top[index]))
+        consistent.append(np.mean(top == base_top[index]))
+    assert metrics["RS"] == pytest.approx(100 * np.mean(retrieved), abs=0.01)
+    assert metrics["Con"] == pytest.approx(100 * np.mean(consistent), abs=0.01)
+    assert metrics["Con"] == 100.0  # one neuron per fact, none fires for another: the base answer returns

@@ -81,16 +81,30 @@ def read_zsre(path: str | Path) -> tuple[list[ZsreCase], int]:
 
 def score_zsre_case(model: Model, case: ZsreCase) -> dict[str, Any]:
     """Token accuracies (fractions) of one case on `model`."""
-    pairs = [(case.request.text, case.request.target)]
-    if case.rephrase:
-        pairs.append((case.rephrase, case.request.target))
-    pairs += list(case.locality)
-    _, correct, _ = target_scores(model, pairs)
-    out: dict[str, Any] = {"ES": float(correct[0].mean())}
-    out["PS"] = float(correct[1].mean()) if case.rephrase else None
-    rest = correct[2 if case.rephrase else 1 :]
-    out["NS"] = float(np.mean([c.mean() for c in rest])) if rest else None
-    return out
+    return score_zsre_cases(model, [case])[0]
+
+
+def score_zsre_cases(model: Model, cases: Sequence[ZsreCase], batch_size: int = 64) -> list[dict[str, Any]]:
+    """Token accuracies (fractions) of many cases on `model`, all prompts in shared batches."""
+    pairs: list[tuple[str, str]] = []
+    spans = []
+    for case in cases:
+        start = len(pairs)
+        pairs.append((case.request.text, case.request.target))
+        if case.rephrase:
+            pairs.append((case.rephrase, case.request.target))
+        pairs += list(case.locality)
+        spans.append((start, len(pairs)))
+    _, correct, _ = target_scores(model, pairs, batch_size=batch_size)
+    rows = []
+    for case, (start, end) in zip(cases, spans, strict=True):
+        mine = correct[start:end]
+        out: dict[str, Any] = {"ES": float(mine[0].mean())}
+        out["PS"] = float(mine[1].mean()) if case.rephrase else None
+        rest = mine[2 if case.rephrase else 1 :]
+        out["NS"] = float(np.mean([c.mean() for c in rest])) if rest else None
+        rows.append(out)
+    return rows
 
 
 def summarise_zsre(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
