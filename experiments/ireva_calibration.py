@@ -62,7 +62,7 @@ def main() -> None:
                 at = edited.replace(params={**edited.params, "adaptor": state})
                 row = summarise_zsre(score_zsre_cases(at, cases))
                 row["locality_fired"] = round(100 * float(np.mean([f.fired for f in fired(at, locality)])), 2)
-                point = {"normalise": normalise, "score": score, "alpha": alpha, "theta": theta, **row}
+                point = {"normalise": normalise, "similarity": score, "alpha": alpha, "theta": theta, **row}
                 points.append(point)
                 logging.info("%s", point)
     eligible = [p for p in points if p["NS"] >= unedited["NS"] - 1.0]
@@ -84,7 +84,7 @@ def main() -> None:
     for ax, (normalise, score) in zip(axes, VARIANTS, strict=True):
         for alpha in alphas:
             mine = [
-                p for p in points if (p["normalise"], p["score"], p["alpha"]) == (normalise, score, alpha)
+                p for p in points if (p["normalise"], p["similarity"], p["alpha"]) == (normalise, score, alpha)
             ]
             ax.plot(thetas, [p["ES"] for p in mine], marker="o", label=f"ES α={alpha:g}")
             ax.plot(thetas, [p["NS"] for p in mine], marker="x", ls=":", label=f"NS α={alpha:g}")
@@ -103,7 +103,7 @@ def main() -> None:
     for p in points:
         mark = " **chosen**" if p is best else ""
         rows.append(
-            f"| {p['normalise']} | {p['score']} | {p['alpha']:g} | {p['theta']:g}{mark} | {p['ES']} | {p['PS']} | "
+            f"| {p['normalise']} | {p['similarity']} | {p['alpha']:g} | {p['theta']:g}{mark} | {p['ES']} | {p['PS']} | "
             f"{p['NS']} | {p['score']} | {p['locality_fired']} |"
         )
     md = f"""# iReVa score calibration on SmolLM2
@@ -118,7 +118,7 @@ passes θ. Run time {seconds / 60:.0f} min on {machine()}. Produced by
 {chr(10).join(rows)}
 
 Chosen (best mean of ES and PS with NS within one point of the unedited {unedited["NS"]}):
-normalisation `{best["normalise"]}`, score `{best["score"]}`, α {best["alpha"]:g}, θ {best["theta"]:g}; these are
+normalisation `{best["normalise"]}`, score `{best["similarity"]}`, α {best["alpha"]:g}, θ {best["theta"]:g}; these are
 the defaults of `IrevaHparams`.
 
 Why the scale matters on this model: at layer 28 the residual stream has norm ~700 while an unembedding row

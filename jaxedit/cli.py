@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 log = logging.getLogger("jaxedit")
 
@@ -155,6 +156,14 @@ def _editor(model, args: argparse.Namespace):
     from jaxedit.edit.rome import default_hparams, default_layer
 
     path = getattr(args, "hparams", None)
+    if args.method in ("ireva", "ireva-init"):
+        from jaxedit.edit.ireva import default_hparams as ireva_hparams
+        from jaxedit.edit.ireva import ireva
+
+        hp = dataclasses.replace(ireva_hparams(model, path), retrofit=args.method == "ireva")
+        if args.layer is not None:
+            hp = dataclasses.replace(hp, layer=args.layer)
+        return lambda m, requests: ireva(m, requests if isinstance(requests, list) else [requests], hp)
     if args.method in ("memit", "pmet"):
         hp = mass_hparams(model, args.method, path)
         if getattr(args, "layers", None):
@@ -204,11 +213,23 @@ def cmd_edit(args: argparse.Namespace) -> int:
     journal = EditJournal(model)
     edited = journal.apply(delta)
     info = delta.info
-    details = f"|delta| {info['delta_norm']:.1f} (|m0| {info['m0_norm']:.1f})" if "delta_norm" in info else ""
-    print(
-        f"{args.method.upper()} at layer {info['layer']}: {info['steps']} optimisation steps, final NLL "
-        f"{info['nll']:.3f} {details}, {time.perf_counter() - start:.1f} s"
-    )
+    seconds = time.perf_counter() - start
+    if args.method.startswith("ireva"):
+        from jaxedit.edit.adaptors import fired
+
+        nll = f", final NLL {info['edit_nll']:.3f}" if "edit_nll" in info else ""
+        print(f"{args.method} at layer {delta.layers[0]}: {info['neurons']} neurons{nll}, {seconds:.1f} s")
+        for firing in fired(edited, [request.text, *args.check]):
+            state = "fires" if firing.fired else "below θ"
+            print(f"    neuron of fact {firing.fact} (score {firing.score:.3f}, {state}): {firing.prompt!r}")
+    else:
+        details = (
+            f"|delta| {info['delta_norm']:.1f} (|m0| {info['m0_norm']:.1f})" if "delta_norm" in info else ""
+        )
+        print(
+            f"{args.method.upper()} at layer {info['layer']}: {info['steps']} optimisation steps, final NLL "
+            f"{info['nll']:.3f} {details}, {seconds:.1f} s"
+        )
     prompts = [request.text, *args.check]
     before = generate_text(model, prompts, max_new_tokens=args.max_new_tokens)
     after = generate_text(edited, prompts, max_new_tokens=args.max_new_tokens)
@@ -216,7 +237,10 @@ def cmd_edit(args: argparse.Namespace) -> int:
         print(prompt)
         print(f"    before: {old!r}")
         print(f"    after:  {new!r}")
-    if args.save:
+    if args.save and args.method.startswith("ireva"):  # adaptor neurons have no place in an HF checkpoint
+        path = journal.save(Path(args.save) / "journal")
+        print(f"journal written to {path} (re-apply it to the unedited model with EditJournal.load)")
+    elif args.save:
         path = journal.export(args.save)
         journal.save(path / "journal")
         print(f"edited model (Hugging Face format) and its journal written to {path}")
@@ -253,7 +277,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         cases = read_counterfact(args.dataset)
     cases = cases[: args.n]
     edit = None if args.method == "none" else _editor(model, args)
-    batch = args.batch if args.method in ("memit", "pmet") else 1
+    batch = args.batch if args.method in ("memit", "pmet", "ireva", "ireva-init") else 1
     if benchmark == "zsre":
         summary = evaluate_zsre(model, cases, edit, method=args.method, batch=batch, out_dir=args.out)
         keys = ("n", "ES", "PS", "NS", "score")
@@ -327,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ed = sub.add_parser("edit", help="edit one fact and show greedy completions before and after")
     ed.add_argument("model")
-    ed.add_argument("--method", choices=["rome", "ft", "ft-l"], default="rome")
+    ed.add_argument("--method", choices=["rome", "ft", "ft-l", "ireva", "ireva-init"], default="rome")
     ed.add_argument("--prompt", required=True, help='e.g. "{} is located in the city of"')
     ed.add_argument("--subject", required=True)
     ed.add_argument("--target", required=True, help="the new object, e.g. Rome")
@@ -345,11 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model")
     ev.add_argument(
         "--method",
-        choices=["rome", "ft", "ft-l", "memit", "pmet", "none"],
+        choices=["rome", "ft", "ft-l", "memit", "pmet", "ireva", "ireva-init", "none"],
         default="rome",
         help="'none': the unedited model",
     )
-    ev.add_argument("--batch", type=int, default=100, help="records edited together (memit, pmet)")
+    ev.add_argument("--batch", type=int, default=100, help="records edited together (memit, pmet, ireva)")
     ev.add_argument("--layers", type=int, nargs="+", help="critical layers (memit, pmet)")
     ev.add_argument("--hparams", help="hyperparameter JSON (copy one from jaxedit/hparams/<method>/)")
     ev.add_argument(

@@ -175,3 +175,33 @@ def test_eval_recognises_zsre_files(tiny_dirs, tmp_path, capsys) -> None:
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["protocol"].startswith("zsRE") and summary["ft"]["n"] == 1
     assert "| ft |" in capsys.readouterr().out
+
+
+def test_edit_with_ireva_reports_the_firing_neuron_and_saves_a_journal(tiny_dirs, tmp_path, capsys) -> None:
+    model = str(tiny_dirs["llama_gqa_untied"])
+    args = ["edit", model, "--method", "ireva-init", *EDIT_ARGS, "--max-new-tokens", "2"]
+    assert cli.main([*args, "--check", "the capital of france is", "--save", str(tmp_path / "edited")]) == 0
+    out = capsys.readouterr().out
+    assert "ireva-init at layer 1: 1 neurons" in out  # the tiny model has 3 layers: the second-to-last
+    assert "score 1.000, fires): 'the mother tongue of danielle darrieux is'" in out
+    assert (tmp_path / "edited" / "journal" / "journal.json").exists()
+    assert not (tmp_path / "edited" / "model.safetensors").exists()  # adaptors cannot go into an HF file
+
+
+def test_eval_ireva_edits_a_zsre_batch(tiny_dirs, tmp_path, capsys) -> None:
+    import json
+
+    records = [
+        {"subject": s, "src": f"the mother tongue of {s} is", "alt": t, "rephrase": f"{s} speaks the language",
+         "loc": "nq question: the capital of france is", "loc_ans": "paris"}
+        for s, t in (("danielle darrieux", "english"), ("the eiffel tower", "rome"))
+    ]  # fmt: skip
+    data = tmp_path / "zsre.json"
+    data.write_text(json.dumps(records))
+    model = str(tiny_dirs["llama_gqa_untied"])
+    args = ["eval", model, "--method", "ireva", "--dataset", str(data), "--out", str(tmp_path / "run")]
+    assert cli.main([*args, "--batch", "2"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["ireva"]["n"] == 2 and summary["batch"] == 2
+    case = json.loads((tmp_path / "run" / "cases" / "0.json").read_text())
+    assert case["edit"]["method"] == "ireva" and case["edit"]["rank"] == 2  # one neuron per fact

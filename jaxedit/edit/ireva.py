@@ -27,6 +27,7 @@ import functools
 import logging
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -40,6 +41,7 @@ from jaxedit import model as core
 from jaxedit import tokens as tok
 from jaxedit.config import ModelConfig
 from jaxedit.edit.adaptors import AdaptorEdit, CapacityError, adaptor_edits, used_slots
+from jaxedit.edit.hparams import build, packaged_file, read_hparams
 from jaxedit.edit.targets import Request, as_request, target_ids
 from jaxedit.generate import generate
 from jaxedit.layout import Params
@@ -88,6 +90,13 @@ class IrevaHparams:
         if not 0 <= layer < config.n_layers:
             raise ValueError(f"iReVa layer {layer} is outside the model's {config.n_layers} layers")
         return layer
+
+
+def default_hparams(model: Model, path: str | Path | None = None) -> IrevaHparams:
+    """Settings from `path`, else the packaged file for the model (`hparams/ireva/<family>-<layers>.json`:
+    the paper's GPT-2 XL settings, the calibrated ones for SmolLM2), else the class defaults."""
+    file = path or packaged_file("ireva", model.config)
+    return build(IrevaHparams, read_hparams(file)) if file is not None else IrevaHparams()
 
 
 @dataclasses.dataclass(frozen=True)

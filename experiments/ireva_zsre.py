@@ -1,0 +1,208 @@
+"""iReVa on zsRE against FT, ROME, MEMIT and PMET (METHODS.md §9, §12; paper 001 Tables 1-2).
+
+SmolLM2-135M with `zsre/zsre_mend_edit.json`: iReVa (retrofit) and iReVa (initialisation only) edit all
+N records at once with the calibrated `IrevaHparams` defaults (`ireva_calibration`); FT-L, ROME (one edit
+after another), MEMIT and PMET (one batch) edit the first `--compare` records with their packaged SmolLM2
+settings. Every record is scored on the model holding all of its method's edits: teacher-forced top-1
+accuracy of each answer token given the question and the earlier answer tokens (ES), the same on the
+rephrasing (PS), and of the locality answer on its `nq question:` prompt (NS), ×100; score = mean. For
+iReVa, withdrawal (RS, Con) is measured after all edits, and θ is swept on the retrofitted model (θ is an
+array of the adaptor: the edits are not redone). Each method's per-case scores are cached, so methods can
+be run separately and the tables are rebuilt from what has run. Writes
+`experiments/results/ireva_zsre.{json,md,png}`.
+
+    python experiments/ireva_zsre.py [--n 1037] [--compare 200] [--methods ireva,ireva-init,ft,rome,memit,pmet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+from common import CACHE, RESULTS, machine, markdown_table, mass_setup, shared_data, write_text
+
+import jaxedit
+from jaxedit.edit import FT_L, apply, finetune, key_statistics, memit, rome_sequence
+from jaxedit.edit.contexts import context_templates
+from jaxedit.edit.ireva import IrevaHparams, ireva
+from jaxedit.edit.rome import default_hparams as rome_hparams
+from jaxedit.edit.stats import read_corpus
+from jaxedit.evaluate.withdrawal import withdrawal_metrics
+from jaxedit.evaluate.zsre import PROTOCOL, read_zsre, score_zsre_cases, summarise_zsre
+
+NAME = "ireva_zsre"
+KEYS = ("ES", "PS", "NS", "score", "n")
+ALL_METHODS = ("ireva", "ireva-init", "ft", "rome", "memit", "pmet")
+PAPER = {  # paper 001 Table 1 (GPT-2 XL, zsRE-10K) and Table 2 (withdrawal)
+    "unedited": {"ES": 22.89, "PS": 21.96, "NS": 27.65, "score": 24.17},
+    "ireva": {"ES": 97.47, "PS": 76.38, "NS": 26.47, "score": 66.77, "RS": 98.02, "Con": 93.03},
+    "ireva-init": {"ES": 97.88, "PS": 74.89, "NS": 26.03, "score": 66.27},
+    "ft": {"ES": 82.80, "PS": 64.51, "NS": 24.57, "score": 57.29},
+    "rome": {"ES": 17.26, "PS": 14.24, "NS": 1.80, "score": 11.10},
+    "memit": {"ES": 52.62, "PS": 47.29, "NS": 27.63, "score": 42.51},
+}
+
+
+def edited_model(model, method: str, cases, stats_samples: int):
+    """The model holding all edits of `method` for `cases`, and a description of the settings."""
+    requests = [c.request for c in cases]
+    if method in ("ireva", "ireva-init"):
+        hp = IrevaHparams(retrofit=method == "ireva")
+        edit = ireva(model, requests, hp, facts=[c.case_id for c in cases])
+        settings = {k: v for k, v in dataclasses.asdict(hp).items() if v is not None} | edit.info
+        return apply(model, edit), settings
+    if method == "ft":
+        edited = model
+        for request in requests:
+            edited = apply(edited, finetune(edited, request, FT_L))
+        return edited, {"protocol": "FT-L, one edit after another", "limit": FT_L.limit}
+    if method == "rome":
+        hp = rome_hparams(model)
+        texts = read_corpus(shared_data("corpus", "wikipedia"))[:stats_samples]
+        stats = key_statistics(model, [hp.layer], texts, corpus_id=f"wikipedia:{stats_samples}")
+        delta = rome_sequence(
+            model, requests, stats[hp.layer], hp, templates=context_templates(model, hp.prefixes)
+        )
+        return apply(model, delta), {"layer": hp.layer, "protocol": "one edit after another"}
+    hp, stats, templates = mass_setup(model, method, len(cases), stats_samples)
+    delta = memit(model, requests, stats, hp, templates=templates)
+    return apply(model, delta), {
+        "layers": list(hp.layers),
+        "mom2_weight": hp.mom2_weight,
+        "protocol": "one batch",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=None, help="records for iReVa (default: all)")
+    parser.add_argument(
+        "--compare", type=int, default=200, help="records for the comparison with other methods"
+    )
+    parser.add_argument("--methods", default=",".join(ALL_METHODS))
+    parser.add_argument("--thetas", default="0.3,0.4,0.5,0.6,0.75,0.9")
+    parser.add_argument("--stats-samples", type=int, default=1000)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    start = time.perf_counter()
+    model = jaxedit.load_model("smollm2")
+    everything, skipped = read_zsre(shared_data("zsre", "zsre_mend_edit.json"))
+    everything = everything[: args.n]
+    first = everything[: args.compare]
+    cache = CACHE / NAME
+    cache.mkdir(parents=True, exist_ok=True)
+    unedited_path = cache / f"unedited-{len(everything)}.json"
+    if not unedited_path.exists():
+        write_text(unedited_path, json.dumps(score_zsre_cases(model, everything)))
+    unedited_rows = json.loads(unedited_path.read_text())
+
+    for method in args.methods.split(","):
+        if method not in ALL_METHODS:
+            raise SystemExit(f"unknown method {method!r}; methods: {', '.join(ALL_METHODS)}")
+        cases = everything if method.startswith("ireva") else first
+        path = cache / f"{method}-{len(cases)}.json"
+        if path.exists():
+            continue
+        began = time.perf_counter()
+        edited, settings = edited_model(model, method, cases, args.stats_samples)
+        edit_seconds = round(time.perf_counter() - began)
+        record = {"rows": score_zsre_cases(edited, cases), "settings": settings, "edit_seconds": edit_seconds}
+        if method == "ireva":
+            pairs = [(c.request.text, c.request.target) for c in cases]
+            record["withdrawal"] = withdrawal_metrics(edited, model, pairs, [c.case_id for c in cases])
+            sweep = []
+            for theta in (float(t) for t in args.thetas.split(",")):
+                state = edited.params["adaptor"].replace(theta=jnp.float32(theta))
+                at = edited.replace(params={**edited.params, "adaptor": state})
+                sweep.append({"theta": theta, **summarise_zsre(score_zsre_cases(at, first))})
+            record["theta_sweep"] = sweep
+        record["seconds"] = round(time.perf_counter() - began)
+        write_text(path, json.dumps(record))
+        logging.info("%s: %s", method, summarise_zsre(record["rows"]))
+
+    results: dict = {"unedited": summarise_zsre(unedited_rows)}
+    compare: dict = {"unedited": summarise_zsre(unedited_rows[: len(first)])}
+    runs: dict = {}
+    for method in ALL_METHODS:
+        cases = everything if method.startswith("ireva") else first
+        path = cache / f"{method}-{len(cases)}.json"
+        if not path.exists():
+            continue
+        record = json.loads(path.read_text())
+        results[method] = summarise_zsre(record["rows"])
+        compare[method] = summarise_zsre(record["rows"][: len(first)])
+        runs[method] = {k: record[k] for k in ("settings", "edit_seconds", "seconds")}
+        if method == "ireva":
+            results[method].update({k: record["withdrawal"][k] for k in ("RS", "Con")})
+            runs[method]["theta_sweep"] = record["theta_sweep"]
+    missing = [m for m in ALL_METHODS if m not in results]
+    settings = {
+        "records": len(everything), "compare": len(first), "skipped": skipped, "machine": machine(),
+        "seconds": round(time.perf_counter() - start), "runs": runs, "not_run": missing,
+    }  # fmt: skip
+    write_text(
+        RESULTS / f"{NAME}.json",
+        json.dumps({**results, f"first{len(first)}": compare, "settings": settings}, indent=1),
+    )
+
+    if "ireva" in runs:
+        sweep = runs["ireva"]["theta_sweep"]
+        fig, ax = plt.subplots(figsize=(5, 3.4))
+        for key in ("ES", "PS", "NS"):
+            ax.plot([p["theta"] for p in sweep], [p[key] for p in sweep], marker="o", label=key)
+        ax.axhline(compare["unedited"]["NS"], color="grey", ls="--", lw=0.8, label="NS unedited")
+        ax.set(xlabel="θ", ylabel="zsRE token accuracy ×100", title=f"iReVa θ sweep ({len(first)} records)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(RESULTS / f"{NAME}.png", dpi=120)
+
+    paper = {f"{m} (paper 001, GPT-2 XL 10K)": v for m, v in PAPER.items()}
+    table_all = markdown_table(
+        {**results, **paper},
+        [m for m in results if m.startswith(("unedited", "ireva"))] + list(paper),
+        (*KEYS, "RS", "Con"),
+    )
+    table_first = markdown_table(compare, list(compare), KEYS)
+    timing = "\n".join(
+        f"- `{m}`: edit {r['edit_seconds']} s, edit + scoring {r['seconds']} s" for m, r in runs.items()
+    )
+    not_run = f"\n\nNot run yet: {', '.join(missing)}." if missing else ""
+    md = f"""# iReVa on zsRE
+
+Model: SmolLM2-135M-Instruct, float32. Data: `zsre/zsre_mend_edit.json`, {len(everything)} records
+({skipped} skipped). Metric: {PROTOCOL}; score = mean (iReVa's convention). iReVa: calibrated defaults
+(`IrevaHparams`, see `ireva_calibration.md`), all {len(everything)} facts edited at once (neurons
+retrofitted independently, METHODS.md §9). RS / Con: each fact withdrawn on its own after all edits.
+Machine: {machine()}. Produced by `python experiments/{NAME}.py --n {len(everything)} --compare {len(first)}`
+(per-method results cached; this table from the cached runs).
+
+## All records
+
+{table_all}
+
+## The first {len(first)} records, every method
+
+iReVa rows are its all-record edits scored on these records (it holds {len(everything)} edits, the others
+{len(first)}).
+
+{table_first}{not_run}
+
+Run times:
+{timing}
+
+![θ sweep]({NAME}.png)
+"""
+    write_text(RESULTS / f"{NAME}.md", md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
