@@ -348,15 +348,15 @@ def site_widths(config: ModelConfig) -> dict[str, int]:
     return widths
 
 
-@functools.partial(jax.jit, static_argnames=("config", "taps"))
-def _forward(
+def _final_residual(
     params: Params,
     config: ModelConfig,
     input_ids: jax.Array,
     attention_mask: jax.Array,
     taps: tuple[str, ...],
     interventions: iv.Interventions,
-) -> Output:
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The residual stream after the last layer `[B, T, D]` and the recorded taps."""
     positions = positions_from_mask(attention_mask)
     tokens = iv.apply_edit(embed_tokens(params, input_ids), interventions.get("embed"))
     x = residual_input(config, params, tokens, positions)
@@ -381,7 +381,42 @@ def _forward(
     recorded = {name: jnp.moveaxis(value, 0, 1) for name, value in stacked.items()}  # [B, L, T, W]
     if "embed" in taps:
         recorded["embed"] = tokens
+    return x, recorded
+
+
+@functools.partial(jax.jit, static_argnames=("config", "taps"))
+def _forward(
+    params: Params,
+    config: ModelConfig,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    taps: tuple[str, ...],
+    interventions: iv.Interventions,
+) -> Output:
+    x, recorded = _final_residual(params, config, input_ids, attention_mask, taps, interventions)
     return Output(logits=unembed(config, params, x), taps=recorded)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _logits_at(
+    params: Params, config: ModelConfig, input_ids: jax.Array, attention_mask: jax.Array, read: jax.Array
+) -> jax.Array:
+    x, _ = _final_residual(params, config, input_ids, attention_mask, (), {})
+    rows = jnp.arange(x.shape[0])[:, None]
+    return unembed(config, params, x[rows, read])
+
+
+def logits_at(
+    params: Params, config: ModelConfig, input_ids: jax.Array, attention_mask: jax.Array, read: jax.Array
+) -> jax.Array:
+    """Next-token logits `[B, M, V]` at positions `read` `[B, M]` only: what scoring needs, without
+    unembedding every position (the vocabulary projection is a fifth of a small model's work)."""
+    input_ids = jnp.asarray(input_ids)
+    check_tokens(config, input_ids)
+    read = jnp.asarray(read, jnp.int32)
+    if read.ndim != 2 or read.shape[0] != input_ids.shape[0]:
+        raise ValueError(f"read positions must be [batch, M], got shape {tuple(read.shape)}")
+    return _logits_at(params, config, input_ids, jnp.asarray(attention_mask), read)
 
 
 def _is_concrete(x: object) -> bool:

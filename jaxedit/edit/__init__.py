@@ -1,8 +1,10 @@
 """Weight editing: second-moment statistics, target optimisation, ROME, MEMIT / PMET, fine-tuning
-baselines, and edits as values (apply / revert / journal)."""
+baselines, iReVa adaptor neurons, and edits as values (apply / revert / journal)."""
 
+from jaxedit.edit.adaptors import AdaptorEdit, fired, list_facts, withdraw_fact
 from jaxedit.edit.delta import Delta, apply, revert
 from jaxedit.edit.finetune import FT, FT_L, FinetuneHparams, finetune
+from jaxedit.edit.ireva import IrevaHparams, ireva
 from jaxedit.edit.journal import EditJournal
 from jaxedit.edit.memit import MemitHparams, memit, pmet_hparams
 from jaxedit.edit.rome import RomeHparams, default_layer, rome, rome_sequence
@@ -12,9 +14,11 @@ from jaxedit.edit.targets import Request, TargetHparams
 __all__ = [
     "FT",
     "FT_L",
+    "AdaptorEdit",
     "Delta",
     "EditJournal",
     "FinetuneHparams",
+    "IrevaHparams",
     "KeyStats",
     "MemitHparams",
     "Request",
@@ -24,10 +28,14 @@ __all__ = [
     "apply",
     "default_layer",
     "finetune",
+    "fired",
+    "ireva",
     "key_statistics",
+    "list_facts",
     "memit",
     "pmet_hparams",
     "revert",
     "rome",
     "rome_sequence",
+    "withdraw_fact",
 ]

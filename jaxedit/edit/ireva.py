@@ -345,10 +345,12 @@ def ireva(
     }  # fmt: skip
     values = unembedding_rows(model.params, config, pairs.labels)
     existing = model.params.get("adaptor")
-    pool = random_texts(model, min(256, max(hp.random_prompts * len(requests), 64)), hp)
+    reuse = existing is not None and existing.normalise == "center"
+    pool: list[str] = []
+    if hp.retrofit or (hp.normalise == "center" and not reuse):
+        pool = random_texts(model, min(256, max(hp.random_prompts * len(requests), 64)), hp)
     center = None
     if hp.normalise == "center":
-        reuse = existing is not None and existing.normalise == "center"
         center = np.asarray(existing.center) if reuse else input_mean(model, layer, pool)
     mean = None if center is None else jnp.asarray(center)
     bar = tqdm(total=n, desc="iReVa neurons", unit="neuron", disable=not progress)

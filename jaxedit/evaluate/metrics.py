@@ -12,13 +12,12 @@ import numpy as np
 
 from jaxedit import tokens as tok
 from jaxedit.loading import Model
-from jaxedit.model import forward
+from jaxedit.model import logits_at
 
 
 @jax.jit
-def _scores(logits: jax.Array, read: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    rows = jnp.arange(logits.shape[0])[:, None]
-    logp = jax.nn.log_softmax(logits[rows, read], axis=-1)  # [R, M, V]
+def _scores(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    logp = jax.nn.log_softmax(logits, axis=-1)  # [R, M, V]
     picked = jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
     return picked, jnp.argmax(logp, axis=-1)
 
@@ -53,24 +52,27 @@ def target_scores(
             reads.append([len(ids) - 1 + j for j in range(len(targets))])
             labels.append(targets)
             owner.append(index)
-    picked_rows: list[np.ndarray] = []
-    top_rows: list[np.ndarray] = []
-    for start in range(0, len(rows), batch_size):
-        part = slice(start, start + batch_size)
-        chunk = rows[part]
-        bucket = min(batch_size, 1 << (len(chunk) - 1).bit_length())  # few batch shapes: few compilations
-        chunk = chunk + [chunk[-1]] * (bucket - len(chunk))
+    picked_rows: list[np.ndarray] = [np.zeros(0)] * len(rows)
+    top_rows: list[np.ndarray] = [np.zeros(0, np.int64)] * len(rows)
+    order = sorted(
+        range(len(rows)), key=lambda r: len(rows[r])
+    )  # similar lengths share a batch: less padding
+    for start in range(0, len(order), batch_size):
+        members = order[start : start + batch_size]
+        bucket = min(batch_size, 1 << (len(members) - 1).bit_length())  # few batch shapes: few compilations
+        chunk = [rows[r] for r in members] + [rows[members[-1]]] * (bucket - len(members))
         ids, mask = tok.pad(chunk, tok.pad_id(model.tokenizer), side="right", multiple=16)
-        width = max(len(r) for r in reads[part])
+        width = max(len(reads[r]) for r in members)
         read = np.zeros((ids.shape[0], width), np.int32)
         label = np.zeros((ids.shape[0], width), np.int32)
-        for r, (pos, lab) in enumerate(zip(reads[part], labels[part], strict=True)):
-            read[r, : len(pos)] = pos
-            label[r, : len(lab)] = lab
-        logits = forward(model.params, model.config, ids, mask).logits
-        picked, top = (np.asarray(a) for a in _scores(logits, jnp.asarray(read), jnp.asarray(label)))
-        picked_rows += [picked[r, : len(lab)] for r, lab in enumerate(labels[part])]
-        top_rows += [top[r, : len(lab)] for r, lab in enumerate(labels[part])]
+        for i, r in enumerate(members):
+            read[i, : len(reads[r])] = reads[r]
+            label[i, : len(labels[r])] = labels[r]
+        logits = logits_at(model.params, model.config, ids, mask, read)
+        picked, top = (np.asarray(a) for a in _scores(logits, jnp.asarray(label)))
+        for i, r in enumerate(members):
+            picked_rows[r] = picked[i, : len(labels[r])]
+            top_rows[r] = top[i, : len(labels[r])]
     groups: list[list[int]] = [[] for _ in pairs]
     for r, index in enumerate(owner):
         groups[index].append(r)
