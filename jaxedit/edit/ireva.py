@@ -355,7 +355,14 @@ def ireva(
     mean = None if center is None else jnp.asarray(center)
     bar = tqdm(total=n, desc="iReVa neurons", unit="neuron", disable=not progress)
     keys = np.zeros_like(values)
-    outside_texts = out_of_scope_prompts(model, requests, hp, pool) if hp.retrofit else None
+    outside_texts, encoded = None, {}
+    if hp.retrofit:  # the out-of-scope inputs repeat across facts (pool, other facts' inputs): read each once
+        outside_texts = out_of_scope_prompts(model, requests, hp, pool)
+        unique = sorted({t for texts in outside_texts for t in texts})
+        vectors = adaptor_lib.normalise_input(
+            jnp.asarray(last_inputs(model, unique, layer)), hp.normalise, mean
+        )
+        encoded = dict(zip(unique, np.asarray(vectors), strict=True))
     nll = np.full(n, np.nan, np.float32)
     for start in range(0, n, hp.chunk):
         part = slice(start, start + hp.chunk)
@@ -366,18 +373,12 @@ def ireva(
         if hp.retrofit:
             owners = pairs.owner[part]
             width = max(1, max(len(outside_texts[o]) for o in owners))
-            flat = [t for o in owners for t in outside_texts[o]]
-            encoded = adaptor_lib.normalise_input(
-                jnp.asarray(last_inputs(model, flat, layer)), hp.normalise, mean
-            )
             outside = np.zeros((len(owners), width, config.d_model), np.float32)
             outside_mask = np.zeros((len(owners), width), np.float32)
-            cursor = 0
             for row, o in enumerate(owners):
-                count = len(outside_texts[o])
-                outside[row, :count] = encoded[cursor : cursor + count]
-                outside_mask[row, :count] = 1.0
-                cursor += count
+                for column, text in enumerate(outside_texts[o]):
+                    outside[row, column] = encoded[text]
+                    outside_mask[row, column] = 1.0
             k, v, loss = _retrofit(
                 model.params, config, layer, (hp.score, config.activation), hp, resid,
                 jnp.asarray(mask), inputs, jnp.asarray(outside), jnp.asarray(outside_mask),
