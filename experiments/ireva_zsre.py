@@ -32,7 +32,7 @@ from common import CACHE, RESULTS, machine, markdown_table, mass_setup, shared_d
 import jaxedit
 from jaxedit.edit import FT_L, apply, finetune, key_statistics, memit, rome_sequence
 from jaxedit.edit.contexts import context_templates
-from jaxedit.edit.ireva import IrevaHparams, ireva
+from jaxedit.edit.ireva import default_hparams, ireva
 from jaxedit.edit.rome import default_hparams as rome_hparams
 from jaxedit.edit.stats import read_corpus
 from jaxedit.evaluate.withdrawal import withdrawal_metrics
@@ -55,7 +55,7 @@ def edited_model(model, method: str, cases, stats_samples: int):
     """The model holding all edits of `method` for `cases`, and a description of the settings."""
     requests = [c.request for c in cases]
     if method in ("ireva", "ireva-init"):
-        hp = IrevaHparams(retrofit=method == "ireva")
+        hp = dataclasses.replace(default_hparams(model), retrofit=method == "ireva")
         edit = ireva(model, requests, hp, facts=[c.case_id for c in cases])
         settings = {k: v for k, v in dataclasses.asdict(hp).items() if v is not None} | edit.info
         return apply(model, edit), settings
@@ -179,7 +179,7 @@ def main() -> None:
 
 Model: SmolLM2-135M-Instruct, float32. Data: `zsre/zsre_mend_edit.json`, {len(everything)} records
 ({skipped} skipped). Metric: {PROTOCOL}; score = mean (iReVa's convention). iReVa: calibrated defaults
-(`IrevaHparams`, see `ireva_calibration.md`), all {len(everything)} facts edited at once (neurons
+(`jaxedit/hparams/ireva/llama-30.json`, see `ireva_calibration.md`), all {len(everything)} facts edited at once (neurons
 retrofitted independently, METHODS.md §9). RS / Con: each fact withdrawn on its own after all edits.
 Machine: {machine()}. Produced by `python experiments/{NAME}.py --n {len(everything)} --compare {len(first)}`
 (per-method results cached; this table from the cached runs).

@@ -52,8 +52,10 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class IrevaHparams:
-    """METHODS.md §9 defaults (paper 001 §5.4 on zsRE), with the score scale calibrated for jaxedit
-    (`experiments/ireva_calibration.py`).
+    """METHODS.md §9 defaults (paper 001 §5.4 on zsRE: 5 Adam steps at lr 5e-2, a = b = 1e-3, 2 + 2 + 6
+    out-of-scope prompts), with the gate (normalisation, score, α, θ) chosen by
+    `experiments/ireva_calibration.py` on SmolLM2 (the paper's α 0.2 and θ 0.75 go with GPT-2 XL's
+    unnormalised scores: `hparams/ireva/gpt2-48.json`).
 
     Attributes:
       layer: layer whose MLP gets the neurons (None: the second-to-last).
@@ -68,9 +70,9 @@ class IrevaHparams:
     """
 
     layer: int | None = None
-    theta: float = 0.75
-    alpha: float = 0.2
-    normalise: str = "l2"
+    theta: float = 0.65
+    alpha: float = 300.0
+    normalise: str = "center"
     score: str = "cosine"
     retrofit: bool = True
     steps: int = 5
