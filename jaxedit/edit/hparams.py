@@ -17,7 +17,7 @@ from typing import Any
 from jaxedit.config import ModelConfig
 from jaxedit.edit.targets import TargetHparams
 
-METHODS = ("rome", "memit", "pmet", "ireva")
+METHODS = ("rome", "memit", "pmet", "ireva", "rets")
 
 
 def packaged_file(method: str, config: ModelConfig) -> Path | None:

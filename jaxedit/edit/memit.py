@@ -274,7 +274,7 @@ def memit(
     elif len(targets.delta) != len(requests):
         raise ValueError(f"targets hold {len(targets.delta)} edits, but {len(requests)} requests were given")
     z = targets.value.astype(np.float64)  # [n, D]: h[lL] + δ (MEMIT) or m0 + δm (PMET; δa is dropped)
-    batch = build_batch(model, requests, templates, hp.targets.kl_prompt)
+    batch = build_batch(model, requests, templates, hp.targets.kl_prompt, hp.targets.key_token)
     contexts = np.flatnonzero(~batch.is_kl)
     bare = np.flatnonzero(batch.is_bare)  # one row per request, in request order
     n = len(requests)

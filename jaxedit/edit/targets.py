@@ -100,6 +100,10 @@ class TargetHparams:
     # PMET (METHODS.md §7): also optimise δa on the attention output (own clamp and decay), and weight the
     # NLL by φ = 1 until every target token is the argmax, then φ = nll_after (0.1), stopping once the KL
     # falls below kl_stop
+    # where δ is added and the key read: the last subject token (ROME, MEMIT, PMET) or the last token of the
+    # prompt, the last relation token (RETS, METHODS.md §8); the KL prompt may name `{prompt}` (RETS'
+    # reference code: "<prompt> is a") instead of the subject (`{}`)
+    key_token: str = "subject"
     attn_delta: bool = False
     attn_clamp: float | None = None  # None: clamp
     attn_weight_decay: float | None = None  # None: weight_decay
@@ -177,8 +181,24 @@ class Batch:
     weights: np.ndarray  # [R, M] 1 / n_target_tokens at real target positions, else 0
 
 
-def build_batch(model: Model, requests: Sequence[Request], templates: Sequence[str], kl_prompt: str) -> Batch:
-    """Rows `context + target[:-1]` for every (request, template), then one KL row per request."""
+def kl_text(kl_prompt: str, request: Request) -> str:
+    """The KL prompt of a request: `{prompt}` is the filled-in prompt, `{}` the subject."""
+    if "{prompt}" in kl_prompt:
+        return kl_prompt.replace("{prompt}", request.text)
+    return kl_prompt.format(request.subject)
+
+
+def build_batch(
+    model: Model,
+    requests: Sequence[Request],
+    templates: Sequence[str],
+    kl_prompt: str,
+    key_token: str = "subject",
+) -> Batch:
+    """Rows `context + target[:-1]` for every (request, template), then one KL row per request; the key
+    position is the last subject token or (`key_token="last"`) the last token before the target."""
+    if key_token not in ("subject", "last"):
+        raise ValueError(f"key_token must be 'subject' or 'last', got {key_token!r}")
     rows, keys, owners, kl_flags, bare, reads, labels = [], [], [], [], [], [], []
     for index, request in enumerate(requests):
         targets = target_ids(model, request.target)
@@ -188,21 +208,22 @@ def build_batch(model: Model, requests: Sequence[Request], templates: Sequence[s
             ids = tok.encode_one(model.tokenizer, text)
             _, end = tok.token_span(model.tokenizer, text, request.subject, after=after)
             rows.append(ids + targets[:-1])
-            keys.append(end - 1)
+            keys.append(end - 1 if key_token == "subject" else len(ids) - 1)
             owners.append(index)
             kl_flags.append(False)
             bare.append(template == "{}")
             reads.append([len(ids) - 1 + j for j in range(len(targets))])
             labels.append(targets)
-        kl_text = kl_prompt.format(request.subject)
-        kl_ids = tok.encode_one(model.tokenizer, kl_text)
-        _, end = tok.token_span(model.tokenizer, kl_text, request.subject)
+        kl = kl_text(kl_prompt, request)
+        kl_ids = tok.encode_one(model.tokenizer, kl)
+        _, end = tok.token_span(model.tokenizer, kl, request.subject)
+        key = end - 1 if key_token == "subject" else len(kl_ids) - 1
         rows.append(kl_ids)
-        keys.append(end - 1)
+        keys.append(key)
         owners.append(index)
         kl_flags.append(True)
         bare.append(False)
-        reads.append([end - 1])
+        reads.append([key])
         labels.append([0])
     ids, mask = tok.pad(rows, tok.pad_id(model.tokenizer), side="right", multiple=8)
     width = max(len(r) for r in reads)
@@ -419,7 +440,7 @@ def optimise_targets(
     chunks = [requests[i : i + per_chunk] for i in range(0, len(requests), per_chunk)]
     parts = []
     for chunk in tqdm(chunks, desc=f"targets at layer {layer}", disable=not progress or len(chunks) == 1):
-        batch = build_batch(model, chunk, templates, hp.kl_prompt)
+        batch = build_batch(model, chunk, templates, hp.kl_prompt, hp.key_token)
         window = int((batch.read_pos.max(axis=1) - batch.key_pos).max()) + 1  # tokens recomputed per row
         window = -(-window // 4) * 4  # nearby chunks share one compiled loop
         out = _optimise(
