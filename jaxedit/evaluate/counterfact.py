@@ -8,7 +8,9 @@ Per record, on the edited model (and on the unedited one for the baseline row):
 - EasyEdit-style teacher-forced token accuracy beside them: rewrite and rephrase accuracy of the new
   object's tokens, and locality accuracy (edited top-1 tokens on the neighbourhood prompt's true object
   equal to the unedited model's).
-Summaries are means ×100 with Score = harmonic mean of ES, PS, NS.
+Summaries are means ×100 with Score = harmonic mean of ES, PS, NS. Cases carrying R-Specificity prompts
+(`jaxedit.evaluate.rspec.attach_rspec`) also get `RS_spec` and the RETS Score `score_rets`, the arithmetic
+mean of ES, PS, NS and RS_spec (paper 000).
 
 Reads both layouts: the ROME `counterfact.json` (`requested_rewrite`, `paraphrase_prompts`,
 `neighborhood_prompts`, `generation_prompts`) and the EasyEdit split layout (`prompt`, `subject`,
@@ -50,6 +52,9 @@ class CounterfactCase:
     neighborhood: tuple[str, ...]
     generation_prompts: tuple[str, ...]
     layout: str
+    rspec: tuple[
+        tuple[str, str], ...
+    ] = ()  # R-Specificity (prompt, unedited top-1), see `rspec.attach_rspec`
 
 
 def _case(record: dict) -> CounterfactCase:
@@ -134,6 +139,10 @@ def score_case(
         out["token_acc_locality"] = float(
             np.mean([(a == b).mean() for a, b in zip(edited_top, base_top, strict=True)])
         )
+    if case.rspec:
+        from jaxedit.evaluate.rspec import rspec_score
+
+        out["RS_spec"] = rspec_score(model, case.rspec, new)
     if generation_tokens and case.generation_prompts:
         texts = generate_text(
             model, list(case.generation_prompts), max_new_tokens=generation_tokens, top_k=5, seed=seed
@@ -161,6 +170,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "token_acc_rewrite",
         "token_acc_rephrase",
         "token_acc_locality",
+        "RS_spec",
     ):
         mean = _mean([r.get(key) for r in rows])
         out[key] = None if mean is None else round(100 * mean, 2)
@@ -168,6 +178,10 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out["fluency"] = None if fluency is None else round(fluency, 3)
     parts = [out[k] for k in ("ES", "PS", "NS")]
     out["score"] = round(harmonic_mean(parts), 2) if all(p is not None for p in parts) else None
+    rets_parts = [*parts, out["RS_spec"]]  # RETS tables: Efficacy, Generalization, S-Spec, R-Spec (§12)
+    out["score_rets"] = (
+        round(float(np.mean(rets_parts)), 2) if all(p is not None for p in rets_parts) else None
+    )
     return out
 
 
