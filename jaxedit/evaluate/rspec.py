@@ -96,15 +96,15 @@ def read_relation_specificity(files: Iterable[str | Path]) -> dict[str, list[str
     return prompts
 
 
-_COOCCURRING: dict[tuple[int, frozenset[str]], list[str]] = {}
+_COOCCURRING: dict[tuple[int, frozenset[str]], tuple[dict, list[str]]] = {}  # holds `trex`: ids stay unique
 
 
 def cooccurring(trex: dict[str, list[tuple[str, str]]], relations: frozenset[str]) -> list[str]:
     """Relations held by T-REx subjects that hold any of `relations`, most frequent first (those excluded)."""
     key = (id(trex), relations)
     if key not in _COOCCURRING:
-        _COOCCURRING[key] = _count_cooccurring(trex, relations)
-    return _COOCCURRING[key]
+        _COOCCURRING[key] = (trex, _count_cooccurring(trex, relations))
+    return _COOCCURRING[key][1]
 
 
 def _count_cooccurring(trex: dict[str, list[tuple[str, str]]], relations: frozenset[str]) -> list[str]:
