@@ -188,6 +188,59 @@ def _editor(model, args: argparse.Namespace):
     return lambda m, request: rome(m, request, stats, hp, templates=templates)
 
 
+def cmd_lens(args: argparse.Namespace) -> int:
+    """Vocabulary-lens analyses (METHODS.md §2) over a known_1000-style fact file: json + png."""
+    import json
+
+    import numpy as np
+
+    from jaxedit.checkpoints import atomic_write_bytes
+    from jaxedit.lens import (
+        attribute_rate,
+        component_probes,
+        read_attributes,
+        read_lens_facts,
+        sublayer_blocking,
+    )
+    from jaxedit.lens.plot import plot_probes, plot_relation
+
+    model = _load(args.model)
+    facts = read_lens_facts(args.dataset)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.analysis == "probes":
+        facts = facts[: args.n]
+        result = component_probes(model, [f.prompt for f in facts], k=args.k)
+        plot_probes(result, out / "probes.png")
+        atomic_write_bytes(out / "probes.json", json.dumps(result, indent=1).encode())
+        print(f"component probes over {len(facts)} prompts: {out / 'probes.json'}, {out / 'probes.png'}")
+        return 0
+    if not args.attributes:
+        raise ValueError("--analysis relation needs --attributes (relation_related_attributes.json)")
+    attributes = read_attributes(args.attributes)
+    kept = [f for f in facts if f.relation in attributes]
+    if len(kept) < len(facts):
+        print(f"lens: {len(facts) - len(kept)} facts skipped (their relation has no attributes)")
+    facts = kept[: args.n]
+    result = attribute_rate(model, facts, attributes, k=args.k)
+    result.pop("per_fact_rate")
+    blocking = (
+        None
+        if args.no_blocking
+        else sublayer_blocking(model, facts, attributes, k=args.k, window=args.window)
+    )
+    plot_relation(result, out / "relation_lens.png", blocking)
+    payload = {**result, **({"blocking": blocking} if blocking else {})}
+    atomic_write_bytes(out / "relation_lens.json", json.dumps(payload, indent=1).encode())
+    peak = int(np.argmax(result["attribute_rate"]))
+    print(
+        f"{len(facts)} facts: attribute rate peaks at layer {peak} ({result['attribute_rate'][peak]:.3f}); "
+        f"rho(-object rank, attribute rate) = {result['rho']:.2f}; objects among attributes "
+        f"{100 * result['objects_included']:.0f} %; written to {out}"
+    )
+    return 0
+
+
 def cmd_stats(args: argparse.Namespace) -> int:
     model = _load(args.model)
     stats = _statistics(model, args.layers, args.corpus, args.samples, args.max_len)
@@ -340,6 +393,24 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--sever", choices=["mlp", "attn", "both"], default=None)
     tr.add_argument("--out", required=True, help="output directory")
     tr.set_defaults(func=cmd_trace)
+
+    le = sub.add_parser("lens", help="vocabulary-lens analyses: attribute rate, rank flow, blocking, probes")
+    le.add_argument("model")
+    le.add_argument("--analysis", choices=["relation", "probes"], default="relation")
+    le.add_argument(
+        "--dataset", required=True, help="facts with prompt and relation_id (known_1000.json layout)"
+    )
+    le.add_argument("--attributes", help="relation_related_attributes.json (relation analysis)")
+    le.add_argument("--n", type=int, default=None, help="first N facts")
+    le.add_argument("--k", type=int, default=50, help="top-k lens tokens")
+    le.add_argument(
+        "--window", type=int, default=None, help="blocked layers per window (default: depth-scaled 10/48)"
+    )
+    le.add_argument(
+        "--no-blocking", action="store_true", help="skip sublayer blocking (2 x layers more passes)"
+    )
+    le.add_argument("--out", required=True, help="output directory")
+    le.set_defaults(func=cmd_lens)
 
     st = sub.add_parser("stats", help="second-moment statistics of MLP keys (cached)")
     st.add_argument("model")

@@ -205,3 +205,42 @@ def test_eval_ireva_edits_a_zsre_batch(tiny_dirs, tmp_path, capsys) -> None:
     assert summary["ireva"]["n"] == 2 and summary["batch"] == 2
     case = json.loads((tmp_path / "run" / "cases" / "0.json").read_text())
     assert case["edit"]["method"] == "ireva" and case["edit"]["rank"] == 2  # one neuron per fact
+
+
+def test_lens_writes_json_and_png(tiny_dirs, tmp_path, capsys) -> None:
+    import json
+
+    facts = [
+        {"prompt": "the mother tongue of danielle darrieux is", "relation_id": "P103", "attribute": "french"},
+        {"prompt": "the eiffel tower is located in the city of", "relation_id": "P131", "attribute": "paris"},
+        {"prompt": "rome is the capital of", "relation_id": "P9", "attribute": "italy"},
+    ]
+    data, attributes = tmp_path / "facts.json", tmp_path / "attributes.json"
+    data.write_text(json.dumps(facts))
+    attributes.write_text(json.dumps({"P103": ["french", "english"], "P131": ["paris", "rome"]}))
+    model = str(tiny_dirs["llama_gqa_untied"])
+    args = [
+        "lens",
+        model,
+        "--dataset",
+        str(data),
+        "--attributes",
+        str(attributes),
+        "--k",
+        "5",
+        "--window",
+        "1",
+    ]
+    assert cli.main([*args, "--out", str(tmp_path / "lens")]) == 0
+    out = capsys.readouterr().out
+    assert "1 facts skipped" in out and "2 facts: attribute rate peaks at layer" in out
+    result = json.loads((tmp_path / "lens" / "relation_lens.json").read_text())
+    assert len(result["attribute_rate"]) == 3 and len(result["blocking"]["drop"]["mlp"]) == 3
+    assert (tmp_path / "lens" / "relation_lens.png").stat().st_size > 0
+    assert (
+        cli.main(
+            ["lens", model, "--analysis", "probes", "--dataset", str(data), "--out", str(tmp_path / "p")]
+        )
+        == 0
+    )
+    assert len(json.loads((tmp_path / "p" / "probes.json").read_text())["mlp_cosine"]) == 3
