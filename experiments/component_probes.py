@@ -1,0 +1,75 @@
+"""PMET's component probes on SmolLM2 (paper 002 §3, Fig. 2 shape): how much MHSA and FFN change the last
+token's hidden state per layer.
+
+Prompts: all of `rets/known_1000.json` (1,209 facts, as the paper). Per layer, cosine similarity of the
+last token's residual before and after attention and before and after the MLP, and the Jaccard overlap of
+their top-50 lens tokens. Writes `experiments/results/component_probes.{json,md,png}`.
+
+    python experiments/component_probes.py [--n 1209]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+from common import RESULTS, machine, shared_data, write_text
+
+import jaxedit
+from jaxedit.lens import component_probes, read_lens_facts
+from jaxedit.lens.plot import plot_probes
+
+NAME = "component_probes"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=None)
+    args = parser.parse_args()
+    start = time.perf_counter()
+    model = jaxedit.load_model("smollm2")
+    facts = read_lens_facts(shared_data("rets", "known_1000.json"))[: args.n]
+    result = component_probes(model, [f.prompt for f in facts])
+    seconds = round(time.perf_counter() - start)
+    write_text(
+        RESULTS / f"{NAME}.json", json.dumps({**result, "seconds": seconds, "machine": machine()}, indent=1)
+    )
+    plot_probes(result, RESULTS / f"{NAME}.png")
+    half = result["layers"] // 2
+    summary = {
+        k: (float(np.mean(result[k][:half])), float(np.mean(result[k][half:])))
+        for k in ("attn_cosine", "mlp_cosine", "attn_jaccard", "mlp_jaccard")
+    }
+    rows = ["| layer | MHSA cosine | FFN cosine | MHSA Jaccard | FFN Jaccard |", "|---|---|---|---|---|"]
+    for layer in range(result["layers"]):
+        rows.append(
+            f"| {layer} | {result['attn_cosine'][layer]:.3f} | {result['mlp_cosine'][layer]:.3f} | "
+            f"{result['attn_jaccard'][layer]:.3f} | {result['mlp_jaccard'][layer]:.3f} |"
+        )
+    lines = "\n".join(
+        f"- {k.replace('_', ' ')}: layers 0-{half - 1} {a:.3f}, layers {half}-{result['layers'] - 1} {b:.3f}"
+        for k, (a, b) in summary.items()
+    )
+    md = f"""# Component probes (SmolLM2)
+
+Model: SmolLM2-135M-Instruct, float32. Prompts: {len(facts)} of `rets/known_1000.json`, last token. Top-50
+lens tokens. Run time {seconds} s on {machine()}. Produced by `python experiments/{NAME}.py`.
+
+Paper 002 Fig. 2 (GPT-J): after the first ~15 layers the FFN changes the hidden state less and less (its
+before/after similarity rises and stabilises) while MHSA keeps changing it. Means over the two halves of
+SmolLM2's layers:
+
+{lines}
+
+{chr(10).join(rows)}
+
+![probes]({NAME}.png)
+"""
+    write_text(RESULTS / f"{NAME}.md", md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
