@@ -167,7 +167,7 @@ def test_bad_input_is_refused_clearly(model) -> None:
     edited = apply(model, ireva(model, FACTS[:1], INIT, facts=["a"], progress=False))
     with pytest.raises(KeyError, match="no adaptor fact 'zzz'"):
         withdraw_fact(edited, "zzz")
-    with pytest.raises(KeyError, match="no edit or fact 'zzz'"):
+    with pytest.raises(KeyError, match="edit or fact 'zzz' is not applied"):
         EditJournal(edited).withdraw("zzz")
     with pytest.raises(ValueError, match="already used: a"):
         ireva(edited, FACTS[1:2], INIT, facts=["a"], progress=False)

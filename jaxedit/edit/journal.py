@@ -68,7 +68,9 @@ class EditJournal:
             applied = ", ".join(d.id for d in self.model.edits) or "none"
             facts = sum(len(e.facts) for e in adaptor_edits(self.model))
             more = f" and {facts} adaptor facts (see list_facts)" if facts else ""
-            raise KeyError(f"no edit or fact {edit_id!r} in this journal (edits: {applied}{more})")
+            raise KeyError(
+                f"edit or fact {edit_id!r} is not applied to this journal's model (edits: {applied}{more})"
+            )
         return self.model
 
     def entries(self) -> list[dict]:

@@ -409,6 +409,15 @@ def _optimise(
     )
 
 
+def rows_for_budget(config: ModelConfig, layer: int, budget: float, window: int = 16, reads: int = 4) -> int:
+    """Batch rows whose Adam step fits `budget` bytes: each row keeps, for the backward pass, about
+    `window` tokens of every layer from `layer` up (residual, attention and MLP activations, ~6 D + 3 F
+    floats per token) and `reads` float32 distributions over the vocabulary. At least 16 rows."""
+    per_token = 6 * config.d_model + 3 * config.d_mlp
+    per_row = 4 * (window * (config.n_layers - layer) * per_token + 2 * reads * config.vocab_size)
+    return max(16, int(budget // per_row))
+
+
 def optimise_targets(
     model: Model,
     requests: Sequence[Request | dict],
@@ -416,14 +425,16 @@ def optimise_targets(
     templates: Sequence[str],
     hp: TargetHparams = TargetHparams(),
     *,
-    max_rows: int = 1024,
+    max_rows: int | None = None,
+    memory_budget: float = 2 * 2**30,
     progress: bool = False,
 ) -> Targets:
     """Optimise `δ` for every request at `layer` in jitted loops (see the module docstring).
 
     Requests are optimised together in chunks of at most `max_rows` batch rows (contexts + 1 per request),
     which bounds memory for thousands of edits; requests share no parameters, so chunking changes
-    nothing but the memory and the number of loops (`progress` shows them).
+    nothing but the memory and the number of loops (`progress` shows them). By default the chunk is what
+    `memory_budget` bytes of activations allow (`rows_for_budget`).
     """
     if model.tokenizer is None:
         raise ValueError(f"model {model.source!r} has no tokenizer")
@@ -436,6 +447,8 @@ def optimise_targets(
     requests = [as_request(r) for r in requests]
     if not requests:
         raise ValueError("no edit requests")
+    if max_rows is None:
+        max_rows = rows_for_budget(model.config, layer, memory_budget)
     per_chunk = max(1, max_rows // (len(templates) + 1))
     chunks = [requests[i : i + per_chunk] for i in range(0, len(requests), per_chunk)]
     parts = []
