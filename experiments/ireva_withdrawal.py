@@ -1,0 +1,94 @@
+"""iReVa's withdrawal (RS, Con) against its margin θ and out-of-scope weight b on SmolLM2 (METHODS.md §9).
+
+The first N records of `zsre/zsre_mend_edit.json` are edited at once (retrofit on) for each (θ, b); each
+variant reports zsRE ES / PS / NS and, after withdrawing each fact on its own, RS (the output changes)
+and Con (the unedited output comes back). zsRE questions share templates ("When was the inception of
+...?") and answers share tokens (years), so after a withdrawal another fact's neuron can pass θ on the
+question: that keeps RS and Con down, and a larger θ or a larger push of each key away from other facts'
+inputs (b) trades it against PS. Writes `experiments/results/ireva_withdrawal.{json,md}`.
+
+    python experiments/ireva_withdrawal.py [--n 200] [--variants 0.65:0.001,0.75:0.001,0.65:1,0.75:1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+
+from common import CACHE, RESULTS, machine, shared_data, write_text
+
+import jaxedit
+from jaxedit.edit import apply
+from jaxedit.edit.ireva import default_hparams, ireva
+from jaxedit.evaluate.withdrawal import withdrawal_metrics
+from jaxedit.evaluate.zsre import read_zsre, score_zsre_cases, summarise_zsre
+
+NAME = "ireva_withdrawal"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--variants", default="0.65:0.001,0.75:0.001,0.65:1,0.75:1", help="theta:b pairs")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    start = time.perf_counter()
+    model = jaxedit.load_model("smollm2")
+    cases, _ = read_zsre(shared_data("zsre", "zsre_mend_edit.json"))
+    cases = cases[: args.n]
+    unedited = summarise_zsre(score_zsre_cases(model, cases))
+    cache = CACHE / NAME
+    rows = []
+    for spec in args.variants.split(","):
+        theta, weight = (float(x) for x in spec.split(":"))
+        path = cache / f"t{theta:g}-b{weight:g}-n{len(cases)}.json"
+        if not path.exists():
+            hp = dataclasses.replace(default_hparams(model), theta=theta, irr_weight=weight)
+            edited = apply(
+                model, ireva(model, [c.request for c in cases], hp, facts=[c.case_id for c in cases])
+            )
+            row = summarise_zsre(score_zsre_cases(edited, cases))
+            pairs = [(c.request.text, c.request.target) for c in cases]
+            row.update(
+                {
+                    k: v
+                    for k, v in withdrawal_metrics(edited, model, pairs, [c.case_id for c in cases]).items()
+                    if k != "n"
+                }
+            )
+            write_text(path, json.dumps({"theta": theta, "irr_weight": weight, **row}))
+        rows.append(json.loads(path.read_text()))
+        logging.info("%s", rows[-1])
+    seconds = round(time.perf_counter() - start)
+    write_text(
+        RESULTS / f"{NAME}.json",
+        json.dumps(
+            {"unedited": unedited, "variants": rows, "seconds": seconds, "machine": machine()}, indent=1
+        ),
+    )
+    table = ["| θ | b | ES | PS | NS | score | RS | Con |", "|---|---|---|---|---|---|---|---|"]
+    table.append(
+        f"| unedited | - | {unedited['ES']} | {unedited['PS']} | {unedited['NS']} | {unedited['score']} | - | - |"
+    )
+    for r in rows:
+        table.append(
+            f"| {r['theta']:g} | {r['irr_weight']:g} | {r['ES']} | {r['PS']} | {r['NS']} | {r['score']} | {r['RS']} | {r['Con']} |"
+        )
+    md = f"""# iReVa withdrawal vs θ and b (SmolLM2, zsRE)
+
+Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of `zsre/zsre_mend_edit.json`,
+edited at once with the packaged SmolLM2 settings except θ and b (the weight of `L_irr`). RS / Con: each
+fact withdrawn on its own after all edits (paper 001 Table 2, GPT-2 XL 10K: RS 98.02, Con 93.03). Run time
+{seconds / 60:.0f} min on {machine()}. Produced by `python experiments/{NAME}.py --n {len(cases)} --variants {args.variants}`.
+
+{chr(10).join(table)}
+"""
+    write_text(RESULTS / f"{NAME}.md", md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
