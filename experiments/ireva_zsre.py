@@ -171,6 +171,20 @@ def main() -> None:
         (*KEYS, "RS", "Con"),
     )
     table_first = markdown_table(compare, list(compare), KEYS)
+    findings = ""
+    if "ireva" in results:
+        r, u = results["ireva"], results["unedited"]
+        findings = f"""
+## Against the issue's bars
+
+- ES ≥ 90: {r["ES"]} ({"met" if r["ES"] >= 90 else "not met"}).
+- NS within 2 points of the unedited model: {r["NS"]} vs {u["NS"]} ({"met" if abs(r["NS"] - u["NS"]) <= 2 else "not met"}).
+- Withdrawal RS ≥ 95: RS {r["RS"]}, Con {r["Con"]} ({"met" if r["RS"] >= 95 else "**not met**"}). Withdrawing one fact
+  switches its own neurons off, but on its question (and on its answer prefixes, each a scored input) the
+  best remaining neuron often belongs to another fact and passes θ: zsRE questions share templates and
+  answers share tokens (years split into digits), so the prefix inputs of different facts are close. See
+  `ireva_withdrawal.md` for RS / Con against θ and the out-of-scope weight b.
+"""
     timing = "\n".join(
         f"- `{m}`: edit {r['edit_seconds']} s, edit + scoring {r['seconds']} s" for m, r in runs.items()
     )
@@ -194,6 +208,7 @@ iReVa rows are its all-record edits scored on these records (it holds {len(every
 {len(first)}).
 
 {table_first}{not_run}
+{findings}
 
 Run times:
 {timing}
