@@ -52,6 +52,16 @@ def main() -> None:
         f"- {k.replace('_', ' ')}: layers 0-{half - 1} {a:.3f}, layers {half}-{result['layers'] - 1} {b:.3f}"
         for k, (a, b) in summary.items()
     )
+    (mlp_early, mlp_late), attn_late = summary["mlp_cosine"], summary["attn_cosine"][1]
+    verdict = (
+        f"On SmolLM2 the FFN's before/after cosine {'rises' if mlp_late > mlp_early else 'falls'} from the first to the "
+        f"second half ({mlp_early:.3f} → {mlp_late:.3f}: it changes the state {'less' if mlp_late > mlp_early else 'more'} "
+        f"later, {'as' if mlp_late > mlp_early else 'unlike'} the paper's FFN), and in the second half MHSA changes the "
+        f"state {'more' if attn_late < mlp_late else 'less'} than the FFN ({attn_late:.3f} vs {mlp_late:.3f} cosine; the "
+        f"paper finds MHSA keeps changing it more). By the lens tokens (Jaccard), the FFN's overlap is "
+        f"{summary['mlp_jaccard'][0]:.3f} → {summary['mlp_jaccard'][1]:.3f} and MHSA's "
+        f"{summary['attn_jaccard'][0]:.3f} → {summary['attn_jaccard'][1]:.3f}."
+    )
     md = f"""# Component probes (SmolLM2)
 
 Model: SmolLM2-135M-Instruct, float32. Prompts: {len(facts)} of `rets/known_1000.json`, last token. Top-50
@@ -62,6 +72,8 @@ before/after similarity rises and stabilises) while MHSA keeps changing it. Mean
 SmolLM2's layers:
 
 {lines}
+
+{verdict}
 
 {chr(10).join(rows)}
 
