@@ -85,6 +85,12 @@ fact withdrawn on its own after all edits (paper 001 Table 2, GPT-2 XL 10K: RS 9
 {seconds / 60:.0f} min on {machine()}. Produced by `python experiments/{NAME}.py --n {len(cases)} --variants {args.variants}`.
 
 {chr(10).join(table)}
+
+Best RS here {max(r["RS"] for r in rows)}, best Con {max(r["Con"] for r in rows)}. Anything below θ leaves the
+unedited logits exactly, so a Con of c % means that on the other (100 − c) % of the withdrawn facts' scored
+tokens some other fact's neuron still passes θ. Neither a larger θ nor a 1000-fold weight on `L_irr` (which
+pushes each key away from other facts' bare questions) removes that: the collisions are on the answer
+prefixes (SmolLM2 writes " 2006" as five tokens " ", "2", "0", "0", "6", and many answers share them).
 """
     write_text(RESULTS / f"{NAME}.md", md)
     print(md)
