@@ -82,7 +82,8 @@ def main() -> None:
 Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of `zsre/zsre_mend_edit.json`,
 edited at once with the packaged SmolLM2 settings except θ and b (the weight of `L_irr`). RS / Con: each
 fact withdrawn on its own after all edits (paper 001 Table 2, GPT-2 XL 10K: RS 98.02, Con 93.03). Run time
-{seconds / 60:.0f} min on {machine()}. Produced by `python experiments/{NAME}.py --n {len(cases)} --variants {args.variants}`.
+of this invocation {seconds / 60:.0f} min on {machine()} (variants cached by earlier invocations, about 7 min
+each on this CPU next to other jobs, are not counted). Produced by `python experiments/{NAME}.py --n {len(cases)} --variants {args.variants}`.
 
 {chr(10).join(table)}
 
