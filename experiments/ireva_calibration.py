@@ -159,7 +159,8 @@ Model: SmolLM2-135M-Instruct, float32, adaptor at layer {IrevaHparams().resolve_
 second-to-last). Data: the first {len(cases)} records of `zsre/ZsRE-test-all.json` (held out from the
 `zsre_mend_edit.json` set of `ireva_zsre`), all edited at once, initialisation only. Score = mean of ES, PS,
 NS (iReVa's convention); "locality fired" = share of the {len(locality)} locality prompts whose best neuron
-passes θ. Run time {seconds / 60:.0f} min on {machine()}. Produced by
+passes θ. Run time of this invocation {seconds / 60:.0f} min on {machine()} (points cached by earlier
+invocations are not counted; the whole grid took about 12 min on this CPU). Produced by
 `python experiments/{NAME}.py --n {len(cases)} --alphas {args.alphas} --thetas {args.thetas} --finalists {args.finalists}`.
 
 Initialisation only:
