@@ -33,6 +33,7 @@ from jaxedit.config import ModelConfig
 from jaxedit.edit.contexts import ROME_PREFIXES, context_templates
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
+from jaxedit.edit.rome import statistics_matrix
 from jaxedit.edit.stats import KeyStats, StatsError, _cache_dir, _save, _texts_id, fingerprint
 from jaxedit.edit.targets import Request, TargetHparams, as_request, optimise_targets
 from jaxedit.layout import Params
@@ -163,15 +164,7 @@ def rets(
     layer = default_hparams(model).layer if hp.layer is None else hp.layer
     if hp.targets.key_token == "last":
         check_relation_key(model, request)
-    if isinstance(stats, KeyStats):
-        stats.check(model, layer)
-        matrix = stats.matrix
-    else:
-        matrix = np.asarray(stats)
-    width = model.config.d_mlp
-    if matrix.shape != (width, width):
-        raise StatsError(f"statistics of shape {matrix.shape} do not fit keys of width {width}")
-    c = np.asarray(matrix, np.float64)
+    c = np.asarray(statistics_matrix(model, stats, layer), np.float64)
     if constraint is not None and hp.subject_weight != 0.0:
         if isinstance(constraint, SubjectConstraint):
             if constraint.layer != layer:

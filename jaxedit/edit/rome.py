@@ -54,6 +54,19 @@ def default_layer(model: Model) -> int:
     return default_hparams(model).layer
 
 
+def statistics_matrix(model: Model, stats: KeyStats | np.ndarray, layer: int) -> np.ndarray:
+    """The `[F, F]` matrix of `stats`, checked against the model and layer (a `KeyStats`) or its width."""
+    if isinstance(stats, KeyStats):
+        stats.check(model, layer)
+        matrix = stats.matrix
+    else:
+        matrix = np.asarray(stats)
+    width = model.config.d_mlp
+    if matrix.shape != (width, width):
+        raise StatsError(f"statistics of shape {matrix.shape} do not fit keys of width {width}")
+    return matrix
+
+
 def rank_one_update(
     stats: np.ndarray, key_mean: np.ndarray, key: np.ndarray, residual: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -93,14 +106,7 @@ def rome(
     request = as_request(request)
     hp = default_hparams(model) if hp is None else hp
     layer = default_layer(model) if hp.layer is None else hp.layer
-    if isinstance(stats, KeyStats):
-        stats.check(model, layer)
-        matrix = stats.matrix
-    else:
-        matrix = np.asarray(stats)
-    width = model.config.d_mlp
-    if matrix.shape != (width, width):
-        raise StatsError(f"statistics of shape {matrix.shape} do not fit keys of width {width}")
+    matrix = statistics_matrix(model, stats, layer)
     templates = (
         list(templates) if templates is not None else context_templates(model, hp.prefixes, seed=hp.seed)
     )
