@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,7 +46,6 @@ from jaxedit.generate import generate
 from jaxedit.layout import Params
 from jaxedit.loading import Model
 
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
