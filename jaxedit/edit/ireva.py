@@ -47,7 +47,6 @@ from jaxedit.layout import Params
 from jaxedit.loading import Model
 
 
-
 @dataclasses.dataclass(frozen=True)
 class IrevaHparams:
     """METHODS.md §9 defaults (paper 001 §5.4 on zsRE: 5 Adam steps at lr 5e-2, a = b = 1e-3, 2 + 2 + 6
