@@ -27,6 +27,12 @@ def trace_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--segments", type=int, default=4, help="scanned layer ranges per grid program (compile time)"
     )
+    parser.add_argument(
+        "--shapes",
+        default="auto",
+        choices=("auto", "bucket", "single"),
+        help="'single': one padded shape (one program per kind; accelerators' default)",
+    )
     return parser
 
 
@@ -38,6 +44,7 @@ def dataset_options(args: argparse.Namespace) -> dict:
         "bucket": args.bucket,
         "workers": args.workers,
         "segments": args.segments,
+        "shapes": args.shapes,
     }
 
 

@@ -119,3 +119,31 @@ def test_cli_trace_prompt_and_dataset(model, records, tmp_path, capsys) -> None:
     assert summary["n_facts"] == 2 and (tmp_path / "many" / "trace_dataset.png").exists()
     assert cli.main(["trace", model_dir, "--out", str(tmp_path / "x")]) == 2
     assert "either --prompt" in capsys.readouterr().err
+
+
+def test_single_shape_runs_one_program_per_kind_with_the_same_averages(model, records, monkeypatch) -> None:
+    from jaxedit.trace import engine
+
+    kwargs = dict(kinds=("hidden", "mlp"), samples=2, noise=0.7, window=2, progress=False, bucket=2)
+    shapes = set()
+    build_plan = engine.build_plan
+
+    def recording(kind, n_layers, length, live, *args, **kw):
+        shapes.add((kind, length, live))
+        return build_plan(kind, n_layers, length, live, *args, **kw)
+
+    monkeypatch.setattr(engine, "build_plan", recording)
+    bucketed = trace_dataset(model, records, shapes="bucket", **kwargs)
+    assert len(shapes) > 2  # the prompts' shapes differ
+    shapes.clear()
+    single = trace_dataset(model, records, shapes="single", **kwargs)
+    assert len(shapes) == 2 and {kind for kind, *_ in shapes} == {"hidden", "mlp"}
+    for kind in kwargs["kinds"]:
+        np.testing.assert_allclose(single.aie[kind], bucketed.aie[kind], atol=1e-5)
+    with pytest.raises(ValueError, match="shapes must be"):
+        trace_dataset(model, records, shapes="ragged", **kwargs)
+
+
+def test_common_shape_covers_every_prompt() -> None:
+    assert dataset.common_shape([(7, 2), (10, 1), (4, 0)], 4) == (12, 12)
+    assert dataset.common_shape([(7, 5), (9, 7)], 1) == (9, 2)

@@ -175,6 +175,7 @@ def trace(
     seed: int = 0,
     chunk_samples: int | None = None,
     bucket: int = 1,
+    pad_to: tuple[int, int] | None = None,
     segments: int | str | None = "auto",
 ) -> TraceResult:
     """Causal trace of one prompt: restore grids for each kind (METHODS.md §1).
@@ -196,6 +197,9 @@ def trace(
       bucket: pad the prompt length, and the span of token rows that carry cells, to multiples of this
         so prompts of nearby shapes share compiled programs (dataset runs; compiling one grid takes
         tens of seconds for a 30-layer model). 1 (single prompts) runs exactly the cells needed.
+      pad_to: `(length, live)`: pad to at least this prompt length and this many cell-carrying rows,
+        so that every prompt of a set runs the same compiled programs (`trace_dataset` on
+        accelerators, where one grid program compiles for minutes).
       segments: how the program runs the layers below the last: None unrolls them (each layer at its
         own shapes: the least work, the longest compile), k scans them in at most k ranges padded to
         shared shapes (a fraction of the compile time for up to ~1/k more work). `"auto"`: None on a
@@ -219,6 +223,8 @@ def trace(
         raise ValueError(f"sever must be None, 'mlp', 'attn' or 'both', got {sever!r}")
     if samples < 1:
         raise ValueError(f"samples must be at least 1, got {samples}")
+    if pad_to is not None and (len(pad_to) != 2 or min(pad_to) < 0):
+        raise ValueError(f"pad_to must be a (length, live) pair of non-negative ints, got {pad_to!r}")
     if segments == "auto":
         segments = None if jax.default_backend() == "cpu" else 4
     elif segments is not None and (not isinstance(segments, int) or segments < 1):
@@ -232,10 +238,12 @@ def trace(
 
     # left-pad to a length bucket; only rows from the first corrupted token on carry cells
     n = len(ids)
-    length = min(_bucket(n, bucket), config.max_positions)
+    min_length, min_live = pad_to or (0, 0)
+    length = min(max(_bucket(n, bucket), min_length), config.max_positions)
     pad = length - n
     first_live = pad + int(np.argmax(mask))
-    live = min(_bucket(length - first_live, bucket), length)  # rows carrying cells (dead ones included)
+    # rows carrying cells (dead ones included)
+    live = min(max(_bucket(length - first_live, bucket), min_live), length)
     padded_ids = np.full(length, tok.pad_id(model.tokenizer), np.int32)
     padded_ids[pad:] = ids
     key_mask = np.zeros(length, bool)

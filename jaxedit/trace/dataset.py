@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
@@ -152,6 +153,17 @@ def _settings_key(**settings: Any) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def common_shape(lengths_and_starts: Sequence[tuple[int, int]], bucket: int) -> tuple[int, int]:
+    """The `(length, live)` padding under which `trace` runs every prompt of a set with one program.
+
+    Each prompt is `(tokens, first corrupted token)`; `trace` pads a prompt to its bucketed length and
+    gives cells to the bucketed rows from its first corrupted token on.
+    """
+    length = max(-(-n // bucket) * bucket for n, _ in lengths_and_starts)
+    live = max(-(-(n - first) // bucket) * bucket for n, first in lengths_and_starts)
+    return length, min(live, length)
+
+
 def trace_dataset(
     model: Model,
     records: Iterable[dict],
@@ -169,6 +181,7 @@ def trace_dataset(
     progress: bool = True,
     workers: int = 1,
     segments: int | str | None = "auto",
+    shapes: str = "auto",
 ) -> DatasetTrace:
     """Trace facts the model knows and average the indirect effects by token class.
 
@@ -180,6 +193,10 @@ def trace_dataset(
       out_dir: where per-fact traces are cached (resumable) and the summary is written.
       workers: facts traced concurrently by threads. On an accelerator, compiling the grid programs of
         new prompt shapes dominates and XLA compiles in parallel on the host's cores; on a CPU keep 1.
+      shapes: `bucket` pads each prompt to multiples of `bucket` (the least work: a CPU's choice);
+        `single` pads every prompt to the set's largest bucketed shape, so each kind compiles one grid
+        program (on an H200 one SmolLM2 grid program compiles in 1-3 minutes and then traces a fact
+        in a fraction of a second); `auto`: `bucket` on a CPU, `single` on accelerators.
       Other arguments as in `trace`.
 
     Returns:
@@ -210,6 +227,13 @@ def trace_dataset(
     log.info("tracing %d facts; %d of %d considered were filtered out", len(kept), filtered, considered)
     if not kept:
         raise ValueError("the model predicts none of the given facts correctly: nothing to trace")
+    if shapes == "auto":
+        shapes = "bucket" if jax.default_backend() == "cpu" else "single"
+    pad_to = None
+    if shapes == "single":
+        pad_to = common_shape([(len(ids), int(np.argmax(mask))) for *_, ids, mask, _ in kept], bucket)
+    elif shapes != "bucket":
+        raise ValueError(f"shapes must be 'auto', 'bucket' or 'single', got {shapes!r}")
     scale = noise_scale_for(model, [(ids, mask) for *_, ids, mask, _ in kept], noise)
     filter_seconds = time.perf_counter() - start
 
@@ -232,7 +256,8 @@ def trace_dataset(
             return grids, saved["p_clean"], saved["p_corrupt"], float(saved.get("seconds", 0.0))
         result = trace(
             model, prompt, subject=subject, corrupt=corrupt, kinds=kinds, samples=samples, noise=scale,
-            window=window, answer=answer, sever=sever, seed=seed, bucket=bucket, segments=segments,
+            window=window, answer=answer, sever=sever, seed=seed, bucket=bucket, pad_to=pad_to,
+            segments=segments,
         )  # fmt: skip
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
