@@ -30,7 +30,8 @@ from jaxedit.loading import Model
 from jaxedit.predict import next_tokens
 
 
-def _key(text: str) -> str:
+def wording_key(text: str) -> str:
+    """A pattern or prompt prefix normalised for comparison (case, spacing, final period)."""
     return re.sub(r"\s+", " ", text.strip().lower().rstrip(" ."))
 
 
@@ -46,7 +47,7 @@ class RelationPatterns:
         """The relations `prompt` (about `subject`) may express; empty when it matches no pattern."""
         if subject not in prompt:
             return frozenset()
-        return self.relations_by_prefix.get(_key(prompt.replace(subject, "[X]", 1)), frozenset())
+        return self.relations_by_prefix.get(wording_key(prompt.replace(subject, "[X]", 1)), frozenset())
 
 
 def read_patterns(pararel_dir: str | Path, known: str | Path | None = None) -> RelationPatterns:
@@ -65,11 +66,11 @@ def read_patterns(pararel_dir: str | Path, known: str | Path | None = None) -> R
             head, _, tail = pattern.partition("[Y]")
             if "[X]" not in head or tail.strip(" .") != "":
                 continue  # the object must end the sentence and the subject come before it
-            by_prefix.setdefault(_key(head), set()).add(relation)
+            by_prefix.setdefault(wording_key(head), set()).add(relation)
             prompts.setdefault(relation, []).append(head.strip())
     if known is not None:
         for fact in json.loads(Path(known).read_text()):
-            by_prefix.setdefault(_key(fact["template"].replace("{}", "[X]")), set()).add(fact["relation_id"])
+            by_prefix.setdefault(wording_key(fact["template"].replace("{}", "[X]")), set()).add(fact["relation_id"])
     return RelationPatterns(
         {k: frozenset(v) for k, v in by_prefix.items()}, {k: tuple(v) for k, v in prompts.items()}
     )
