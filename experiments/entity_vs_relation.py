@@ -35,7 +35,7 @@ from jaxedit.evaluate.perspective import METRICS, build_perspective_cases, evalu
 from jaxedit.evaluate.rspec import read_patterns
 
 NAME = "entity_vs_relation"
-ALL = ("rome-entity", "memit-entity", "rome-relation", "memit-relation", "rets-relation")
+ALL = ("rome-entity", "rome-relation", "rets-relation", "memit-entity", "memit-relation")
 PAPER = {  # paper 004, GPT-2 XL: Table 2 (entity edits) and Table 1 (relation edits)
     "rome-entity (paper, GPT-2 XL)": (99.93, 96.6, 96.12, 74.46),
     "memit-entity (paper, GPT-2 XL)": (93.88, 79.6, 97.28, 76.01),
@@ -112,7 +112,7 @@ def main() -> None:
         )
         settings["constraint_prompts"] = min(len(train), args.constraint_n)
     chosen = {m: editors[m] for m in methods}
-    results = evaluate_perspectives(model, cases, chosen, out_dir=CACHE / NAME / f"n{len(cases)}")
+    results = evaluate_perspectives(model, cases, chosen, out_dir=CACHE / NAME)
     results = {k: {m: round(v, 2) if m != "n" else v for m, v in row.items()} for k, row in results.items()}
     settings["layers"] = {
         "rome-entity": [entity_layer], "memit-entity": list(memit_entity.layers),

@@ -102,6 +102,19 @@ class Delta:
             **({"attached": [a.summary() for a in self.attached]} if self.attached else {}),
         }
 
+    def _repr_html_(self) -> str:
+        from jaxedit.display import html_table, request_text
+
+        rows = [
+            (part.site, layer, norm, part.left.shape[1])
+            for part in (self, *self.attached)
+            for layer, norm in part.norms().items()
+        ]
+        edits = "; ".join(request_text(r) for r in self.requests[:5])
+        more = f" (+{len(self.requests) - 5} more)" if len(self.requests) > 5 else ""
+        caption = f"{self.method} delta {self.id}: {edits}{more}"
+        return html_table(caption, ("site", "layer", "‖ΔW‖", "rank"), rows)
+
 
 KERNELS = {"mlp": ("mlp", "out"), "attn": ("attn", "o")}  # site -> params["layers"][block][name]
 

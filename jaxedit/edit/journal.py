@@ -10,7 +10,6 @@ order) and `deltas.safetensors` (`<id>.left`, `<id>.right` factors and `<id>.lay
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import shutil
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from jaxedit.display import html_table, request_text
 from jaxedit.edit.adaptors import AdaptorEdit, adaptor_edits, withdraw_fact
 from jaxedit.edit.delta import Delta, apply, revert
 from jaxedit.edit.stats import fingerprint
@@ -139,16 +139,15 @@ class EditJournal:
         return save_hf(self.model, directory)
 
     def _repr_html_(self) -> str:
-        def row(e: dict) -> str:
-            edits = "; ".join(
-                f"{r.get('prompt', '').format(r.get('subject', ''))} → {r.get('target', '')}"
-                for r in e["requests"]
+        rows = (
+            (
+                e["id"],
+                e["method"],
+                ",".join(map(str, e["layers"])),
+                "; ".join(request_text(r) for r in e["requests"]),
+                ", ".join(f"{float(n):.3g}" for n in e["norms"].values()),
             )
-            norms = ", ".join(f"{float(n):.3g}" for n in e["norms"].values())
-            cells = (e["id"], e["method"], ",".join(map(str, e["layers"])), edits, norms)
-            return "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in cells) + "</tr>"
-
-        head = "<tr><th>id</th><th>method</th><th>layers</th><th>edits</th><th>‖ΔW‖</th></tr>"
-        rows = "".join(row(e) for e in self.entries())
-        caption = f"{len(self)} edits on {html.escape(self.model.name)}"
-        return f"<table><caption>{caption}</caption>{head}{rows}</table>"
+            for e in self.entries()
+        )
+        header = ("id", "method", "layers", "edits", "‖ΔW‖")
+        return html_table(f"{len(self)} edits on {self.model.name}", header, rows)

@@ -34,6 +34,7 @@ from jaxedit.checkpoints import atomic_write_bytes
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.targets import Request, as_request
 from jaxedit.evaluate.metrics import generation_entropy, harmonic_mean, target_scores
+from jaxedit.evaluate.report import Report
 from jaxedit.evaluate.runner import run_edits
 from jaxedit.generate import generate_text
 from jaxedit.loading import Model
@@ -229,7 +230,7 @@ def evaluate_counterfact(
         progress=progress,
     )
     layouts = sorted({c.layout for c in cases})
-    summary: dict[str, Any] = {"unedited": summarise(pre_rows)}
+    summary = Report(unedited=summarise(pre_rows))
     if post_rows:
         summary[method] = summarise(post_rows)
     summary["protocol"] = {

@@ -22,6 +22,7 @@ metrics). The new object of each fact is the object of the next fact of the same
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ from jaxedit.checkpoints import atomic_write_bytes
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.targets import Request
 from jaxedit.evaluate.metrics import target_scores
+from jaxedit.evaluate.report import Report
 from jaxedit.evaluate.rspec import RelationPatterns, wording_key
 from jaxedit.loading import Model
 
@@ -140,16 +142,18 @@ def evaluate_perspectives(
     *,
     out_dir: str | Path | None = None,
     progress: bool = True,
-) -> dict[str, dict[str, float]]:
+) -> Report:
     """Each method edits each case alone on the unedited model; means of `score_perspectives`.
 
-    `out_dir` caches each (method, case) score as json, so an interrupted run resumes. Returns
+    `out_dir` caches each (method, case) score as json (keyed by the case's content), so an interrupted
+    or longer run reuses them. Returns
     `{"unedited": ..., "unedited (true object)": ..., method: ...}`, each with the four metrics and `n`.
     """
     from jaxedit.edit import apply
 
-    def cached(name: str, index: int, compute: Callable[[], dict[str, float]]) -> dict[str, float]:
-        path = Path(out_dir, name, f"{index:05d}.json") if out_dir is not None else None
+    def cached(name: str, case: PerspectiveCase, compute: Callable[[], dict[str, float]]) -> dict[str, float]:
+        digest = hashlib.sha1(json.dumps(dataclasses.asdict(case)).encode()).hexdigest()[:16]
+        path = Path(out_dir, name, f"{digest}.json") if out_dir is not None else None
         if path is not None and path.exists():
             return json.loads(path.read_text())
         scores = compute()
@@ -164,10 +168,14 @@ def evaluate_perspectives(
     }
     for name, editor in editors.items():
         rows[name] = [
-            cached(name, i, lambda c=case, e=editor: score_perspectives(apply(model, e(model, c.request)), c))
-            for i, case in enumerate(tqdm(cases, desc=f"{name} (entity vs relation)", disable=not progress))
+            cached(
+                name, case, lambda c=case, e=editor: score_perspectives(apply(model, e(model, c.request)), c)
+            )
+            for case in tqdm(cases, desc=f"{name} (entity vs relation)", disable=not progress)
         ]
-    return {
-        name: {**{m: float(np.mean([r[m] for r in mine])) for m in METRICS}, "n": len(mine)}
-        for name, mine in rows.items()
-    }
+    return Report(
+        {
+            name: {**{m: float(np.mean([r[m] for r in mine])) for m in METRICS}, "n": len(mine)}
+            for name, mine in rows.items()
+        }
+    )

@@ -70,7 +70,9 @@ def read_patterns(pararel_dir: str | Path, known: str | Path | None = None) -> R
             prompts.setdefault(relation, []).append(head.strip())
     if known is not None:
         for fact in json.loads(Path(known).read_text()):
-            by_prefix.setdefault(wording_key(fact["template"].replace("{}", "[X]")), set()).add(fact["relation_id"])
+            by_prefix.setdefault(wording_key(fact["template"].replace("{}", "[X]")), set()).add(
+                fact["relation_id"]
+            )
     return RelationPatterns(
         {k: frozenset(v) for k, v in by_prefix.items()}, {k: tuple(v) for k, v in prompts.items()}
     )

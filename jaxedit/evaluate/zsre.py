@@ -26,6 +26,7 @@ from jaxedit.checkpoints import atomic_write_bytes
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.targets import Request, as_request
 from jaxedit.evaluate.metrics import target_scores
+from jaxedit.evaluate.report import Report
 from jaxedit.evaluate.runner import run_edits
 from jaxedit.loading import Model
 
@@ -147,7 +148,7 @@ def evaluate_zsre(
         unedited_dir=unedited_dir,
         progress=progress,
     )
-    summary: dict[str, Any] = {"unedited": summarise_zsre(pre)}
+    summary = Report(unedited=summarise_zsre(pre))
     if post:
         summary[method] = summarise_zsre(post)
     summary["protocol"] = PROTOCOL
