@@ -22,6 +22,51 @@ def _load(spec: str):
     return model
 
 
+def _mesh_shape(text: str | None, devices: int) -> dict[str, int]:
+    if text is None:
+        return {"data": 1, "model": devices}
+    shape = {}
+    for part in text.split(","):
+        name, sep, size = part.partition("=")
+        if not sep or not size.strip().isdigit():
+            raise ValueError(f"--mesh wants axis=size pairs like data=1,model=8, got {text!r}")
+        shape[name.strip()] = int(size)
+    return shape
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    if args.devices < 1:
+        raise ValueError(f"--devices must be at least 1, got {args.devices}")
+    # simulated CPU devices: effective only before JAX starts its backends, which nothing here has done
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.devices}".strip()
+    import jax
+
+    from jaxedit import presets
+    from jaxedit.checkpoints import atomic_write_bytes
+    from jaxedit.plan import plan
+    from jaxedit.sharding import make_mesh
+
+    shape = _mesh_shape(args.mesh, args.devices)
+    config = presets.config(args.model, dtype=args.dtype)
+    devices = jax.devices()
+    if len(devices) < args.devices:
+        raise ValueError(
+            f"--devices {args.devices} but only {len(devices)} {devices[0].platform} devices exist"
+        )
+    mesh = make_mesh(shape, devices[: args.devices])
+    result = plan(config, mesh, name=str(args.model), edits=args.edits, progress=print)
+    print(result.table())
+    if args.json:
+        atomic_write_bytes(Path(args.json), json.dumps(result.to_dict(), indent=1).encode())
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from jaxedit.layout import param_count
 
@@ -361,6 +406,19 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="family, sizes and parameter count of a model")
     info.add_argument("model", help='"smollm2", a Hugging Face model directory or a .gguf file')
     info.set_defaults(func=cmd_info)
+
+    pl = sub.add_parser(
+        "plan", help="compile forward / trace / ROME / MEMIT programs for a model on a mesh, without weights"
+    )
+    pl.add_argument(
+        "model", help="a preset (gpt2-xl, gptj-6b, neox-20b, llama2-7b) or a config.json / HF dir"
+    )
+    pl.add_argument("--devices", type=int, default=1, help="devices (simulated on a CPU)")
+    pl.add_argument("--mesh", help="axis sizes, e.g. data=1,model=8 (default: all devices on model)")
+    pl.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"))
+    pl.add_argument("--edits", type=int, default=1000, help="requests in the MEMIT / PMET batch")
+    pl.add_argument("--json", help="write the plan as JSON here")
+    pl.set_defaults(func=cmd_plan)
 
     gen = sub.add_parser("generate", help="complete a prompt (greedy, or top-k sampling)")
     gen.add_argument("model")
