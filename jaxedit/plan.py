@@ -165,9 +165,10 @@ def _combine(mesh: Mesh, *weighted: tuple[_Part, int]) -> ProgramPlan:
     )
 
 
-def abstract_sharded_params(config: ModelConfig, mesh: Mesh) -> dict:
-    """`ShapeDtypeStruct`s of every param with its `NamedSharding`: params that were never allocated."""
-    shardings = param_shardings(config, mesh)
+def abstract_sharded_params(config: ModelConfig, mesh: Mesh, uneven: str = "replicate") -> dict:
+    """`ShapeDtypeStruct`s of every param with its `NamedSharding`: params that were never allocated
+    (axes the mesh does not divide stay replicated, see `jaxedit.sharding.mesh_axes`)."""
+    shardings = param_shardings(config, mesh, uneven=uneven)
     return jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
         layout.abstract_params(config),
@@ -305,7 +306,7 @@ def plan(
         config=config,
         mesh_shape=dict(mesh.shape),
         params=layout.param_count(config),
-        per_device_param_bytes=per_device_param_bytes(config, dict(mesh.shape)),
+        per_device_param_bytes=per_device_param_bytes(config, dict(mesh.shape), uneven="replicate"),
         programs=results,
         edits=edits,
     )

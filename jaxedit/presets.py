@@ -8,14 +8,15 @@ build; `jaxedit plan` compiles programs for them without weights.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
 from jaxedit import layout
 from jaxedit.config import ConfigError, ModelConfig
-from jaxedit.families import config_from_hf, partition_specs
-from jaxedit.sharding import DEFAULT_RULES
+from jaxedit.families import config_from_hf
+from jaxedit.sharding import mesh_axes
 
 HF_CONFIGS: dict[str, dict] = {
     # openai-community/gpt2-xl
@@ -80,19 +81,13 @@ def config(spec: str | Path | ModelConfig, *, dtype: str | None = None, **change
     return result.replace(**changes) if changes else result
 
 
-def per_device_param_bytes(cfg: ModelConfig, mesh_shape: dict[str, int]) -> int:
+def per_device_param_bytes(cfg: ModelConfig, mesh_shape: dict[str, int], uneven: str = "error") -> int:
     """Bytes of parameters each device holds under the default sharding rules on a mesh of this shape
-    (the largest shard of every parameter: replicated axes count whole)."""
+    (`uneven` as in `jaxedit.sharding.mesh_axes`; replicated axes count whole)."""
     itemsize = np.dtype(layout.param_dtype(cfg)).itemsize
-    total = 0
     shapes = layout.flatten(layout.param_specs(cfg))
-    for path, axes in partition_specs(cfg).items():
-        size = 1
-        for dim, axis in zip(shapes[path].shape, axes, strict=True):
-            target = DEFAULT_RULES.get(axis) if axis is not None else None
-            parts = mesh_shape.get(target, 1) if target is not None else 1
-            if dim % parts:
-                raise ConfigError(f"{path}: axis {axis!r} of size {dim} does not split over {parts} devices")
-            size *= dim // parts
-        total += size * itemsize
+    total = 0
+    for path, axes in mesh_axes(cfg, mesh_shape, uneven=uneven).items():
+        parts = [mesh_shape[a] if a is not None else 1 for a in axes]
+        total += math.prod(dim // n for dim, n in zip(shapes[path].shape, parts, strict=True)) * itemsize
     return total

@@ -42,35 +42,53 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
     return Mesh(np.asarray(devices).reshape(tuple(shape.values())), tuple(shape))
 
 
-def param_partition_specs(
-    config: ModelConfig, mesh: Mesh, rules: Mapping[str, str | None] | None = None
-) -> Params:
-    """`PartitionSpec` for every param, checking that each sharded dimension divides evenly."""
+def mesh_axes(
+    config: ModelConfig,
+    mesh_shape: Mapping[str, int],
+    rules: Mapping[str, str | None] | None = None,
+    uneven: str = "error",
+) -> dict[str, tuple[str | None, ...]]:
+    """Mesh axis (or None) of every dimension of every param, by flat path.
+
+    A logical axis whose size the mesh axis does not divide raises (`uneven="error"`) or stays
+    replicated (`uneven="replicate"`: GPT-2 XL's 25 heads or 50,257-token vocabulary on 8 devices).
+    """
+    if uneven not in ("error", "replicate"):
+        raise ValueError(f"uneven must be 'error' or 'replicate', got {uneven!r}")
     rules = dict(DEFAULT_RULES if rules is None else rules)
     shapes = layout.flatten(layout.param_specs(config))
-    specs = {}
+    out = {}
     for path, axes in partition_specs(config).items():
-        mesh_axes = []
+        chosen: list[str | None] = []
         for dim, axis in zip(shapes[path].shape, axes, strict=True):
             target = rules.get(axis) if axis is not None else None
-            if target is not None and target in mesh.shape:
-                if dim % mesh.shape[target]:
+            if target is not None and target in mesh_shape and dim % mesh_shape[target]:
+                if uneven == "error":
                     raise ValueError(
                         f"cannot shard {path} axis {axis!r} of size {dim} over mesh axis {target!r} of "
-                        f"size {mesh.shape[target]}: it does not divide evenly"
+                        f"size {mesh_shape[target]}: it does not divide evenly"
                     )
-                mesh_axes.append(target)
-            else:
-                mesh_axes.append(None)
-        specs[path] = PartitionSpec(*mesh_axes)
-    return layout.unflatten(specs)
+                target = None
+            chosen.append(target if target in mesh_shape else None)
+        out[path] = tuple(chosen)
+    return out
 
 
-def param_shardings(config: ModelConfig, mesh: Mesh, rules: Mapping[str, str | None] | None = None) -> Params:
+def param_partition_specs(
+    config: ModelConfig, mesh: Mesh, rules: Mapping[str, str | None] | None = None, uneven: str = "error"
+) -> Params:
+    """`PartitionSpec` for every param (see `mesh_axes` for axes that do not divide evenly)."""
+    axes = mesh_axes(config, dict(mesh.shape), rules, uneven)
+    return layout.unflatten({path: PartitionSpec(*a) for path, a in axes.items()})
+
+
+def param_shardings(
+    config: ModelConfig, mesh: Mesh, rules: Mapping[str, str | None] | None = None, uneven: str = "error"
+) -> Params:
     """`NamedSharding` for every param."""
     return jax.tree.map(
         lambda spec: NamedSharding(mesh, spec),
-        param_partition_specs(config, mesh, rules),
+        param_partition_specs(config, mesh, rules, uneven),
         is_leaf=lambda x: isinstance(x, PartitionSpec),
     )
 

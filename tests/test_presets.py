@@ -40,5 +40,13 @@ def test_per_device_parameter_bytes_split_over_the_model_axis() -> None:
     per_device = presets.per_device_param_bytes(gptj, {"data": 1, "model": 8})
     assert abs(per_device / (total / 8) - 1) < 0.15
     assert presets.per_device_param_bytes(gptj, {"data": 8, "model": 1}) == total
-    with pytest.raises(ConfigError, match="does not split"):  # GPT-2 XL's 50,257-token vocabulary
-        presets.per_device_param_bytes(presets.config("gpt2-xl"), {"model": 8})
+    gpt2 = presets.config("gpt2-xl")
+    with pytest.raises(ValueError, match="does not divide"):  # GPT-2 XL's 50,257-token vocabulary
+        presets.per_device_param_bytes(gpt2, {"model": 8})
+    replicated = presets.per_device_param_bytes(gpt2, {"model": 8}, uneven="replicate")
+    whole, vocab = 4 * layout.param_count(gpt2), 4 * 50257 * 1600  # the token embedding stays whole
+    split = sum(
+        4 * 48 * n for n in (1600 * 4800, 4800, 1600 * 1600, 2 * 1600 * 6400, 6400)
+    )  # kernels, biases
+    assert replicated == pytest.approx(whole - split * 7 / 8, rel=1e-3)
+    assert replicated > vocab + (whole - vocab) / 8
