@@ -20,12 +20,12 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=64"
 ).strip()
 
-import jax  # noqa: E402
+import jax
 
-from jaxedit import presets  # noqa: E402
-from jaxedit.checkpoints import atomic_write_bytes  # noqa: E402
-from jaxedit.plan import PEAKS, plan  # noqa: E402
-from jaxedit.sharding import make_mesh  # noqa: E402
+from jaxedit import presets
+from jaxedit.checkpoints import atomic_write_bytes
+from jaxedit.plan import PEAKS, plan
+from jaxedit.sharding import make_mesh
 
 RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results"
 GIB = 2.0**30
