@@ -94,10 +94,15 @@ def param_shardings(
 
 
 def shard(
-    params: Params, config: ModelConfig, mesh: Mesh, rules: Mapping[str, str | None] | None = None
+    params: Params,
+    config: ModelConfig,
+    mesh: Mesh,
+    rules: Mapping[str, str | None] | None = None,
+    uneven: str = "error",
 ) -> Params:
-    """Params placed on `mesh` by the family's logical axes; run `forward` on them as usual."""
-    return jax.device_put(params, param_shardings(config, mesh, rules))
+    """Params placed on `mesh` by the family's logical axes; run `forward` on them as usual. Across
+    processes (`jax.distributed`), every process passes the same full params and keeps its shards."""
+    return jax.device_put(params, param_shardings(config, mesh, rules, uneven))
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:
