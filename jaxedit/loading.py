@@ -75,8 +75,14 @@ def embedded_gguf_path(name: str = "smollm2") -> Path:
     return files[0]
 
 
-def params_from_source(config: ModelConfig, source: TensorSource, module: Any) -> Params:
-    """Fill the params pytree from HF-named tensors with the family's rules.
+def params_from_source(
+    config: ModelConfig, source: TensorSource, module: Any, shardings: Params | None = None
+) -> Params:
+    """Fill the params pytree from HF-named tensors with the family's rules, one parameter at a time.
+
+    With `shardings` (a pytree of `NamedSharding`s, `jaxedit.sharding.param_shardings`) each parameter
+    goes straight to its devices as soon as its tensors are read (for a per-layer parameter: stacked over
+    the layers, in the target dtype), so the host holds at most one parameter, never the whole model.
 
     Raises `WeightsError` for a missing tensor, a tensor no rule uses, or a shape the config does not
     imply.
@@ -96,28 +102,33 @@ def params_from_source(config: ModelConfig, source: TensorSource, module: Any) -
 
     specs = layout.flatten(layout.param_specs(config))
     dtype = layout.param_dtype(config)
+    targets = layout.flatten(shardings) if shardings is not None else None
     flat: dict[str, jax.Array] = {}
     used: set[str] = set()
     for rule in module.rules(config):
         layers = range(config.n_layers) if rule.per_layer else [None]
-        parts: list[list[np.ndarray]] = [[] for _ in rule.params]
+        full_paths = [f"layers/{path}" if rule.per_layer else path for path in rule.params]
+        # a per-layer parameter's host buffer is filled layer by layer (one parameter on the host at a time)
+        buffers = [np.empty(specs[full].shape, dtype) if rule.per_layer else None for full in full_paths]
         for i in layers:
             name = resolve(rule.hf.format(i=i))
             used.add(name)
             pieces = rule.load(source.get(name))
-            for path, slot, piece in zip(rule.params, parts, pieces, strict=True):
-                full = f"layers/{path}" if rule.per_layer else path
+            for full, buffer, piece in zip(full_paths, buffers, pieces, strict=True):
                 expected = specs[full].shape[1:] if rule.per_layer else specs[full].shape
                 if piece.shape != expected:
                     raise WeightsError(
                         f"{source.origin}: {name} of shape {source.get(name).shape} gives {full} of shape "
                         f"{piece.shape}, expected {expected}"
                     )
-                slot.append(piece)
-        for path, slot in zip(rule.params, parts, strict=True):
-            full = f"layers/{path}" if rule.per_layer else path
-            array = np.stack(slot) if rule.per_layer else slot[0]
-            flat[full] = jnp.asarray(array, dtype=dtype)
+                if rule.per_layer:
+                    buffer[i] = piece
+                else:
+                    buffers[full_paths.index(full)] = np.asarray(piece, dtype)
+            del pieces
+        for full, buffer in zip(full_paths, buffers, strict=True):
+            flat[full] = jnp.asarray(buffer) if targets is None else jax.device_put(buffer, targets[full])
+        del buffers
     ignored = [re.compile(p) for p in module.IGNORED]
     if config.tie_embeddings:
         ignored.append(re.compile(r"^lm_head\.weight$"))
@@ -127,7 +138,15 @@ def params_from_source(config: ModelConfig, source: TensorSource, module: Any) -
     return layout.unflatten(flat)
 
 
-def _load_directory(directory: Path, dtype: str | None) -> Model:
+def _shardings(config: ModelConfig, mesh: Any, uneven: str) -> Params | None:
+    if mesh is None:
+        return None
+    from jaxedit.sharding import param_shardings
+
+    return param_shardings(config, mesh, uneven=uneven)
+
+
+def _load_directory(directory: Path, dtype: str | None, mesh: Any = None, uneven: str = "error") -> Model:
     config_file = directory / "config.json"
     if not config_file.exists():
         raise WeightsError(f"{directory}: no config.json")
@@ -138,7 +157,9 @@ def _load_directory(directory: Path, dtype: str | None) -> Model:
     config = config_from_hf(hf)
     if dtype:
         config = config.replace(dtype=dtype)
-    params = params_from_source(config, directory_source(directory), family_module(config.family))
+    params = params_from_source(
+        config, directory_source(directory), family_module(config.family), _shardings(config, mesh, uneven)
+    )
     tokenizer = None
     if any((directory / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")):
         from transformers import AutoTokenizer
@@ -147,7 +168,7 @@ def _load_directory(directory: Path, dtype: str | None) -> Model:
     return Model(config=config, params=params, tokenizer=tokenizer, source=str(directory))
 
 
-def _load_gguf(path: Path, dtype: str | None) -> Model:
+def _load_gguf(path: Path, dtype: str | None, mesh: Any = None, uneven: str = "error") -> Model:
     from jaxedit.gguf_io import gguf_tokenizer, read_gguf
 
     hf, source = read_gguf(path)
@@ -155,29 +176,36 @@ def _load_gguf(path: Path, dtype: str | None) -> Model:
     config = config_from_hf(hf)
     if dtype:
         config = config.replace(dtype=dtype)
-    params = params_from_source(config, source, family_module(config.family))
+    params = params_from_source(
+        config, source, family_module(config.family), _shardings(config, mesh, uneven)
+    )
     tokenizer = gguf_tokenizer(path) if has_tokenizer else None
     return Model(config=config, params=params, tokenizer=tokenizer, source=str(path))
 
 
-def load_model(spec: str | Path, *, dtype: str | None = None) -> Model:
+def load_model(
+    spec: str | Path, *, dtype: str | None = None, mesh: Any = None, uneven: str = "error"
+) -> Model:
     """Load a model by embedded name (`"smollm2"`), HF directory or `.gguf` path.
 
     Args:
       spec: what to load.
       dtype: parameter dtype (`float32` default, or `bfloat16`).
+      mesh: a `jax.sharding.Mesh`: every parameter is placed straight into its sharding as it is read
+        (streaming; see `params_from_source`), for models larger than one device or than host memory
+        twice over. `uneven` as in `jaxedit.sharding.mesh_axes`.
 
     Returns:
       A `Model`.
     """
     if str(spec) in EMBEDDED_MODELS:
-        model = _load_gguf(embedded_gguf_path(str(spec)), dtype)
+        model = _load_gguf(embedded_gguf_path(str(spec)), dtype, mesh, uneven)
         return model.replace(source=str(spec))
     path = Path(spec)
     if path.is_dir():
-        return _load_directory(path, dtype)
+        return _load_directory(path, dtype, mesh, uneven)
     if path.suffix == ".gguf":
-        return _load_gguf(path, dtype)
+        return _load_gguf(path, dtype, mesh, uneven)
     if not path.exists():
         raise WeightsError(
             f"{spec!r} is neither an embedded model ({', '.join(EMBEDDED_MODELS)}), a directory nor a .gguf file"

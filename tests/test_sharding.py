@@ -29,3 +29,14 @@ def test_sharded_pmet_batch_equals_unsharded_on_8_devices() -> None:
     print(result.stdout, result.stderr[-3000:])
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert result.stdout.strip().endswith("OK")
+
+
+def test_streaming_load_places_each_parameter_into_its_sharding(tmp_path) -> None:
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    script = Path(__file__).with_name("streaming_check.py")
+    result = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    assert result.stdout.strip().endswith("OK") and result.stdout.count("logits |diff|") == 7
