@@ -70,6 +70,7 @@ def execute(path: Path, values: dict[str, object], timeout: int) -> nbformat.Not
 def write_atomically(notebook: nbformat.NotebookNode, path: Path) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".ipynb", delete=False) as handle:
         nbformat.write(notebook, handle)
+    Path(handle.name).chmod(0o644)
     Path(handle.name).replace(path)
 
 

@@ -24,7 +24,7 @@ class Report(dict):
 
     def _repr_html_(self) -> str:
         rows = self.rows()
-        columns = [c for c in COLUMNS if any(c in row for row in rows.values())]
+        columns = [c for c in COLUMNS if any(row.get(c) is not None for row in rows.values())]
         extra = ", ".join(f"{k} {self[k]}" for k in ("batch", "seconds") if k in self)
         return html_table(
             f"evaluation ({extra})" if extra else "evaluation",
