@@ -66,7 +66,9 @@ def main() -> None:
 `python tools/plan_presets.py --edits {args.edits}` on {machine}; {time.perf_counter() - start:.0f} s of
 compiling. Each program is lowered and compiled for abstract params sharded on a `model` mesh axis of
 1, 8 or 64 devices (axes a mesh does not divide stay replicated). Peak = XLA's per-device
-`memory_analysis()` (arguments + outputs + temporaries − aliased, params included); TFLOP = matrix FLOPs
+`memory_analysis()` (arguments + outputs + temporaries − aliased, params included) of the program as
+compiled for this machine's CPU backend, which runs bfloat16 matrix products in float32 and converts
+weights ahead, so a GPU compile needs less: upper bounds; TFLOP = matrix FLOPs
 of the whole program with loops at their trip counts, divided by the devices; the seconds are that
 divided by the dense bf16 tensor-core peak ({PEAKS["A100-80GB"]["bfloat16"] / 1e12:.0f} TFLOP/s A100,
 {PEAKS["H100-SXM"]["bfloat16"] / 1e12:.0f} H100 SXM): lower bounds. "fits 80 GB" = peak ≤ 72 GB.
