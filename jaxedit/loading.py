@@ -114,7 +114,7 @@ def params_from_source(
             name = resolve(rule.hf.format(i=i))
             used.add(name)
             pieces = rule.load(source.get(name))
-            for full, buffer, piece in zip(full_paths, buffers, pieces, strict=True):
+            for slot, (full, piece) in enumerate(zip(full_paths, pieces, strict=True)):
                 expected = specs[full].shape[1:] if rule.per_layer else specs[full].shape
                 if piece.shape != expected:
                     raise WeightsError(
@@ -122,9 +122,9 @@ def params_from_source(
                         f"{piece.shape}, expected {expected}"
                     )
                 if rule.per_layer:
-                    buffer[i] = piece
+                    buffers[slot][i] = piece
                 else:
-                    buffers[full_paths.index(full)] = np.asarray(piece, dtype)
+                    buffers[slot] = np.asarray(piece, dtype)
             del pieces
         for full, buffer in zip(full_paths, buffers, strict=True):
             flat[full] = jnp.asarray(buffer) if targets is None else jax.device_put(buffer, targets[full])

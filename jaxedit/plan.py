@@ -2,8 +2,10 @@
 
 `plan(config, mesh)` builds abstract params (`jax.ShapeDtypeStruct` carrying the family's
 `NamedSharding`s), lowers and compiles under the mesh the programs jaxedit runs, and reports for each
-the per-device peak bytes (`compiled.memory_analysis()`: arguments + outputs + temporaries − aliased)
-and the FLOPs of one device's partition (`compiled.cost_analysis()`):
+the per-device peak bytes (`compiled.memory_analysis()`: arguments + outputs + temporaries − aliased,
+for the backend it compiles on) and the matrix FLOPs per device (the whole program's, counted from its
+jaxpr with every loop at its trip count by `jaxedit.flops`, split evenly over the devices; XLA's
+`cost_analysis()`, which counts a loop body once, is kept beside them):
 
 - `forward`: all logits of a batch of 8 × 128 tokens;
 - `trace`: one causal-trace grid of one prompt, hidden kind, every layer × 16 tokens, 10 noise samples
@@ -35,6 +37,7 @@ from jaxedit.config import ModelConfig
 from jaxedit.edit.contexts import MEMIT_PREFIXES, ROME_PREFIXES
 from jaxedit.edit.targets import TargetHparams, _optimise, rows_for_budget
 from jaxedit.flops import matmul_flops
+from jaxedit.presets import per_device_param_bytes
 from jaxedit.sharding import param_shardings
 from jaxedit.trace import engine
 from jaxedit.trace.runs import clean_and_corrupted
@@ -284,8 +287,6 @@ def plan(
         raise ValueError(f"unknown programs {sorted(unknown)}; programs are {', '.join(PROGRAMS)}")
     if edits < 1:
         raise ValueError(f"edits must be at least 1, got {edits}")
-    from jaxedit.presets import per_device_param_bytes
-
     params = abstract_sharded_params(config, mesh)
     builders = {
         "forward": lambda: plan_forward(config, mesh, params),
