@@ -32,7 +32,11 @@ NAME = "ireva_withdrawal"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--variants", default="0.65:0.001,0.75:0.001,0.65:1,0.75:1", help="theta:b pairs")
+    parser.add_argument(
+        "--variants",
+        default="0.65:0.001,0.75:0.001,0.65:1,0.75:1,0.65:0.001:x",
+        help="theta:b pairs; a third field `x` turns on exclusive floors",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
@@ -43,10 +47,13 @@ def main() -> None:
     cache = CACHE / NAME
     rows = []
     for spec in args.variants.split(","):
-        theta, weight = (float(x) for x in spec.split(":"))
-        path = cache / f"t{theta:g}-b{weight:g}-n{len(cases)}.json"
-        if not path.exists():
-            hp = dataclasses.replace(default_hparams(model), theta=theta, irr_weight=weight)
+        fields = spec.split(":")
+        theta, weight, exclusive = float(fields[0]), float(fields[1]), fields[2:] == ["x"]
+        path = cache / f"t{theta:g}-b{weight:g}{'-x' if exclusive else ''}-n{len(cases)}.json"
+        if not path.exists() or "RS_token" not in json.loads(path.read_text()):  # older runs: token RS only
+            hp = dataclasses.replace(
+                default_hparams(model), theta=theta, irr_weight=weight, exclusive=exclusive
+            )
             edited = apply(
                 model, ireva(model, [c.request for c in cases], hp, facts=[c.case_id for c in cases])
             )
@@ -59,6 +66,7 @@ def main() -> None:
                     if k != "n"
                 }
             )
+            row["exclusive"] = exclusive
             write_text(path, json.dumps({"theta": theta, "irr_weight": weight, **row}))
         rows.append(json.loads(path.read_text()))
         logging.info("%s", rows[-1])

@@ -6,8 +6,11 @@ real token of each row,
 
     α · v_j · act(s_j − θ),    j = argmax over active neurons t of s_t,    s_t = score(k_t, ĩ),
 
-with `ĩ = normalise(mlp_in)` the (normalised) MLP input of that token (iReVa eq. 7 and 12). A row whose
-best score is below θ gets `act(s_j − θ)` for a negative argument: exactly zero for ReLU, and for GELU /
+with `ĩ = normalise(mlp_in)` the (normalised) MLP input of that token (iReVa eq. 7 and 12), when `s_j`
+passes the neuron's threshold `max(θ, floor_j)`. The per-neuron `floor` is −∞ (θ alone, the paper's gate)
+unless an edit raised it above the scores the neuron reaches on other facts' inputs
+(`IrevaHparams.exclusive`): then a withdrawn fact's inputs fall back to the base model instead of
+to a neighbouring fact's neuron. A row whose best score is below θ gets `act(s_j − θ)` for a negative argument: exactly zero for ReLU, and for GELU /
 SiLU a small negative multiple of `v_j`. To keep "below θ, unchanged" exact for every activation, the
 output is also zeroed where `s_j <= θ` (for ReLU this changes nothing; for the smooth activations it
 removes the sub-threshold tail, which iReVa's "inactive neuron" reading of eq. 6 intends).
@@ -36,6 +39,7 @@ class Adaptor(struct.PyTreeNode):
       active: `[C]` false for empty slots and withdrawn facts.
       fact: `[C]` int32 number of the fact a neuron belongs to (`-1` for empty slots).
       token: `[C]` int32 index of the answer token the neuron writes (multi-token answers, §9).
+      floor: `[C]` a neuron's own lower bound on the score it needs to fire (−inf: θ alone).
       theta: `[]` margin θ; alpha: `[]` scale α.
       center: `[D]` the mean MLP input subtracted by the `center` normalisation (zeros otherwise).
       layer: the layer whose MLP carries the neurons.
@@ -49,6 +53,7 @@ class Adaptor(struct.PyTreeNode):
     active: jax.Array
     fact: jax.Array
     token: jax.Array
+    floor: jax.Array
     theta: jax.Array
     alpha: jax.Array
     center: jax.Array
@@ -117,7 +122,7 @@ def gate(adaptor: Adaptor, m_in: jax.Array) -> tuple[jax.Array, jax.Array, jax.A
 
     Returns `(output [..., D], winner [...] int32, best score [...])`; the winner is the neuron with the
     highest score among active ones (`-1` and score `-inf` when none is active), the output is zero
-    unless that score exceeds θ.
+    unless that score exceeds the winner's threshold `max(θ, floor)` (`passes`).
     """
     from jaxedit.model import activation
 
@@ -126,10 +131,16 @@ def gate(adaptor: Adaptor, m_in: jax.Array) -> tuple[jax.Array, jax.Array, jax.A
     winner = jnp.argmax(scores, axis=-1)
     best = jnp.take_along_axis(scores, winner[..., None], axis=-1)[..., 0]
     strength = adaptor.alpha * activation(adaptor.activation, best - adaptor.theta)
-    strength = jnp.where(best > adaptor.theta, strength, 0.0)
+    strength = jnp.where(passes(adaptor, winner, best), strength, 0.0)
     out = strength[..., None] * jnp.take(adaptor.values, winner, axis=0).astype(jnp.float32)
     winner = jnp.where(jnp.isfinite(best), winner, -1).astype(jnp.int32)
     return out, winner, best
+
+
+def passes(adaptor: Adaptor, winner: jax.Array, best: jax.Array) -> jax.Array:
+    """Whether the winning neuron's score `best` exceeds its threshold `max(θ, floor[winner])`."""
+    threshold = jnp.maximum(adaptor.theta, jnp.take(adaptor.floor, jnp.maximum(winner, 0)))
+    return best > threshold
 
 
 def last_positions(attention_mask: jax.Array) -> jax.Array:

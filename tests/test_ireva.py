@@ -186,13 +186,46 @@ def test_withdrawal_metrics_match_withdrawing_each_fact_through_the_journal(mode
     metrics = withdrawal_metrics(edited, model, pairs, ["a", "b", "c"], progress=False)
     _, _, edited_top = target_scores(edited, pairs)
     _, _, base_top = target_scores(model, pairs)
-    retrieved, consistent = [], []
+    retrieved, consistent, retrieved_token, consistent_token = [], [], [], []
     for index, fact in enumerate("abc"):
         journal = EditJournal(edited)
         journal.withdraw(fact)
         _, _, (top,) = target_scores(journal.model, [pairs[index]])
-        retrieved.append(np.mean(top != edited_top[index]))
-        consistent.append(np.mean(top == base_top[index]))
+        retrieved.append(not np.array_equal(top, edited_top[index]))
+        consistent.append(np.array_equal(top, base_top[index]))
+        retrieved_token.append(np.mean(top != edited_top[index]))
+        consistent_token.append(np.mean(top == base_top[index]))
     assert metrics["RS"] == pytest.approx(100 * np.mean(retrieved), abs=0.01)
     assert metrics["Con"] == pytest.approx(100 * np.mean(consistent), abs=0.01)
+    assert metrics["RS_token"] == pytest.approx(100 * np.mean(retrieved_token), abs=0.01)
+    assert metrics["Con_token"] == pytest.approx(100 * np.mean(consistent_token), abs=0.01)
+    assert metrics["RS_token"] <= metrics["RS"] == metrics["changed"]  # withdrawn = unedited here
     assert metrics["Con"] == 100.0  # one neuron per fact, none fires for another: the base answer returns
+
+
+def test_exclusive_floors_keep_other_facts_neurons_quiet_after_a_withdrawal(model, tmp_path) -> None:
+    capitals = (("france", "paris"), ("rome", "english"), ("danielle", "french"), ("paris", "rome"))
+    facts = [{"prompt": "the capital of {} is", "subject": s, "target": t} for s, t in capitals]
+    ids = ["a", "b", "c", "d"]
+    pairs = [(t, f["target"]) for t, f in zip(texts(facts), facts, strict=True)]
+    hp = dataclasses.replace(INIT, theta=0.3)
+    shared = apply(model, ireva(model, facts, hp, facts=ids, progress=False))
+    assert withdrawal_metrics(shared, model, pairs, ids, progress=False)["Con_token"] < 100  # neighbours fire
+    edit = ireva(model, facts, dataclasses.replace(hp, exclusive=True), facts=ids, progress=False)
+    # init only: keys are the pairs' normalised inputs, so a floor is the key's highest cosine to another
+    # fact's key
+    keys = edit.keys.astype(np.float64)
+    cosine = keys @ keys.T / np.outer(np.linalg.norm(keys, axis=1), np.linalg.norm(keys, axis=1))
+    other = edit.owner[:, None] != edit.owner[None, :]
+    expected = np.where(other, cosine, -np.inf).max(0) + hp.exclusive_margin
+    np.testing.assert_allclose(edit.floor, expected, atol=1e-5)
+    journal = EditJournal(model)
+    journal.apply(edit)
+    journal.save(tmp_path / "j")
+    exclusive = EditJournal.load(tmp_path / "j", model).model
+    np.testing.assert_array_equal(np.asarray(exclusive.params["adaptor"].floor[: len(keys)]), edit.floor)
+    firing = fired(exclusive, texts(facts))
+    assert [f.fact for f in firing] == ids and all(f.fired for f in firing)  # each edit still fires
+    metrics = withdrawal_metrics(exclusive, model, pairs, ids, progress=False)
+    assert metrics["Con"] == metrics["Con_token"] == 100.0  # withdrawn: the base output, token for token
+    assert metrics["RS"] == metrics["changed"]

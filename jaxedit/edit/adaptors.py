@@ -45,6 +45,8 @@ class AdaptorEdit:
         adaptor edits).
       withdrawn: facts switched off (their neurons stay, inactive).
       center: `[D]` the mean input of the `center` normalisation (None for the others).
+      floor: `[n]` each neuron's own lower bound on the score it needs to fire (None: θ alone;
+        `IrevaHparams.exclusive`).
       max_neurons: the user's limit on neurons in the model (None: no limit).
     """
 
@@ -60,6 +62,7 @@ class AdaptorEdit:
     info: dict = dataclasses.field(default_factory=dict)
     withdrawn: frozenset[str] = frozenset()
     center: np.ndarray | None = None
+    floor: np.ndarray | None = None
     max_neurons: int | None = None
 
     def __post_init__(self) -> None:
@@ -86,6 +89,11 @@ class AdaptorEdit:
             object.__setattr__(self, "center", np.asarray(self.center, np.float32).reshape(keys.shape[1]))
         elif self.gate["normalise"] == "center":
             raise ValueError("an adaptor edit with the center normalisation needs its mean input `center`")
+        if self.floor is not None:
+            floor = np.asarray(self.floor, np.float32)
+            if floor.shape != (n,) or np.isnan(floor).any():
+                raise ValueError(f"adaptor edit floor has shape {floor.shape} or NaNs, expected ({n},)")
+            object.__setattr__(self, "floor", floor)
         object.__setattr__(self, "withdrawn", frozenset(self.withdrawn))
         object.__setattr__(self, "requests", tuple(self.requests))
 
@@ -109,7 +117,8 @@ class AdaptorEdit:
 
     def tensors(self) -> dict[str, np.ndarray]:
         """Arrays for the journal file, named `<id>.<field>`."""
-        names = ("keys", "values", "owner", "token") + (("center",) if self.center is not None else ())
+        names = ("keys", "values", "owner", "token")
+        names += tuple(name for name in ("center", "floor") if getattr(self, name) is not None)
         return {f"{self.id}.{name}": getattr(self, name) for name in names}
 
     @classmethod
@@ -121,7 +130,7 @@ class AdaptorEdit:
             owner=tensors[f"{key}.owner"], token=tensors[f"{key}.token"], gate=entry["gate"],
             method=entry["method"], requests=tuple(entry["requests"]), id=key, info=entry.get("info", {}),
             withdrawn=frozenset(entry.get("withdrawn", ())), max_neurons=entry.get("max_neurons"),
-            center=tensors.get(f"{key}.center"),
+            center=tensors.get(f"{key}.center"), floor=tensors.get(f"{key}.floor"),
         )  # fmt: skip
 
     def add_to(self, params: Params) -> Params:
@@ -172,7 +181,8 @@ def add_neurons(params: Params, edit: AdaptorEdit) -> Params:
         current = adaptor_lib.Adaptor(
             keys=jnp.zeros((capacity, width), jnp.float32), values=jnp.zeros((capacity, width), jnp.float32),
             active=jnp.zeros((capacity,), bool), fact=jnp.full((capacity,), -1, jnp.int32),
-            token=jnp.zeros((capacity,), jnp.int32), theta=jnp.float32(gate["theta"]),
+            token=jnp.zeros((capacity,), jnp.int32), floor=jnp.full((capacity,), -jnp.inf, jnp.float32),
+            theta=jnp.float32(gate["theta"]),
             alpha=jnp.float32(gate["alpha"]),
             center=jnp.zeros((width,), jnp.float32) if edit.center is None else jnp.asarray(edit.center),
             layer=int(gate["layer"]), normalise=gate["normalise"],
@@ -186,11 +196,13 @@ def add_neurons(params: Params, edit: AdaptorEdit) -> Params:
 
         current = current.replace(
             keys=pad(current.keys, 0.0), values=pad(current.values, 0.0), active=pad(current.active, False),
-            fact=pad(current.fact, -1), token=pad(current.token, 0),
+            fact=pad(current.fact, -1), token=pad(current.token, 0), floor=pad(current.floor, -jnp.inf),
         )  # fmt: skip
     withdrawn = np.array([edit.facts[o] in edit.withdrawn for o in edit.owner], bool)
     rows = slice(filled, filled + n)
+    floor = np.full(n, -np.inf, np.float32) if edit.floor is None else edit.floor
     current = current.replace(
+        floor=current.floor.at[rows].set(floor),
         keys=current.keys.at[rows].set(edit.keys), values=current.values.at[rows].set(edit.values),
         active=current.active.at[rows].set(~withdrawn), fact=current.fact.at[rows].set(first_fact + edit.owner),
         token=current.token.at[rows].set(edit.token),
@@ -242,7 +254,8 @@ def withdraw_fact(model: Model, fact: str) -> Model:
 
 @dataclasses.dataclass(frozen=True)
 class Firing:
-    """Which adaptor neuron won the gate for a prompt's last token, and whether it passed θ."""
+    """Which adaptor neuron won the gate for a prompt's last token, and whether it passed its threshold
+    (θ, or the neuron's own floor when higher)."""
 
     prompt: str
     fact: str | None
@@ -253,23 +266,25 @@ class Firing:
 
 def fired(model: Model, prompts: Sequence[str] | str) -> list[Firing]:
     """For each prompt, the adaptor neuron with the highest score at its last token (iReVa eq. 12), its
-    fact and score, and whether the score passed θ (so the neuron changed the output)."""
+    fact and score, and whether the score passed the neuron's threshold (so it changed the output)."""
     adaptor = model.params.get("adaptor")
     if adaptor is None:
         raise ValueError("this model has no adaptor neurons (no iReVa edit applied)")
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     ids, mask = tok.encode(model.tokenizer, prompts)
     m_in = forward(model.params, model.config, ids, mask, taps=("mlp_in",)).taps["mlp_in"]
-    winner, best = _winners(adaptor, m_in[:, adaptor.layer, -1])
+    winner, best, passed = _winners(adaptor, m_in[:, adaptor.layer, -1])
     table = neuron_facts(model)
     out = []
-    for prompt, w, s in zip(prompts, np.asarray(winner), np.asarray(best), strict=True):
+    for prompt, w, s, p in zip(
+        prompts, np.asarray(winner), np.asarray(best), np.asarray(passed), strict=True
+    ):
         fact, token = table[w] if w >= 0 else (None, None)
-        out.append(Firing(prompt, fact, token, float(s), bool(w >= 0 and s > float(adaptor.theta))))
+        out.append(Firing(prompt, fact, token, float(s), bool(w >= 0 and p)))
     return out
 
 
 @jax.jit
-def _winners(adaptor: adaptor_lib.Adaptor, m_in: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _winners(adaptor: adaptor_lib.Adaptor, m_in: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     _, winner, best = adaptor_lib.gate(adaptor, m_in)
-    return winner, best
+    return winner, best, adaptor_lib.passes(adaptor, winner, best)

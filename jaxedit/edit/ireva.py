@@ -13,6 +13,13 @@ App. 9.5) is added to the MLP of one layer (default: the second-to-last, as the 
 
 The gate at inference is `jaxedit.adaptor` (top-1 over active neurons, `act(score − θ)`, scale α).
 
+Not in the paper, off by default (`exclusive`): after the retrofit, each neuron's firing threshold is
+raised to just above the highest score it reaches on the inputs of the batch's other facts (its floor,
+`max(θ, floor)` gates it). Then no neuron fires on another fact's edit input, so withdrawing a fact
+returns those inputs to the base model rather than to a neighbour's neuron (the collisions that keep
+withdrawal Consistency down on zsRE, `experiments/ireva_withdrawal.py`), at the price of neurons that
+stop firing on paraphrases scoring below their floor.
+
 Training runs per neuron with max-pooling excluded (paper §4.3) and only this neuron trainable, against
 the model as it is before the batch; the neurons of a batch are independent, so they retrofit together:
 one Adam over the `[n, D]` keys and values equals n separate runs. What the problem's structure saves:
@@ -62,6 +69,9 @@ class IrevaHparams:
       steps, lr, rec_weight (a), irr_weight (b): the retrofit.
       random_prompts, subject_prompts, other_prompts: out-of-scope prompts per fact (App. 9.4: 2, 2, 6);
       sample_tokens: length of the sampled ones.
+      exclusive: raise each neuron's threshold above its scores on the other facts' inputs of the batch
+        plus `exclusive_margin` (score units; it absorbs the float differences between the batched
+        edit-time inputs and later forwards); see the module doc.
       max_neurons: a limit on the model's adaptor neurons (None: none); passing it is an error.
       chunk: neurons retrofitted per jitted call (bounds memory).
     """
@@ -80,6 +90,8 @@ class IrevaHparams:
     subject_prompts: int = 2
     other_prompts: int = 6
     sample_tokens: int = 10
+    exclusive: bool = False
+    exclusive_margin: float = 0.01
     max_neurons: int | None = None
     chunk: int = 128
     seed: int = 0
@@ -299,6 +311,25 @@ def _retrofit(
     return neurons[0], neurons[1], nll
 
 
+def exclusive_floors(
+    keys: np.ndarray, inputs: np.ndarray, owner: np.ndarray, score: str, margin: float, chunk: int = 1024
+) -> np.ndarray:
+    """`[n]` per neuron, the highest score its key reaches on the inputs of the other facts' pairs, plus
+    `margin` (−inf when there is no other fact): the floor of `IrevaHparams.exclusive`.
+
+    Args:
+      keys: `[n, D]` neuron keys; inputs: `[n, D]` the normalised inputs of the pairs; owner: `[n]` fact.
+    """
+    floors = np.full(len(keys), -np.inf, np.float32)
+    inputs_j, owner_j = jnp.asarray(inputs), jnp.asarray(owner)
+    for start in range(0, len(keys), chunk):
+        part = slice(start, start + chunk)
+        scores = adaptor_lib.key_scores(jnp.asarray(keys[part]), inputs_j, score)  # [n inputs, chunk]
+        other = owner_j[:, None] != jnp.asarray(owner[part])[None, :]
+        floors[part] = np.asarray(jnp.max(jnp.where(other, scores, -jnp.inf), axis=0)) + margin
+    return floors
+
+
 def ireva(
     model: Model,
     requests: Sequence[Request | dict],
@@ -354,6 +385,7 @@ def ireva(
     mean = None if center is None else jnp.asarray(center)
     bar = tqdm(total=n, desc="iReVa neurons", unit="neuron", disable=not progress)
     keys = np.zeros_like(values)
+    edit_inputs = np.zeros_like(values)
     outside_texts, encoded = None, {}
     if hp.retrofit:  # the out-of-scope inputs repeat across facts (pool, other facts' inputs): read each once
         outside_texts = out_of_scope_prompts(model, requests, hp, pool)
@@ -368,7 +400,7 @@ def ireva(
         ids, mask = tok.pad(pairs.rows[part], tok.pad_id(model.tokenizer), side="right", multiple=8)
         resid, m_in = _layer_states(model.params, config, layer, ids, mask)
         inputs = adaptor_lib.normalise_input(m_in, hp.normalise, mean)
-        keys[part] = np.asarray(inputs)
+        keys[part] = edit_inputs[part] = np.asarray(inputs)
         if hp.retrofit:
             owners = pairs.owner[part]
             width = max(1, max(len(outside_texts[o]) for o in owners))
@@ -389,8 +421,13 @@ def ireva(
     info: dict[str, Any] = {"neurons": n, "retrofit": hp.retrofit}
     if hp.retrofit:
         info["edit_nll"] = round(float(np.mean(nll)), 4)
+    floor = None
+    if hp.exclusive:
+        floor = exclusive_floors(keys, edit_inputs, pairs.owner, hp.score, hp.exclusive_margin)
+        own = np.asarray(adaptor_lib.matched_scores(jnp.asarray(keys), jnp.asarray(edit_inputs), hp.score))
+        info["floor_above_own_score"] = int(np.count_nonzero(floor >= own))
     return AdaptorEdit(
         facts=tuple(facts), keys=keys, values=values, owner=pairs.owner, token=pairs.token, gate=gate,
         method="ireva" if hp.retrofit else "ireva-init", requests=tuple(r.to_dict() for r in requests),
-        info=info, max_neurons=hp.max_neurons, center=center,
+        info=info, max_neurons=hp.max_neurons, center=center, floor=floor,
     )  # fmt: skip

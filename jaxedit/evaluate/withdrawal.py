@@ -1,12 +1,17 @@
 """Withdrawal of iReVa edits (METHODS.md §9, paper 001 §6.2): Retrieve Success and Consistency.
 
 After all facts are edited, each fact is withdrawn on its own (its neurons switched off) and its edit
-question is asked again, token by token as zsRE scores it (the answer's prefixes teacher forced):
+question is asked again as zsRE scores it (the answer's prefixes teacher forced), so a fact's output is
+the sequence of top-1 tokens at its answer positions. Paper 001 defines both metrics per example:
 
-- RS: the withdrawn model's top-1 differs from the edited model's (the edit switches off);
-- Con: the withdrawn model's top-1 equals the unedited model's (the original answer comes back).
+- RS = mean_i 1[f_edited(x_i) ≠ f_withdrawn(x_i)]: the fact's output changes (the edit switches off);
+- Con = mean_i 1[f_unedited(x_i) = f_withdrawn(x_i)]: the unedited output comes back whole.
 
-Both are means over the answer tokens of a fact, then over facts, ×100.
+Also reported, stricter: `RS_token` / `Con_token`, the same comparisons per answer token (means over a
+fact's tokens, then over facts), and `changed`, the share of facts whose edited output differs from the
+unedited one at all. A fact the unedited model already answered is not changed by its edit, so
+withdrawing it cannot change the output either: `changed` bounds RS, and the unedited model's share of
+correct answer tokens caps `RS_token` in the same way. All ×100.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ def withdrawal_metrics(
     *,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """RS and Con (×100) of withdrawing each fact of `edited` on its `(question, answer)` pair."""
+    """RS and Con (×100, per example and per token) of withdrawing each fact of `edited` on its pair."""
     if len(pairs) != len(facts):
         raise ValueError(f"{len(pairs)} questions for {len(facts)} facts")
     adaptor = edited.params.get("adaptor")
@@ -44,15 +49,15 @@ def withdrawal_metrics(
         raise KeyError(f"facts not in the edited model: {', '.join(missing[:10])}")
     _, _, edited_top = target_scores(edited, pairs)
     _, _, base_top = target_scores(base, pairs)
-    retrieved, consistent = [], []
+    rows: dict[str, list[float]] = {k: [] for k in ("RS", "Con", "RS_token", "Con_token", "changed")}
     for index, fact in enumerate(tqdm(facts, desc="withdrawal", disable=not progress)):
         off = adaptor.replace(active=adaptor.active.at[np.asarray(slots[fact])].set(False))
         withdrawn = edited.replace(params={**edited.params, "adaptor": off})
         _, _, (top,) = target_scores(withdrawn, [pairs[index]])
-        retrieved.append(float(np.mean(top != edited_top[index])))
-        consistent.append(float(np.mean(top == base_top[index])))
-    return {
-        "RS": round(100 * float(np.mean(retrieved)), 2),
-        "Con": round(100 * float(np.mean(consistent)), 2),
-        "n": len(facts),
-    }
+        differs, same = top != edited_top[index], top == base_top[index]
+        rows["RS"].append(float(differs.any()))
+        rows["Con"].append(float(same.all()))
+        rows["RS_token"].append(float(differs.mean()))
+        rows["Con_token"].append(float(same.mean()))
+        rows["changed"].append(float((edited_top[index] != base_top[index]).any()))
+    return {**{k: round(100 * float(np.mean(v)), 2) for k, v in rows.items()}, "n": len(facts)}
