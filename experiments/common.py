@@ -142,17 +142,24 @@ def markdown_table(results: dict, rows: list[str], keys: tuple[str, ...], label:
     return "\n".join(lines)
 
 
+def wikipedia_statistics(model, layers, samples: int, site: str = "mlp_key") -> dict:
+    """Key statistics (`jaxedit.edit.key_statistics`, cached) of `layers` over the first `samples`
+    articles of the shared Wikipedia corpus, keyed by layer."""
+    from jaxedit.edit import key_statistics
+    from jaxedit.edit.stats import read_corpus
+
+    texts = read_corpus(shared_data("corpus", "wikipedia"))[:samples]
+    return key_statistics(model, sorted(set(layers)), texts, corpus_id=f"wikipedia:{samples}", site=site)
+
+
 def mass_setup(model, method: str, records: int, stats_samples: int, **changes):
     """Packaged MEMIT / PMET settings (with `changes`), their statistics over `stats_samples` Wikipedia
     articles and their context templates."""
     import dataclasses
 
-    from jaxedit.edit import key_statistics
     from jaxedit.edit.contexts import context_templates
     from jaxedit.edit.memit import default_hparams
-    from jaxedit.edit.stats import read_corpus
 
     hp = dataclasses.replace(default_hparams(model, method), **changes)
-    texts = read_corpus(shared_data("corpus", "wikipedia"))[:stats_samples]
-    stats = key_statistics(model, hp.layers, texts, corpus_id=f"wikipedia:{stats_samples}")
+    stats = wikipedia_statistics(model, hp.layers, stats_samples)
     return hp, stats, context_templates(model, hp.prefixes)

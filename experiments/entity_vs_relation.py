@@ -20,16 +20,15 @@ import json
 import logging
 import time
 
-from common import CACHE, RESULTS, machine, markdown_table, shared_data, write_text
+from common import CACHE, RESULTS, machine, markdown_table, shared_data, wikipedia_statistics, write_text
 
 import jaxedit
-from jaxedit.edit import key_statistics, memit, rome
+from jaxedit.edit import memit, rome
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.memit import default_hparams as memit_hparams
 from jaxedit.edit.rets import default_hparams as rets_hparams
 from jaxedit.edit.rets import rets, subject_constraint
 from jaxedit.edit.rome import default_hparams as rome_hparams
-from jaxedit.edit.stats import read_corpus
 from jaxedit.evaluate import read_counterfact
 from jaxedit.evaluate.perspective import METRICS, build_perspective_cases, evaluate_perspectives
 from jaxedit.evaluate.rspec import read_patterns
@@ -117,8 +116,7 @@ def main() -> None:
     layers = {entity_layer, relation_layer}
     layers |= set(memit_entity.layers) if "memit-entity" in methods else set()
     layers |= set(memit_relation.layers) if "memit-relation" in methods else set()
-    texts = read_corpus(shared_data("corpus", "wikipedia"))[: args.stats_samples]
-    stats = key_statistics(model, sorted(layers), texts, corpus_id=f"wikipedia:{args.stats_samples}")
+    stats = wikipedia_statistics(model, layers, args.stats_samples)
     rome_templates = context_templates(model, rome_hp.prefixes, seed=rome_hp.seed)
     memit_templates = context_templates(model, memit_entity.prefixes, seed=memit_entity.seed)
 

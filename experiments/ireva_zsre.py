@@ -27,14 +27,22 @@ import matplotlib
 matplotlib.use("Agg")
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
-from common import CACHE, RESULTS, machine, markdown_table, mass_setup, shared_data, write_text
+from common import (
+    CACHE,
+    RESULTS,
+    machine,
+    markdown_table,
+    mass_setup,
+    shared_data,
+    wikipedia_statistics,
+    write_text,
+)
 
 import jaxedit
-from jaxedit.edit import FT_L, apply, finetune, key_statistics, memit, rome_sequence
+from jaxedit.edit import FT_L, apply, finetune, memit, rome_sequence
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.ireva import default_hparams, ireva
 from jaxedit.edit.rome import default_hparams as rome_hparams
-from jaxedit.edit.stats import read_corpus
 from jaxedit.evaluate.withdrawal import withdrawal_metrics
 from jaxedit.evaluate.zsre import PROTOCOL, read_zsre, score_zsre_cases, summarise_zsre
 
@@ -66,8 +74,7 @@ def edited_model(model, method: str, cases, stats_samples: int):
         return edited, {"protocol": "FT-L, one edit after another", "limit": FT_L.limit}
     if method == "rome":
         hp = rome_hparams(model)
-        texts = read_corpus(shared_data("corpus", "wikipedia"))[:stats_samples]
-        stats = key_statistics(model, [hp.layer], texts, corpus_id=f"wikipedia:{stats_samples}")
+        stats = wikipedia_statistics(model, [hp.layer], stats_samples)
         delta = rome_sequence(
             model, requests, stats[hp.layer], hp, templates=context_templates(model, hp.prefixes)
         )

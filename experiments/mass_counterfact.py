@@ -27,15 +27,15 @@ from common import (
     markdown_table,
     mass_setup,
     shared_data,
+    wikipedia_statistics,
     write_text,
 )
 
 import jaxedit
-from jaxedit.edit import key_statistics, rome_sequence
+from jaxedit.edit import rome_sequence
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.memit import memit
 from jaxedit.edit.rome import default_hparams as rome_hparams
-from jaxedit.edit.stats import read_corpus
 from jaxedit.evaluate import evaluate_counterfact, read_counterfact
 
 NAME = "mass_counterfact"
@@ -88,8 +88,7 @@ def main() -> None:
             }  # fmt: skip
         else:
             hp = rome_hparams(model)
-            texts = read_corpus(shared_data("corpus", "wikipedia"))[: args.stats_samples]
-            stats = key_statistics(model, [hp.layer], texts, corpus_id=f"wikipedia:{args.stats_samples}")
+            stats = wikipedia_statistics(model, [hp.layer], args.stats_samples)
             templates = context_templates(model, hp.prefixes)
 
             def edit(m, batch, hp=hp, stats=stats[hp.layer], templates=templates):

@@ -26,13 +26,12 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from common import CACHE, RESULTS, cached_targets, machine, shared_data, write_text
+from common import CACHE, RESULTS, cached_targets, machine, shared_data, wikipedia_statistics, write_text
 
 import jaxedit
-from jaxedit.edit import apply, key_statistics
+from jaxedit.edit import apply
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.memit import MemitHparams, default_hparams, memit, pmet_hparams
-from jaxedit.edit.stats import read_corpus
 from jaxedit.evaluate import read_counterfact
 from jaxedit.evaluate.counterfact import score_case, summarise
 
@@ -75,7 +74,6 @@ def main() -> None:
     start = time.perf_counter()
     model = jaxedit.load_model("smollm2")
     cases = read_counterfact(shared_data("counterfact_easyedit", "counterfact-train.json"))[: args.n]
-    texts = read_corpus(shared_data("corpus", "wikipedia"))[: args.stats_samples]
     grid = [float(x) for x in args.grid.split(",")]
     requests = [c.request for c in cases]
     results: dict = {"unedited": summarise([score_case(model, c, generation_tokens=0) for c in cases])}
@@ -84,7 +82,7 @@ def main() -> None:
     points.mkdir(parents=True, exist_ok=True)
     for method in args.methods.split(","):
         hp = variant(model, method)
-        stats = key_statistics(model, hp.layers, texts, corpus_id=f"wikipedia:{args.stats_samples}")
+        stats = wikipedia_statistics(model, hp.layers, args.stats_samples)
         templates = context_templates(model, hp.prefixes)
         targets = cached_targets(model, requests, hp, templates)
         ratio = np.linalg.norm(targets.delta, axis=1) / np.linalg.norm(targets.m0, axis=1)

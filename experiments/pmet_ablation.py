@@ -28,13 +28,12 @@ from common import (
     markdown_table,
     mass_setup,
     shared_data,
+    wikipedia_statistics,
     write_text,
 )
 
 import jaxedit
-from jaxedit.edit import key_statistics
 from jaxedit.edit.memit import memit
-from jaxedit.edit.stats import read_corpus
 from jaxedit.evaluate import evaluate_counterfact, read_counterfact
 
 NAME = "pmet_ablation"
@@ -59,10 +58,7 @@ def main() -> None:
     cases = read_counterfact(shared_data("counterfact_easyedit", "counterfact-edit.json"))[: args.n]
     requests = [c.request for c in cases]
     hp, stats, templates = mass_setup(model, "pmet", len(cases), args.stats_samples)
-    texts = read_corpus(shared_data("corpus", "wikipedia"))[: args.stats_samples]
-    attn_stats = key_statistics(
-        model, hp.layers, texts, corpus_id=f"wikipedia:{args.stats_samples}", site="attn_heads"
-    )
+    attn_stats = wikipedia_statistics(model, hp.layers, args.stats_samples, site="attn_heads")
     no_attn = dataclasses.replace(hp, targets=dataclasses.replace(hp.targets, attn_delta=False))
     variants = {
         "pmet": hp,

@@ -20,15 +20,23 @@ import json
 import logging
 import time
 
-from common import CACHE, RESULTS, machine, markdown_table, mass_setup, shared_data, write_text
+from common import (
+    CACHE,
+    RESULTS,
+    machine,
+    markdown_table,
+    mass_setup,
+    shared_data,
+    wikipedia_statistics,
+    write_text,
+)
 
 import jaxedit
-from jaxedit.edit import FT_L, finetune, key_statistics, memit, rome
+from jaxedit.edit import FT_L, finetune, memit, rome
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.rets import default_hparams as rets_hparams
 from jaxedit.edit.rets import rets, subject_constraint
 from jaxedit.edit.rome import default_hparams as rome_hparams
-from jaxedit.edit.stats import read_corpus
 from jaxedit.evaluate import evaluate_counterfact, read_counterfact
 from jaxedit.evaluate.rspec import attach_rspec
 
@@ -57,10 +65,8 @@ def main() -> None:
         model, cases, shared_data("pararel"), known=shared_data("rets", "known_1000.json"),
         relation_files=[shared_data("zsre", "ZsRE-test-all.json"), shared_data("knowedit_wiki_counterfact", "test_cf.json")],
     )  # fmt: skip
-    texts = read_corpus(shared_data("corpus", "wikipedia"))[: args.stats_samples]
-    corpus_id = f"wikipedia:{args.stats_samples}"
     rome_hp, rets_hp = rome_hparams(model), rets_hparams(model)
-    stats = key_statistics(model, [rome_hp.layer, rets_hp.layer], texts, corpus_id=corpus_id)
+    stats = wikipedia_statistics(model, [rome_hp.layer, rets_hp.layer], args.stats_samples)
     templates = context_templates(model, rome_hp.prefixes)
     editors = {
         "ft-l": lambda m, r: finetune(m, r, dataclasses.replace(FT_L, layer=rome_hp.layer)),

@@ -19,13 +19,12 @@ import json
 import logging
 import time
 
-from common import CACHE, RESULTS, machine, shared_data, write_text
+from common import CACHE, RESULTS, machine, shared_data, wikipedia_statistics, write_text
 
 import jaxedit
-from jaxedit.edit import RomeHparams, default_layer, key_statistics, rome
+from jaxedit.edit import RomeHparams, default_layer, rome
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.finetune import FT, FT_L, finetune
-from jaxedit.edit.stats import read_corpus
 from jaxedit.evaluate import evaluate_counterfact, read_counterfact
 
 NAME = "rome_counterfact"
@@ -49,9 +48,7 @@ def main() -> None:
     model = jaxedit.load_model("smollm2")
     cases = read_counterfact(shared_data("counterfact_easyedit", "counterfact-edit.json"))[: args.n]
     layer = default_layer(model)
-    corpus = shared_data("corpus", "wikipedia")
-    texts = read_corpus(corpus)[: args.stats_samples]
-    stats = key_statistics(model, [layer], texts, corpus_id=f"wikipedia:{args.stats_samples}")[layer]
+    stats = wikipedia_statistics(model, [layer], args.stats_samples)[layer]
     templates = context_templates(model)
     editors = {
         "rome": lambda m, r: rome(m, r, stats, RomeHparams(layer=layer), templates=templates),
@@ -72,7 +69,7 @@ def main() -> None:
         results.setdefault("protocol", summary["protocol"])
     results["settings"] = {
         "model": "SmolLM2-135M-Instruct (float32)", "layer": layer, "records": len(cases),
-        "statistics": f"{stats.tokens} tokens of {len(texts)} Wikipedia articles (first 128 tokens each)",
+        "statistics": f"{stats.tokens} tokens of {stats.meta['samples']} Wikipedia articles (first 128 tokens each)",
         "contexts": len(templates), "seconds": round(time.perf_counter() - start), "machine": machine(),
         "seconds_per_method": {k: round(v) for k, v in timings.items()},
     }  # fmt: skip
