@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 import jaxedit
+from jaxedit import tokens as tok
 from jaxedit.edit import apply, rome
+from jaxedit.edit.reads import last_token_taps
 from jaxedit.edit.rets import RetsHparams, last_token_keys, rets, subject_constraint
 from jaxedit.edit.rome import RomeHparams
 from jaxedit.edit.stats import key_statistics
@@ -127,3 +129,16 @@ def test_bad_input_is_refused(model, stats) -> None:
         rets(model, trailing, stats, HP, templates=TEMPLATES)
     with pytest.raises(ValueError, match="key_token must be"):
         build_batch(model, [REQUEST], ["{}"], "{} is a", "middle")
+
+
+def test_last_token_taps_read_the_forward_pass_at_each_texts_last_token(model) -> None:
+    texts = [REQUEST.text, "the capital of france is", "paris"]
+    got = last_token_taps(model, LAYER, texts, "mlp_in")
+    for row, text in zip(got, texts, strict=True):
+        ids, mask = tok.encode(model.tokenizer, [text])
+        taps = jaxedit.forward(model.params, model.config, ids, mask, taps=("mlp_in",)).taps["mlp_in"]
+        np.testing.assert_allclose(row, np.asarray(taps[0, LAYER, -1]), atol=1e-5)
+    with pytest.raises(ValueError, match="tap must be one of"):
+        last_token_taps(model, LAYER, texts, "attn_heads")
+    with pytest.raises(ValueError, match="outside the model"):
+        last_token_taps(model, model.config.n_layers, texts, "mlp_key")

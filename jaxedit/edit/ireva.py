@@ -48,6 +48,7 @@ from jaxedit import tokens as tok
 from jaxedit.config import ModelConfig
 from jaxedit.edit.adaptors import AdaptorEdit, CapacityError, adaptor_edits, used_slots
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
+from jaxedit.edit.reads import last_token_taps
 from jaxedit.edit.targets import Request, as_request, target_ids
 from jaxedit.generate import generate
 from jaxedit.layout import Params
@@ -172,13 +173,9 @@ def _layer_states(
     return out.resid, out.taps["mlp_in"][rows, last]
 
 
-def last_inputs(model: Model, texts: Sequence[str], layer: int, batch: int = 64) -> np.ndarray:
+def last_inputs(model: Model, texts: Sequence[str], layer: int) -> np.ndarray:
     """`[n, D]` MLP inputs of `layer` at the last token of each text (unnormalised)."""
-    out = []
-    for start in range(0, len(texts), batch):
-        ids, mask = tok.encode(model.tokenizer, texts[start : start + batch], side="right", multiple=8)
-        out.append(np.asarray(_layer_states(model.params, model.config, layer, ids, mask)[1]))
-    return np.concatenate(out) if out else np.zeros((0, model.config.d_model), np.float32)
+    return last_token_taps(model, layer, texts, "mlp_in")
 
 
 def sample_texts(model: Model, prompts: Sequence[Sequence[int]], hp: IrevaHparams, seed: int) -> list[str]:

@@ -17,26 +17,21 @@ ROME's (METHODS.md §5). The KL prompt is `"<prompt> is a"` (the reference code)
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxedit import model as core
 from jaxedit import tokens as tok
-from jaxedit.config import ModelConfig
 from jaxedit.edit.contexts import ROME_PREFIXES, context_templates
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
+from jaxedit.edit.reads import last_token_taps
 from jaxedit.edit.rome import statistics_matrix
 from jaxedit.edit.stats import KeyStats, StatsError, _cache_dir, _save, _texts_id, fingerprint
 from jaxedit.edit.targets import Request, TargetHparams, as_request, optimise_targets
-from jaxedit.layout import Params
 from jaxedit.loading import Model
 
 RETS_TARGETS = TargetHparams(key_token="last", kl_prompt="{prompt} is a")
@@ -66,26 +61,9 @@ def default_hparams(model: Model, path: str | Path | None = None) -> RetsHparams
     return RetsHparams(layer=min(model.config.n_layers - 1, round(35 / 48 * model.config.n_layers)))
 
 
-@functools.partial(jax.jit, static_argnames=("config", "layer"))
-def _last_keys(params: Params, config: ModelConfig, layer: int, ids: jax.Array, mask: jax.Array) -> jax.Array:
-    """MLP keys of `layer` at each row's last real token `[B, F]` (right-padded rows)."""
-    positions = core.positions_from_mask(mask)
-    x = core.residual_input(config, params, core.embed_tokens(params, ids), positions)
-    stack = jax.tree.map(lambda a: a[: layer + 1], params["layers"])
-    _, taps = core.run_layers(
-        config, stack, x, core.rotary_for(config, positions), core.causal_mask(mask), ("mlp_key",)
-    )
-    last = mask.sum(-1) - 1
-    return taps["mlp_key"][layer, jnp.arange(ids.shape[0]), last].astype(jnp.float32)
-
-
-def last_token_keys(model: Model, layer: int, texts: Sequence[str], batch: int = 64) -> np.ndarray:
-    """`[n, F]` MLP keys of `layer` at the last token of each text."""
-    out = []
-    for start in range(0, len(texts), batch):
-        ids, mask = tok.encode(model.tokenizer, texts[start : start + batch], side="right", multiple=8)
-        out.append(np.asarray(_last_keys(model.params, model.config, layer, ids, mask), np.float64))
-    return np.concatenate(out) if out else np.zeros((0, model.config.d_mlp))
+def last_token_keys(model: Model, layer: int, texts: Sequence[str]) -> np.ndarray:
+    """`[n, F]` float64 MLP keys of `layer` at the last token of each text."""
+    return last_token_taps(model, layer, texts, "mlp_key").astype(np.float64)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,52 @@
+"""One sublayer state at the last token of many texts, read in batches (the keys of RETS' subject
+constraint, METHODS.md §8; the MLP inputs of iReVa's mean input and out-of-scope prompts, §9).
+
+Only the layers up to the one read run; rows are right-padded, so a row's last real token is at
+`mask.sum() − 1`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxedit import model as core
+from jaxedit import tokens as tok
+from jaxedit.config import ModelConfig
+from jaxedit.layout import Params
+from jaxedit.loading import Model
+
+VECTOR_TAPS = ("resid_pre", "attn_out", "mlp_in", "mlp_key", "mlp_out", "resid_post")  # one vector a token
+
+
+@functools.partial(jax.jit, static_argnames=("config", "layer", "tap"))
+def _last_token_tap(
+    params: Params, config: ModelConfig, layer: int, tap: str, ids: jax.Array, mask: jax.Array
+) -> jax.Array:
+    positions = core.positions_from_mask(mask)
+    x = core.residual_input(config, params, core.embed_tokens(params, ids), positions)
+    stack = jax.tree.map(lambda a: a[: layer + 1], params["layers"])
+    _, taps = core.run_layers(
+        config, stack, x, core.rotary_for(config, positions), core.causal_mask(mask), (tap,)
+    )
+    last = mask.sum(-1) - 1
+    return taps[tap][layer, jnp.arange(ids.shape[0]), last].astype(jnp.float32)
+
+
+def last_token_taps(model: Model, layer: int, texts: Sequence[str], tap: str, batch: int = 64) -> np.ndarray:
+    """`[n, width]` float32: the `tap` (`jaxedit.interventions`, e.g. `mlp_key`, `mlp_in`) of `layer` at
+    the last token of each text."""
+    if tap not in VECTOR_TAPS:
+        raise ValueError(f"tap must be one of {', '.join(VECTOR_TAPS)}, got {tap!r}")
+    if not 0 <= layer < model.config.n_layers:
+        raise ValueError(f"layer {layer} is outside the model's {model.config.n_layers} layers")
+    out = []
+    for start in range(0, len(texts), batch):
+        ids, mask = tok.encode(model.tokenizer, texts[start : start + batch], side="right", multiple=8)
+        out.append(np.asarray(_last_token_tap(model.params, model.config, layer, tap, ids, mask)))
+    width = model.config.d_mlp if tap == "mlp_key" else model.config.d_model
+    return np.concatenate(out) if out else np.zeros((0, width), np.float32)
