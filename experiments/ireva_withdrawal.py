@@ -1,13 +1,15 @@
-"""iReVa's withdrawal (RS, Con) against its margin θ and out-of-scope weight b on SmolLM2 (METHODS.md §9).
+"""iReVa's withdrawal (RS, Con) against its margin θ, out-of-scope weight b and exclusive floors on SmolLM2
+(METHODS.md §9).
 
-The first N records of `zsre/zsre_mend_edit.json` are edited at once (retrofit on) for each (θ, b); each
-variant reports zsRE ES / PS / NS and, after withdrawing each fact on its own, RS (the output changes)
-and Con (the unedited output comes back). zsRE questions share templates ("When was the inception of
-...?") and answers share tokens (years), so after a withdrawal another fact's neuron can pass θ on the
-question: that keeps RS and Con down, and a larger θ or a larger push of each key away from other facts'
-inputs (b) trades it against PS. Writes `experiments/results/ireva_withdrawal.{json,md}`.
+The first N records of `zsre/zsre_mend_edit.json` are edited at once (retrofit on) for each variant; each
+reports zsRE ES / PS / NS and, after withdrawing each fact on its own, RS (the output changes) and Con (the
+unedited output comes back), per example and per answer token. zsRE questions share templates ("When was
+the inception of ...?") and answers share tokens (years), so after a withdrawal another fact's neuron can
+pass θ on the question: a larger θ or a larger push of each key away from other facts' inputs (b) trades
+that against PS; exclusive floors (`x`) rule it out on the edit inputs. Writes
+`experiments/results/ireva_withdrawal.{json,md}`.
 
-    python experiments/ireva_withdrawal.py [--n 200] [--variants 0.65:0.001,0.75:0.001,0.65:1,0.75:1]
+    python experiments/ireva_withdrawal.py [--n 200] [--variants 0.65:0.001,0.75:0.001,0.65:1,0.75:1,0.65:0.001:x]
 """
 
 from __future__ import annotations
@@ -77,29 +79,48 @@ def main() -> None:
             {"unedited": unedited, "variants": rows, "seconds": seconds, "machine": machine()}, indent=1
         ),
     )
-    table = ["| θ | b | ES | PS | NS | score | RS | Con |", "|---|---|---|---|---|---|---|---|"]
-    table.append(
-        f"| unedited | - | {unedited['ES']} | {unedited['PS']} | {unedited['NS']} | {unedited['score']} | - | - |"
-    )
+    columns = ("ES", "PS", "NS", "score", "RS", "Con", "RS_token", "Con_token", "changed")
+    table = [
+        "| θ | b | exclusive | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 3) + "|",
+        "| unedited | - | - | " + " | ".join(str(unedited.get(k, "-")) for k in columns) + " |",
+    ]
     for r in rows:
-        table.append(
-            f"| {r['theta']:g} | {r['irr_weight']:g} | {r['ES']} | {r['PS']} | {r['NS']} | {r['score']} | {r['RS']} | {r['Con']} |"
-        )
-    md = f"""# iReVa withdrawal vs θ and b (SmolLM2, zsRE)
+        cells = [f"{r['theta']:g}", f"{r['irr_weight']:g}", "yes" if r.get("exclusive") else "no"]
+        table.append("| " + " | ".join(cells + [str(r[k]) for k in columns]) + " |")
+    plain = [r for r in rows if not r.get("exclusive")]
+    floors = [r for r in rows if r.get("exclusive")]
+    best = max(plain, key=lambda r: r["RS"]) if plain else None
+    comparison = ""
+    if best and floors:
+        f = floors[0]
+        comparison = f"""
+With the paper's gate the best RS here is {best["RS"]} (Con {best["Con"]}, θ {best["theta"]:g}, b
+{best["irr_weight"]:g}); with exclusive floors (θ {f["theta"]:g}, b {f["irr_weight"]:g}) RS is {f["RS"]} against the bound
+`changed` {f["changed"]}, Con {f["Con"]}, at a cost in PS ({f["PS"]} against {best["PS"]}): the floors that keep a
+neuron silent on other facts' questions and answer prefixes also keep it silent on rephrasings that score
+below them."""
+    md = f"""# iReVa withdrawal vs θ, b and exclusive floors (SmolLM2, zsRE)
 
 Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of `zsre/zsre_mend_edit.json`,
-edited at once with the packaged SmolLM2 settings except θ and b (the weight of `L_irr`). RS / Con: each
-fact withdrawn on its own after all edits (paper 001 Table 2, GPT-2 XL 10K: RS 98.02, Con 93.03). Run time
-of this invocation {seconds / 60:.0f} min on {machine()} (variants cached by earlier invocations, about 7 min
-each on this CPU next to other jobs, are not counted). Produced by `python experiments/{NAME}.py --n {len(cases)} --variants {args.variants}`.
+edited at once with the packaged SmolLM2 settings except θ, b (the weight of `L_irr`) and, where marked,
+exclusive floors (`IrevaHparams.exclusive`: each neuron's threshold raised above its scores on the other
+facts' inputs). Each fact is then withdrawn on its own and its question scored token by token (answer
+prefixes teacher forced). RS / Con as paper 001 §6.2 defines them, per example: the fact's output (its
+top-1 tokens) changes / equals the unedited model's whole (paper 001 Table 2, GPT-2 XL 10K: RS 98.02, Con
+93.03). RS_token / Con_token: the same per answer token (stricter). `changed`: facts whose edited output
+differs from the unedited one at all, the most RS can reach. Run time of this invocation
+{seconds / 60:.0f} min on {machine()} (variants cached by earlier invocations, about 7 min each on this
+CPU next to other jobs, are not counted). Produced by
+`python experiments/{NAME}.py --n {len(cases)} --variants {args.variants}`.
 
 {chr(10).join(table)}
 
-Best RS here {max(r["RS"] for r in rows)}, best Con {max(r["Con"] for r in rows)}. Anything below θ leaves the
-unedited logits exactly, so a Con of c % means that on the other (100 − c) % of the withdrawn facts' scored
-tokens some other fact's neuron still passes θ. Neither a larger θ nor a 1000-fold weight on `L_irr` (which
-pushes each key away from other facts' bare questions) removes that: the collisions are on the answer
-prefixes (SmolLM2 writes " 2006" as five tokens " ", "2", "0", "0", "6", and many answers share them).
+Anything below a neuron's threshold leaves the unedited logits exactly, so a withdrawn fact whose output
+does not come back whole (Con) had, at some scored token, another fact's neuron passing θ. Neither a larger
+θ nor a larger weight on `L_irr` (which pushes each key away from other facts' bare questions) removes that
+with the paper's gate: the collisions are mostly on answer prefixes (SmolLM2 writes " 2006" as five tokens
+" ", "2", "0", "0", "6", and many answers share them).{comparison}
 """
     write_text(RESULTS / f"{NAME}.md", md)
     print(md)

@@ -1,17 +1,18 @@
 """iReVa on zsRE against FT, ROME, MEMIT and PMET (METHODS.md §9, §12; paper 001 Tables 1-2).
 
-SmolLM2-135M with `zsre/zsre_mend_edit.json`: iReVa (retrofit) and iReVa (initialisation only) edit all
-N records at once with the calibrated `IrevaHparams` defaults (`ireva_calibration`); FT-L, ROME (one edit
+SmolLM2-135M with `zsre/zsre_mend_edit.json`: iReVa (retrofit), iReVa with exclusive floors (retrofit,
+`IrevaHparams.exclusive`) and iReVa (initialisation only) edit all N records at once with the calibrated `IrevaHparams` defaults (`ireva_calibration`); FT-L, ROME (one edit
 after another), MEMIT and PMET (one batch) edit the first `--compare` records with their packaged SmolLM2
 settings. Every record is scored on the model holding all of its method's edits: teacher-forced top-1
 accuracy of each answer token given the question and the earlier answer tokens (ES), the same on the
 rephrasing (PS), and of the locality answer on its `nq question:` prompt (NS), ×100; score = mean. For
-iReVa, withdrawal (RS, Con) is measured after all edits, and θ is swept on the retrofitted model (θ is an
+the retrofitted iReVa variants, withdrawal (RS, Con per example as paper 001 defines them; RS_token,
+Con_token per answer token) is measured after all edits, and θ is swept on the retrofitted model (θ is an
 array of the adaptor: the edits are not redone). Each method's per-case scores are cached, so methods can
 be run separately and the tables are rebuilt from what has run. Writes
 `experiments/results/ireva_zsre.{json,md,png}`.
 
-    python experiments/ireva_zsre.py [--n 1037] [--compare 200] [--methods ireva,ireva-init,ft,rome,memit,pmet]
+    python experiments/ireva_zsre.py [--n 1037] [--compare 200] [--methods ireva,ireva-exclusive,ireva-init,ft,rome,memit,pmet]
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ from jaxedit.evaluate.zsre import PROTOCOL, read_zsre, score_zsre_cases, summari
 
 NAME = "ireva_zsre"
 KEYS = ("ES", "PS", "NS", "score", "n")
-ALL_METHODS = ("ireva", "ireva-init", "ft", "rome", "memit", "pmet")
+ALL_METHODS = ("ireva", "ireva-exclusive", "ireva-init", "ft", "rome", "memit", "pmet")
+WITHDRAWN = ("ireva", "ireva-exclusive")  # methods whose withdrawal is measured
+WITHDRAWAL_KEYS = ("RS", "Con", "RS_token", "Con_token", "changed")
 PAPER = {  # paper 001 Table 1 (GPT-2 XL, zsRE-10K) and Table 2 (withdrawal)
     "unedited": {"ES": 22.89, "PS": 21.96, "NS": 27.65, "score": 24.17},
     "ireva": {"ES": 97.47, "PS": 76.38, "NS": 26.47, "score": 66.77, "RS": 98.02, "Con": 93.03},
@@ -62,8 +65,10 @@ PAPER = {  # paper 001 Table 1 (GPT-2 XL, zsRE-10K) and Table 2 (withdrawal)
 def edited_model(model, method: str, cases, stats_samples: int):
     """The model holding all edits of `method` for `cases`, and a description of the settings."""
     requests = [c.request for c in cases]
-    if method in ("ireva", "ireva-init"):
-        hp = dataclasses.replace(default_hparams(model), retrofit=method == "ireva")
+    if method.startswith("ireva"):
+        hp = dataclasses.replace(
+            default_hparams(model), retrofit=method != "ireva-init", exclusive=method == "ireva-exclusive"
+        )
         edit = ireva(model, requests, hp, facts=[c.case_id for c in cases])
         settings = {k: v for k, v in dataclasses.asdict(hp).items() if v is not None} | edit.info
         return apply(model, edit), settings
@@ -116,15 +121,21 @@ def main() -> None:
             raise SystemExit(f"unknown method {method!r}; methods: {', '.join(ALL_METHODS)}")
         cases = everything if method.startswith("ireva") else first
         path = cache / f"{method}-{len(cases)}.json"
+        pairs = [(c.request.text, c.request.target) for c in cases]
         if path.exists():
+            record = json.loads(path.read_text())
+            if method in WITHDRAWN and "RS_token" not in record["withdrawal"]:  # metrics of an older version
+                edited, _ = edited_model(model, method, cases, args.stats_samples)
+                record["withdrawal"] = withdrawal_metrics(edited, model, pairs, [c.case_id for c in cases])
+                write_text(path, json.dumps(record))
             continue
         began = time.perf_counter()
         edited, settings = edited_model(model, method, cases, args.stats_samples)
         edit_seconds = round(time.perf_counter() - began)
         record = {"rows": score_zsre_cases(edited, cases), "settings": settings, "edit_seconds": edit_seconds}
-        if method == "ireva":
-            pairs = [(c.request.text, c.request.target) for c in cases]
+        if method in WITHDRAWN:
             record["withdrawal"] = withdrawal_metrics(edited, model, pairs, [c.case_id for c in cases])
+        if method == "ireva":
             sweep = []
             for theta in (float(t) for t in args.thetas.split(",")):
                 state = edited.params["adaptor"].replace(theta=jnp.float32(theta))
@@ -147,8 +158,9 @@ def main() -> None:
         results[method] = summarise_zsre(record["rows"])
         compare[method] = summarise_zsre(record["rows"][: len(first)])
         runs[method] = {k: record[k] for k in ("settings", "edit_seconds", "seconds")}
-        if method == "ireva":
-            results[method].update({k: record["withdrawal"][k] for k in ("RS", "Con")})
+        if method in WITHDRAWN:
+            results[method].update({k: record["withdrawal"][k] for k in WITHDRAWAL_KEYS})
+        if "theta_sweep" in record:
             runs[method]["theta_sweep"] = record["theta_sweep"]
     missing = [m for m in ALL_METHODS if m not in results]
     settings = {
@@ -175,7 +187,7 @@ def main() -> None:
     table_all = markdown_table(
         {**results, **paper},
         [m for m in results if m.startswith(("unedited", "ireva"))] + list(paper),
-        (*KEYS, "RS", "Con"),
+        (*KEYS, *WITHDRAWAL_KEYS),
     )
     table_first = markdown_table(compare, list(compare), KEYS)
     findings = ""
