@@ -159,14 +159,20 @@ def read_keys(
     z_site: str,
     batch_rows: int,
     key_site: str = "mlp_key",
+    rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`_read` over row chunks of a `build_batch` batch (bounded memory for thousands of edits)."""
+    """`_read` over row chunks of a `build_batch` batch (bounded memory for thousands of edits), on the
+    batch `rows` only (default all). Attention is causal and rows are right-padded, so the tokens after the
+    last key position are cut off first: nothing read depends on them."""
+    rows = np.arange(len(batch.ids)) if rows is None else np.asarray(rows)
+    width = -(-(int(batch.key_pos[rows].max()) + 1) // 8) * 8 if len(rows) else 0
+    ids, mask, key_pos = batch.ids[rows, :width], batch.mask[rows, :width], batch.key_pos[rows]
     keys, outs = [], []
-    for start in range(0, len(batch.ids), batch_rows):
+    for start in range(0, len(rows), batch_rows):
         part = slice(start, start + batch_rows)
         k, h = _read(
-            params, model.config, layer, z_layer, key_site, z_site, jnp.asarray(batch.ids[part]),
-            jnp.asarray(batch.mask[part]), jnp.asarray(batch.key_pos[part]),
+            params, model.config, layer, z_layer, key_site, z_site, jnp.asarray(ids[part]),
+            jnp.asarray(mask[part]), jnp.asarray(key_pos[part]),
         )  # fmt: skip
         keys.append(np.asarray(k, np.float64))
         outs.append(np.asarray(h, np.float64))
@@ -280,15 +286,17 @@ def memit(
     n = len(requests)
 
     def solve(params: Params, layer: int, key_site: str, z_site: str, wanted: np.ndarray, c: np.ndarray):
-        keys, outs = read_keys(model, params, batch, layer, last, z_site, hp.batch_rows, key_site)
-        k = _per_request_mean(keys, batch.row_request, contexts, n)  # [n, F]
-        residual = (wanted - outs[bare]) * spread_factor(layer, last, hp.spread)  # [n, D]
+        # keys of every context row at `layer`; current values at the last critical layer of the bare rows
+        keys, _ = read_keys(model, params, batch, layer, layer, z_site, hp.batch_rows, key_site, contexts)
+        _, outs = read_keys(model, params, batch, layer, last, z_site, hp.batch_rows, key_site, bare)
+        k = _per_request_mean(keys, batch.row_request[contexts], np.arange(len(contexts)), n)  # [n, F]
+        residual = (wanted - outs) * spread_factor(layer, last, hp.spread)  # [n, D]
         return solve_update(c, k, residual, hp.mom2_weight), residual  # [n, F], [n, D]
 
     params = model.params
     lefts, rights, attn_lefts, attn_rights = [], [], [], []
     if hp.update_attn:
-        a0 = read_keys(model, params, batch, last, last, "attn_out", hp.batch_rows)[1][bare]
+        a0 = read_keys(model, params, batch, last, last, "attn_out", hp.batch_rows, rows=bare)[1]
         attn_target = a0 + targets.delta_attn.astype(np.float64)
     for layer in tqdm(layers, desc=f"MEMIT {n} edits", disable=not progress):
         if hp.update_attn:
