@@ -7,13 +7,14 @@ real token of each row,
     α · v_j · act(s_j − θ),    j = argmax over active neurons t of s_t,    s_t = score(k_t, ĩ),
 
 with `ĩ = normalise(mlp_in)` the (normalised) MLP input of that token (iReVa eq. 7 and 12), when `s_j`
-passes the neuron's threshold `max(θ, floor_j)`. The per-neuron `floor` is −∞ (θ alone, the paper's gate)
-unless an edit raised it above the scores the neuron reaches on other facts' inputs
-(`IrevaHparams.exclusive`): then a withdrawn fact's inputs fall back to the base model instead of
-to a neighbouring fact's neuron. A row whose best score is below θ gets `act(s_j − θ)` for a negative argument: exactly zero for ReLU, and for GELU /
-SiLU a small negative multiple of `v_j`. To keep "below θ, unchanged" exact for every activation, the
-output is also zeroed where `s_j <= θ` (for ReLU this changes nothing; for the smooth activations it
-removes the sub-threshold tail, which iReVa's "inactive neuron" reading of eq. 6 intends).
+passes the neuron's threshold `max(θ, floor_j)`. The per-neuron `floor` is −∞ (θ alone, the paper's
+gate) unless an edit raised it above the scores the neuron reaches on other facts' inputs
+(`IrevaHparams.exclusive`): then a withdrawn fact's inputs fall back to the base model instead of to a
+neighbouring fact's neuron. A row whose best score is below θ gets `act(s_j − θ)` for a negative
+argument: exactly zero for ReLU, and for GELU / SiLU a small negative multiple of `v_j`. To keep "below
+θ, unchanged" exact for every activation, the output is also zeroed where `s_j` does not pass (for ReLU
+this changes nothing; for the smooth activations it removes the sub-threshold tail, which iReVa's
+"inactive neuron" reading of eq. 6 intends).
 
 All state is fixed-capacity arrays (capacity grown by doubling, `jaxedit.edit.ireva`), so an edited model
 jits and batches like the base one; the static fields (layer, normalisation, score, activation) are part

@@ -70,9 +70,10 @@ class IrevaHparams:
       steps, lr, rec_weight (a), irr_weight (b): the retrofit.
       random_prompts, subject_prompts, other_prompts: out-of-scope prompts per fact (App. 9.4: 2, 2, 6);
       sample_tokens: length of the sampled ones.
-      exclusive: raise each neuron's threshold above its scores on the other facts' inputs of the batch
+      exclusive: raise each neuron's threshold above its scores on the other facts' inputs of the batch,
         plus `exclusive_margin` (score units; it absorbs the float differences between the batched
-        edit-time inputs and later forwards); see the module doc.
+        edit-time inputs and later forwards); see the module doc. This batch only: neurons of earlier
+        edits keep their thresholds, and new ones are not raised against earlier facts.
       max_neurons: a limit on the model's adaptor neurons (None: none); passing it is an error.
       chunk: neurons retrofitted per jitted call (bounds memory).
     """
