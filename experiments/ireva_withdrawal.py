@@ -95,11 +95,17 @@ def main() -> None:
     if best and floors:
         f = floors[0]
         comparison = f"""
+
 With the paper's gate the best RS here is {best["RS"]} (Con {best["Con"]}, θ {best["theta"]:g}, b
 {best["irr_weight"]:g}); with exclusive floors (θ {f["theta"]:g}, b {f["irr_weight"]:g}) RS is {f["RS"]} against the bound
 `changed` {f["changed"]}, Con {f["Con"]}, at a cost in PS ({f["PS"]} against {best["PS"]}): the floors that keep a
 neuron silent on other facts' questions and answer prefixes also keep it silent on rephrasings that score
 below them."""
+    knobs = ""
+    if len({(r["theta"], r["irr_weight"]) for r in plain}) > 1:
+        knobs = f"""
+With the paper's gate, neither a larger θ nor a larger weight on `L_irr` (which pushes each key away from
+other facts' bare questions) removes them: best Con {max(r["Con"] for r in plain)} over these variants."""
     md = f"""# iReVa withdrawal vs θ, b and exclusive floors (SmolLM2, zsRE)
 
 Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of `zsre/zsre_mend_edit.json`,
@@ -117,10 +123,9 @@ CPU next to other jobs, are not counted). Produced by
 {chr(10).join(table)}
 
 Anything below a neuron's threshold leaves the unedited logits exactly, so a withdrawn fact whose output
-does not come back whole (Con) had, at some scored token, another fact's neuron passing θ. Neither a larger
-θ nor a larger weight on `L_irr` (which pushes each key away from other facts' bare questions) removes that
-with the paper's gate: the collisions are mostly on answer prefixes (SmolLM2 writes " 2006" as five tokens
-" ", "2", "0", "0", "6", and many answers share them).{comparison}
+does not come back whole (Con) had, at some scored token, another fact's neuron passing θ. The collisions
+are mostly on answer prefixes (SmolLM2 writes " 2006" as five tokens " ", "2", "0", "0", "6", and many
+answers share them).{knobs}{comparison}
 """
     write_text(RESULTS / f"{NAME}.md", md)
     print(md)

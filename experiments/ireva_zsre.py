@@ -196,13 +196,30 @@ def main() -> None:
         findings = f"""
 ## Against the issue's bars
 
+RS / Con here are per example, as paper 001 §6.2 defines them (the fact's output, its top-1 token at
+every answer position, changes / equals the unedited model's whole); RS_token / Con_token compare token
+by token, and `changed` (facts whose edited output differs from the unedited one at all) bounds RS.
+
 - ES ≥ 90: {r["ES"]} ({"met" if r["ES"] >= 90 else "not met"}).
 - NS within 2 points of the unedited model: {r["NS"]} vs {u["NS"]} ({"met" if abs(r["NS"] - u["NS"]) <= 2 else "not met"}).
-- Withdrawal RS ≥ 95: RS {r["RS"]}, Con {r["Con"]} ({"met" if r["RS"] >= 95 else "**not met**"}). Withdrawing one fact
-  switches its own neurons off, but on its question (and on its answer prefixes, each a scored input) the
-  best remaining neuron often belongs to another fact and passes θ: zsRE questions share templates and
-  answers share tokens (years split into digits), so the prefix inputs of different facts are close. See
-  `ireva_withdrawal.md` for RS / Con against θ and the out-of-scope weight b.
+- Withdrawal RS ≥ 95 with the paper's gate: RS {r["RS"]}, Con {r["Con"]} ({"met" if r["RS"] >= 95 else "**not met**"}).
+  Withdrawing one fact switches its own neurons off, but on its question or on one of its answer prefixes
+  (each a scored input) the best remaining neuron often belongs to another fact and passes θ: zsRE
+  questions share templates and answers share tokens (years split into digits), so the prefix inputs of
+  different facts are close. That is why Con stays near zero: almost every withdrawn fact has at least one
+  answer token where a neighbour's neuron takes over."""
+        if "ireva-exclusive" in results:
+            x = results["ireva-exclusive"]
+            findings += f"""
+- With exclusive floors (`IrevaHparams.exclusive`, not in the paper: each neuron's threshold raised just
+  above its highest score on the other facts' inputs of the batch): RS {x["RS"]} of a possible
+  {x["changed"]}, Con {x["Con"]} ({"met" if x["RS"] >= 95 else "**not met**"}), ES {x["ES"]}, NS {x["NS"]} (both bars
+  still met), at a cost in PS: {x["PS"]} against {r["PS"]}, since a rephrasing that scores below its fact's
+  floor no longer fires. Off by default; a user who needs clean withdrawal turns it on in the hparams
+  file (`"exclusive": true`)."""
+        findings += """
+
+`ireva_withdrawal.md` has RS / Con on 200 records against θ, the out-of-scope weight b and the floors.
 """
     timing = "\n".join(
         f"- `{m}`: edit {r['edit_seconds']} s, edit + scoring {r['seconds']} s" for m, r in runs.items()
