@@ -180,7 +180,8 @@ subject with the relation worded as ParaRel does (the first wording gives Reliab
 Generality); **relation** = the edit prompt's own wording, alone (Reliability) and after 5 held-out
 10-token contexts (Generality). A hit means every token of the new object is the teacher-forced argmax;
 Generality counts a rephrasing only when its Reliability prompt is also a hit (eq. 7). In %.
-Run time {settings["seconds"] / 60:.0f} min on {machine()}. Produced by
+Run time of this invocation {settings["seconds"] / 60:.0f} min on {machine()} (cases scored by earlier invocations are
+reused from the cache and not counted). Produced by
 `python experiments/{NAME}.py --n {args.n} --methods {args.methods}`.
 
 {table}
@@ -188,6 +189,7 @@ Run time {settings["seconds"] / 60:.0f} min on {machine()}. Produced by
 `unedited` scores the new objects before any edit; `unedited (true object)` the true ones.
 
 ## Compared with paper 004 (GPT-2 XL)
+
 {comparison(results)}
 """
     write_text(RESULTS / f"{NAME}.md", md)
