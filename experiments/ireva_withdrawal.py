@@ -6,7 +6,10 @@ reports zsRE ES / PS / NS and, after withdrawing each fact on its own, RS (the o
 unedited output comes back), per example and per answer token. zsRE questions share templates ("When was
 the inception of ...?") and answers share tokens (years), so after a withdrawal another fact's neuron can
 pass θ on the question: a larger θ or a larger push of each key away from other facts' inputs (b) trades
-that against PS; exclusive floors (`x`) rule it out on the edit inputs. Writes
+that against PS; exclusive floors (`x`) rule it out on the edit inputs. Withdrawal here is the paper's
+(`mode="remove"`: the fact's neurons leave the gate); jaxedit's default, muting (the neurons keep the
+inputs they won and write nothing), cannot hand a question to a neighbour and is measured in
+`ireva_zsre`. Writes
 `experiments/results/ireva_withdrawal.{json,md}`.
 
     python experiments/ireva_withdrawal.py [--n 200] [--variants 0.65:0.001,0.75:0.001,0.65:1,0.75:1,0.65:0.001:x]
@@ -64,7 +67,9 @@ def main() -> None:
             row.update(
                 {
                     k: v
-                    for k, v in withdrawal_metrics(edited, model, pairs, [c.case_id for c in cases]).items()
+                    for k, v in withdrawal_metrics(
+                        edited, model, pairs, [c.case_id for c in cases], mode="remove"
+                    ).items()
                     if k != "n"
                 }
             )
@@ -111,7 +116,9 @@ other facts' bare questions) removes them: best Con {max(r["Con"] for r in plain
 Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of `zsre/zsre_mend_edit.json`,
 edited at once with the packaged SmolLM2 settings except θ, b (the weight of `L_irr`) and, where marked,
 exclusive floors (`IrevaHparams.exclusive`: each neuron's threshold raised above its scores on the other
-facts' inputs). Each fact is then withdrawn on its own and its question scored token by token (answer
+facts' inputs). Each fact is then withdrawn on its own, as the paper withdraws (its neurons removed from
+the gate, `mode="remove"`; jaxedit's default muting is measured in `ireva_zsre.md`), and its question
+scored token by token (answer
 prefixes teacher forced). RS / Con as paper 001 §6.2 defines them, per example: the fact's output (its
 top-1 tokens) changes / equals the unedited model's whole (paper 001 Table 2, GPT-2 XL 10K: RS 98.02, Con
 93.03). RS_token / Con_token: the same per answer token (stricter). `changed`: facts whose edited output

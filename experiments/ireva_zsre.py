@@ -7,7 +7,9 @@ settings. Every record is scored on the model holding all of its method's edits:
 accuracy of each answer token given the question and the earlier answer tokens (ES), the same on the
 rephrasing (PS), and of the locality answer on its `nq question:` prompt (NS), ×100; score = mean. For
 the retrofitted iReVa variants, withdrawal (RS, Con per example as paper 001 defines them; RS_token,
-Con_token per answer token) is measured after all edits, and θ is swept on the retrofitted model (θ is an
+Con_token per answer token) is measured after all edits, each fact withdrawn on its own in both modes
+(`jaxedit.edit.adaptors.WITHDRAWAL_MODES`: muted, the default, and removed from the gate, the paper's;
+the `remove` entry of a method), and θ is swept on the retrofitted model (θ is an
 array of the adaptor: the edits are not redone). Each method's per-case scores are cached, so methods can
 be run separately and the tables are rebuilt from what has run. Writes
 `experiments/results/ireva_zsre.{json,md,png}`.
@@ -52,9 +54,17 @@ KEYS = ("ES", "PS", "NS", "score", "n")
 ALL_METHODS = ("ireva", "ireva-exclusive", "ireva-init", "ft", "rome", "memit", "pmet")
 WITHDRAWN = ("ireva", "ireva-exclusive")  # methods whose withdrawal is measured
 WITHDRAWAL_KEYS = ("RS", "Con", "RS_token", "Con_token", "changed")
+REMOVE_KEYS = ("RS", "Con")  # shown for the paper's withdrawal (remove) next to the default (mute)
 PAPER = {  # paper 001 Table 1 (GPT-2 XL, zsRE-10K) and Table 2 (withdrawal)
     "unedited": {"ES": 22.89, "PS": 21.96, "NS": 27.65, "score": 24.17},
-    "ireva": {"ES": 97.47, "PS": 76.38, "NS": 26.47, "score": 66.77, "RS": 98.02, "Con": 93.03},
+    "ireva": {
+        "ES": 97.47,
+        "PS": 76.38,
+        "NS": 26.47,
+        "score": 66.77,
+        "RS (remove)": 98.02,
+        "Con (remove)": 93.03,
+    },
     "ireva-init": {"ES": 97.88, "PS": 74.89, "NS": 26.03, "score": 66.27},
     "ft": {"ES": 82.80, "PS": 64.51, "NS": 24.57, "score": 57.29},
     "rome": {"ES": 17.26, "PS": 14.24, "NS": 1.80, "score": 11.10},
@@ -122,11 +132,18 @@ def main() -> None:
         cases = everything if method.startswith("ireva") else first
         path = cache / f"{method}-{len(cases)}.json"
         pairs = [(c.request.text, c.request.target) for c in cases]
+        facts = [c.case_id for c in cases]
         if path.exists():
             record = json.loads(path.read_text())
-            if method in WITHDRAWN and "RS_token" not in record["withdrawal"]:  # metrics of an older version
+            if method in WITHDRAWN and "withdrawal_remove" not in record:  # from before muting existed
                 edited, _ = edited_model(model, method, cases, args.stats_samples)
-                record["withdrawal"] = withdrawal_metrics(edited, model, pairs, [c.case_id for c in cases])
+                if "RS_token" in record["withdrawal"]:  # the current metrics, of the removal
+                    record["withdrawal_remove"] = record["withdrawal"]
+                else:
+                    record["withdrawal_remove"] = withdrawal_metrics(
+                        edited, model, pairs, facts, mode="remove"
+                    )
+                record["withdrawal"] = withdrawal_metrics(edited, model, pairs, facts, mode="mute")
                 write_text(path, json.dumps(record))
             continue
         began = time.perf_counter()
@@ -134,7 +151,8 @@ def main() -> None:
         edit_seconds = round(time.perf_counter() - began)
         record = {"rows": score_zsre_cases(edited, cases), "settings": settings, "edit_seconds": edit_seconds}
         if method in WITHDRAWN:
-            record["withdrawal"] = withdrawal_metrics(edited, model, pairs, [c.case_id for c in cases])
+            record["withdrawal"] = withdrawal_metrics(edited, model, pairs, facts, mode="mute")
+            record["withdrawal_remove"] = withdrawal_metrics(edited, model, pairs, facts, mode="remove")
         if method == "ireva":
             sweep = []
             for theta in (float(t) for t in args.thetas.split(",")):
@@ -159,7 +177,11 @@ def main() -> None:
         compare[method] = summarise_zsre(record["rows"][: len(first)])
         runs[method] = {k: record[k] for k in ("settings", "edit_seconds", "seconds")}
         if method in WITHDRAWN:
-            results[method].update({k: record["withdrawal"][k] for k in WITHDRAWAL_KEYS})
+            if "withdrawal_remove" in record:
+                results[method].update({k: record["withdrawal"][k] for k in WITHDRAWAL_KEYS})
+                results[method]["remove"] = {k: record["withdrawal_remove"][k] for k in WITHDRAWAL_KEYS}
+            else:  # cached before muting existed: its withdrawal is the removal; muting not measured
+                results[method]["remove"] = {k: record["withdrawal"][k] for k in WITHDRAWAL_KEYS}
         if "theta_sweep" in record:
             runs[method]["theta_sweep"] = record["theta_sweep"]
     missing = [m for m in ALL_METHODS if m not in results]
@@ -184,42 +206,55 @@ def main() -> None:
         fig.savefig(RESULTS / f"{NAME}.png", dpi=120)
 
     paper = {f"{m} (paper 001, GPT-2 XL 10K)": v for m, v in PAPER.items()}
+    shown = {  # the paper's withdrawal (remove) next to the default (mute)
+        m: r | {f"{k} (remove)": r["remove"][k] for k in REMOVE_KEYS if "remove" in r}
+        for m, r in results.items()
+    }
     table_all = markdown_table(
-        {**results, **paper},
+        {**shown, **paper},
         [m for m in results if m.startswith(("unedited", "ireva"))] + list(paper),
-        (*KEYS, *WITHDRAWAL_KEYS),
+        (*KEYS, *WITHDRAWAL_KEYS, *(f"{k} (remove)" for k in REMOVE_KEYS)),
     )
     table_first = markdown_table(compare, list(compare), KEYS)
     findings = ""
     if "ireva" in results:
         r, u = results["ireva"], results["unedited"]
+        gone = r["remove"]
         findings = f"""
 ## Against the issue's bars
 
-RS / Con here are per example, as paper 001 §6.2 defines them (the fact's output, its top-1 token at
-every answer position, changes / equals the unedited model's whole); RS_token / Con_token compare token
-by token, and `changed` (facts whose edited output differs from the unedited one at all) bounds RS.
+RS / Con are per example, as paper 001 §6.2 defines them (the fact's output, its top-1 token at every
+answer position, changes / equals the unedited model's whole); RS_token / Con_token compare token by
+token, and `changed` (facts whose edited output differs from the unedited one at all) bounds RS. Columns
+without a suffix withdraw by muting (jaxedit's default: the fact's neurons stay in the top-1 and write
+nothing); `(remove)` withdraws as the paper does (the neurons leave the top-1).
 
 - ES ≥ 90: {r["ES"]} ({"met" if r["ES"] >= 90 else "not met"}).
 - NS within 2 points of the unedited model: {r["NS"]} vs {u["NS"]} ({"met" if abs(r["NS"] - u["NS"]) <= 2 else "not met"}).
-- Withdrawal RS ≥ 95 with the paper's gate: RS {r["RS"]}, Con {r["Con"]} ({"met" if r["RS"] >= 95 else "**not met**"}).
-  Withdrawing one fact switches its own neurons off, but on its question or on one of its answer prefixes
-  (each a scored input) the best remaining neuron often belongs to another fact and passes θ: zsRE
-  questions share templates and answers share tokens (years split into digits), so the prefix inputs of
-  different facts are close. That is why Con stays near zero: almost every withdrawn fact has at least one
-  answer token where a neighbour's neuron takes over."""
+- Withdrawal RS ≥ 95: muted RS {r["RS"]} of a possible {r["changed"]}, Con {r["Con"]}
+  ({"met" if r["RS"] >= 95 else "**not met**"}); removed as in the paper, RS {gone["RS"]}, Con {gone["Con"]}
+  ({"met" if gone["RS"] >= 95 else "**not met**"}).
+
+Why removal fails here and muting does not: removing one fact's neurons leaves, on its question or on one
+of its answer prefixes (each a scored input), another fact's neuron as the best and passing θ, because
+zsRE questions share templates and answers share tokens (years split into digits), so the prefix inputs
+of different facts are close. Almost every removed fact has at least one answer token where a neighbour
+takes over: Con (remove) stays near zero. A muted neuron keeps winning exactly the inputs it won while
+active and adds nothing there, so those inputs get the unedited output and every other input keeps its
+edited output (`tests/test_ireva.py`): withdrawal undoes one fact and nothing else."""
         if "ireva-exclusive" in results:
             x = results["ireva-exclusive"]
             findings += f"""
-- With exclusive floors (`IrevaHparams.exclusive`, not in the paper: each neuron's threshold raised just
-  above its highest score on the other facts' inputs of the batch): RS {x["RS"]} of a possible
-  {x["changed"]}, Con {x["Con"]} ({"met" if x["RS"] >= 95 else "**not met**"}), ES {x["ES"]}, NS {x["NS"]} (both bars
-  still met), at a cost in PS: {x["PS"]} against {r["PS"]}, since a rephrasing that scores below its fact's
-  floor no longer fires. Off by default; a user who needs clean withdrawal turns it on in the hparams
-  file (`"exclusive": true`)."""
+
+Exclusive floors (`IrevaHparams.exclusive`, not in the paper, off by default: each neuron's threshold raised
+just above its highest score on the other facts' inputs of the batch) are the other way to make removal
+clean: removed RS {x["remove"]["RS"]}, Con {x["remove"]["Con"]}, with ES {x["ES"]} and NS {x["NS"]}, at a cost in
+PS: {x["PS"]} against {r["PS"]}, since a rephrasing that scores below its fact's floor no longer fires.
+Muting gets clean withdrawal without that cost, so the floors stay off."""
         findings += """
 
-`ireva_withdrawal.md` has RS / Con on 200 records against θ, the out-of-scope weight b and the floors.
+`ireva_withdrawal.md` has removed RS / Con on 200 records against θ, the out-of-scope weight b and the
+floors.
 """
     timing = "\n".join(
         f"- `{m}`: edit {r['edit_seconds']} s, edit + scoring {r['seconds']} s" for m, r in runs.items()

@@ -10,7 +10,10 @@ with `ĩ = normalise(mlp_in)` the (normalised) MLP input of that token (iReVa eq
 passes the neuron's threshold `max(θ, floor_j)`. The per-neuron `floor` is −∞ (θ alone, the paper's
 gate) unless an edit raised it above the scores the neuron reaches on other facts' inputs
 (`IrevaHparams.exclusive`): then a withdrawn fact's inputs fall back to the base model instead of to a
-neighbouring fact's neuron. A row whose best score is below θ gets `act(s_j − θ)` for a negative
+neighbouring fact's neuron. A withdrawn fact's neurons are either muted (the default,
+`jaxedit.edit.adaptors.withdraw_fact`): they stay in the top-1 and still claim the inputs they won, but
+add nothing, so exactly the prompts the fact changed return to the base model; or removed (the paper's
+reading, §4.3): they leave the top-1, and a neighbour may win the inputs they claimed. A row whose best score is below θ gets `act(s_j − θ)` for a negative
 argument: exactly zero for ReLU, and for GELU / SiLU a small negative multiple of `v_j`. To keep "below
 θ, unchanged" exact for every activation, the output is also zeroed where `s_j` does not pass (for ReLU
 this changes nothing; for the smooth activations it removes the sub-threshold tail, which iReVa's
@@ -37,7 +40,8 @@ class Adaptor(struct.PyTreeNode):
     Attributes:
       keys: `[C, D]` keys `k_t` (compared with the normalised MLP input).
       values: `[C, D]` values `v_t` (added to the MLP output).
-      active: `[C]` false for empty slots and withdrawn facts.
+      active: `[C]` false for empty slots and removed facts (out of the top-1).
+      muted: `[C]` true for the neurons of muted (withdrawn) facts: in the top-1, adding nothing.
       fact: `[C]` int32 number of the fact a neuron belongs to (`-1` for empty slots).
       token: `[C]` int32 index of the answer token the neuron writes (multi-token answers, §9).
       floor: `[C]` a neuron's own lower bound on the score it needs to fire (−inf: θ alone).
@@ -52,6 +56,7 @@ class Adaptor(struct.PyTreeNode):
     keys: jax.Array
     values: jax.Array
     active: jax.Array
+    muted: jax.Array
     fact: jax.Array
     token: jax.Array
     floor: jax.Array
@@ -123,7 +128,8 @@ def gate(adaptor: Adaptor, m_in: jax.Array) -> tuple[jax.Array, jax.Array, jax.A
 
     Returns `(output [..., D], winner [...] int32, best score [...])`; the winner is the neuron with the
     highest score among active ones (`-1` and score `-inf` when none is active), the output is zero
-    unless that score exceeds the winner's threshold `max(θ, floor)` (`passes`).
+    unless that score exceeds the winner's threshold `max(θ, floor)` and the winner is not muted
+    (`writes`).
     """
     from jaxedit.model import activation
 
@@ -132,7 +138,7 @@ def gate(adaptor: Adaptor, m_in: jax.Array) -> tuple[jax.Array, jax.Array, jax.A
     winner = jnp.argmax(scores, axis=-1)
     best = jnp.take_along_axis(scores, winner[..., None], axis=-1)[..., 0]
     strength = adaptor.alpha * activation(adaptor.activation, best - adaptor.theta)
-    strength = jnp.where(passes(adaptor, winner, best), strength, 0.0)
+    strength = jnp.where(writes(adaptor, winner, best), strength, 0.0)
     out = strength[..., None] * jnp.take(adaptor.values, winner, axis=0).astype(jnp.float32)
     winner = jnp.where(jnp.isfinite(best), winner, -1).astype(jnp.int32)
     return out, winner, best
@@ -142,6 +148,11 @@ def passes(adaptor: Adaptor, winner: jax.Array, best: jax.Array) -> jax.Array:
     """Whether the winning neuron's score `best` exceeds its threshold `max(θ, floor[winner])`."""
     threshold = jnp.maximum(adaptor.theta, jnp.take(adaptor.floor, jnp.maximum(winner, 0)))
     return best > threshold
+
+
+def writes(adaptor: Adaptor, winner: jax.Array, best: jax.Array) -> jax.Array:
+    """Whether the winning neuron changes the output: it passes its threshold and is not muted."""
+    return passes(adaptor, winner, best) & ~jnp.take(adaptor.muted, jnp.maximum(winner, 0))
 
 
 def last_positions(attention_mask: jax.Array) -> jax.Array:

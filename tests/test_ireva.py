@@ -55,16 +55,22 @@ def test_edit_fires_its_neuron_and_below_theta_gives_exactly_the_base_logits(mod
     assert after[answer] > before[answer] + 1.0
 
 
-def test_withdrawing_a_fact_restores_the_base_output_of_its_prompt(model) -> None:
+@pytest.mark.parametrize("mode", ["mute", "remove"])
+def test_withdrawing_a_fact_restores_the_base_output_of_its_prompt(model, mode) -> None:
     journal = EditJournal(model)
     journal.apply(ireva(model, FACTS[:2], INIT, facts=["a", "b"], progress=False))
     prompt = texts(FACTS[:1])
     assert not np.array_equal(last_logits(journal.model, prompt), last_logits(model, prompt))
-    journal.withdraw("a")
+    journal.withdraw("a", mode)
     (after,) = fired(journal.model, prompt)
-    assert after.fact != "a" and not after.fired  # no other neuron fires for it
+    assert not after.fired
+    if mode == "mute":  # its neuron still wins its prompt, writing nothing
+        assert after.fact == "a" and after.muted
+    else:  # out of the gate; no other neuron fires for it
+        assert after.fact != "a" and not after.muted
     np.testing.assert_array_equal(last_logits(journal.model, prompt), last_logits(model, prompt))
     assert [f["active"] for f in list_facts(journal.model)] == [False, True]
+    assert [f["withdrawal"] for f in list_facts(journal.model)] == [mode, None]
     # the other fact is untouched: same logits as editing it alone
     alone = apply(model, ireva(model, FACTS[1:2], INIT, facts=["b"], progress=False))
     np.testing.assert_allclose(
@@ -150,11 +156,17 @@ def test_journal_round_trip_keeps_neurons_and_withdrawals(model, tmp_path) -> No
         )
     )
     journal.withdraw("b")
+    journal.withdraw("c", mode="remove")
     journal.save(tmp_path / "j")
     loaded = EditJournal.load(tmp_path / "j", model)
     prompts = [*texts(FACTS), OTHER]
     np.testing.assert_array_equal(last_logits(loaded.model, prompts), last_logits(journal.model, prompts))
-    assert [f["active"] for f in list_facts(loaded.model)] == [True, False, True]
+    assert [f["withdrawal"] for f in list_facts(loaded.model)] == [None, "mute", "remove"]
+    for name in ("active", "muted"):
+        np.testing.assert_array_equal(
+            np.asarray(getattr(loaded.model.params["adaptor"], name)),
+            np.asarray(getattr(journal.model.params["adaptor"], name)),
+        )
     loaded.withdraw(loaded.model.edits[0].id)  # the whole batch
     np.testing.assert_array_equal(last_logits(loaded.model, prompts), last_logits(model, prompts))
     with pytest.raises(ValueError, match="Hugging Face checkpoint"):
@@ -169,6 +181,8 @@ def test_bad_input_is_refused_clearly(model) -> None:
         withdraw_fact(edited, "zzz")
     with pytest.raises(KeyError, match="edit or fact 'zzz' is not applied"):
         EditJournal(edited).withdraw("zzz")
+    with pytest.raises(ValueError, match="unknown withdrawal mode 'delete'"):
+        withdraw_fact(edited, "a", "delete")
     with pytest.raises(ValueError, match="already used: a"):
         ireva(edited, FACTS[1:2], INIT, facts=["a"], progress=False)
     with pytest.raises(CapacityError, match="exceeds the limit of 2"):
@@ -210,7 +224,7 @@ def test_exclusive_floors_keep_other_facts_neurons_quiet_after_a_withdrawal(mode
     pairs = [(t, f["target"]) for t, f in zip(texts(facts), facts, strict=True)]
     hp = dataclasses.replace(INIT, theta=0.3)
     shared = apply(model, ireva(model, facts, hp, facts=ids, progress=False))
-    assert withdrawal_metrics(shared, model, pairs, ids, progress=False)["Con_token"] < 100  # neighbours fire
+    assert withdrawal_metrics(shared, model, pairs, ids, mode="remove", progress=False)["Con_token"] < 100
     edit = ireva(model, facts, dataclasses.replace(hp, exclusive=True), facts=ids, progress=False)
     # init only: keys are the pairs' normalised inputs, so a floor is the key's highest cosine to another
     # fact's key
@@ -226,6 +240,31 @@ def test_exclusive_floors_keep_other_facts_neurons_quiet_after_a_withdrawal(mode
     np.testing.assert_array_equal(np.asarray(exclusive.params["adaptor"].floor[: len(keys)]), edit.floor)
     firing = fired(exclusive, texts(facts))
     assert [f.fact for f in firing] == ids and all(f.fired for f in firing)  # each edit still fires
-    metrics = withdrawal_metrics(exclusive, model, pairs, ids, progress=False)
+    # removed (the paper's withdrawal): the floors keep the neighbours' neurons quiet
+    metrics = withdrawal_metrics(exclusive, model, pairs, ids, mode="remove", progress=False)
     assert metrics["Con"] == metrics["Con_token"] == 100.0  # withdrawn: the base output, token for token
     assert metrics["RS"] == metrics["changed"]
+
+
+def test_muting_a_withdrawn_fact_changes_only_the_inputs_its_neurons_won(model) -> None:
+    """Facts with near inputs (one template): removing a fact's neurons lets a neighbour's neuron take its
+    question over; muting them gives the base output back there and leaves every other input as it was."""
+    capitals = (("france", "paris"), ("rome", "english"), ("danielle", "french"), ("paris", "rome"))
+    facts = [{"prompt": "the capital of {} is", "subject": s, "target": t} for s, t in capitals]
+    ids = ["a", "b", "c", "d"]
+    pairs = [(t, f["target"]) for t, f in zip(texts(facts), facts, strict=True)]
+    edited = apply(
+        model, ireva(model, facts, dataclasses.replace(INIT, theta=0.3), facts=ids, progress=False)
+    )
+    removed = withdrawal_metrics(edited, model, pairs, ids, mode="remove", progress=False)
+    assert removed["Con_token"] < 100  # a neighbour's neuron fires after the removal
+    muted = withdrawal_metrics(edited, model, pairs, ids, progress=False)
+    assert muted["Con"] == muted["Con_token"] == 100.0
+    assert muted["RS"] == muted["changed"]
+    prompts = [*texts(facts), OTHER, *texts(FACTS)]
+    before = last_logits(edited, prompts)
+    won = [f.fact == "a" and f.fired for f in fired(edited, prompts)]
+    after = last_logits(withdraw_fact(edited, "a"), prompts)
+    base = last_logits(model, prompts)
+    for row, claimed in enumerate(won):  # the base output where "a" wrote, the edited output elsewhere
+        np.testing.assert_array_equal(after[row], base[row] if claimed else before[row])

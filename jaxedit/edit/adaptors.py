@@ -5,8 +5,15 @@ An `AdaptorEdit` holds the neurons of a batch of facts (one neuron per answer to
 appends them to the fixed-capacity arrays of `params["adaptor"]` (`jaxedit.adaptor.Adaptor`), doubling
 the capacity when full; the unedited params never change, so withdrawing the whole entry replays the
 other edits on the base exactly like a weight delta (`jaxedit.edit.delta.revert`). Withdrawing one fact
-deactivates its neurons (score −∞ in the gate), which gives the same outputs as never having added
-them: the gate's top-1 ignores inactive slots.
+switches its neurons off in one of two ways (`WITHDRAWAL_MODES`):
+
+- `mute` (default): the neurons stay in the gate's top-1 but add nothing. Every input the fact's neuron
+  won gets the base model's output back, and every other input keeps exactly the output it had: the
+  withdrawal undoes this fact and touches nothing else.
+- `remove` (the paper's deactivation, iReVa §4.3 / §6.2): the neurons leave the top-1 (score −∞), the
+  same outputs as never having added them. On an input the fact's neuron won, the best remaining neuron
+  may now pass θ and write its own answer (zsRE's shared question templates make that common on
+  SmolLM2, `experiments/results/ireva_zsre.md`).
 """
 
 from __future__ import annotations
@@ -43,7 +50,8 @@ class AdaptorEdit:
       owner: `[n]` index into `facts` of each neuron; token: `[n]` its answer-token index.
       gate: `layer`, `normalise`, `score`, `activation`, `theta`, `alpha` (shared by all of a model's
         adaptor edits).
-      withdrawn: facts switched off (their neurons stay, inactive).
+      withdrawn: facts switched off (their neurons stay in the arrays); `removed`: those of them whose
+        neurons left the gate's top-1 (`remove` mode), the others are muted.
       center: `[D]` the mean input of the `center` normalisation (None for the others).
       floor: `[n]` each neuron's own lower bound on the score it needs to fire (None: θ alone;
         `IrevaHparams.exclusive`).
@@ -61,6 +69,7 @@ class AdaptorEdit:
     id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex[:12])
     info: dict = dataclasses.field(default_factory=dict)
     withdrawn: frozenset[str] = frozenset()
+    removed: frozenset[str] = frozenset()
     center: np.ndarray | None = None
     floor: np.ndarray | None = None
     max_neurons: int | None = None
@@ -95,6 +104,11 @@ class AdaptorEdit:
                 raise ValueError(f"adaptor edit floor has shape {floor.shape} or NaNs, expected ({n},)")
             object.__setattr__(self, "floor", floor)
         object.__setattr__(self, "withdrawn", frozenset(self.withdrawn))
+        object.__setattr__(self, "removed", frozenset(self.removed))
+        if not self.removed <= self.withdrawn:
+            raise ValueError(
+                f"adaptor edit {self.id}: removed facts {sorted(self.removed - self.withdrawn)} are not withdrawn"
+            )
         object.__setattr__(self, "requests", tuple(self.requests))
 
     @property
@@ -110,7 +124,8 @@ class AdaptorEdit:
         return {
             "id": self.id, "kind": "adaptor", "method": self.method, "site": "mlp",
             "layers": list(self.layers), "rank": int(self.keys.shape[0]), "requests": list(self.requests),
-            "facts": list(self.facts), "withdrawn": sorted(self.withdrawn), "gate": self.gate,
+            "facts": list(self.facts), "withdrawn": sorted(self.withdrawn), "removed": sorted(self.removed),
+            "gate": self.gate,
             "max_neurons": self.max_neurons, "norms": {str(k): v for k, v in self.norms().items()},
             "info": self.info,
         }  # fmt: skip
@@ -130,6 +145,8 @@ class AdaptorEdit:
             owner=tensors[f"{key}.owner"], token=tensors[f"{key}.token"], gate=entry["gate"],
             method=entry["method"], requests=tuple(entry["requests"]), id=key, info=entry.get("info", {}),
             withdrawn=frozenset(entry.get("withdrawn", ())), max_neurons=entry.get("max_neurons"),
+            # journals written before muting existed removed every withdrawn fact
+            removed=frozenset(entry.get("removed", entry.get("withdrawn", ()))),
             center=tensors.get(f"{key}.center"), floor=tensors.get(f"{key}.floor"),
         )  # fmt: skip
 
@@ -180,7 +197,7 @@ def add_neurons(params: Params, edit: AdaptorEdit) -> Params:
     if current is None:
         current = adaptor_lib.Adaptor(
             keys=jnp.zeros((capacity, width), jnp.float32), values=jnp.zeros((capacity, width), jnp.float32),
-            active=jnp.zeros((capacity,), bool), fact=jnp.full((capacity,), -1, jnp.int32),
+            active=jnp.zeros((capacity,), bool), muted=jnp.zeros((capacity,), bool), fact=jnp.full((capacity,), -1, jnp.int32),
             token=jnp.zeros((capacity,), jnp.int32), floor=jnp.full((capacity,), -jnp.inf, jnp.float32),
             theta=jnp.float32(gate["theta"]),
             alpha=jnp.float32(gate["alpha"]),
@@ -196,15 +213,16 @@ def add_neurons(params: Params, edit: AdaptorEdit) -> Params:
 
         current = current.replace(
             keys=pad(current.keys, 0.0), values=pad(current.values, 0.0), active=pad(current.active, False),
-            fact=pad(current.fact, -1), token=pad(current.token, 0), floor=pad(current.floor, -jnp.inf),
+            muted=pad(current.muted, False), fact=pad(current.fact, -1), token=pad(current.token, 0), floor=pad(current.floor, -jnp.inf),
         )  # fmt: skip
-    withdrawn = np.array([edit.facts[o] in edit.withdrawn for o in edit.owner], bool)
+    removed = np.array([edit.facts[o] in edit.removed for o in edit.owner], bool)
+    muted = np.array([edit.facts[o] in edit.withdrawn - edit.removed for o in edit.owner], bool)
     rows = slice(filled, filled + n)
     floor = np.full(n, -np.inf, np.float32) if edit.floor is None else edit.floor
     current = current.replace(
         floor=current.floor.at[rows].set(floor),
         keys=current.keys.at[rows].set(edit.keys), values=current.values.at[rows].set(edit.values),
-        active=current.active.at[rows].set(~withdrawn), fact=current.fact.at[rows].set(first_fact + edit.owner),
+        active=current.active.at[rows].set(~removed), muted=current.muted.at[rows].set(muted), fact=current.fact.at[rows].set(first_fact + edit.owner),
         token=current.token.at[rows].set(edit.token),
     )  # fmt: skip
     return {**params, "adaptor": current}
@@ -223,7 +241,8 @@ def neuron_facts(model: Model) -> list[tuple[str, int]]:
 
 
 def list_facts(model: Model) -> list[dict[str, Any]]:
-    """Every adaptor fact of the model: its id, edit entry, request, neurons and whether it is active."""
+    """Every adaptor fact of the model: its id, edit entry, request, neurons, whether it is active and,
+    if withdrawn, how (`mute` or `remove`)."""
     rows = []
     for edit in adaptor_edits(model):
         for index, fact in enumerate(edit.facts):
@@ -231,21 +250,38 @@ def list_facts(model: Model) -> list[dict[str, Any]]:
             rows.append({
                 "fact": fact, "edit": edit.id, "method": edit.method, "request": request,
                 "neurons": int(np.count_nonzero(edit.owner == index)), "active": fact not in edit.withdrawn,
+                "withdrawal": None if fact not in edit.withdrawn else "remove" if fact in edit.removed else "mute",
             })  # fmt: skip
     return rows
 
 
-def withdraw_fact(model: Model, fact: str) -> Model:
-    """The model with one fact's neurons switched off (`KeyError` naming the known facts otherwise)."""
+WITHDRAWAL_MODES = ("mute", "remove")
+
+
+def switch_off(adaptor: adaptor_lib.Adaptor, slots: Sequence[int], mode: str = "mute") -> adaptor_lib.Adaptor:
+    """`adaptor` with the neurons in `slots` muted (in the top-1, adding nothing) or removed from the gate."""
+    if mode not in WITHDRAWAL_MODES:
+        raise ValueError(f"unknown withdrawal mode {mode!r}; choose from {', '.join(WITHDRAWAL_MODES)}")
+    index = jnp.asarray(np.asarray(slots, np.int32))
+    if mode == "mute":
+        return adaptor.replace(muted=adaptor.muted.at[index].set(True))
+    return adaptor.replace(active=adaptor.active.at[index].set(False))
+
+
+def withdraw_fact(model: Model, fact: str, mode: str = "mute") -> Model:
+    """The model with one fact's neurons switched off, muted or removed (module docstring; `KeyError`
+    naming the known facts when there is no such fact)."""
+    if mode not in WITHDRAWAL_MODES:
+        raise ValueError(f"unknown withdrawal mode {mode!r}; choose from {', '.join(WITHDRAWAL_MODES)}")
     edits = list(model.edits)
     for position, edit in enumerate(edits):
         if isinstance(edit, AdaptorEdit) and fact in edit.facts:
             if fact in edit.withdrawn:
                 raise KeyError(f"fact {fact!r} is already withdrawn")
-            edits[position] = dataclasses.replace(edit, withdrawn=edit.withdrawn | {fact})
+            removed = edit.removed | {fact} if mode == "remove" else edit.removed
+            edits[position] = dataclasses.replace(edit, withdrawn=edit.withdrawn | {fact}, removed=removed)
             slots = [i for i, (f, _) in enumerate(neuron_facts(model)) if f == fact]
-            adaptor = model.params["adaptor"]
-            adaptor = adaptor.replace(active=adaptor.active.at[jnp.asarray(slots)].set(False))
+            adaptor = switch_off(model.params["adaptor"], slots, mode)
             return model.replace(params={**model.params, "adaptor": adaptor}, edits=tuple(edits))
     known = [f for e in adaptor_edits(model) for f in e.facts]
     shown = ", ".join(known[:10]) + (f" ... ({len(known)} in all)" if len(known) > 10 else "")
@@ -254,37 +290,37 @@ def withdraw_fact(model: Model, fact: str) -> Model:
 
 @dataclasses.dataclass(frozen=True)
 class Firing:
-    """Which adaptor neuron won the gate for a prompt's last token, and whether it passed its threshold
-    (θ, or the neuron's own floor when higher)."""
+    """Which adaptor neuron won the gate for a prompt's last token, whether it changed the output (it
+    passed its threshold, θ or the neuron's own floor when higher, and is not muted) and whether it is a
+    muted (withdrawn) fact's neuron."""
 
     prompt: str
     fact: str | None
     token: int | None
     score: float
     fired: bool
+    muted: bool = False
 
 
 def fired(model: Model, prompts: Sequence[str] | str) -> list[Firing]:
     """For each prompt, the adaptor neuron with the highest score at its last token (iReVa eq. 12), its
-    fact and score, and whether the score passed the neuron's threshold (so it changed the output)."""
+    fact and score, and whether it changed the output (score past the neuron's threshold, not muted)."""
     adaptor = model.params.get("adaptor")
     if adaptor is None:
         raise ValueError("this model has no adaptor neurons (no iReVa edit applied)")
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     ids, mask = tok.encode(model.tokenizer, prompts)
     m_in = forward(model.params, model.config, ids, mask, taps=("mlp_in",)).taps["mlp_in"]
-    winner, best, passed = _winners(adaptor, m_in[:, adaptor.layer, -1])
-    table = neuron_facts(model)
+    winner, best, wrote = _winners(adaptor, m_in[:, adaptor.layer, -1])
+    table, muted = neuron_facts(model), np.asarray(adaptor.muted)
     out = []
-    for prompt, w, s, p in zip(
-        prompts, np.asarray(winner), np.asarray(best), np.asarray(passed), strict=True
-    ):
+    for prompt, w, s, p in zip(prompts, np.asarray(winner), np.asarray(best), np.asarray(wrote), strict=True):
         fact, token = table[w] if w >= 0 else (None, None)
-        out.append(Firing(prompt, fact, token, float(s), bool(w >= 0 and p)))
+        out.append(Firing(prompt, fact, token, float(s), bool(w >= 0 and p), bool(w >= 0 and muted[w])))
     return out
 
 
 @jax.jit
 def _winners(adaptor: adaptor_lib.Adaptor, m_in: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     _, winner, best = adaptor_lib.gate(adaptor, m_in)
-    return winner, best, adaptor_lib.passes(adaptor, winner, best)
+    return winner, best, adaptor_lib.writes(adaptor, winner, best)

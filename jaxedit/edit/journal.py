@@ -57,13 +57,14 @@ class EditJournal:
         self.model = apply(self.model, delta)
         return self.model
 
-    def withdraw(self, edit_id: str) -> Model:
+    def withdraw(self, edit_id: str, mode: str = "mute") -> Model:
         """Withdraw the edit with this id, or the adaptor fact with this id (iReVa, METHODS.md §9: its
-        neurons are switched off); `KeyError` naming the applied ids if there is none."""
+        neurons are muted, or with `mode="remove"` taken out of the gate as the paper does; see
+        `jaxedit.edit.adaptors`); `KeyError` naming the applied ids if there is none."""
         if any(d.id == edit_id for d in self.model.edits):
             self.model = revert(self.model, edit_id)
         elif any(edit_id in e.facts for e in adaptor_edits(self.model)):
-            self.model = withdraw_fact(self.model, edit_id)
+            self.model = withdraw_fact(self.model, edit_id, mode)
         else:
             applied = ", ".join(d.id for d in self.model.edits) or "none"
             facts = sum(len(e.facts) for e in adaptor_edits(self.model))

@@ -1,6 +1,7 @@
 """Withdrawal of iReVa edits (METHODS.md §9, paper 001 §6.2): Retrieve Success and Consistency.
 
-After all facts are edited, each fact is withdrawn on its own (its neurons switched off) and its edit
+After all facts are edited, each fact is withdrawn on its own (its neurons muted, or removed from the gate
+as the paper does: `jaxedit.edit.adaptors.WITHDRAWAL_MODES`) and its edit
 question is asked again as zsRE scores it (the answer's prefixes teacher forced), so a fact's output is
 the sequence of top-1 tokens at its answer positions. Paper 001 defines both metrics per example:
 
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxedit.edit.adaptors import neuron_facts
+from jaxedit.edit.adaptors import neuron_facts, switch_off
 from jaxedit.evaluate.metrics import target_scores
 from jaxedit.loading import Model
 
@@ -33,9 +34,11 @@ def withdrawal_metrics(
     pairs: Sequence[tuple[str, str]],
     facts: Sequence[str],
     *,
+    mode: str = "mute",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """RS and Con (×100, per example and per token) of withdrawing each fact of `edited` on its pair."""
+    """RS and Con (×100, per example and per token) of withdrawing each fact of `edited` on its pair, in
+    withdrawal `mode` (`mute` or `remove`)."""
     if len(pairs) != len(facts):
         raise ValueError(f"{len(pairs)} questions for {len(facts)} facts")
     adaptor = edited.params.get("adaptor")
@@ -51,7 +54,7 @@ def withdrawal_metrics(
     _, _, base_top = target_scores(base, pairs)
     rows: dict[str, list[float]] = {k: [] for k in ("RS", "Con", "RS_token", "Con_token", "changed")}
     for index, fact in enumerate(tqdm(facts, desc="withdrawal", disable=not progress)):
-        off = adaptor.replace(active=adaptor.active.at[np.asarray(slots[fact])].set(False))
+        off = switch_off(adaptor, slots[fact], mode)
         withdrawn = edited.replace(params={**edited.params, "adaptor": off})
         _, _, (top,) = target_scores(withdrawn, [pairs[index]])
         differs, same = top != edited_top[index], top == base_top[index]
