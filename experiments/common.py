@@ -56,20 +56,23 @@ def command(name: str, args: argparse.Namespace, **extra: object) -> str:
     return f"python experiments/{name}.py " + " ".join(f"--{k} {v}" for k, v in options.items())
 
 
+def digest(value: object) -> str:
+    """A short stable hash of a JSON-ready value (cache folder names keyed by settings)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def cached_targets(model, requests, hp, templates):
     """`memit_targets` for `requests`, cached per request under `CACHE/targets/<settings>/` (a request's
     target does not depend on the other requests of its batch), so the experiments that edit the same
     records with the same settings (scaling, mass editing, ablations) optimise each target once."""
     import dataclasses
-    import hashlib
-    import json
 
     from jaxedit.edit.memit import memit_targets
     from jaxedit.edit.stats import fingerprint
     from jaxedit.edit.targets import Targets
-
-    def digest(value: object) -> str:
-        return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
     settings = {
         "model": fingerprint(model), "targets": dataclasses.asdict(hp.targets), "layer": max(hp.layers),

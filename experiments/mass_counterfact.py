@@ -15,6 +15,7 @@ ROME edits the N records one after another, each on the model holding the previo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -23,6 +24,7 @@ from common import (
     CACHE,
     RESULTS,
     cached_targets,
+    digest,
     machine,
     markdown_table,
     mass_setup,
@@ -86,6 +88,7 @@ def main() -> None:
                 "layers": list(hp.layers), "mom2_weight": hp.mom2_weight, "spread": hp.spread,
                 "clamp": hp.targets.clamp, "target_nll": round(float(targets.nll.mean()), 3),
             }  # fmt: skip
+            folder = f"{method}-{run}-{digest(dataclasses.asdict(hp))}"  # scored cases of these settings
         else:
             hp = rome_hparams(model)
             stats = wikipedia_statistics(model, [hp.layer], args.stats_samples)
@@ -95,8 +98,9 @@ def main() -> None:
                 return rome_sequence(m, batch, stats, hp, templates=templates)
 
             settings[method] = {"layer": hp.layer, "protocol": f"{len(cases)} edits one after another"}
+            folder = f"{method}-{run}-{digest(dataclasses.asdict(hp))}"
         summary = evaluate_counterfact(
-            model, cases, edit, method=method, batch=len(cases), out_dir=CACHE / NAME / f"{method}-{run}",
+            model, cases, edit, method=method, batch=len(cases), out_dir=CACHE / NAME / folder,
             unedited_dir=CACHE / "unedited" / f"counterfact-g{args.generation_tokens}", generation_tokens=args.generation_tokens,
         )  # fmt: skip
         results.setdefault("unedited", {k: summary["unedited"][k] for k in KEYS})
