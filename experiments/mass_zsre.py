@@ -12,6 +12,7 @@ locality answer (NS). Writes `experiments/results/mass_zsre.{json,md}` keyed by 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -20,6 +21,7 @@ from common import (
     CACHE,
     RESULTS,
     cached_targets,
+    digest,
     machine,
     markdown_table,
     mass_setup,
@@ -63,7 +65,7 @@ def main() -> None:
             return memit(m, requests, stats, hp, templates=templates, targets=targets)
 
         summary = evaluate_zsre(
-            model, cases, edit, method=method, batch=batch, out_dir=CACHE / NAME / f"{method}-n{len(cases)}-b{batch}",
+            model, cases, edit, method=method, batch=batch, out_dir=CACHE / NAME / f"{method}-n{len(cases)}-b{batch}-{digest(dataclasses.asdict(hp))}",
             unedited_dir=CACHE / "unedited" / "zsre",
         )  # fmt: skip
         results.setdefault("unedited", {k: summary["unedited"][k] for k in KEYS})

@@ -24,6 +24,7 @@ from common import (
     CACHE,
     RESULTS,
     cached_targets,
+    digest,
     machine,
     markdown_table,
     mass_setup,
@@ -81,7 +82,7 @@ def main() -> None:
             return delta
 
         summary = evaluate_counterfact(
-            model, cases, edit, method=name, batch=len(cases), out_dir=CACHE / NAME / f"{name}-{run}",
+            model, cases, edit, method=name, batch=len(cases), out_dir=CACHE / NAME / f"{name}-{run}-{digest(dataclasses.asdict(variant))}",
             unedited_dir=CACHE / "unedited" / f"counterfact-g{args.generation_tokens}",
             generation_tokens=args.generation_tokens,
         )  # fmt: skip

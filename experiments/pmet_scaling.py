@@ -13,6 +13,7 @@ and method (cached) and each count re-solves the layer updates. Writes
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -26,6 +27,7 @@ from common import (
     CACHE,
     RESULTS,
     cached_targets,
+    digest,
     machine,
     markdown_table,
     mass_setup,
@@ -88,7 +90,7 @@ def main() -> None:
                 return delta
 
             summary = evaluate_counterfact(
-                model, cases, edit, method=method, batch=n, out_dir=CACHE / NAME / f"{method}-{n}",
+                model, cases, edit, method=method, batch=n, out_dir=CACHE / NAME / f"{method}-{n}-{digest(dataclasses.asdict(hp))}",
                 unedited_dir=CACHE / "unedited" / f"counterfact-g{args.generation_tokens}",
                 generation_tokens=args.generation_tokens, progress=False,
             )  # fmt: skip
