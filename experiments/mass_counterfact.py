@@ -52,8 +52,10 @@ ANALYSIS = """Why PMET trails MEMIT here: its targets are weaker before any solv
 just past the decision boundary, and the δa it was optimised with is discarded; MEMIT optimises the whole
 residual for its full step budget. The layer solves realise only part of each target once 200 edits
 share five layers, and targets with little margin lose more. The settings were chosen on 64 held-out
-records (`mass_lambda`), where PMET already trailed MEMIT by about one point; tuning the schedule's stop
-and δa's clamp and decay on held-out records is the next step."""
+records (`mass_lambda`), where PMET already trailed MEMIT by about one point. At this batch size on 200
+held-out records (`mass_lambda_n200`) PMET's best point is again λ 2000 (score 79.65 against MEMIT's
+82.36 at the same λ and 83.83 at λ 500), and the paper's larger step size (lr 0.5) does not help (79.18):
+with the paper's schedule, PMET trails MEMIT on SmolLM2 by 2-4 points, so the bar stays unmet here."""
 
 
 def main() -> None:
