@@ -13,8 +13,9 @@ gate) unless an edit raised it above the scores the neuron reaches on other fact
 neighbouring fact's neuron. A withdrawn fact's neurons are either muted (the default,
 `jaxedit.edit.adaptors.withdraw_fact`): they stay in the top-1 and still claim the inputs they won, but
 add nothing, so exactly the prompts the fact changed return to the base model; or removed (the paper's
-reading, §4.3): they leave the top-1, and a neighbour may win the inputs they claimed. A row whose best score is below θ gets `act(s_j − θ)` for a negative
-argument: exactly zero for ReLU, and for GELU / SiLU a small negative multiple of `v_j`. To keep "below
+reading, §4.3): they leave the top-1, and a neighbour may win the inputs they claimed.
+
+A row whose best score is below θ gets `act(s_j − θ)` for a negative argument: exactly zero for ReLU, and for GELU / SiLU a small negative multiple of `v_j`. To keep "below
 θ, unchanged" exact for every activation, the output is also zeroed where `s_j` does not pass (for ReLU
 this changes nothing; for the smooth activations it removes the sub-threshold tail, which iReVa's
 "inactive neuron" reading of eq. 6 intends).

@@ -270,9 +270,7 @@ def switch_off(adaptor: adaptor_lib.Adaptor, slots: Sequence[int], mode: str = "
 
 def withdraw_fact(model: Model, fact: str, mode: str = "mute") -> Model:
     """The model with one fact's neurons switched off, muted or removed (module docstring; `KeyError`
-    naming the known facts when there is no such fact)."""
-    if mode not in WITHDRAWAL_MODES:
-        raise ValueError(f"unknown withdrawal mode {mode!r}; choose from {', '.join(WITHDRAWAL_MODES)}")
+    naming the known facts when there is no such fact; `switch_off` refuses an unknown mode)."""
     edits = list(model.edits)
     for position, edit in enumerate(edits):
         if isinstance(edit, AdaptorEdit) and fact in edit.facts:
