@@ -64,21 +64,57 @@ def digest(value: object) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def target_settings(hp) -> dict:
+    """The fields of `hp.targets` that differ from `TargetHparams()`: a field added later with a default
+    that keeps the old behaviour leaves cached targets valid (changing a default's value must clear
+    `CACHE/targets`)."""
+    import dataclasses
+
+    from jaxedit.edit.targets import TargetHparams
+
+    defaults = TargetHparams()
+    return {
+        f.name: getattr(hp.targets, f.name)
+        for f in dataclasses.fields(hp.targets)
+        if getattr(hp.targets, f.name) != getattr(defaults, f.name)
+    }
+
+
+def targets_folder(model, hp, templates) -> Path:
+    """`CACHE/targets/<settings digest>/`; the files of folders named by the earlier digests of the
+    whole `TargetHparams` (with and without the `key_token` field added for RETS) are moved into it."""
+    import dataclasses
+    import shutil
+
+    from jaxedit.edit.stats import fingerprint
+
+    base = {"model": fingerprint(model), "layer": max(hp.layers), "templates": list(templates)}
+    folder = CACHE / "targets" / digest({**base, "targets": target_settings(hp)})
+    whole = dataclasses.asdict(hp.targets)
+    legacy = [whole]
+    if hp.targets.key_token == "subject":
+        legacy.append({k: v for k, v in whole.items() if k != "key_token"})
+    for old in legacy:
+        old_folder = CACHE / "targets" / digest({**base, "targets": old})
+        if old_folder.exists() and old_folder != folder:
+            folder.mkdir(parents=True, exist_ok=True)
+            for path in old_folder.glob("*.npz"):
+                if not (folder / path.name).exists():
+                    path.rename(folder / path.name)
+            shutil.rmtree(old_folder)
+    return folder
+
+
 def cached_targets(model, requests, hp, templates):
-    """`memit_targets` for `requests`, cached per request under `CACHE/targets/<settings>/` (a request's
-    target does not depend on the other requests of its batch), so the experiments that edit the same
-    records with the same settings (scaling, mass editing, ablations) optimise each target once."""
+    """`memit_targets` for `requests`, cached per request under `targets_folder` (a request's target
+    does not depend on the other requests of its batch), so the experiments that edit the same records
+    with the same settings (scaling, mass editing, ablations) optimise each target once."""
     import dataclasses
 
     from jaxedit.edit.memit import memit_targets
-    from jaxedit.edit.stats import fingerprint
     from jaxedit.edit.targets import Targets
 
-    settings = {
-        "model": fingerprint(model), "targets": dataclasses.asdict(hp.targets), "layer": max(hp.layers),
-        "templates": list(templates),
-    }  # fmt: skip
-    folder = CACHE / "targets" / digest(settings)
+    folder = targets_folder(model, hp, templates)
     paths = [folder / f"{digest(r.to_dict())}.npz" for r in requests]
     missing = [i for i, p in enumerate(paths) if not p.exists()]
     if missing:

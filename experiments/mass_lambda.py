@@ -46,11 +46,17 @@ def variant(model, spec: str):
     layers = default_hparams(model, name).layers
     hp = MemitHparams(layers=layers) if name == "memit" else pmet_hparams(layers)
     types = {f.name: f.type for f in dataclasses.fields(hp.targets)}
-    fields = {
-        key: int(value) if types[key] in (int, "int") else float(value)
-        for key, value in (c.split("=") for c in changes)
-    }
+    fields = {key: parse_field(types[key], value) for key, value in (c.split("=") for c in changes)}
     return dataclasses.replace(hp, targets=dataclasses.replace(hp.targets, **fields))
+
+
+def parse_field(kind: object, value: str) -> int | float | bool:
+    """A `TargetHparams` value written on the command line: ints, booleans (`true` / `false`), floats."""
+    if kind in (bool, "bool"):
+        if value.lower() not in ("true", "false"):
+            raise SystemExit(f"expected true or false, got {value!r}")
+        return value.lower() == "true"
+    return int(value) if kind in (int, "int") else float(value)
 
 
 def choose(points: dict[str, dict]) -> str:
@@ -69,6 +75,7 @@ def main() -> None:
         help="methods, each optionally with target settings changed (pmet:clamp=3)",
     )
     parser.add_argument("--stats-samples", type=int, default=1000)
+    parser.add_argument("--name", default=NAME, help="results file name (experiments/results/NAME.*)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
@@ -90,7 +97,11 @@ def main() -> None:
             "target_nll": round(float(targets.nll.mean()), 3),
             "reference_norm": round(float(np.linalg.norm(targets.m0, axis=1).mean()), 2),
             "at_clamp": round(float(np.mean(ratio >= 0.999 * hp.targets.clamp)), 3),
+            "steps": round(float(targets.steps.mean()), 1),
         }
+        if targets.delta_attn is not None:  # PMET: how much of the optimised change δa carries
+            share = np.linalg.norm(targets.delta_attn, axis=1) / np.linalg.norm(targets.delta, axis=1)
+            diagnostics[method]["attn_to_mlp"] = round(float(share.mean()), 3)
         results[method] = {}
         for weight in grid:
             point = points / f"{method.replace(':', '-')}-{weight:g}.json"
@@ -111,7 +122,7 @@ def main() -> None:
         "records": len(cases), "grid": grid, "best": best, "seconds": seconds, "machine": machine(),
         "targets": diagnostics,
     }  # fmt: skip
-    write_text(RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1))
+    write_text(RESULTS / f"{args.name}.json", json.dumps({**results, "settings": settings}, indent=1))
 
     fig, axes = plt.subplots(1, len(KEYS), figsize=(4 * len(KEYS), 3.2), sharex=True)
     for ax, key in zip(axes, KEYS, strict=True):
@@ -121,7 +132,7 @@ def main() -> None:
         ax.set(xscale="log", xlabel="λ (mom2_weight)", title=key)
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{NAME}.png", dpi=120)
+    fig.savefig(RESULTS / f"{args.name}.png", dpi=120)
 
     chosen = ", ".join(f"{m} {float(best[m]):g}" for m in methods)
     packaged = ", ".join(
@@ -132,7 +143,8 @@ def main() -> None:
         ]
     )
     diag = "\n".join(
-        f"- `{m}`: NLL {d['target_nll']}, norm {d['reference_norm']}, at clamp {d['at_clamp']}"
+        f"- `{m}`: NLL {d['target_nll']}, norm {d['reference_norm']}, at clamp {d['at_clamp']}, "
+        f"steps {d['steps']}" + (f", ‖δa‖/‖δm‖ {d['attn_to_mlp']}" if "attn_to_mlp" in d else "")
         for m, d in diagnostics.items()
     )
     rows = ["| method | λ | " + " | ".join(KEYS) + " |", "|---" * (len(KEYS) + 2) + "|"]
@@ -148,31 +160,32 @@ def main() -> None:
 Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of
 `counterfact_easyedit/counterfact-train.json` (held out from the `-edit` split), all edited in one batch
 per variant. Variants: the papers' GPT-J CounterFact settings of MEMIT and PMET on SmolLM2's packaged
-layers, and PMET with its δm clamp changed (`name:field=value`); targets optimised once per variant, the
+layers, and variants with target settings changed (`name:field=value`); targets optimised once per variant, the
 layer updates solved again for each λ. Statistics over {args.stats_samples} Wikipedia articles. Score =
 harmonic mean of ES, PS, NS (no fluency here). Run time of this invocation {seconds / 60:.0f} min on {machine()} (targets and points cached per record and
 point by earlier invocations are not counted). Produced by
-`python experiments/{NAME}.py --n {len(cases)} --grid {args.grid} --methods {args.methods}`.
+`python experiments/{NAME}.py --n {len(cases)} --grid {args.grid} --methods {args.methods} --name {args.name}`.
 
 {chr(10).join(rows)}
 
 Chosen λ per variant (the largest within one point of the best score): {chosen}.
-Packaged (the variant of each method whose chosen point scores best): {packaged}.
+Best variant of each method (its chosen point scoring best): {packaged}.
 
 The papers' λ (GPT-J: MEMIT 15,000, PMET 6,000) were tuned on GPT-J's key statistics; on SmolLM2's
 (1,536-wide keys, layers 0-4) they leave most of the edits undone, and a smaller λ lets the batch's keys
 outweigh the preservation term. PMET's δm is clamped relative to the MLP output it is added to, MEMIT's δ
 relative to the residual; the targets per variant (mean final target NLL, mean norm of the vector the
-clamp is relative to, share of targets at the clamp):
+clamp is relative to, share of targets at the clamp, mean Adam steps taken, and for PMET the mean ratio of
+the discarded δa's norm to δm's):
 
 {diag}
 
 At SmolLM2's layer 4 the MLP output is much smaller than the residual, so GPT-J's clamp 0.75 keeps δm
 from reaching its targets and a wider clamp is needed.
 
-![λ sweep]({NAME}.png)
+![λ sweep]({args.name}.png)
 """
-    write_text(RESULTS / f"{NAME}.md", md)
+    write_text(RESULTS / f"{args.name}.md", md)
     # the target NLLs quoted above are those of the cached targets (mean over the records)
     print(md)
 
