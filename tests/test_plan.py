@@ -24,8 +24,8 @@ def run_check(*presets_: str) -> str:
     return done.stdout
 
 
-def test_gptj_6b_and_neox_20b_plan_on_8_devices_and_the_planned_forward_runs() -> None:
-    out = run_check("gptj-6b", "neox-20b")
+def test_neox_20b_plans_on_8_devices_and_the_planned_forward_runs() -> None:
+    out = run_check("neox-20b")  # the largest preset; GPT-J's shape rules run in the small forward check
     assert "planned forward == unsharded forward" in out
 
 
