@@ -7,7 +7,8 @@ all N records in one batch (one `Delta`) with the packaged SmolLM2 hyperparamete
 ROME edits the N records one after another, each on the model holding the previous edits
 (`rome_sequence`). Every record is then scored on the model holding all N edits. Writes
 `experiments/results/mass_counterfact.{json,md}`: a JSON object keyed by method (`unedited`, `memit`,
-`pmet`, `rome`), each with ES, PS, NS, fluency, score, n.
+`pmet`, `rome`), each with ES, PS, NS, fluency, score, n. Methods not run by an invocation keep the
+results already in that file when it holds the same number of records.
 
     python experiments/mass_counterfact.py [--n 200] [--methods memit,pmet,rome]
 """
@@ -62,6 +63,25 @@ methods use SmolLM2's layers 0-4). The settings were chosen on 64 held-out recor
 method, PMET trails MEMIT on SmolLM2 by 2-4 points, so the bar stays unmet here."""
 
 
+def previous_results(n: int, methods: list[str]) -> tuple[dict, dict]:
+    """The results and settings of the methods this invocation does not run, from the existing results
+    file when it scored the same number of records (so `--methods rome` adds ROME to MEMIT and PMET)."""
+    path = RESULTS / f"{NAME}.json"
+    fresh = {"records": n, "machine": machine(), "seconds_per_method": {}}
+    if not path.exists():
+        return {}, fresh
+    old = json.loads(path.read_text())
+    old_settings = old.pop("settings", {})
+    if old_settings.get("records") != n:
+        return {}, fresh
+    kept = [m for m in old if m not in methods and m != "unedited"]
+    results = {m: old[m] for m in ["unedited", *kept] if m in old}
+    fresh.update({m: old_settings[m] for m in kept if m in old_settings})
+    seconds = old_settings.get("seconds_per_method", {})
+    fresh["seconds_per_method"] = {m: seconds[m] for m in kept if m in seconds}
+    return results, fresh
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200)
@@ -77,8 +97,7 @@ def main() -> None:
     cases = read_counterfact(shared_data("counterfact_easyedit", "counterfact-edit.json"))[: args.n]
     requests = [c.request for c in cases]
     methods = args.methods.split(",")
-    results: dict = {}
-    settings: dict = {"records": len(cases), "machine": machine(), "seconds_per_method": {}}
+    results, settings = previous_results(len(cases), methods)
     run = f"n{len(cases)}-g{args.generation_tokens}"
     for method in methods:
         begin = time.perf_counter()
@@ -113,6 +132,7 @@ def main() -> None:
         results[method] = {k: summary[method][k] for k in KEYS}
         settings["seconds_per_method"][method] = round(time.perf_counter() - begin)
     settings["seconds"] = round(time.perf_counter() - start)
+    methods = [m for m in ("memit", "pmet", "rome") if m in results]
     write_text(RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1))
 
     paper = {f"{m} (paper 002, GPT-J)": {**v, "n": 10000} for m, v in PAPER.items()}
@@ -137,7 +157,7 @@ holding all the edits. Statistics over {args.stats_samples} Wikipedia articles. 
 invocation {settings["seconds"] / 60:.0f} min on {machine()} (targets and scored cases cached by earlier
 invocations are reused and not counted). `target_nll`: the mean NLL of the new objects under the
 optimised targets, before the layer solves. Produced by
-`python experiments/{NAME}.py --n {len(cases)} --methods {args.methods}`.
+`python experiments/{NAME}.py --n {len(cases)} --methods {",".join(methods)}`.
 
 {table}
 

@@ -41,13 +41,21 @@ KEYS = ("ES", "PS", "NS", "score")
 
 def variant(model, spec: str):
     """The papers' GPT-J CounterFact settings of `memit` or `pmet` (§6, §7) on the packaged SmolLM2 layers,
-    optionally with target settings changed: `pmet:clamp=3:attn_clamp=0.75`."""
+    optionally with target settings changed (`pmet:clamp=3:attn_clamp=0.75`) or other critical layers
+    (`pmet:layers=2-6`, an inclusive range)."""
     name, *changes = spec.split(":")
+    fields = dict(c.split("=", 1) for c in changes)
     layers = default_hparams(model, name).layers
+    if "layers" in fields:
+        first, _, last = fields.pop("layers").partition("-")
+        layers = tuple(range(int(first), int(last or first) + 1))
     hp = MemitHparams(layers=layers) if name == "memit" else pmet_hparams(layers)
     types = {f.name: f.type for f in dataclasses.fields(hp.targets)}
-    fields = {key: parse_field(types[key], value) for key, value in (c.split("=") for c in changes)}
-    return dataclasses.replace(hp, targets=dataclasses.replace(hp.targets, **fields))
+    unknown = sorted(set(fields) - set(types))
+    if unknown:
+        raise SystemExit(f"unknown target settings {unknown}; known: layers, {', '.join(types)}")
+    values = {key: parse_field(types[key], value) for key, value in fields.items()}
+    return dataclasses.replace(hp, targets=dataclasses.replace(hp.targets, **values))
 
 
 def parse_field(kind: object, value: str) -> int | float | bool:
