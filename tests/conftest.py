@@ -4,13 +4,46 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 logging.getLogger("transformers").setLevel(logging.ERROR)
+
+# The suite is dominated by XLA compiles of small programs. LLVM's optimisation level 0 roughly halves
+# a compile at a small cost in run time (tests compare results within one configuration, and parity
+# with `transformers` holds at the same tolerances), and one compilation cache per test run, shared
+# by the xdist workers and every subprocess a test starts, compiles a program that several tests (or a
+# CLI call and a notebook kernel) run only once. Set before any test initialises a JAX backend.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+_run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"jaxedit-tests-{_run}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def full_rank_texts(model, texts: list[str], extra: int = 60, seed: int = 0) -> list[str]:
+    """`texts` plus `extra` random word sequences over the model's vocabulary, so that key statistics
+    over them have full rank (a few fixed sentences give fewer independent keys than the key width,
+    and a solve against such statistics follows rounding noise)."""
+    import numpy as np
+
+    words = sorted(w for w in model.tokenizer.get_vocab() if w != "<unk>")
+    rng = np.random.default_rng(seed)
+    return list(texts) + [" ".join(rng.choice(words, 12)) for _ in range(extra)]
+
+
+def subprocess_env(devices: int | None = None, **extra: str) -> dict[str, str]:
+    """The environment for a test's subprocess: this run's XLA flags and cache, on the CPU, with
+    `devices` simulated host devices when given."""
+    flags = TEST_XLA_FLAGS + (f" --xla_force_host_platform_device_count={devices}" if devices else "")
+    return dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", **extra)
+
 
 from hf_tiny import TINY_CONFIGS, save_tiny  # noqa: E402
 

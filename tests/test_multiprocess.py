@@ -3,18 +3,18 @@ MEMIT batch equal the single-process results (tools/launch_local.py + tools/mult
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_forward_trace_and_memit_across_two_processes(tiny_dirs) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = subprocess_env()  # launch_local gives each process its own simulated devices
     command = [
         sys.executable, str(ROOT / "tools" / "launch_local.py"), "--processes", "2", "--timeout", "500",
         str(ROOT / "tools" / "multiprocess_check.py"), "--cpu-devices", "4", str(tiny_dirs["llama_gqa_untied"]),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from conftest import full_rank_texts
 
 import jaxedit
 from jaxedit.edit import RomeHparams, apply, rome
@@ -95,8 +96,8 @@ def test_scores_equal_greedy_predictions_probe_by_probe(model) -> None:
 
 def test_evaluation_scores_each_edit_alone_and_resumes(model, tmp_path) -> None:
     cases = build_perspective_cases(FACTS, PATTERNS, CONTEXTS)[:2]
-    stats = key_statistics(model, [1], [c.relation_probes[1] + " " + c.target_true for c in cases] * 8,
-                           cache=False, progress=False)[1]  # fmt: skip
+    texts = full_rank_texts(model, [c.relation_probes[1] + " " + c.target_true for c in cases] * 8)
+    stats = key_statistics(model, [1], texts, cache=False, progress=False)[1]
     hp = RomeHparams(layer=1, targets=TargetHparams(steps=5))
     templates = ["{}", "the city of rome . {}"]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +10,14 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import pytest
+from conftest import subprocess_env
 
 from jaxedit import cli, presets
 from jaxedit.flops import matmul_flops
 
 
 def run_check(*presets_: str) -> str:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = subprocess_env(devices=8)
     script = Path(__file__).with_name("plan_check.py")
     done = subprocess.run([sys.executable, str(script), *presets_], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -3,14 +3,13 @@ marked `<!-- readme-test: skip -->` is left out."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import requires_smollm2
+from conftest import requires_smollm2, subprocess_env
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -23,7 +22,7 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
     )
     blocks = [code for skip, code in blocks if not skip]
     assert blocks, "README has no Python example"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = subprocess_env(devices=8)
     for block in blocks:
         result = subprocess.run(
             [sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600

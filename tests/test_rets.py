@@ -8,6 +8,7 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
+from conftest import full_rank_texts
 
 import jaxedit
 from jaxedit import tokens as tok
@@ -47,7 +48,7 @@ def model(tiny_dirs):
 
 @pytest.fixture(scope="module")
 def stats(model):
-    return key_statistics(model, [LAYER], TEXTS, cache=False, progress=False)[LAYER]
+    return key_statistics(model, [LAYER], full_rank_texts(model, TEXTS), cache=False, progress=False)[LAYER]
 
 
 def edited_kernel(model, delta) -> np.ndarray:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import full_rank_texts
 
 import jaxedit
 from jaxedit.edit import Delta, RomeHparams, apply, revert, rome
@@ -36,7 +39,11 @@ def model(tiny_dirs):
 
 @pytest.fixture(scope="module")
 def stats(model, tmp_path_factory):
-    return key_statistics(model, [1], TEXTS, cache=False, progress=False)[1]
+    """Statistics over the fixed texts plus random word sequences, so that C has full rank (over the
+    fixed texts alone it is singular and the solve follows rounding noise)."""
+    stats = key_statistics(model, [1], full_rank_texts(model, TEXTS), cache=False, progress=False)[1]
+    assert np.linalg.eigvalsh(np.asarray(stats.matrix, np.float64)).min() > 0
+    return stats
 
 
 def test_rank_one_update_maps_key_to_value_and_spares_orthogonal_directions() -> None:
@@ -59,8 +66,19 @@ def test_rank_one_update_maps_key_to_value_and_spares_orthogonal_directions() ->
 
 
 def test_singular_statistics_raise_a_clear_error() -> None:
-    with pytest.raises(StatsError, match="singular"):
+    with pytest.raises(StatsError, match="singular"), pytest.warns(RuntimeWarning):
         rank_one_update(np.zeros((4, 4)), np.ones(4), np.ones(4), np.ones(3))
+
+
+def test_rank_deficient_statistics_warn() -> None:
+    keys = np.random.default_rng(0).normal(size=(3, 4))  # three keys span three of four directions
+    c = keys.T @ keys / 3
+    fails = contextlib.suppress(StatsError, FloatingPointError)  # or the solve fails outright
+    with pytest.warns(RuntimeWarning, match="not positive definite"), fails:
+        rank_one_update(c, keys.mean(0), keys[0], np.ones(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # full-rank statistics: no warning
+        rank_one_update(c + np.eye(4), keys.mean(0), keys[0], np.ones(2))
 
 
 def random_delta(model, layer: int, seed: int) -> Delta:
@@ -114,7 +132,8 @@ def test_delta_errors(model) -> None:
         Delta(layers=(0,), left=np.full((1, 1, 4), np.nan), right=np.ones((1, 1, 4)), method="x")
 
 
-def test_statistics_equal_the_mean_outer_product_of_keys(model, stats) -> None:
+def test_statistics_equal_the_mean_outer_product_of_keys(model) -> None:
+    stats = key_statistics(model, [1], TEXTS, cache=False, progress=False)[1]
     ids, mask = jaxedit.tokens.encode(model.tokenizer, TEXTS[:5], side="right")
     keys = np.asarray(
         jaxedit.forward(model.params, model.config, ids, mask, taps=("mlp_key",)).taps["mlp_key"]

@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import subprocess_env
+
 
 def test_sharded_forward_equals_unsharded_on_8_devices() -> None:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = subprocess_env(devices=8)
     script = Path(__file__).with_name("sharded_check.py")
     result = subprocess.run(
         [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600
@@ -21,7 +23,7 @@ def test_sharded_forward_equals_unsharded_on_8_devices() -> None:
 
 
 def test_sharded_pmet_batch_equals_unsharded_on_8_devices() -> None:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = subprocess_env(devices=8)
     script = Path(__file__).with_name("sharded_pmet_check.py")
     result = subprocess.run(
         [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600
@@ -32,7 +34,7 @@ def test_sharded_pmet_batch_equals_unsharded_on_8_devices() -> None:
 
 
 def test_streaming_load_places_each_parameter_into_its_sharding(tmp_path) -> None:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = subprocess_env(devices=8)
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
     script = Path(__file__).with_name("streaming_check.py")
     result = subprocess.run(

@@ -85,7 +85,18 @@ def test_cli_generate_and_info(capsys) -> None:
 
 
 def test_cli_trace_eiffel_tower_writes_three_grids_and_heatmaps(tmp_path, capsys) -> None:
-    args = ["trace", "smollm2", "--prompt", PROMPTS[0], "--subject", "The Eiffel Tower", "--samples", "2"]
+    args = [
+        "trace",
+        "smollm2",
+        "--prompt",
+        PROMPTS[0],
+        "--subject",
+        "The Eiffel Tower",
+        "--samples",
+        "2",
+        "--segments",
+        "4",
+    ]
     assert cli.main([*args, "--out", str(tmp_path)]) == 0
     saved = json.loads((tmp_path / "trace.json").read_text())
     assert saved["answer"] == " Paris" and saved["subject_span"] == [0, 4]

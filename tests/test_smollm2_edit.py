@@ -21,7 +21,7 @@ def test_cli_rome_edit_moves_the_eiffel_tower_to_rome(tmp_path, capsys, monkeypa
     paraphrase = "The Eiffel Tower, a famous landmark, is in the city of"
     unrelated = "The Louvre is in the city of"
     args = ["edit", "smollm2", "--prompt", "{} is located in the city of", "--subject", "The Eiffel Tower"]
-    args += ["--target", "Rome", "--corpus", str(CORPUS), "--stats-samples", "300", "--max-new-tokens", "3"]
+    args += ["--target", "Rome", "--corpus", str(CORPUS), "--stats-samples", "100", "--max-new-tokens", "3"]
     args += ["--check", paraphrase, unrelated, "--save", str(tmp_path / "edited")]
     assert cli.main(args) == 0
     out = capsys.readouterr().out

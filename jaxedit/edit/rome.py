@@ -15,6 +15,7 @@ adds to the `[in, out]` kernel and `revert` withdraws.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,6 +76,15 @@ def rank_one_update(
     `residual` is `v* − W key`. The kernel increment (`[in, out]` layout) is `outer(left, right)`.
     """
     c = np.asarray(stats, np.float64)
+    try:
+        np.linalg.cholesky(c)
+    except np.linalg.LinAlgError:
+        warnings.warn(
+            "the key statistics are not positive definite (their texts gave fewer independent keys than "
+            "the key width): the solve follows rounding noise; compute them over more, varied texts",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     try:
         u = np.linalg.solve(c, np.asarray(key_mean, np.float64))
     except np.linalg.LinAlgError as err:
