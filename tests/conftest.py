@@ -71,3 +71,26 @@ def smollm2():
     from jaxedit import load_model
 
     return load_model("smollm2")
+
+
+# Modules that take minutes on a 2-core CPU (SmolLM2 end to end, subprocesses), started first: xdist
+# hands out whole files in collection order (`--dist loadfile`), and a long file started last would
+# leave the other worker idle at the end.
+LONG_MODULES = (
+    "test_notebooks.py",
+    "test_multiprocess.py",
+    "test_smollm2_edit.py",
+    "test_sharding.py",
+    "test_smollm2.py",
+    "test_trace.py",
+    "test_cli.py",
+    "test_plan.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONG_MODULES.index(name) if name in LONG_MODULES else len(LONG_MODULES)
+
+    items.sort(key=rank)  # stable: tests keep their order within a module
