@@ -77,10 +77,10 @@ def smollm2():
 # hands out whole files in collection order (`--dist loadfile`), and a long file started last would
 # leave the other worker idle at the end.
 LONG_MODULES = (
-    "test_notebooks.py",
-    "test_multiprocess.py",
-    "test_smollm2_edit.py",
+    "test_notebooks.py",  # a kernel subprocess: one process, while the other worker runs
+    "test_smollm2_edit.py",  # in-process work, not
     "test_sharding.py",
+    "test_multiprocess.py",  # two processes
     "test_smollm2.py",
     "test_trace.py",
     "test_cli.py",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib.util
 import re
 import sys
-import time
 from pathlib import Path
 
 import nbformat
@@ -40,10 +39,8 @@ def edit_lines(text: str) -> tuple[str, str]:
 
 @requires_smollm2
 def test_quickstart_executes_and_moves_paris_to_rome() -> None:
-    start = time.perf_counter()
     values = {"TRACE_SAMPLES": 2, "LAYER_FACTS": 3, "STATS_TEXTS": 60}
     notebook = runner().execute(ROOT / "notebooks" / "quickstart.ipynb", values, timeout=600)
-    assert time.perf_counter() - start < 360
     text = printed(notebook)
     before, after = edit_lines(text)
     assert before.startswith(" Paris") and after.startswith(" Rome")
