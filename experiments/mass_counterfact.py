@@ -89,9 +89,9 @@ def previous_results(n: int, methods: list[str]) -> tuple[dict, dict]:
     return results, fresh
 
 
-def render(results: dict, settings: dict, stats_samples: int) -> None:
+def render(results: dict, settings: dict) -> None:
     """Writes the md of a results object (also alone, from the json, with `--render`)."""
-    n = settings["records"]
+    n, stats_samples = settings["records"], settings["stats_samples"]
     seconds = ", ".join(
         f"{m} {t / 60:.0f} min" if t >= 60 else f"{m} {t} s (all cached)"
         for m, t in settings["seconds_per_method"].items()
@@ -151,7 +151,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.render:
         results = json.loads((RESULTS / f"{NAME}.json").read_text())
-        render(results, results.pop("settings"), args.stats_samples)
+        render(results, results.pop("settings"))
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()
@@ -194,8 +194,9 @@ def main() -> None:
         results[method] = {k: summary[method][k] for k in KEYS}
         settings["seconds_per_method"][method] = round(time.perf_counter() - begin)
     settings["seconds"] = round(time.perf_counter() - start)
+    settings["stats_samples"] = args.stats_samples
     write_text(RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1))
-    render(results, settings, args.stats_samples)
+    render(results, settings)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -31,18 +32,16 @@ def full_rank_texts(model, texts: list[str], extra: int = 60, seed: int = 0) -> 
     """`texts` plus `extra` random word sequences over the model's vocabulary, so that key statistics
     over them have full rank (a few fixed sentences give fewer independent keys than the key width,
     and a solve against such statistics follows rounding noise)."""
-    import numpy as np
-
     words = sorted(w for w in model.tokenizer.get_vocab() if w != "<unk>")
     rng = np.random.default_rng(seed)
     return list(texts) + [" ".join(rng.choice(words, 12)) for _ in range(extra)]
 
 
-def subprocess_env(devices: int | None = None, **extra: str) -> dict[str, str]:
+def subprocess_env(devices: int | None = None) -> dict[str, str]:
     """The environment for a test's subprocess: this run's XLA flags and cache, on the CPU, with
     `devices` simulated host devices when given."""
     flags = TEST_XLA_FLAGS + (f" --xla_force_host_platform_device_count={devices}" if devices else "")
-    return dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", **extra)
+    return dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
 
 
 from hf_tiny import TINY_CONFIGS, save_tiny  # noqa: E402

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from scipy.linalg import cho_factor, cho_solve
 from tqdm.auto import tqdm
 
 from jaxedit.edit.contexts import ROME_PREFIXES, context_templates
@@ -68,6 +69,21 @@ def statistics_matrix(model: Model, stats: KeyStats | np.ndarray, layer: int) ->
     return matrix
 
 
+def positive_definite_factor(c: np.ndarray) -> tuple[np.ndarray, bool] | None:
+    """The Cholesky factor of `c` for `cho_solve`, or None when `c` is not numerically positive definite.
+
+    A second moment of keys is positive definite when its texts gave at least as many independent keys
+    as the key width; a rank-deficient one can still factor in floating point, with pivots at rounding
+    level, so a pivot whose square is within `width · eps` of the largest diagonal entry counts as zero.
+    """
+    try:
+        factor = cho_factor(c)
+    except np.linalg.LinAlgError:
+        return None
+    floor = c.shape[0] * np.finfo(c.dtype).eps * float(np.max(np.diag(c)))
+    return factor if float(np.min(np.diag(factor[0]))) ** 2 > floor else None
+
+
 def rank_one_update(
     stats: np.ndarray, key_mean: np.ndarray, key: np.ndarray, residual: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -76,19 +92,22 @@ def rank_one_update(
     `residual` is `v* − W key`. The kernel increment (`[in, out]` layout) is `outer(left, right)`.
     """
     c = np.asarray(stats, np.float64)
-    try:
-        np.linalg.cholesky(c)
-    except np.linalg.LinAlgError:
+    key_mean = np.asarray(key_mean, np.float64)
+    factor = positive_definite_factor(c)
+    if factor is not None:
+        u = cho_solve(factor, key_mean)
+    else:
         warnings.warn(
             "the key statistics are not positive definite (their texts gave fewer independent keys than "
             "the key width): the solve follows rounding noise; compute them over more, varied texts",
             RuntimeWarning,
             stacklevel=3,
         )
-    try:
-        u = np.linalg.solve(c, np.asarray(key_mean, np.float64))
-    except np.linalg.LinAlgError as err:
-        raise StatsError(f"the key statistics are singular ({err}); use more statistics samples") from err
+        try:
+            u = np.linalg.solve(c, key_mean)
+        except np.linalg.LinAlgError as err:
+            message = f"the key statistics are singular ({err}); use more statistics samples"
+            raise StatsError(message) from err
     denominator = float(u @ np.asarray(key, np.float64))
     if not np.isfinite(u).all() or not np.isfinite(denominator) or denominator == 0.0:
         raise FloatingPointError("ROME solve is not finite: the key statistics are ill-conditioned")
