@@ -73,12 +73,16 @@ def main() -> None:
     for name, variant in variants.items():
         targets = cached_targets(model, requests, variant, templates)
 
-        def edit(m, batch, variant=variant, targets=targets, name=name):
-            delta = memit(
-                m, batch, stats, variant, templates=templates, targets=targets, attn_stats=attn_stats
-            )
-            parts = (delta, *delta.attached)
-            norms[name] = float(np.sqrt(sum(np.sum(p.dense() ** 2) for p in parts)))
+        # the batch's delta, solved here (not inside the evaluation, which skips edits whose scored
+        # cases are cached) so that its size is reported on every invocation
+        delta = memit(
+            model, requests, stats, variant, templates=templates, targets=targets, attn_stats=attn_stats
+        )
+        norms[name] = float(np.sqrt(sum(np.sum(p.dense() ** 2) for p in (delta, *delta.attached))))
+
+        def edit(m, batch, delta=delta):
+            if list(batch) != requests:
+                raise ValueError("the ablation edits all its records in one batch")
             return delta
 
         summary = evaluate_counterfact(
@@ -88,7 +92,7 @@ def main() -> None:
         )  # fmt: skip
         results.setdefault("unedited", {k: summary["unedited"].get(k) for k in KEYS})
         results[name] = {k: summary[name].get(k) for k in KEYS}
-        results[name]["weight_change"] = round(norms[name], 3) if name in norms else None
+        results[name]["weight_change"] = round(norms[name], 3)
     seconds = round(time.perf_counter() - start)
     settings = {
         "records": len(cases), "layers": list(hp.layers), "mom2_weight": hp.mom2_weight, "seconds": seconds,
