@@ -67,7 +67,7 @@ each rank-one update is solved on the model holding the previous ones, with noth
 updates from spilling onto other subjects, while MEMIT and PMET solve for all 200 keys at once and spread
 the change over five layers. Paper 002 (§1) says single-edit methods lose efficacy and generalization
 as edits accumulate; at 200 edits on SmolLM2 those hold and specificity is what falls (score 74.09
-against MEMIT's 80.66), with the edits taking 57 min one after another on this 2-core CPU."""
+against MEMIT's 80.66); the sequential run, edits and scoring, took {rome_minutes:.0f} min on this 2-core CPU."""
 
 
 def previous_results(n: int, methods: list[str]) -> tuple[dict, dict]:
@@ -128,7 +128,7 @@ optimised targets, before the layer solves. Produced by
 
 {ANALYSIS if "pmet" in results else ""}
 
-{ROME_ANALYSIS if "rome" in results else ""}
+{ROME_ANALYSIS.format(rome_minutes=settings["seconds_per_method"].get("rome", 0) / 60) if "rome" in results else ""}
 
 Paper 002 Table 1 (GPT-J, 10,000 edits, the original CounterFact with many paraphrase and neighbourhood
 prompts per record) is given for shape only: there both keep efficacy near 99 % at 10,000 edits, PMET wins
