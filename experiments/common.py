@@ -105,6 +105,9 @@ def targets_folder(model, hp, templates) -> Path:
     return folder
 
 
+RESUME_EVERY = 100
+
+
 def cached_targets(model, requests, hp, templates):
     """`memit_targets` for `requests`, cached per request under `targets_folder` (a request's target
     does not depend on the other requests of its batch), so the experiments that edit the same records
@@ -117,10 +120,14 @@ def cached_targets(model, requests, hp, templates):
     folder = targets_folder(model, hp, templates)
     paths = [folder / f"{digest(r.to_dict())}.npz" for r in requests]
     missing = [i for i, p in enumerate(paths) if not p.exists()]
-    if missing:
-        fresh = memit_targets(model, [requests[i] for i in missing], hp, templates=templates)
+    # saved every `RESUME_EVERY` requests, so an interrupted run of thousands resumes where it stopped
+    for first in range(0, len(missing), RESUME_EVERY):
+        todo = missing[first : first + RESUME_EVERY]
+        if len(missing) > RESUME_EVERY:
+            print(f"targets {first + 1}-{first + len(todo)} of {len(missing)} missing", flush=True)
+        fresh = memit_targets(model, [requests[i] for i in todo], hp, templates=templates)
         folder.mkdir(parents=True, exist_ok=True)
-        for row, i in enumerate(missing):
+        for row, i in enumerate(todo):
             part = fresh.select(slice(row, row + 1))
             arrays = {k: v for k, v in dataclasses.asdict(part).items() if v is not None}
             tmp = paths[i].with_suffix(".tmp.npz")

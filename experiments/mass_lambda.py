@@ -180,7 +180,7 @@ Chosen λ per variant (the largest within one point of the best score): {chosen}
 Best variant of each method (its chosen point scoring best): {packaged}.
 
 The papers' λ (GPT-J: MEMIT 15,000, PMET 6,000) were tuned on GPT-J's key statistics; on SmolLM2's
-(1,536-wide keys, layers 0-4) they leave most of the edits undone, and a smaller λ lets the batch's keys
+(1,536-wide keys) they leave most of the edits undone, and a smaller λ lets the batch's keys
 outweigh the preservation term. PMET's δm is clamped relative to the MLP output it is added to, MEMIT's δ
 relative to the residual; the targets per variant (mean final target NLL, mean norm of the vector the
 clamp is relative to, share of targets at the clamp, mean Adam steps taken, and for PMET the mean ratio of
@@ -188,7 +188,7 @@ the discarded δa's norm to δm's):
 
 {diag}
 
-At SmolLM2's layer 4 the MLP output is much smaller than the residual, so GPT-J's clamp 0.75 keeps δm
+At SmolLM2's early layers the MLP output is much smaller than the residual, so GPT-J's clamp 0.75 keeps δm
 from reaching its targets and a wider clamp is needed.
 
 ![λ sweep]({args.name}.png)
