@@ -80,22 +80,24 @@ def target_settings(hp) -> dict:
     }
 
 
-def targets_folder(model, hp, templates) -> Path:
-    """`CACHE/targets/<settings digest>/`; the files of folders named by the earlier digests of the
-    whole `TargetHparams` (with and without the `key_token` field added for RETS) are moved into it."""
+def targets_folder(model, hp, templates, root: Path | None = None) -> Path:
+    """`<root>/<settings digest>/` (root: `CACHE/targets`); in `CACHE/targets` the files of folders named
+    by the earlier digests of the whole `TargetHparams` (with and without the `key_token` field added
+    for RETS) are moved into it."""
     import dataclasses
     import shutil
 
     from jaxedit.edit.stats import fingerprint
 
     base = {"model": fingerprint(model), "layer": max(hp.layers), "templates": list(templates)}
-    folder = CACHE / "targets" / digest({**base, "targets": target_settings(hp)})
+    root = CACHE / "targets" if root is None else root
+    folder = root / digest({**base, "targets": target_settings(hp)})
     whole = dataclasses.asdict(hp.targets)
     legacy = [whole]
     if hp.targets.key_token == "subject":
         legacy.append({k: v for k, v in whole.items() if k != "key_token"})
     for old in legacy:
-        old_folder = CACHE / "targets" / digest({**base, "targets": old})
+        old_folder = root / digest({**base, "targets": old})
         if old_folder.exists() and old_folder != folder:
             folder.mkdir(parents=True, exist_ok=True)
             for path in old_folder.glob("*.npz"):
@@ -106,38 +108,58 @@ def targets_folder(model, hp, templates) -> Path:
 
 
 RESUME_EVERY = 100
+KEPT = ("delta", "m0", "delta_attn", "nll", "steps")  # what `memit` reads of `Targets`
 
 
-def cached_targets(model, requests, hp, templates):
-    """`memit_targets` for `requests`, cached per request under `targets_folder` (a request's target
-    does not depend on the other requests of its batch), so the experiments that edit the same records
-    with the same settings (scaling, mass editing, ablations) optimise each target once."""
-    import dataclasses
+def _stored_rows(folder: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Request digest → kept arrays, from every file in `folder` (group files hold a `requests` array
+    of digests; files of the earlier one-request format are named by their request's digest)."""
+    rows: dict[str, dict[str, np.ndarray]] = {}
+    for path in sorted(folder.glob("*.npz")):
+        with np.load(path) as data:
+            names = [str(n) for n in data["requests"]] if "requests" in data.files else [path.stem]
+            for row, name in enumerate(names):
+                rows[name] = {k: data[k][row] for k in KEPT if k in data.files}
+    return rows
 
+
+def cached_targets(model, requests, hp, templates, root: Path | None = None):
+    """`memit_targets` for `requests`, kept under `targets_folder(..., root)` in files of up to
+    `RESUME_EVERY` requests. A request's target does not depend on the other requests of its batch, so
+    the experiments that edit the same records with the same settings (scaling, mass editing, ablations)
+    optimise each target once, and an interrupted run of thousands resumes from its last file. Missing
+    requests are optimised in `chunk_order` (similar lengths together). Kept: what `memit` reads (δ,
+    m0, PMET's δa, the final NLL and step count); the keys and loss histories come back as zero-width
+    arrays."""
     from jaxedit.edit.memit import memit_targets
-    from jaxedit.edit.targets import Targets
+    from jaxedit.edit.targets import Targets, build_batch, chunk_order
 
-    folder = targets_folder(model, hp, templates)
-    paths = [folder / f"{digest(r.to_dict())}.npz" for r in requests]
-    missing = [i for i, p in enumerate(paths) if not p.exists()]
+    folder = targets_folder(model, hp, templates, root)
+    stored = _stored_rows(folder) if folder.exists() else {}
+    names = [digest(r.to_dict()) for r in requests]
+    first_of = {name: i for i, name in reversed(list(enumerate(names)))}
+    missing = [i for name, i in first_of.items() if name not in stored]
+    if missing:
+        todo = [requests[i] for i in missing]
+        batch = build_batch(model, todo, templates, hp.targets.kl_prompt, hp.targets.key_token)
+        missing = [missing[j] for j in chunk_order(batch, len(todo))]
     # saved every `RESUME_EVERY` requests, so an interrupted run of thousands resumes where it stopped
     for first in range(0, len(missing), RESUME_EVERY):
-        todo = missing[first : first + RESUME_EVERY]
+        group = missing[first : first + RESUME_EVERY]
         if len(missing) > RESUME_EVERY:
-            print(f"targets {first + 1}-{first + len(todo)} of {len(missing)} missing", flush=True)
-        fresh = memit_targets(model, [requests[i] for i in todo], hp, templates=templates)
+            print(f"targets {first + 1}-{first + len(group)} of {len(missing)} missing", flush=True)
+        fresh = memit_targets(model, [requests[i] for i in group], hp, templates=templates)
+        arrays = {k: getattr(fresh, k) for k in KEPT if getattr(fresh, k) is not None}
         folder.mkdir(parents=True, exist_ok=True)
-        for row, i in enumerate(todo):
-            part = fresh.select(slice(row, row + 1))
-            arrays = {k: v for k, v in dataclasses.asdict(part).items() if v is not None}
-            tmp = paths[i].with_suffix(".tmp.npz")
-            np.savez(tmp, **arrays)
-            tmp.replace(paths[i])
-    parts = []
-    for p in paths:
-        with np.load(p) as data:
-            parts.append(Targets(**{k: data[k] for k in data.files}))
-    return Targets.concatenate(parts)
+        path = folder / f"{names[group[0]]}.npz"
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, requests=np.asarray([names[i] for i in group]), **arrays)
+        tmp.replace(path)
+        for row, i in enumerate(group):
+            stored[names[i]] = {k: v[row] for k, v in arrays.items()}
+    kept = {k: np.stack([stored[name][k] for name in names]) for k in KEPT if k in stored[names[0]]}
+    empty = np.zeros((len(names), 0), np.float32)
+    return Targets(key=empty, key_mean=empty, loss=empty, **kept)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -198,14 +220,16 @@ def wikipedia_statistics(model, layers, samples: int, site: str = "mlp_key") -> 
     return key_statistics(model, sorted(set(layers)), texts, corpus_id=f"wikipedia:{samples}", site=site)
 
 
-def mass_setup(model, method: str, records: int, stats_samples: int, **changes):
+def mass_setup(model, method: str, records: int, stats_samples: int | None, **changes):
     """Packaged MEMIT / PMET settings (with `changes`), their statistics over `stats_samples` Wikipedia
-    articles and their context templates."""
+    articles and their context templates; `stats_samples=None`: only the settings and templates."""
     import dataclasses
 
     from jaxedit.edit.contexts import context_templates
     from jaxedit.edit.memit import default_hparams
 
     hp = dataclasses.replace(default_hparams(model, method), **changes)
-    stats = wikipedia_statistics(model, hp.layers, stats_samples)
-    return hp, stats, context_templates(model, hp.prefixes)
+    templates = context_templates(model, hp.prefixes)
+    if stats_samples is None:
+        return hp, templates
+    return hp, wikipedia_statistics(model, hp.layers, stats_samples), templates

@@ -282,3 +282,40 @@ def test_pmet_phi_schedule_lowers_the_nll_weight_once_the_targets_are_argmax(mod
         assert np.isnan(phased.loss[i, switch + 1 :]).all()
         switched += 1
     assert switched >= 2
+
+
+def test_experiment_target_store_resumes_and_feeds_the_same_solve(
+    model, stats, tmp_path, monkeypatch
+) -> None:
+    """experiments/common.py keeps targets in files of RESUME_EVERY requests; what it reads back gives
+    the same MEMIT delta as targets optimised in place, and nothing is optimised twice."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import common
+
+    memit_module = sys.modules["jaxedit.edit.memit"]  # `jaxedit.edit.memit` names the function
+
+    monkeypatch.setattr(common, "RESUME_EVERY", 2)
+    hp = MemitHparams(
+        layers=(0, 1), mom2_weight=0.5, targets=TargetHparams(steps=6, clamp=0.75, reference="resid_post")
+    )
+    first = common.cached_targets(model, REQUESTS[:2], hp, TEMPLATES, tmp_path)
+    more = [*REQUESTS, REQUESTS[0]]  # one new request, one repeated
+    stored = common.cached_targets(model, more, hp, TEMPLATES, tmp_path)
+    (folder,) = tmp_path.iterdir()
+    assert len(list(folder.glob("*.npz"))) == 2  # the first two, then the third
+    np.testing.assert_array_equal(stored.delta[:2], first.delta)
+    np.testing.assert_array_equal(stored.delta[3], first.delta[0])
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("targets were optimised again")
+
+    monkeypatch.setattr(memit_module, "memit_targets", refuse)
+    again = common.cached_targets(model, REQUESTS, hp, TEMPLATES, tmp_path)
+    fresh = optimise_targets(model, REQUESTS, 1, TEMPLATES, hp.targets)
+    np.testing.assert_allclose(again.value, fresh.value, rtol=1e-4, atol=1e-5)
+    solved = memit(model, REQUESTS, stats, hp, templates=TEMPLATES, targets=again, progress=False)
+    direct = memit(model, REQUESTS, stats, hp, templates=TEMPLATES, targets=fresh, progress=False)
+    np.testing.assert_allclose(solved.dense(), direct.dense(), rtol=1e-4, atol=1e-6)

@@ -16,7 +16,7 @@ import jaxedit
 from jaxedit.edit import Delta, RomeHparams, apply, revert, rome
 from jaxedit.edit.rome import rank_one_update
 from jaxedit.edit.stats import StatsError, key_statistics
-from jaxedit.edit.targets import Request, TargetHparams, optimise_targets
+from jaxedit.edit.targets import Request, TargetHparams, build_batch, chunk_order, optimise_targets
 
 REQUEST = Request(prompt="the mother tongue of {} is", subject="danielle darrieux", target="english")
 TEXTS = [
@@ -173,6 +173,23 @@ def test_batched_target_optimisation_equals_separate_runs(model) -> None:
         np.testing.assert_allclose(both.delta[i], alone.delta[0], rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(both.m0[i], alone.m0[0], rtol=1e-5, atol=1e-6)
     assert (both.loss[:, 0] > both.loss[:, 5]).all()  # the loss goes down
+
+
+def test_chunks_of_similar_length_return_targets_in_request_order(model) -> None:
+    long_target = Request(prompt="{} is located in", subject="paris", target="the city of rome . paris")
+    short = Request(prompt="the eiffel tower is located in the city of {}", subject="paris", target="rome")
+    requests = [long_target, REQUEST, short]
+    batch = build_batch(model, requests, TEMPLATES, TargetHparams().kl_prompt)
+    order = chunk_order(batch, len(requests))
+    assert order.tolist() == [2, 1, 0]  # fewest tokens from the key token to the last target token first
+    hp = TargetHparams(steps=4)
+    rows = 2 * (len(TEMPLATES) + 1)  # two requests per loop: chunks {short, REQUEST} and {long}
+    chunked = optimise_targets(model, requests, 1, TEMPLATES, hp, max_rows=rows)
+    for i, request in enumerate(requests):
+        alone = optimise_targets(model, [request], 1, TEMPLATES, hp)
+        np.testing.assert_allclose(chunked.delta[i], alone.delta[0], rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(chunked.m0[i], alone.m0[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(chunked.steps[i], alone.steps[0])
 
 
 def test_rome_writes_v_star_and_raises_the_target(model, stats) -> None:

@@ -418,6 +418,19 @@ def rows_for_budget(config: ModelConfig, layer: int, budget: float, window: int 
     return max(16, int(budget // per_row))
 
 
+def chunk_order(batch: Batch, n_requests: int) -> np.ndarray:
+    """Requests ordered by the tokens each recomputes (key token to last target token), then by target
+    length: chunks cut from this order pad every row to a width close to its own. On zsRE's 1,037 edits
+    (SmolLM2 tokenizer) the padded suffix tokens fall by about a third against the file's order."""
+    span = batch.read_pos.max(axis=1) - batch.key_pos + 1  # [R]
+    reads = (batch.weights > 0).sum(axis=1)
+    window = np.zeros(n_requests, np.int64)
+    width = np.zeros(n_requests, np.int64)
+    np.maximum.at(window, batch.row_request, span)
+    np.maximum.at(width, batch.row_request, reads)
+    return np.lexsort((width, window))  # stable: equal requests keep their order
+
+
 def optimise_targets(
     model: Model,
     requests: Sequence[Request | dict],
@@ -433,7 +446,9 @@ def optimise_targets(
 
     Requests are optimised together in chunks of at most `max_rows` batch rows (contexts + 1 per request),
     which bounds memory for thousands of edits; requests share no parameters, so chunking changes
-    nothing but the memory and the number of loops (`progress` shows them). By default the chunk is what
+    nothing but the memory and the number of loops (`progress` shows them). Chunks are cut from
+    `chunk_order` (requests of similar length together, less padding); results come back in the order
+    of `requests`. By default the chunk is what
     `memory_budget` bytes of activations allow (`rows_for_budget`).
     """
     if model.tokenizer is None:
@@ -450,10 +465,11 @@ def optimise_targets(
     if max_rows is None:
         max_rows = rows_for_budget(model.config, layer, memory_budget)
     per_chunk = max(1, max_rows // (len(templates) + 1))
-    chunks = [requests[i : i + per_chunk] for i in range(0, len(requests), per_chunk)]
+    order = chunk_order(build_batch(model, requests, templates, hp.kl_prompt, hp.key_token), len(requests))
+    chunks = [order[i : i + per_chunk] for i in range(0, len(requests), per_chunk)]
     parts = []
     for chunk in tqdm(chunks, desc=f"targets at layer {layer}", disable=not progress or len(chunks) == 1):
-        batch = build_batch(model, chunk, templates, hp.kl_prompt, hp.key_token)
+        batch = build_batch(model, [requests[i] for i in chunk], templates, hp.kl_prompt, hp.key_token)
         window = int((batch.read_pos.max(axis=1) - batch.key_pos).max()) + 1  # tokens recomputed per row
         window = -(-window // 4) * 4  # nearby chunks share one compiled loop
         out = _optimise(
@@ -461,8 +477,9 @@ def optimise_targets(
             *(jnp.asarray(getattr(batch, f.name)) for f in dataclasses.fields(batch)),
         )  # fmt: skip
         parts.append([np.asarray(a) for a in out])
+    restore = np.argsort(order)  # back to the order of `requests`
     delta, delta_attn, m0, key, key_mean, history, nll, steps = (
-        np.concatenate(p) for p in zip(*parts, strict=True)
+        np.concatenate(p)[restore] for p in zip(*parts, strict=True)
     )
     if not (np.isfinite(delta).all() and np.isfinite(delta_attn).all()):
         raise FloatingPointError("target optimisation produced non-finite values")
