@@ -319,3 +319,40 @@ def test_experiment_target_store_resumes_and_feeds_the_same_solve(
     solved = memit(model, REQUESTS, stats, hp, templates=TEMPLATES, targets=again, progress=False)
     direct = memit(model, REQUESTS, stats, hp, templates=TEMPLATES, targets=fresh, progress=False)
     np.testing.assert_allclose(solved.dense(), direct.dense(), rtol=1e-4, atol=1e-6)
+
+
+def test_layer_walk_reads_equal_forward_passes_of_the_edited_model(model) -> None:
+    """Keys and values read on states walked up through edited layers equal a fresh forward pass."""
+    from jaxedit.edit.walk import LayerWalk
+
+    batch = build_batch(model, REQUESTS, TEMPLATES, "{} is a")
+    rows = np.flatnonzero(~batch.is_kl)
+    walk = LayerWalk(model.config, model.params, batch, rows, 0, batch_rows=4)  # chunks of 4 rows
+    rng = np.random.default_rng(0)
+
+    def perturbed(params, layer):  # an edit of `layer`'s MLP output weights
+        out = params["layers"]["mlp"]["out"]
+        bump = jnp.asarray(rng.normal(size=out["kernel"].shape[1:]) * 0.05, out["kernel"].dtype)
+        mlp = {**params["layers"]["mlp"], "out": {**out, "kernel": out["kernel"].at[layer].add(bump)}}
+        return {**params, "layers": {**params["layers"], "mlp": mlp}}
+
+    params = perturbed(model.params, 0)
+    walk.advance(params, 1)
+    params = perturbed(params, 1)  # edits at the walk's own layer and above are read through
+    keys, values = walk.read(params, 1, "mlp_key", "resid_post")
+    subset = np.arange(1, len(rows), 3)
+    sub_keys, sub_values = walk.read(params, 1, "mlp_key", "resid_post", subset)
+    expected_keys, expected_values = [], []
+    for r in rows:
+        n = int(batch.mask[r].sum())
+        taps = jaxedit.forward(
+            params, model.config, batch.ids[r : r + 1, :n], taps=("mlp_key", "resid_post")
+        ).taps
+        expected_keys.append(np.asarray(taps["mlp_key"][0, 1, batch.key_pos[r]]))
+        expected_values.append(np.asarray(taps["resid_post"][0, 1, batch.key_pos[r]]))
+    np.testing.assert_allclose(keys, expected_keys, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(values, expected_values, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(sub_keys, keys[subset], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(sub_values, values[subset], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="cannot go down"):
+        walk.advance(params, 0)

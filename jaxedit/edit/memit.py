@@ -13,23 +13,21 @@ with `spread = 1 / (lL − l + 1)` (MEMIT, `"even"`) or `1 / sqrt(lL − l + 1)`
 is one symmetric positive-definite system per layer, in float64 on the host (the reference solves in
 float64). The update is stored as factors `left = (A⁻¹ Kᵀ)ᵀ [n, F]`, `right = R [n, D]`, so a batch of n
 edits is one rank-≤n `Delta` per layer, withdrawable as a whole through the journal.
+
+The keys and values are read on hidden states walked up from one critical layer to the next
+(`walk.LayerWalk`): an update changes nothing beneath its layer, so no read starts from the embeddings.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxedit import model as core
-from jaxedit.config import ModelConfig
 from jaxedit.edit.contexts import MEMIT_PREFIXES, context_templates
 from jaxedit.edit.delta import Delta, add_to_params
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
@@ -43,6 +41,7 @@ from jaxedit.edit.targets import (
     build_batch,
     optimise_targets,
 )
+from jaxedit.edit.walk import LayerWalk
 from jaxedit.layout import Params
 from jaxedit.loading import Model
 
@@ -118,65 +117,6 @@ def solve_update(stats: np.ndarray, keys: np.ndarray, residual: np.ndarray, weig
     if not np.isfinite(solved).all() or not np.isfinite(residual).all():
         raise FloatingPointError("MEMIT solve is not finite")
     return solved.T
-
-
-@functools.partial(jax.jit, static_argnames=("config", "layer", "z_layer", "key_site", "z_site"))
-def _read(
-    params: Params,
-    config: ModelConfig,
-    layer: int,
-    z_layer: int,
-    key_site: str,
-    z_site: str,
-    ids: jax.Array,
-    mask: jax.Array,
-    key_pos: jax.Array,
-) -> tuple[jax.Array, jax.Array]:
-    """Keys (`key_site` of `layer`: `mlp_key` or `attn_heads`) and values (`z_site` of `z_layer` >= layer:
-    `resid_post`, `mlp_out` or `attn_out`) at the key positions: `[R, F]`, `[R, D]`."""
-    positions = core.positions_from_mask(mask)
-    rotary = core.rotary_for(config, positions)
-    causal = core.causal_mask(mask)
-    x = core.residual_input(config, params, core.embed_tokens(params, ids), positions)
-    x, _ = core.run_layers(config, jax.tree.map(lambda a: a[:layer], params["layers"]), x, rotary, causal)
-    p_layer = jax.tree.map(lambda a: a[layer], params["layers"])
-    out = core.block(config, p_layer, x, rotary, causal, {}, (key_site, z_site))
-    z = out.taps[z_site]
-    if z_layer > layer:
-        between = jax.tree.map(lambda a: a[layer + 1 : z_layer + 1], params["layers"])
-        _, taps = core.run_layers(config, between, out.resid, rotary, causal, (z_site,))
-        z = taps[z_site][-1]
-    rows = jnp.arange(ids.shape[0])
-    return out.taps[key_site][rows, key_pos], z[rows, key_pos]
-
-
-def read_keys(
-    model: Model,
-    params: Params,
-    batch,
-    layer: int,
-    z_layer: int,
-    z_site: str,
-    batch_rows: int,
-    key_site: str = "mlp_key",
-    rows: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """`_read` over row chunks of a `build_batch` batch (bounded memory for thousands of edits), on the
-    batch `rows` only (default all). Attention is causal and rows are right-padded, so the tokens after the
-    last key position are cut off first: nothing read depends on them."""
-    rows = np.arange(len(batch.ids)) if rows is None else np.asarray(rows)
-    width = -(-(int(batch.key_pos[rows].max()) + 1) // 8) * 8 if len(rows) else 0
-    ids, mask, key_pos = batch.ids[rows, :width], batch.mask[rows, :width], batch.key_pos[rows]
-    keys, outs = [], []
-    for start in range(0, len(rows), batch_rows):
-        part = slice(start, start + batch_rows)
-        k, h = _read(
-            params, model.config, layer, z_layer, key_site, z_site, jnp.asarray(ids[part]),
-            jnp.asarray(mask[part]), jnp.asarray(key_pos[part]),
-        )  # fmt: skip
-        keys.append(np.asarray(k, np.float64))
-        outs.append(np.asarray(h, np.float64))
-    return np.concatenate(keys), np.concatenate(outs)
 
 
 def _per_request_mean(values: np.ndarray, owners: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
@@ -285,10 +225,14 @@ def memit(
     bare = np.flatnonzero(batch.is_bare)  # one row per request, in request order
     n = len(requests)
 
+    walk = LayerWalk(model.config, model.params, batch, contexts, layers[0], hp.batch_rows)
+    bare_at = np.searchsorted(contexts, bare)  # the bare rows among the walked context rows
+
     def solve(params: Params, layer: int, key_site: str, z_site: str, wanted: np.ndarray, c: np.ndarray):
         # keys of every context row at `layer`; current values at the last critical layer of the bare rows
-        keys, _ = read_keys(model, params, batch, layer, layer, z_site, hp.batch_rows, key_site, contexts)
-        _, outs = read_keys(model, params, batch, layer, last, z_site, hp.batch_rows, key_site, bare)
+        walk.advance(params, layer)
+        keys, _ = walk.read(params, layer, key_site, z_site)
+        _, outs = walk.read(params, last, key_site, z_site, bare_at)
         k = _per_request_mean(keys, batch.row_request[contexts], np.arange(len(contexts)), n)  # [n, F]
         residual = (wanted - outs) * spread_factor(layer, last, hp.spread)  # [n, D]
         return solve_update(c, k, residual, hp.mom2_weight), residual  # [n, F], [n, D]
@@ -296,7 +240,7 @@ def memit(
     params = model.params
     lefts, rights, attn_lefts, attn_rights = [], [], [], []
     if hp.update_attn:
-        a0 = read_keys(model, params, batch, last, last, "attn_out", hp.batch_rows, rows=bare)[1]
+        a0 = walk.read(params, last, "attn_heads", "attn_out", bare_at)[1]
         attn_target = a0 + targets.delta_attn.astype(np.float64)
     for layer in tqdm(layers, desc=f"MEMIT {n} edits", disable=not progress):
         if hp.update_attn:
