@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,11 +124,23 @@ def _stored_rows(folder: Path) -> dict[str, dict[str, np.ndarray]]:
     return rows
 
 
+def stored_target_time(model, hp, templates, root: Path) -> tuple[int, float]:
+    """Edits in the target store of these settings and the seconds their optimisation took."""
+    folder = targets_folder(model, hp, templates, root)
+    edits, seconds = 0, 0.0
+    for path in sorted(folder.glob("*.npz")) if folder.exists() else []:
+        with np.load(path) as data:
+            edits += len(data["requests"]) if "requests" in data.files else 1
+            seconds += float(data["seconds"]) if "seconds" in data.files else float("nan")
+    return edits, seconds
+
+
 def cached_targets(model, requests, hp, templates, root: Path | None = None):
     """`memit_targets` for `requests`, kept under `targets_folder(..., root)` in files of up to
     `RESUME_EVERY` requests. A request's target does not depend on the other requests of its batch, so
     the experiments that edit the same records with the same settings (scaling, mass editing, ablations)
-    optimise each target once, and an interrupted run of thousands resumes from its last file. Missing
+    optimise each target once, and an interrupted run of thousands resumes from its last file (each file
+    records the seconds its optimisation took: `stored_target_time`). Missing
     requests are optimised in `chunk_order` (similar lengths together). Kept: what `memit` reads (δ,
     m0, PMET's δa, the final NLL and step count); the keys and loss histories come back as zero-width
     arrays."""
@@ -148,12 +161,14 @@ def cached_targets(model, requests, hp, templates, root: Path | None = None):
         group = missing[first : first + RESUME_EVERY]
         if len(missing) > RESUME_EVERY:
             print(f"targets {first + 1}-{first + len(group)} of {len(missing)} missing", flush=True)
+        start = time.perf_counter()
         fresh = memit_targets(model, [requests[i] for i in group], hp, templates=templates)
+        seconds = np.float64(time.perf_counter() - start)
         arrays = {k: getattr(fresh, k) for k in KEPT if getattr(fresh, k) is not None}
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{names[group[0]]}.npz"
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, requests=np.asarray([names[i] for i in group]), **arrays)
+        np.savez(tmp, requests=np.asarray([names[i] for i in group]), seconds=seconds, **arrays)
         tmp.replace(path)
         for row, i in enumerate(group):
             stored[names[i]] = {k: v[row] for k, v in arrays.items()}

@@ -31,6 +31,7 @@ from common import (
     markdown_table,
     mass_setup,
     shared_data,
+    stored_target_time,
     write_text,
 )
 
@@ -84,21 +85,29 @@ def main() -> None:
         )  # fmt: skip
         results.setdefault("unedited", {k: summary["unedited"][k] for k in KEYS})
         results[method] = {k: summary[method][k] for k in KEYS}
+        edits, target_seconds = stored_target_time(model, hp, templates, TARGETS)
         settings[method] = {
             "layers": list(hp.layers),
             "mom2_weight": hp.mom2_weight,
             "seconds": summary["seconds"],
+            "target_store": {"edits": edits, "seconds": round(target_seconds)},
         }
     settings["seconds"] = round(time.perf_counter() - start)
     write_text(RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1))
     paper = {f"{m} (paper 002, GPT-J 10K)": v for m, v in PAPER.items()}
     table = markdown_table({**results, **paper}, [*results, *paper], KEYS)
+    target_text = ", ".join(
+        f"{settings[m]['target_store']['seconds'] / 60:.0f} min for {m.upper()}'s {settings[m]['target_store']['edits']} edits"
+        for m in args.methods.split(",")
+    )
     md = f"""# MEMIT and PMET on zsRE
 
 Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of `zsre/zsre_mend_edit.json`
 ({skipped} records skipped: subject not written in the question), edited in batches of {batch} with the
 packaged SmolLM2 hyperparameters. Metric: {PROTOCOL}; score = mean. Run time {settings["seconds"] / 60:.0f} min
-on {machine()}. Produced by `python experiments/{NAME}.py --n {len(cases)} --batch {batch} --methods {args.methods}`.
+on {machine()}, with the targets read from `experiments/results/{NAME}_targets/`, where their optimisation
+took {target_text} (on the same machine, over one or more runs).
+Produced by `python experiments/{NAME}.py --n {len(cases)} --batch {batch} --methods {args.methods}`.
 
 {table}
 
