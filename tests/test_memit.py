@@ -306,6 +306,8 @@ def test_experiment_target_store_resumes_and_feeds_the_same_solve(
     stored = common.cached_targets(model, more, hp, TEMPLATES, tmp_path)
     (folder,) = tmp_path.iterdir()
     assert len(list(folder.glob("*.npz"))) == 2  # the first two, then the third
+    edits, seconds = common.stored_target_time(model, hp, TEMPLATES, tmp_path)
+    assert edits == 3 and seconds > 0
     np.testing.assert_array_equal(stored.delta[:2], first.delta)
     np.testing.assert_array_equal(stored.delta[3], first.delta[0])
 

@@ -420,8 +420,9 @@ def rows_for_budget(config: ModelConfig, layer: int, budget: float, window: int 
 
 def chunk_order(batch: Batch, n_requests: int) -> np.ndarray:
     """Requests ordered by the tokens each recomputes (key token to last target token), then by target
-    length: chunks cut from this order pad every row to a width close to its own. On zsRE's 1,037 edits
-    (SmolLM2 tokenizer) the padded suffix tokens fall by about a third against the file's order."""
+    length: chunks cut from this order pad every row to a width close to its own (`tools/target_padding.py`:
+    40% fewer recomputed tokens per step on zsRE's 1,037 edits with SmolLM2's PMET settings, 26% on 200
+    CounterFact edits)."""
     span = batch.read_pos.max(axis=1) - batch.key_pos + 1  # [R]
     reads = (batch.weights > 0).sum(axis=1)
     window = np.zeros(n_requests, np.int64)
