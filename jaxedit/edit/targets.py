@@ -146,16 +146,6 @@ class Targets:
             for f in dataclasses.fields(self)
         })  # fmt: skip
 
-    @staticmethod
-    def concatenate(parts: Sequence[Targets]) -> Targets:
-        """The targets of several request lists, in order."""
-
-        def join(name: str) -> np.ndarray | None:
-            values = [getattr(p, name) for p in parts]
-            return None if values[0] is None else np.concatenate(values)
-
-        return Targets(**{f.name: join(f.name) for f in dataclasses.fields(Targets)})
-
 
 def target_ids(model: Model, target: str) -> list[int]:
     """Token ids of a target object, with a leading space (METHODS.md §0); no special tokens."""

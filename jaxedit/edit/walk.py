@@ -100,7 +100,6 @@ class LayerWalk:
                 for h, c in zip(self.h, self.chunks, strict=True)
             ]
             self.layer = layer
-        return None
 
     def read(
         self, params: Params, z_layer: int, key_site: str, z_site: str, subset: np.ndarray | None = None
