@@ -26,7 +26,7 @@ from common import shared_data  # noqa: E402
 import jaxedit  # noqa: E402
 from jaxedit.edit.contexts import context_templates  # noqa: E402
 from jaxedit.edit.memit import default_hparams  # noqa: E402
-from jaxedit.edit.targets import as_request, build_batch, chunk_order, rows_for_budget  # noqa: E402
+from jaxedit.edit.targets import as_request, build_batch, chunk_order, rows_for_budget, suffix_window  # noqa: E402
 from jaxedit.evaluate.zsre import read_zsre  # noqa: E402
 
 
@@ -35,8 +35,7 @@ def padding(batch, order: np.ndarray, per_chunk: int) -> tuple[int, int]:
     tokens, shapes = 0, set()
     for start in range(0, len(order), per_chunk):
         rows = np.isin(batch.row_request, order[start : start + per_chunk])
-        window = int((batch.read_pos[rows].max(axis=1) - batch.key_pos[rows]).max()) + 1
-        window = -(-window // 4) * 4  # as `optimise_targets` rounds it
+        window = suffix_window(batch, rows)
         width = -(-int(batch.mask[rows].sum(axis=1).max()) // 8) * 8
         shapes.add((window, int((batch.weights[rows] > 0).sum(axis=1).max()), width))
         tokens += window * int(rows.sum())

@@ -408,6 +408,13 @@ def rows_for_budget(config: ModelConfig, layer: int, budget: float, window: int 
     return max(16, int(budget // per_row))
 
 
+def suffix_window(batch: Batch, rows: np.ndarray | slice = slice(None)) -> int:
+    """Tokens each of `rows` of `batch` recomputes per step (key token to last read token, longest row),
+    rounded up to a multiple of 4 so that chunks of nearby lengths share one compiled loop."""
+    window = int((batch.read_pos[rows].max(axis=1) - batch.key_pos[rows]).max()) + 1
+    return -(-window // 4) * 4
+
+
 def chunk_order(batch: Batch, n_requests: int) -> np.ndarray:
     """Requests ordered by the tokens each recomputes (key token to last target token), then by target
     length: chunks cut from this order pad every row to a width close to its own (`tools/target_padding.py`:
@@ -461,10 +468,8 @@ def optimise_targets(
     parts = []
     for chunk in tqdm(chunks, desc=f"targets at layer {layer}", disable=not progress or len(chunks) == 1):
         batch = build_batch(model, [requests[i] for i in chunk], templates, hp.kl_prompt, hp.key_token)
-        window = int((batch.read_pos.max(axis=1) - batch.key_pos).max()) + 1  # tokens recomputed per row
-        window = -(-window // 4) * 4  # nearby chunks share one compiled loop
         out = _optimise(
-            model.params, model.config, layer, len(chunk), hp, window,
+            model.params, model.config, layer, len(chunk), hp, suffix_window(batch),
             *(jnp.asarray(getattr(batch, f.name)) for f in dataclasses.fields(batch)),
         )  # fmt: skip
         parts.append([np.asarray(a) for a in out])
