@@ -10,9 +10,8 @@ locality answer (NS). Writes `experiments/results/mass_zsre.{json,md}` keyed by 
 
 The targets (MEMIT: 2.8-8.4 s per edit on two CPU cores, longer suffixes last; PMET about 6 s) are
 kept in `experiments/results/mass_zsre_targets/` in files of 100 edits, committed with the results: a
-run that stops resumes from
-the last file, `--targets-only` optimises them without statistics or scoring (to spread the full set
-over several sittings), and deleting the folder recomputes them.
+run that stops resumes from the last file, `--targets-only` optimises them without statistics or
+scoring (to spread the full set over several sittings), and deleting the folder recomputes them.
 """
 
 from __future__ import annotations
