@@ -8,7 +8,7 @@ locality answer (NS). Writes `experiments/results/mass_zsre.{json,md}` keyed by 
 
     python experiments/mass_zsre.py [--n 1037] [--batch 1037] [--targets-only]
 
-The targets (MEMIT: 2.8-8.4 s per edit on two CPU cores, longer suffixes last; PMET about 6 s) are
+The targets (2.8-11.3 s per edit for MEMIT, 3.5-14.4 for PMET on two CPU cores; longer suffixes last) are
 kept in `experiments/results/mass_zsre_targets/` in files of 100 edits, committed with the results: a
 run that stops resumes from the last file, `--targets-only` optimises them without statistics or
 scoring (to spread the full set over several sittings), and deleting the folder recomputes them.
