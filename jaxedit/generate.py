@@ -68,15 +68,39 @@ def cached_step(
     return core.unembed(config, params, x[:, -1]), cache
 
 
-def _choose(logits: jax.Array, rng: jax.Array, top_k: int | None, temperature: float) -> jax.Array:
+def _choose(
+    logits: jax.Array,
+    rng: jax.Array,
+    top_k: int | None,
+    temperature: float,
+    group_sizes: tuple[int, ...],
+    noise_rows: jax.Array,
+) -> jax.Array:
+    """Greedy, or a Gumbel-max draw among the top `k` (what `jax.random.categorical` does). The noise of a
+    group of `n` rows is `gumbel(rng, (n, k))`, as if that group were the whole batch; row `r` reads row
+    `noise_rows[r]` of the groups' noise stacked in `group_sizes` order."""
     if top_k is None:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     values, indices = jax.lax.top_k(logits / temperature, top_k)  # [B, k]
-    picked = jax.random.categorical(rng, values, axis=-1)  # [B]
+    noise = jnp.concatenate([jax.random.gumbel(rng, (n, top_k), values.dtype) for n in group_sizes])
+    picked = jnp.argmax(values + noise[noise_rows], axis=-1)  # [B]
     return jnp.take_along_axis(indices, picked[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "top_k", "eos_id"))
+def _group_noise_rows(groups: Sequence[int] | None, rows: int) -> tuple[tuple[int, ...], np.ndarray]:
+    """Distinct group sizes and each row's index into their stacked noise (see `_choose`)."""
+    if groups is None:
+        return (rows,), np.arange(rows, dtype=np.int32)
+    groups = [int(n) for n in groups]
+    if any(n < 1 for n in groups) or sum(groups) != rows:
+        raise ValueError(f"groups must be positive sizes summing to the {rows} rows, got {groups}")
+    sizes = tuple(sorted(set(groups)))
+    offsets = dict(zip(sizes, np.cumsum((0, *sizes[:-1])).tolist(), strict=True))
+    noise_rows = np.concatenate([offsets[n] + np.arange(n) for n in groups]).astype(np.int32)
+    return sizes, noise_rows
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "top_k", "eos_id", "group_sizes"))
 def _generate(
     params: Params,
     config: ModelConfig,
@@ -84,9 +108,11 @@ def _generate(
     attention_mask: jax.Array,
     rng: jax.Array,
     temperature: jax.Array,
+    noise_rows: jax.Array,
     max_new_tokens: int,
     top_k: int | None,
     eos_id: int | None,
+    group_sizes: tuple[int, ...],
 ) -> jax.Array:
     b, p = input_ids.shape
     s = p + max_new_tokens
@@ -99,7 +125,7 @@ def _generate(
     positions = core.positions_from_mask(attention_mask)
     logits, cache = cached_step(params, config, input_ids, positions, prefill_mask, cache, jnp.int32(0))
     rng, sub = jax.random.split(rng)
-    first = _choose(logits, sub, top_k, temperature)
+    first = _choose(logits, sub, top_k, temperature, group_sizes, noise_rows)
     lengths = attention_mask.astype(jnp.int32).sum(-1)
 
     def step(carry: tuple, i: jax.Array) -> tuple[tuple, jax.Array]:
@@ -111,7 +137,7 @@ def _generate(
             params, config, token[:, None], (lengths + i)[:, None], mask, cache, index
         )
         rng, sub = jax.random.split(rng)
-        nxt = _choose(logits, sub, top_k, temperature)
+        nxt = _choose(logits, sub, top_k, temperature, group_sizes, noise_rows)
         if eos_id is not None:
             done = done | (token == eos_id)
             nxt = jnp.where(done, eos_id, nxt)
@@ -133,11 +159,14 @@ def generate(
     temperature: float = 1.0,
     seed: int = 0,
     eos_id: int | None = None,
+    groups: Sequence[int] | None = None,
 ) -> np.ndarray:
     """New token ids `[B, max_new_tokens]` continuing left-padded prompts.
 
     Greedy when `top_k` is None, else samples from the `top_k` most likely tokens at `temperature`.
-    After `eos_id` a row repeats `eos_id`.
+    After `eos_id` a row repeats `eos_id`. `groups` (sizes of consecutive row groups, summing to B) makes
+    each group draw the random numbers it would draw generated alone with the same `seed`, so one call on
+    many groups returns what a call per group would (the batched CounterFact scoring relies on it).
     """
     input_ids = np.asarray(input_ids)
     core.check_tokens(config, input_ids)
@@ -152,6 +181,7 @@ def generate(
         raise ValueError(f"top_k must lie in [1, {config.vocab_size}], got {top_k}")
     if attention_mask is None:
         attention_mask = np.ones_like(input_ids)
+    group_sizes, noise_rows = _group_noise_rows(groups, input_ids.shape[0])
     out = _generate(
         params,
         config,
@@ -159,9 +189,11 @@ def generate(
         jnp.asarray(attention_mask, jnp.int32),
         jax.random.key(seed),
         jnp.float32(temperature),
+        jnp.asarray(noise_rows),
         max_new_tokens,
         top_k,
         eos_id,
+        group_sizes,
     )
     return np.asarray(out)
 
@@ -174,8 +206,10 @@ def generate_text(
     top_k: int | None = None,
     temperature: float = 1.0,
     seed: int = 0,
+    groups: Sequence[int] | None = None,
 ) -> list[str]:
-    """Completions (without the prompt) of one or more prompts, stopping at the model's EOS token."""
+    """Completions (without the prompt) of one or more prompts, stopping at the model's EOS token;
+    `groups` as in `generate`."""
     if model.tokenizer is None:
         raise ValueError(f"model {model.source!r} has no tokenizer; use generate() on token ids")
     ids, mask = tok.encode(model.tokenizer, prompts)
@@ -190,6 +224,7 @@ def generate_text(
         temperature=temperature,
         seed=seed,
         eos_id=eos,
+        groups=groups,
     )
     texts = []
     for row in out:

@@ -11,6 +11,7 @@ import pytest
 import jaxedit
 from jaxedit.edit import Delta
 from jaxedit.evaluate import evaluate_counterfact, read_counterfact, score_case
+from jaxedit.evaluate.counterfact import score_cases
 from jaxedit.evaluate.metrics import generation_entropy, harmonic_mean, ngram_entropy
 
 ROME_RECORD = {
@@ -151,8 +152,8 @@ def test_unedited_scores_are_shared_across_methods(model, tmp_path, monkeypatch)
     )  # fmt: skip
     assert sorted(p.name for p in (shared / "cases").iterdir()) == ["7.json", "8.json"]
     calls = []
-    original = counterfact.score_case
-    monkeypatch.setattr(counterfact, "score_case", lambda *a, **k: calls.append(k) or original(*a, **k))
+    original = counterfact.score_cases
+    monkeypatch.setattr(counterfact, "score_cases", lambda *a, **k: calls.append(k) or original(*a, **k))
     second = evaluate_counterfact(
         model, cases, lambda m, r: zero, method="b", out_dir=tmp_path / "b", unedited_dir=shared,
         generation_tokens=0, progress=False,
@@ -182,9 +183,11 @@ def test_an_interrupted_batch_rescores_only_its_missing_cases(model, tmp_path, m
     )
     (out / "cases" / "8.json").unlink()  # as if the run stopped after scoring case 7
     calls = []
-    original = counterfact.score_case
+    original = counterfact.score_cases
     monkeypatch.setattr(
-        counterfact, "score_case", lambda m, case, **k: calls.append(case.case_id) or original(m, case, **k)
+        counterfact,
+        "score_cases",
+        lambda m, chunk, **k: calls.append([c.case_id for c in chunk]) or original(m, chunk, **k),
     )
     again = evaluate_counterfact(
         model,
@@ -196,4 +199,31 @@ def test_an_interrupted_batch_rescores_only_its_missing_cases(model, tmp_path, m
         generation_tokens=0,
         progress=False,
     )
-    assert calls == ["8", "8"] and again["b"] == first["b"]  # case 8 scored before and after, case 7 reused
+    assert calls == [["8"], ["8"]] and again["b"] == first["b"]  # case 8 scored before and after, 7 reused
+
+
+def test_batched_scoring_equals_one_case_at_a_time(model, tmp_path) -> None:
+    """Shared forward batches and several cases' generations per call (sampled, groups of 1, 2 and 3
+    prompts) give each case what scoring it alone gives; R-Specificity and locality included."""
+    import dataclasses
+
+    three = dict(ROME_RECORD, case_id=9, generation_prompts=["the language of paris is", "w40 is", "w41 w42"])
+    path = tmp_path / "cf.json"
+    path.write_text(json.dumps([ROME_RECORD, EASYEDIT_RECORD, three]))
+    cases = read_counterfact(path)
+    cases[1] = dataclasses.replace(cases[1], rspec=(("the capital of france is", "paris"), ("w40 is", "w41")))
+    edited = model.replace(params=jax.tree.map(lambda a: a * 1.1 if a.ndim >= 2 else a, model.params))
+    alone = [score_case(edited, c, reference=model, generation_tokens=6, seed=3) for c in cases]
+    for rows in (3, 6):  # all in one generation call, or split between calls
+        together = score_cases(
+            edited, cases, reference=model, generation_tokens=6, seed=3, generation_rows=rows
+        )
+        for a, b in zip(alone, together, strict=True):
+            assert a.keys() == b.keys()
+            for key, value in a.items():
+                if key in ("p_new", "p_true", "EM", "PM", "NM"):
+                    np.testing.assert_allclose(b[key], value, rtol=1e-5, atol=1e-7)
+                else:
+                    assert b[key] == value, key
+    assert "RS_spec" in alone[1] and "token_acc_locality" in alone[0]
+    assert len({tuple(r["generations"]) for r in alone}) == 3  # real samples, not one text repeated

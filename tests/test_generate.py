@@ -62,3 +62,24 @@ def test_generation_past_the_context_is_refused(tiny_dirs) -> None:
     model = jaxedit.load_model(tiny_dirs["gpt2"])
     with pytest.raises(ValueError, match="context"):
         generate(model.params, model.config, np.zeros((1, 60), int), max_new_tokens=10)
+
+
+def test_groups_sample_as_if_generated_alone(tiny_dirs) -> None:
+    """`groups`: one sampled call on consecutive groups of rows returns what one call per group returns,
+    for groups of different sizes and prompt lengths (left padding included)."""
+    model = jaxedit.load_model(tiny_dirs["gpt2"])
+    rng = np.random.default_rng(5)
+    groups = [rng.integers(0, VOCAB, size=(n, length)) for n, length in ((2, 4), (1, 6), (3, 3), (2, 5))]
+    alone = [generate(model.params, model.config, g, max_new_tokens=6, top_k=4, seed=11) for g in groups]
+    width = max(g.shape[1] for g in groups)
+    ids = np.concatenate([np.pad(g, ((0, 0), (width - g.shape[1], 0))) for g in groups])
+    mask = np.concatenate([np.pad(np.ones_like(g), ((0, 0), (width - g.shape[1], 0))) for g in groups])
+    sizes = [len(g) for g in groups]
+    together = generate(
+        model.params, model.config, ids, mask, max_new_tokens=6, top_k=4, seed=11, groups=sizes
+    )
+    np.testing.assert_array_equal(together, np.concatenate(alone))
+    plain = generate(model.params, model.config, ids, mask, max_new_tokens=6, top_k=4, seed=11)
+    assert (plain != together).any()  # without groups the batch draws other numbers
+    with pytest.raises(ValueError, match="groups"):
+        generate(model.params, model.config, ids, mask, max_new_tokens=2, top_k=4, groups=[2, 2])

@@ -28,6 +28,7 @@ KNOWEDIT = {
     "locality": {"Relation_Specificity": [{"prompt": "the eiffel tower is in", "ground_truth": ["france"]}]},
 }
 UNEDITABLE = {**MEND, "subject": "someone else"}
+PROMPTS = [MEND["src"], MEND["loc"]]
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +77,64 @@ def test_summary_score_is_the_mean(model, tmp_path) -> None:
     assert row["n"] == 2
     assert row["score"] == pytest.approx(np.mean([row["ES"], row["PS"], row["NS"]]), abs=0.01)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["unedited"] == row
+
+
+def test_chunked_evaluation_equals_case_by_case_and_resumes(model, tmp_path) -> None:
+    """`score_chunk` cases share forward batches; the per-case rows equal one case at a time, and a rerun
+    whose files are all present scores nothing (the chunk's cases were written together)."""
+    from jaxedit.edit import Delta
+
+    texts = jaxedit.generate_text(model, PROMPTS, max_new_tokens=2)
+    answer = {p: t.strip() for p, t in zip(PROMPTS, texts, strict=True)}
+    known = {**MEND, "alt": answer[MEND["src"]], "loc_ans": answer[MEND["loc"]]}  # the model's own answers
+    path = tmp_path / "zsre.json"
+    path.write_text(json.dumps([known, KNOWEDIT] * 3))
+    cases, _ = read_zsre(path)
+    c = model.config
+    rng = np.random.default_rng(0)
+    delta = Delta(
+        layers=(1,),
+        left=rng.normal(size=(1, 1, c.d_mlp)),
+        right=rng.normal(size=(1, 1, c.d_model)),
+        method="t",
+    )
+    runs = {}
+    for chunk in (1, 4):
+        out = tmp_path / f"chunk{chunk}"
+        runs[chunk] = evaluate_zsre(
+            model,
+            cases,
+            lambda m, rs: delta,
+            method="t",
+            batch=6,
+            out_dir=out,
+            score_chunk=chunk,
+            progress=False,
+        )
+    for name in ("unedited", "t"):
+        assert runs[1][name] == runs[4][name]
+    for case in cases:
+        one, four = (
+            json.loads((tmp_path / f"chunk{k}" / "cases" / f"{case.case_id}.json").read_text())
+            for k in (1, 4)
+        )
+        assert one["pre"] == four["pre"] and one["post"] == four["post"]
+    assert runs[4]["unedited"]["ES"] > 0 and runs[4]["unedited"]["NS"] > 0  # rows that can differ
+    assert runs[4]["t"] != runs[4]["unedited"]
+
+    def must_not_score(*args, **kwargs):
+        raise AssertionError("every case was saved: nothing is scored again")
+
+    again = evaluate_zsre(
+        model,
+        cases,
+        must_not_score,
+        method="t",
+        batch=6,
+        out_dir=tmp_path / "chunk4",
+        score_chunk=4,
+        progress=False,
+    )
+    assert again["t"] == runs[4]["t"]
+    with pytest.raises(ValueError, match="score_chunk"):
+        evaluate_zsre(model, cases, None, method="t", score_chunk=0, progress=False)

@@ -110,46 +110,93 @@ def score_case(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Metrics of one case on `model`; `reference` (the unedited model) for the locality token accuracy."""
-    new, true = case.request.target, case.target_true
-    prompts = [case.request.text, *case.paraphrases, *case.neighborhood]
-    pairs = [(p, t) for p in prompts for t in (new, true)]
-    nll, correct, _ = target_scores(model, pairs)
-    prob = np.exp(-nll).reshape(len(prompts), 2)  # [prompt, (new, true)]
-    acc_new = [float(correct[2 * i].mean()) for i in range(len(prompts))]
-    n_para = len(case.paraphrases)
-    rewrite, para, neigh = prob[:1], prob[1 : 1 + n_para], prob[1 + n_para :]
-    out: dict[str, Any] = {
-        "ES": float(rewrite[0, 0] > rewrite[0, 1]),
-        "EM": float(rewrite[0, 0] - rewrite[0, 1]),
-        "PS": float((para[:, 0] > para[:, 1]).mean()) if n_para else None,
-        "PM": float((para[:, 0] - para[:, 1]).mean()) if n_para else None,
-        "NS": float((neigh[:, 1] > neigh[:, 0]).mean()) if len(neigh) else None,
-        "NM": float((neigh[:, 1] - neigh[:, 0]).mean()) if len(neigh) else None,
-        "p_new": prob[:, 0].tolist(),
-        "p_true": prob[:, 1].tolist(),
-        "token_acc_rewrite": acc_new[0],
-        "token_acc_rephrase": float(np.mean(acc_new[1 : 1 + n_para])) if n_para else None,
-    }
-    if case.neighborhood:
-        locality_pairs = [(p, true) for p in case.neighborhood]
-        _, _, edited_top = target_scores(model, locality_pairs)
-        if reference is not None:
-            _, _, base_top = target_scores(reference, locality_pairs)
-        else:
-            base_top = edited_top
-        out["token_acc_locality"] = float(
-            np.mean([(a == b).mean() for a, b in zip(edited_top, base_top, strict=True)])
-        )
-    if case.rspec:
-        from jaxedit.evaluate.rspec import rspec_score
+    return score_cases(model, [case], reference=reference, generation_tokens=generation_tokens, seed=seed)[0]
 
-        out["RS_spec"] = rspec_score(model, case.rspec, new)
-    if generation_tokens and case.generation_prompts:
-        texts = generate_text(
-            model, list(case.generation_prompts), max_new_tokens=generation_tokens, top_k=5, seed=seed
-        )
-        out["fluency"] = generation_entropy(texts)
-        out["generations"] = texts
+
+def score_cases(
+    model: Model,
+    cases: Sequence[CounterfactCase],
+    *,
+    reference: Model | None = None,
+    generation_tokens: int = 50,
+    seed: int = 0,
+    generation_rows: int = 128,
+) -> list[dict[str, Any]]:
+    """Metrics of many cases on `model`, equal to `score_case` of each: every teacher-forced prompt of
+    every case in shared forward batches, and the generations of several cases per call (at most
+    `generation_rows` prompts), each case sampling the random numbers it would sample alone."""
+    from jaxedit.evaluate.rspec import rspec_share, rspec_targets
+
+    pairs: list[tuple[str, str]] = []
+    starts = []
+    for case in cases:
+        new, true = case.request.target, case.target_true
+        starts.append(len(pairs))
+        pairs += [
+            (p, t) for p in (case.request.text, *case.paraphrases, *case.neighborhood) for t in (new, true)
+        ]
+        pairs += rspec_targets(case.rspec, new)
+    nll, correct, top = target_scores(model, pairs)
+    base_top: list[np.ndarray] = []
+    if reference is not None:  # the unedited model's top-1 on each neighbourhood prompt's true object
+        locality_pairs = [(p, c.target_true) for c in cases for p in c.neighborhood]
+        _, _, base_top = target_scores(reference, locality_pairs)
+    base_iter = iter(base_top)
+    texts = _generations(model, cases, generation_tokens, seed, generation_rows)
+
+    rows = []
+    for index, (case, start) in enumerate(zip(cases, starts, strict=True)):
+        n_para, n_neigh = len(case.paraphrases), len(case.neighborhood)
+        n_prompts = 1 + n_para + n_neigh
+        prob = np.exp(-nll[start : start + 2 * n_prompts]).reshape(n_prompts, 2)  # [prompt, (new, true)]
+        acc_new = [float(correct[start + 2 * i].mean()) for i in range(n_prompts)]
+        rewrite, para, neigh = prob[:1], prob[1 : 1 + n_para], prob[1 + n_para :]
+        out: dict[str, Any] = {
+            "ES": float(rewrite[0, 0] > rewrite[0, 1]),
+            "EM": float(rewrite[0, 0] - rewrite[0, 1]),
+            "PS": float((para[:, 0] > para[:, 1]).mean()) if n_para else None,
+            "PM": float((para[:, 0] - para[:, 1]).mean()) if n_para else None,
+            "NS": float((neigh[:, 1] > neigh[:, 0]).mean()) if n_neigh else None,
+            "NM": float((neigh[:, 1] - neigh[:, 0]).mean()) if n_neigh else None,
+            "p_new": prob[:, 0].tolist(),
+            "p_true": prob[:, 1].tolist(),
+            "token_acc_rewrite": acc_new[0],
+            "token_acc_rephrase": float(np.mean(acc_new[1 : 1 + n_para])) if n_para else None,
+        }
+        if n_neigh:
+            edited = [top[start + 2 * (1 + n_para + i) + 1] for i in range(n_neigh)]
+            base = [next(base_iter) for _ in range(n_neigh)] if reference is not None else edited
+            out["token_acc_locality"] = float(
+                np.mean([(a == b).mean() for a, b in zip(edited, base, strict=True)])
+            )
+        if case.rspec:
+            rspec_start = start + 2 * n_prompts
+            out["RS_spec"] = rspec_share(nll[rspec_start : rspec_start + 2 * len(case.rspec)])
+        if index in texts:
+            out["fluency"] = generation_entropy(texts[index])
+            out["generations"] = texts[index]
+        rows.append(out)
+    return rows
+
+
+def _generations(
+    model: Model, cases: Sequence[CounterfactCase], tokens: int, seed: int, max_rows: int
+) -> dict[int, list[str]]:
+    """Top-k 5 samples of each case's generation prompts by case index, several cases per call
+    (`groups` keeps each case's random numbers those of a call of its own)."""
+    todo = [i for i, c in enumerate(cases) if c.generation_prompts] if tokens else []
+    out: dict[int, list[str]] = {}
+    while todo:
+        group = [todo.pop(0)]
+        rows = len(cases[group[0]].generation_prompts)
+        while todo and rows + len(cases[todo[0]].generation_prompts) <= max_rows:
+            rows += len(cases[todo[0]].generation_prompts)
+            group.append(todo.pop(0))
+        sizes = [len(cases[i].generation_prompts) for i in group]
+        prompts = [p for i in group for p in cases[i].generation_prompts]
+        texts = generate_text(model, prompts, max_new_tokens=tokens, top_k=5, seed=seed, groups=sizes)
+        for i, end in zip(group, np.cumsum(sizes).tolist(), strict=True):
+            out[i] = texts[end - len(cases[i].generation_prompts) : end]
     return out
 
 
@@ -197,6 +244,7 @@ def evaluate_counterfact(
     unedited_dir: str | Path | None = None,
     generation_tokens: int = 50,
     progress: bool = True,
+    score_chunk: int = 64,
 ) -> dict[str, Any]:
     """Edit the cases on the unedited model, one at a time or `batch` together, score each before and
     after, summarise.
@@ -209,6 +257,7 @@ def evaluate_counterfact(
       batch: records edited together (each group on the unedited model).
       out_dir: per-case JSON (`cases/<id>.json`, reused on rerun) and `summary.json`.
       unedited_dir: per-case unedited scores shared across methods (see `run_edits`).
+      score_chunk: cases scored together (`score_cases`; the scores equal those of one case at a time).
 
     Returns:
       `{"unedited": summary, method: summary, "protocol": ..., "seconds": ...}`.
@@ -217,6 +266,11 @@ def evaluate_counterfact(
 
     def score(m: Model, case: CounterfactCase, reference: Model | None) -> dict[str, Any]:
         return score_case(m, case, reference=reference, generation_tokens=generation_tokens)
+
+    def score_many(
+        m: Model, chunk: Sequence[CounterfactCase], reference: Model | None
+    ) -> list[dict[str, Any]]:
+        return score_cases(m, chunk, reference=reference, generation_tokens=generation_tokens)
 
     pre_rows, post_rows = run_edits(
         model,
@@ -228,6 +282,8 @@ def evaluate_counterfact(
         out_dir=out_dir,
         unedited_dir=unedited_dir,
         progress=progress,
+        score_many=score_many,
+        score_chunk=score_chunk,
     )
     layouts = sorted({c.layout for c in cases})
     summary = Report(unedited=summarise(pre_rows))

@@ -272,10 +272,20 @@ def attach_rspec(
     return out
 
 
+def rspec_targets(pairs: Sequence[tuple[str, str]], new: str) -> list[tuple[str, str]]:
+    """The `(prompt, target)` rows `rspec_share` reads: `o2` then the new object, per pair."""
+    return [(p, t) for p, o2 in pairs for t in (o2, new)]
+
+
+def rspec_share(nll: np.ndarray) -> float:
+    """Share of pairs where `P(o2) > P(new)`, from the mean NLLs of `rspec_targets`' rows."""
+    prob = np.exp(-np.asarray(nll)).reshape(-1, 2)
+    return float((prob[:, 0] > prob[:, 1]).mean())
+
+
 def rspec_score(model: Model, pairs: Sequence[tuple[str, str]], new: str) -> float | None:
     """Share of `(prompt, o2)` pairs where `P(o2) > P(new)` on `model` (None without pairs)."""
     if not pairs:
         return None
-    nll, _, _ = target_scores(model, [(p, t) for p, o2 in pairs for t in (o2, new)])
-    prob = np.exp(-nll).reshape(len(pairs), 2)
-    return float((prob[:, 0] > prob[:, 1]).mean())
+    nll, _, _ = target_scores(model, rspec_targets(pairs, new))
+    return rspec_share(nll)

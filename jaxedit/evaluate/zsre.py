@@ -128,14 +128,19 @@ def evaluate_zsre(
     out_dir: str | Path | None = None,
     unedited_dir: str | Path | None = None,
     progress: bool = True,
+    score_chunk: int = 64,
 ) -> dict[str, Any]:
     """Edit (one at a time or in batches) and score zsRE cases; `{"unedited": ..., method: ...}`.
 
-    `out_dir` and `unedited_dir` cache per-case scores as in `run_edits`."""
+    `out_dir` and `unedited_dir` cache per-case scores as in `run_edits`; `score_chunk` cases are scored
+    in shared forward batches (`score_zsre_cases`)."""
     start = time.perf_counter()
 
     def score(m: Model, case: ZsreCase, reference: Model | None) -> dict[str, Any]:
         return score_zsre_case(m, case)
+
+    def score_many(m: Model, chunk: Sequence[ZsreCase], reference: Model | None) -> list[dict[str, Any]]:
+        return score_zsre_cases(m, chunk)
 
     pre, post = run_edits(
         model,
@@ -147,6 +152,8 @@ def evaluate_zsre(
         out_dir=out_dir,
         unedited_dir=unedited_dir,
         progress=progress,
+        score_many=score_many,
+        score_chunk=score_chunk,
     )
     summary = Report(unedited=summarise_zsre(pre))
     if post:

@@ -1,0 +1,148 @@
+"""CounterFact scoring on SmolLM2: jaxedit's batched `score_cases` against a PyTorch reference that scores
+one record at a time, as the ROME / MEMIT evaluation code does.
+
+Per record the reference runs one padded `transformers` forward over every (prompt ⊕ target) row of the
+record (rewrite, paraphrase and neighbourhood prompts, each with the new and the true object: ROME's
+`test_batch_prediction`), one forward of the unedited model over the neighbourhood rows (the EasyEdit
+locality token accuracy jaxedit reports beside them), and `generate(do_sample=True, top_k=5)` of the
+record's generation prompts with a key/value cache (ROME's `generate_fast`). jaxedit scores the same
+records with the same metrics through `jaxedit.evaluate.counterfact.score_cases` (shared forward batches,
+several records' generations per call). The two sides must give the same ES / PS / NS on every record and
+probabilities within 1e-3 relative; generated texts differ (different random number generators) and are
+not compared.
+
+Prints the jaxedit first-call and steady-state seconds, the reference seconds, the agreement, and last
+`RATIO eval <reference_seconds / jaxedit_seconds>` (steady state).
+
+    python tools/bench_eval.py [--n 64] [--generation-tokens 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import torch
+import transformers
+
+import jaxedit
+from jaxedit.edit.targets import target_ids
+from jaxedit.evaluate import read_counterfact
+from jaxedit.evaluate.counterfact import CounterfactCase, score_cases
+from jaxedit.loading import embedded_gguf_path
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared/data/counterfact_easyedit/counterfact-edit.json"
+
+
+def reference_case(hf, tokenizer, model: jaxedit.Model, case: CounterfactCase, tokens: int) -> dict:
+    """One record scored the way the ROME evaluation scores it, on `transformers`."""
+    new, true = case.request.target, case.target_true
+    prompts = [case.request.text, *case.paraphrases, *case.neighborhood]
+    rows, spans = [], []
+    for prompt in prompts:
+        ids = jaxedit.tokens.encode_one(tokenizer, prompt)
+        for target in (new, true):
+            answer = target_ids(model, target)
+            rows.append(ids + answer)
+            spans.append((len(ids), answer))
+    width = max(len(r) for r in rows)
+    pad = jaxedit.tokens.pad_id(tokenizer)
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    with torch.inference_mode():
+        logp = torch.log_softmax(hf(input_ids=ids, attention_mask=mask).logits, dim=-1)
+    nll, top = [], []
+    for i, (start, answer) in enumerate(spans):
+        positions = torch.arange(start - 1, start - 1 + len(answer))
+        nll.append(-float(logp[i, positions, torch.tensor(answer)].mean()))
+        top.append(logp[i, positions].argmax(-1).numpy())
+    prob = np.exp(-np.asarray(nll)).reshape(len(prompts), 2)
+    n_para = len(case.paraphrases)
+    para, neigh = prob[1 : 1 + n_para], prob[1 + n_para :]
+    out = {
+        "ES": float(prob[0, 0] > prob[0, 1]),
+        "PS": float((para[:, 0] > para[:, 1]).mean()) if n_para else None,
+        "NS": float((neigh[:, 1] > neigh[:, 0]).mean()) if len(neigh) else None,
+        "p_new": prob[:, 0].tolist(),
+        "p_true": prob[:, 1].tolist(),
+    }
+    if case.neighborhood:  # the unedited model's top-1 on the neighbourhood rows (here the same model)
+        rows = [i for i in range(len(spans)) if i >= 2 * (1 + n_para) and i % 2 == 1]
+        with torch.inference_mode():
+            base = hf(input_ids=ids[rows], attention_mask=mask[rows]).logits.argmax(-1)
+        hits = [
+            (base[j, spans[i][0] - 1 : spans[i][0] - 1 + len(spans[i][1])].numpy() == top[i]).mean()
+            for j, i in enumerate(rows)
+        ]
+        out["token_acc_locality"] = float(np.mean(hits))
+    if tokens and case.generation_prompts:
+        encoded = tokenizer(list(case.generation_prompts), return_tensors="pt", padding=True)
+        with torch.inference_mode():
+            hf.generate(**encoded, do_sample=True, top_k=5, max_new_tokens=tokens, min_new_tokens=tokens)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=64, help="records scored")
+    parser.add_argument("--generation-tokens", type=int, default=50)
+    parser.add_argument("--data", default=str(DATA))
+    args = parser.parse_args()
+    torch.manual_seed(0)
+
+    model = jaxedit.load_model("smollm2")
+    path = embedded_gguf_path()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    )
+    hf.eval().requires_grad_(False)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    cases = read_counterfact(args.data)[: args.n]
+    tokens = args.generation_tokens
+
+    start = time.perf_counter()
+    score_cases(model, cases, reference=model, generation_tokens=tokens)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    ours = score_cases(model, cases, reference=model, generation_tokens=tokens)
+    jax_s = time.perf_counter() - start
+    reference_case(hf, tokenizer, model, cases[0], tokens)  # warm-up
+    start = time.perf_counter()
+    theirs = [reference_case(hf, tokenizer, model, case, tokens) for case in cases]
+    ref_s = time.perf_counter() - start
+
+    mismatched = [
+        case.case_id
+        for case, a, b in zip(cases, ours, theirs, strict=True)
+        if any(a[k] != b[k] for k in ("ES", "PS", "NS", "token_acc_locality") if k in b)
+    ]
+    prob_diff = max(
+        float(np.max(np.abs(np.asarray(a[k]) - b[k]) / np.maximum(np.asarray(b[k]), 1e-12)))
+        for a, b in zip(ours, theirs, strict=True)
+        for k in ("p_new", "p_true")
+    )
+    print(
+        f"machine: {os.cpu_count()} CPU cores, jax {jax.__version__} ({jax.devices()[0].device_kind}), "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    )
+    print(
+        f"model: SmolLM2-135M (float32); {len(cases)} CounterFact records of {Path(args.data).name}, "
+        f"{sum(len(c.generation_prompts) for c in cases)} generation prompts x {tokens} tokens"
+    )
+    print(f"jaxedit: first call {first:.1f} s (compiles included), steady state {jax_s:.1f} s")
+    print(f"reference (one record at a time): {ref_s:.1f} s")
+    print(f"records with different ES/PS/NS/locality: {len(mismatched)} {mismatched[:5]}")
+    print(f"max relative probability difference: {prob_diff:.1e}")
+    assert not mismatched and prob_diff < 1e-3, "the two evaluations disagree"
+    print(f"RATIO eval {ref_s / jax_s:.2f}")
+
+
+if __name__ == "__main__":
+    main()
