@@ -7,9 +7,9 @@ weighs against 16 times as many keys. λ does not enter the target optimisation,
 the layer updates from the targets `mass_zsre` stored (`experiments/results/mass_zsre_targets/`) and
 scores the edited model (batched zsRE scoring). The points are measured on the evaluation records
 themselves: they show how far the packaged λ is from the best one at this batch size, and are not used to
-change the packaged value. Writes `experiments/results/zsre_lambda.{json,md,png}`.
+change the packaged value. Writes `experiments/results/mass_zsre_lambda.{json,md,png}`.
 
-    python experiments/zsre_lambda.py [--n N] [--grid 2000,500,100] [--methods memit,pmet]
+    python experiments/mass_zsre_lambda.py [--n N] [--grid 2000,500,100] [--methods memit,pmet]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from jaxedit.edit import apply
 from jaxedit.edit.memit import memit
 from jaxedit.evaluate.zsre import PROTOCOL, read_zsre, score_zsre_cases, summarise_zsre
 
-NAME = "zsre_lambda"
+NAME = "mass_zsre_lambda"
 TARGETS = RESULTS / "mass_zsre_targets"
 KEYS = ("ES", "PS", "NS", "score")
 
