@@ -264,12 +264,7 @@ def evaluate_counterfact(
     """
     start = time.perf_counter()
 
-    def score(m: Model, case: CounterfactCase, reference: Model | None) -> dict[str, Any]:
-        return score_case(m, case, reference=reference, generation_tokens=generation_tokens)
-
-    def score_many(
-        m: Model, chunk: Sequence[CounterfactCase], reference: Model | None
-    ) -> list[dict[str, Any]]:
+    def score(m: Model, chunk: Sequence[CounterfactCase], reference: Model | None) -> list[dict[str, Any]]:
         return score_cases(m, chunk, reference=reference, generation_tokens=generation_tokens)
 
     pre_rows, post_rows = run_edits(
@@ -282,7 +277,6 @@ def evaluate_counterfact(
         out_dir=out_dir,
         unedited_dir=unedited_dir,
         progress=progress,
-        score_many=score_many,
         score_chunk=score_chunk,
     )
     layouts = sorted({c.layout for c in cases})

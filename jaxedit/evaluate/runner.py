@@ -14,8 +14,7 @@ from jaxedit.checkpoints import atomic_write_bytes
 from jaxedit.edit.delta import Delta, apply
 from jaxedit.loading import Model
 
-ScoreOne = Callable[[Model, Any, "Model | None"], dict[str, Any]]
-ScoreMany = Callable[[Model, Sequence[Any], "Model | None"], list[dict[str, Any]]]
+Score = Callable[[Model, Sequence[Any], "Model | None"], list[dict[str, Any]]]
 
 
 def _write(path: Path | None, row: dict) -> None:
@@ -28,14 +27,13 @@ def run_edits(
     model: Model,
     cases: Sequence[Any],
     edit: Callable[[Model, Any], Delta] | None,
-    score: ScoreOne,
+    score: Score,
     *,
     name: str,
     batch: int = 1,
     out_dir: str | Path | None = None,
     unedited_dir: str | Path | None = None,
     progress: bool = True,
-    score_many: ScoreMany | None = None,
     score_chunk: int = 64,
 ) -> tuple[list[dict], list[dict]]:
     """Score every case on `model` ("pre") and, when `edit` is given, on the model edited for its group
@@ -44,14 +42,14 @@ def run_edits(
     Args:
       cases: objects with `case_id` and `request`.
       edit: `(model, request) -> Delta`, or with `batch > 1` `(model, [requests]) -> Delta`.
-      score: `(model, case, reference) -> metrics`; `reference` is the unedited model on edited runs.
+      score: `(model, [cases], reference) -> [metrics]`, one metrics dict per case, the cases sharing
+        forward batches; `reference` is the unedited model on edited runs.
       batch: cases edited together; each group starts from the unedited model.
       out_dir: `cases/<case_id>.json` per case (reused when every case of a group is there).
       unedited_dir: `cases/<case_id>.json` of the unedited scores alone, shared by every method evaluated
         on the same model, cases and scoring settings (so each unedited case is scored once).
-      score_many: `(model, [cases], reference) -> [metrics]`, the same metrics as `score` for many cases
-        in shared forward batches; when given, cases are scored `score_chunk` at a time through it (each
-        chunk's files are written when it finishes, so an interruption loses at most one chunk).
+      score_chunk: cases per `score` call (each chunk's files are written when it finishes, so an
+        interruption loses at most one chunk).
     """
     if not cases:
         raise ValueError(f"no {name} cases to evaluate")
@@ -61,14 +59,11 @@ def run_edits(
         raise ValueError(f"score_chunk must be at least 1, got {score_chunk}")
     directory = Path(out_dir) if out_dir is not None else None
     unedited = Path(unedited_dir) if unedited_dir is not None else None
-    chunk = score_chunk if score_many is not None else 1
 
     def score_chunked(m: Model, chunk_cases: Sequence[Any], reference: Model | None) -> list[dict]:
-        if score_many is None:
-            return [score(m, case, reference) for case in chunk_cases]
-        rows = score_many(m, chunk_cases, reference)
+        rows = score(m, chunk_cases, reference)
         if len(rows) != len(chunk_cases):
-            raise ValueError(f"score_many returned {len(rows)} rows for {len(chunk_cases)} cases")
+            raise ValueError(f"score returned {len(rows)} rows for {len(chunk_cases)} cases")
         return rows
 
     def pre_scores(chunk_cases: Sequence[Any]) -> list[dict]:
@@ -106,8 +101,8 @@ def run_edits(
                     edit(model, group[0].request) if batch == 1 else edit(model, [c.request for c in group])
                 )
                 edited, edit_summary = apply(model, delta), delta.summary()
-            for first in range(0, len(todo), chunk):
-                members = todo[first : first + chunk]
+            for first in range(0, len(todo), score_chunk):
+                members = todo[first : first + score_chunk]
                 chunk_cases = [group[i] for i in members]
                 pre = pre_scores(chunk_cases)
                 post = score_chunked(edited, chunk_cases, model) if edited is not None else None

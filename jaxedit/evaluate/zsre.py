@@ -136,10 +136,7 @@ def evaluate_zsre(
     in shared forward batches (`score_zsre_cases`)."""
     start = time.perf_counter()
 
-    def score(m: Model, case: ZsreCase, reference: Model | None) -> dict[str, Any]:
-        return score_zsre_case(m, case)
-
-    def score_many(m: Model, chunk: Sequence[ZsreCase], reference: Model | None) -> list[dict[str, Any]]:
+    def score(m: Model, chunk: Sequence[ZsreCase], reference: Model | None) -> list[dict[str, Any]]:
         return score_zsre_cases(m, chunk)
 
     pre, post = run_edits(
@@ -152,7 +149,6 @@ def evaluate_zsre(
         out_dir=out_dir,
         unedited_dir=unedited_dir,
         progress=progress,
-        score_many=score_many,
         score_chunk=score_chunk,
     )
     summary = Report(unedited=summarise_zsre(pre))
