@@ -27,30 +27,29 @@ from pathlib import Path
 import jax
 import numpy as np
 import torch
-import transformers
+from reference_model import reference_model
 
 import jaxedit
 from jaxedit.edit.targets import target_ids
 from jaxedit.evaluate import read_counterfact
 from jaxedit.evaluate.counterfact import CounterfactCase, score_cases
-from jaxedit.loading import embedded_gguf_path
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared/data/counterfact_easyedit/counterfact-edit.json"
 
 
-def reference_case(hf, tokenizer, model: jaxedit.Model, case: CounterfactCase, tokens: int) -> dict:
+def reference_case(hf, model: jaxedit.Model, case: CounterfactCase, tokens: int) -> dict:
     """One record scored the way the ROME evaluation scores it, on `transformers`."""
     new, true = case.request.target, case.target_true
     prompts = [case.request.text, *case.paraphrases, *case.neighborhood]
     rows, spans = [], []
     for prompt in prompts:
-        ids = jaxedit.tokens.encode_one(tokenizer, prompt)
+        ids = jaxedit.tokens.encode_one(model.tokenizer, prompt)
         for target in (new, true):
             answer = target_ids(model, target)
             rows.append(ids + answer)
             spans.append((len(ids), answer))
     width = max(len(r) for r in rows)
-    pad = jaxedit.tokens.pad_id(tokenizer)
+    pad = jaxedit.tokens.pad_id(model.tokenizer)
     ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
     with torch.inference_mode():
@@ -71,18 +70,28 @@ def reference_case(hf, tokenizer, model: jaxedit.Model, case: CounterfactCase, t
         "p_true": prob[:, 1].tolist(),
     }
     if case.neighborhood:  # the unedited model's top-1 on the neighbourhood rows (here the same model)
-        rows = [i for i in range(len(spans)) if i >= 2 * (1 + n_para) and i % 2 == 1]
+        locality = [i for i in range(len(spans)) if i >= 2 * (1 + n_para) and i % 2 == 1]
         with torch.inference_mode():
-            base = hf(input_ids=ids[rows], attention_mask=mask[rows]).logits.argmax(-1)
+            base = hf(input_ids=ids[locality], attention_mask=mask[locality]).logits.argmax(-1)
         hits = [
             (base[j, spans[i][0] - 1 : spans[i][0] - 1 + len(spans[i][1])].numpy() == top[i]).mean()
-            for j, i in enumerate(rows)
+            for j, i in enumerate(locality)
         ]
         out["token_acc_locality"] = float(np.mean(hits))
     if tokens and case.generation_prompts:
-        encoded = tokenizer(list(case.generation_prompts), return_tensors="pt", padding=True)
+        prompt_ids, prompt_mask = jaxedit.tokens.encode(
+            model.tokenizer, case.generation_prompts
+        )  # left-padded
         with torch.inference_mode():
-            hf.generate(**encoded, do_sample=True, top_k=5, max_new_tokens=tokens, min_new_tokens=tokens)
+            hf.generate(
+                input_ids=torch.tensor(prompt_ids),
+                attention_mask=torch.tensor(prompt_mask),
+                pad_token_id=jaxedit.tokens.pad_id(model.tokenizer),
+                do_sample=True,
+                top_k=5,
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+            )
     return out
 
 
@@ -95,15 +104,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     model = jaxedit.load_model("smollm2")
-    path = embedded_gguf_path()
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32
-    )
-    hf.eval().requires_grad_(False)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    hf = reference_model()
     cases = read_counterfact(args.data)[: args.n]
     tokens = args.generation_tokens
 
@@ -113,9 +114,9 @@ def main() -> None:
     start = time.perf_counter()
     ours = score_cases(model, cases, reference=model, generation_tokens=tokens)
     jax_s = time.perf_counter() - start
-    reference_case(hf, tokenizer, model, cases[0], tokens)  # warm-up
+    reference_case(hf, model, cases[0], tokens)  # warm-up
     start = time.perf_counter()
-    theirs = [reference_case(hf, tokenizer, model, case, tokens) for case in cases]
+    theirs = [reference_case(hf, model, case, tokens) for case in cases]
     ref_s = time.perf_counter() - start
 
     mismatched = [

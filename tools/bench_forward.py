@@ -18,10 +18,9 @@ import time
 import jax
 import numpy as np
 import torch
-import transformers
+from reference_model import reference_model
 
 import jaxedit
-from jaxedit.loading import embedded_gguf_path
 
 
 def timed(fn, repeats: int) -> list[float]:
@@ -41,10 +40,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model = jaxedit.load_model("smollm2")
-    path = embedded_gguf_path()
-    reference = transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32
-    ).eval()
+    reference = reference_model()
     ids = np.random.default_rng(0).integers(0, model.config.vocab_size, size=(args.batch, args.tokens))
     torch_ids = torch.tensor(ids)
 

@@ -60,6 +60,7 @@ import jax
 import numpy as np
 import torch
 import transformers
+from reference_model import reference_model
 from torch.nn import functional
 from tqdm.auto import tqdm
 
@@ -443,10 +444,7 @@ def main() -> None:
 
     path = Path(args.gguf) if args.gguf else embedded_gguf_path()
     model = jaxedit.load_model(str(path))
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32
-    )
-    hf = hf.to(device).eval().requires_grad_(False)  # as `compute_z` (`set_requires_grad(False, model)`)
+    hf = reference_model(path).to(device)  # frozen as in `compute_z` (`set_requires_grad(False, model)`)
     requests = [case.request for case in read_counterfact(args.data)[: sizes[-1]]]
     settings = {m: method_hparams(model, m, args.steps) for m in methods}
     layers = sorted({layer for hp in settings.values() for layer in hp.layers})

@@ -24,7 +24,7 @@ import time
 import jax
 import numpy as np
 import torch
-import transformers
+from reference_model import reference_model
 from torch.nn import functional
 
 import jaxedit
@@ -32,7 +32,6 @@ from jaxedit.edit import RomeHparams, TargetHparams, apply, default_layer, key_s
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.stats import model_samples
 from jaxedit.edit.targets import Request, build_batch
-from jaxedit.loading import embedded_gguf_path
 
 REQUEST = Request(prompt="{} is located in the city of", subject="The Eiffel Tower", target="Rome")
 
@@ -131,11 +130,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     model = jaxedit.load_model("smollm2")
-    path = embedded_gguf_path()
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32
-    )
-    hf.eval().requires_grad_(False)
+    hf = reference_model()
     layer = default_layer(model)
     texts = model_samples(model, args.stats_texts, length=64)
 
@@ -170,10 +165,7 @@ def main() -> None:
     jax_s = min(times)
     ref_times = []
     for _ in range(args.repeats):
-        fresh = transformers.AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=torch.float32
-        ).eval()
-        fresh.requires_grad_(False)  # as the ROME code (`set_requires_grad(False, model)`): only δ trains
+        fresh = reference_model()  # as the ROME code (`set_requires_grad(False, model)`): only δ trains
         start = time.perf_counter()
         ref_delta, _ = reference_rome(fresh, model, layer, templates, stats.matrix, hp.targets)
         ref_times.append(time.perf_counter() - start)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
+from reference_model import reference_model
 
 import jaxedit
 from jaxedit.loading import embedded_gguf_path
@@ -153,9 +154,7 @@ def main() -> None:
     else:
         path = Path(args.gguf) if args.gguf else embedded_gguf_path()
         model = jaxedit.load_model(str(path))
-        hf = transformers.AutoModelForCausalLM.from_pretrained(
-            str(path.parent), gguf_file=path.name, dtype=torch.float32
-        )
+        hf = reference_model(path)
         weights = "SmolLM2-135M-Instruct"
     hf = hf.to(device)
     hf.eval()
