@@ -179,6 +179,7 @@ def attention_heads(
     mask: jax.Array,
     cache: tuple[jax.Array, jax.Array] | None = None,
     cache_index: jax.Array | None = None,
+    cache_layer: jax.Array | None = None,
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
     """Multi-head (grouped-query) causal attention up to the concatenated heads `[B, T, H*E]` (the input
     of the output projection).
@@ -189,12 +190,22 @@ def attention_heads(
       mask: `[B, T, S]` true where query t may attend to key s.
       cache: key/value cache `([B, S, K, E], [B, S, K, E])`; the new keys/values are written at
         `cache_index` and attention runs over the whole cache. Without a cache, S = T.
+      cache_layer: when given, `cache` holds every layer (`[L, B, S, K, E]` each) and this layer's slot
+        is `cache_layer`: the new keys / values are written into the stacked arrays directly, so a
+        cache carried through a layer loop is updated in place instead of copied layer by layer.
 
     Returns:
       The heads and the updated cache (None without one).
     """
     q, k, v = project_qkv(config, p, x, rotary)
-    if cache is not None:
+    if cache is not None and cache_layer is not None:
+        at = (cache_layer, 0, cache_index, 0, 0)
+        cache = tuple(
+            jax.lax.dynamic_update_slice(c, new.astype(c.dtype)[None], at)
+            for c, new in zip(cache, (k, v), strict=True)
+        )
+        k, v = cache[0][cache_layer], cache[1][cache_layer]
+    elif cache is not None:
         k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, cache_index, 0, 0))
         v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, cache_index, 0, 0))
         cache = (k, v)
@@ -241,6 +252,7 @@ def block(
     cache: tuple[jax.Array, jax.Array] | None = None,
     cache_index: jax.Array | None = None,
     mlp_extra: Callable[[jax.Array], jax.Array] | None = None,
+    cache_layer: jax.Array | None = None,
 ) -> BlockOut:
     """One transformer block on `x` `[B, T, D]` with this layer's params and intervention slices.
 
@@ -256,7 +268,7 @@ def block(
 
     x = site("resid_pre", x)
     heads, cache = attention_heads(
-        config, p["attn"], norm(config, p["ln1"], x), rotary, mask, cache, cache_index
+        config, p["attn"], norm(config, p["ln1"], x), rotary, mask, cache, cache_index, cache_layer
     )
     heads = site("attn_heads", heads)
     a = site("attn_out", linear(p["attn"]["o"], heads))

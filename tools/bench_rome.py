@@ -18,6 +18,7 @@ Prints the jaxedit compile time, steady-state seconds per edit on both sides, th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -31,7 +32,8 @@ import jaxedit
 from jaxedit.edit import RomeHparams, TargetHparams, apply, default_layer, key_statistics, rome
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.stats import model_samples
-from jaxedit.edit.targets import Request, build_batch
+from jaxedit.edit.targets import Request, _optimise, build_batch, suffix_window
+from jaxedit.flops import matmul_flops
 
 REQUEST = Request(prompt="{} is located in the city of", subject="The Eiffel Tower", target="Rome")
 
@@ -56,6 +58,19 @@ def reference_stats(hf, layer: int, batches: list[tuple[np.ndarray, np.ndarray]]
     finally:
         handle.remove()
     return (total / count).float().numpy(), count
+
+
+def target_flops(model, layer: int, templates, hp: TargetHparams) -> float:
+    """Matrix FLOPs of jaxedit's target optimisation for REQUEST (every step counted), which is nearly all
+    of an edit's work."""
+    batch = build_batch(model, [REQUEST], templates, hp.kl_prompt, hp.key_token)
+    args = [getattr(batch, f.name) for f in dataclasses.fields(batch)]
+    window = suffix_window(batch)
+    return matmul_flops(
+        lambda *a: _optimise(model.params, model.config, layer, 1, hp, window, *a),
+        *args,
+        while_trips=hp.steps,
+    )
 
 
 def reference_rome(hf, model, layer: int, templates, stats: np.ndarray, hp: TargetHparams) -> tuple:
@@ -194,6 +209,8 @@ def main() -> None:
     print(
         f"jaxedit: first edit {first:.1f} s (compile ~{first - jax_s:.1f} s), steady state {jax_s:.2f} s per edit"
     )
+    flops = target_flops(model, layer, templates, hp.targets)
+    print(f"jaxedit: {flops / 1e9:.0f} GFLOP of matrix products per edit, {flops / 1e9 / jax_s:.0f} GFLOP/s")
     print(f"reference: {ref_s:.2f} s per edit")
     print(
         f"relative |delta difference| {delta_diff:.1e}; top-1 after the edit: jaxedit {model.tokenizer.decode([int(ours.argmax())])!r}, reference {model.tokenizer.decode([int(theirs.argmax())])!r} (' Rome' = {rome_id})"
