@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -91,6 +92,9 @@ def run_demo(
     def edit(m: Model, request: Request):
         return rome(m, request, stats, hp, templates=templates)
 
+    # scored afresh on every run: the per-case files of an earlier run (made with that run's statistics
+    # and code) would otherwise be resumed and reprinted
+    shutil.rmtree(out / "eval", ignore_errors=True)
     summary = evaluate_counterfact(
         model, cases, edit, method="rome", out_dir=out / "eval", generation_tokens=20
     )
