@@ -93,3 +93,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return LONG_MODULES.index(name) if name in LONG_MODULES else len(LONG_MODULES)
 
     items.sort(key=rank)  # stable: tests keep their order within a module
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop this file's compiled programs when it is done. XLA's CPU JIT maps memory for every compiled
+    program it keeps; the whole suite in one process (`pytest -n 0`) otherwise runs out of mappings
+    ("LLVM compilation error: Cannot allocate memory", then an abort) around test_rome. The on-disk
+    compilation cache still serves a program that a later file compiles again."""
+    yield
+    import jax
+
+    jax.clear_caches()
