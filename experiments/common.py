@@ -29,6 +29,12 @@ def trace_parser(doc: str) -> argparse.ArgumentParser:
         "--segments", type=int, default=4, help="scanned layer ranges per grid program (compile time)"
     )
     parser.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="time budget: average the facts traced by then (for accelerators, whose compile time varies)",
+    )
+    parser.add_argument(
         "--shapes",
         default="auto",
         choices=("auto", "bucket", "single"),
@@ -46,7 +52,19 @@ def dataset_options(args: argparse.Namespace) -> dict:
         "workers": args.workers,
         "segments": args.segments,
         "shapes": args.shapes,
+        "max_seconds": None if args.max_minutes is None else 60 * args.max_minutes,
     }
+
+
+def untraced_note(summary: object) -> str:
+    """A sentence for a run whose time budget ended before every known fact was traced, else ''."""
+    left = getattr(summary, "n_untraced", 0)
+    if not left:
+        return ""
+    return (
+        f" The run's time budget ended with {left} further known facts untraced: the averages cover the "
+        f"first {summary.n_facts}."
+    )
 
 
 def command(name: str, args: argparse.Namespace, **extra: object) -> str:
@@ -54,6 +72,8 @@ def command(name: str, args: argparse.Namespace, **extra: object) -> str:
     options = {"n": args.n, "samples": args.samples, "bucket": args.bucket, **extra}
     if args.workers != 1:
         options["workers"] = args.workers
+    if getattr(args, "max_minutes", None) is not None:
+        options["max-minutes"] = args.max_minutes
     return f"python experiments/{name}.py " + " ".join(f"--{k} {v}" for k, v in options.items())
 
 
@@ -196,7 +216,11 @@ def machine() -> str:
     import jax
 
     device = jax.devices()[0]
-    return f"{platform.machine()} {os.cpu_count()} CPU cores, jax {jax.__version__} on {device.platform} ({device.device_kind})"
+    flags = os.environ.get("XLA_FLAGS", "").strip()
+    return (
+        f"{platform.machine()} {os.cpu_count()} CPU cores, jax {jax.__version__} on {device.platform} "
+        f"({device.device_kind})" + (f", XLA_FLAGS `{flags}`" if flags else "")
+    )
 
 
 def aie_table(summary, kind: str) -> str:

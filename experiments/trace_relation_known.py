@@ -22,6 +22,7 @@ from common import (
     machine,
     shared_data,
     trace_parser,
+    untraced_note,
     write_text,
 )
 
@@ -63,7 +64,7 @@ def main() -> None:
 
 Model: SmolLM2-135M-Instruct ({model.config.n_layers} layers), float32. Data: `known_1000.json`, the
 first {summary.n_considered} records, {summary.n_facts} predicted correctly and traced
-({summary.n_filtered} filtered out). Relation tokens noised ({summary.samples} samples, 3 sigma,
+({summary.n_filtered} filtered out).{untraced_note(summary)} Relation tokens noised ({summary.samples} samples, 3 sigma,
 sigma = {summary.noise_scale / 3:.4f}); MLP and attention outputs restored over a window of
 {summary.window} layers. Mean p(answer): clean {summary.p_clean:.3f}, corrupted {summary.p_corrupt:.3f}.
 Run time {summary.seconds / 60:.1f} min on {machine()}. Produced by

@@ -21,6 +21,7 @@ from common import (
     machine,
     shared_data,
     trace_parser,
+    untraced_note,
     write_text,
 )
 
@@ -54,7 +55,7 @@ def main() -> None:
 
 Model: SmolLM2-135M-Instruct ({n_layers} layers), float32. Data: `known_1000.json`, the first
 {summary.n_considered} records, of which {summary.n_facts} the model predicts correctly were traced
-({summary.n_filtered} filtered out). {summary.samples} noise samples{budget} at 3 sigma
+({summary.n_filtered} filtered out).{untraced_note(summary)} {summary.samples} noise samples{budget} at 3 sigma
 (sigma = {summary.noise_scale / 3:.4f}), window {summary.window}. Mean p(answer): clean
 {summary.p_clean:.3f}, corrupted {summary.p_corrupt:.3f}. Run time {summary.seconds / 60:.1f} min on
 {machine()}. Produced by `{command(NAME, args)}`.

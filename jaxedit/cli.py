@@ -168,10 +168,15 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from jaxedit.data import read_records
 
     summary = trace_dataset(
-        model, read_records(args.dataset), n=args.n, corrupt=corrupt, out_dir=out, **common
+        model, read_records(args.dataset), n=args.n, corrupt=corrupt, out_dir=out, workers=args.workers,
+        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes, **common,
+    )  # fmt: skip
+    untraced = (
+        f"; {summary.n_untraced} known facts left untraced by the time budget" if summary.n_untraced else ""
     )
     print(
-        f"traced {summary.n_facts} facts ({summary.n_filtered} of {summary.n_considered} filtered out) in {summary.seconds:.0f} s"
+        f"traced {summary.n_facts} facts ({summary.n_filtered} of {summary.n_considered} filtered out"
+        f"{untraced}) in {summary.seconds:.0f} s"
     )
     if "mlp" in kinds:
         position = "last_relation" if args.relation else "last_subject"
@@ -435,6 +440,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--answer", help="answer to read out (default: the model's prediction)")
     tr.add_argument("--dataset", help="JSON / JSONL records (known_1000.json layout)")
     tr.add_argument("--n", type=int, default=None, help="number of correctly predicted facts to trace")
+    tr.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="dataset time budget: average the facts traced by then (the first ones, in order)",
+    )
+    tr.add_argument("--workers", type=int, default=1, help="dataset facts traced concurrently (accelerators)")
     tr.add_argument(
         "--relation", action="store_true", help="corrupt the relation tokens instead of the subject"
     )

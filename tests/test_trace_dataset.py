@@ -119,6 +119,18 @@ def test_cli_trace_prompt_and_dataset(model, records, tmp_path, capsys) -> None:
     assert summary["n_facts"] == 2 and (tmp_path / "many" / "trace_dataset.png").exists()
     assert cli.main(["trace", model_dir, "--out", str(tmp_path / "x")]) == 2
     assert "either --prompt" in capsys.readouterr().err
+    bad_budget = [
+        "trace",
+        model_dir,
+        "--dataset",
+        str(data),
+        "--max-minutes",
+        "0",
+        "--out",
+        str(tmp_path / "y"),
+    ]
+    assert cli.main(bad_budget) == 2
+    assert "max_seconds must be a positive" in capsys.readouterr().err and not (tmp_path / "y").exists()
 
 
 def test_single_shape_runs_one_program_per_kind_with_the_same_averages(model, records, monkeypatch) -> None:
@@ -147,3 +159,56 @@ def test_single_shape_runs_one_program_per_kind_with_the_same_averages(model, re
 def test_common_shape_covers_every_prompt() -> None:
     assert dataset.common_shape([(7, 2), (10, 1), (4, 0)], 4) == (12, 12)
     assert dataset.common_shape([(7, 5), (9, 7)], 1) == (9, 2)
+
+
+def test_batched_predictions_equal_each_prompt_alone(model) -> None:
+    prompts = [p for p, _ in PROMPTS] + ["a", "the capital of the country where the river flows is"]
+    rows = [jaxedit.tokens.encode_one(model.tokenizer, p) for p in prompts]
+    alone = [
+        int(jnp.argmax(jaxedit.forward(model.params, model.config, np.asarray([r])).logits[0, -1]))
+        for r in rows
+    ]
+    # batches of 2 (the last filled with a copy), lengths padded to 8 and 16
+    assert dataset.greedy_next_tokens(model, rows, batch=2).tolist() == alone
+    assert dataset.greedy_next_tokens(model, rows, batch=32, multiple=1).tolist() == alone
+    with pytest.raises(ValueError, match="batch must be"):
+        dataset.greedy_next_tokens(model, rows, batch=0)
+
+
+def test_known_facts_stop_at_the_record_that_completes_n(model, records) -> None:
+    for batch in (1, 3, 32):
+        kept, considered = dataset.known_facts(model, records, "subject", 2, batch=batch)
+        assert [k[0] for k in kept] == [records[0]["prompt"], records[1]["prompt"]] and considered == 2
+        kept, considered = dataset.known_facts(model, records, "subject", None, batch=batch)
+        assert [k[0] for k in kept] == [records[i]["prompt"] for i in (0, 1, 3)] and considered == 4
+
+
+def test_time_budget_averages_the_first_facts_only(model, records, tmp_path) -> None:
+    kwargs = dict(kinds=("mlp",), samples=2, noise=0.7, window=2, progress=False, out_dir=tmp_path)
+    full = trace_dataset(model, records, **kwargs)
+    assert full.n_untraced == 0
+    cached = sorted((tmp_path / "facts").glob("*.json"))
+    assert len(cached) == 3
+    cached[1].unlink()  # fact 1 must be traced again, but the budget is already spent
+    partial = trace_dataset(model, records, max_seconds=1e-9, **kwargs)
+    assert (partial.n_facts, partial.n_untraced) == (1, 2)  # fact 2 is cached but after the gap
+    first = json.loads(cached[0].read_text())
+    members = dataset.token_classes(len(first["tokens"]), tuple(first["subject_span"]), "subject")
+    for c, cls in enumerate(partial.classes):
+        grid = np.asarray(first["grids"]["mlp"])
+        expected = (grid[:, members[cls]] - first["p_corrupt"]).mean(1) if members[cls] else np.nan
+        np.testing.assert_allclose(partial.aie["mlp"][:, c], expected, atol=1e-6)
+    for f in cached[:1] + cached[2:]:
+        f.unlink()
+    with pytest.raises(ValueError, match="ran out before the first fact"):
+        trace_dataset(model, records, max_seconds=1e-9, **kwargs)
+    with pytest.raises(ValueError, match="max_seconds must be"):
+        trace_dataset(model, records, max_seconds=0, **kwargs)
+
+
+def test_concurrent_workers_compile_kinds_together_with_the_same_averages(model, records) -> None:
+    kwargs = dict(kinds=("hidden", "attn"), samples=2, noise=0.7, window=2, progress=False, shapes="single")
+    one = trace_dataset(model, records, **kwargs)
+    three = trace_dataset(model, records, workers=3, **kwargs)
+    for kind in kwargs["kinds"]:
+        np.testing.assert_allclose(three.aie[kind], one.aie[kind], atol=1e-6)

@@ -33,8 +33,8 @@ from tqdm.auto import tqdm
 from jaxedit import tokens as tok
 from jaxedit.checkpoints import atomic_write_bytes
 from jaxedit.loading import Model
-from jaxedit.model import forward
-from jaxedit.trace.api import answer_token, corrupted_tokens, noise_scale_for, trace
+from jaxedit.model import logits_at
+from jaxedit.trace.api import TraceResult, answer_token, corrupted_tokens, noise_scale_for, trace
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,8 @@ class DatasetTrace:
     Attributes:
       aie: kind -> `[L, n_classes]` mean IE over facts (NaN where no fact has the class).
       counts: facts contributing to each class.
-      n_facts: traced facts; n_filtered: facts dropped because the model got them wrong.
+      n_facts: traced facts; n_filtered: facts dropped because the model got them wrong;
+        n_untraced: known facts left untraced when the time budget (`max_seconds`) ran out.
       seconds: filtering plus the tracing time of every fact (as measured when it was traced, so a run
         resumed from its cache reports the work of the whole run, not the resumption).
     """
@@ -107,6 +108,7 @@ class DatasetTrace:
     sever: str | None
     seconds: float
     model: str
+    n_untraced: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -132,11 +134,61 @@ class DatasetTrace:
         return layer, float(column[layer])
 
 
-def predicts_correctly(model: Model, prompt: str, answer: str) -> bool:
-    """The model's greedy next token is the first token of the answer."""
-    ids = np.asarray([tok.encode_one(model.tokenizer, prompt)])
-    top = int(jnp.argmax(forward(model.params, model.config, ids).logits[0, -1]))
-    return top == answer_token(model, answer)
+def greedy_next_tokens(
+    model: Model, rows: Sequence[Sequence[int]], *, batch: int = 32, multiple: int = 8
+) -> np.ndarray:
+    """The greedy next token after each tokenized prompt, in batched forwards of a few fixed shapes.
+
+    Prompts are right-padded to multiples of `multiple` tokens and run `batch` at a time (the last
+    batch is filled with copies of its first row), so a prompt set compiles one program per length
+    bucket instead of one per distinct prompt length (each a few seconds on a CPU, more on a GPU).
+    Right padding leaves every real token's causal computation as it is alone.
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be at least 1, got {batch}")
+    tops = np.zeros(len(rows), np.int64)
+    for first in range(0, len(rows), batch):
+        chunk = list(rows[first : first + batch])
+        filled = chunk + [chunk[0]] * (batch - len(chunk))
+        ids, mask = tok.pad(filled, tok.pad_id(model.tokenizer), side="right", multiple=multiple)
+        read = np.asarray([[len(r) - 1] for r in filled], np.int32)
+        logits = logits_at(model.params, model.config, ids, mask, read)[:, 0]
+        tops[first : first + len(chunk)] = np.asarray(jnp.argmax(logits, axis=-1))[: len(chunk)]
+    return tops
+
+
+def known_facts(
+    model: Model, records: Sequence[dict], corrupt: str, n: int | None, *, batch: int = 32
+) -> tuple[list[tuple[str, str, str, list[int], np.ndarray, tuple[int, int]]], int]:
+    """The records the model predicts correctly, in order, up to `n` of them, and how many were read.
+
+    A record whose subject / relation tokens cannot be located is skipped with a log line (and counts
+    as read). Predictions run `batch` records at a time (`greedy_next_tokens`); reading stops at the
+    record that completes `n` known facts.
+    """
+    kept: list[tuple[str, str, str, list[int], np.ndarray, tuple[int, int]]] = []
+    considered = 0
+    for first in range(0, len(records), batch):
+        parsed = []
+        for record in records[first : first + batch]:
+            prompt, subject, answer = _record_fields(record)
+            try:
+                ids = tok.encode_one(model.tokenizer, prompt)
+                mask, span = corrupted_tokens(model, prompt, ids, subject, corrupt)
+            except ValueError as err:
+                log.info("skipping %r: %s", prompt, err)
+                parsed.append(None)
+                continue
+            parsed.append((prompt, subject, answer, ids, mask, span))
+        valid = [p for p in parsed if p is not None]
+        tops = iter(greedy_next_tokens(model, [p[3] for p in valid], batch=batch) if valid else [])
+        for fact in parsed:
+            if n is not None and len(kept) >= n:
+                return kept, considered
+            considered += 1
+            if fact is not None and next(tops) == answer_token(model, fact[2]):
+                kept.append(fact)
+    return kept, considered
 
 
 def _record_fields(record: dict) -> tuple[str, str, str]:
@@ -182,6 +234,7 @@ def trace_dataset(
     workers: int = 1,
     segments: int | str | None = "auto",
     shapes: str = "auto",
+    max_seconds: float | None = None,
 ) -> DatasetTrace:
     """Trace facts the model knows and average the indirect effects by token class.
 
@@ -197,6 +250,10 @@ def trace_dataset(
         `single` pads every prompt to the set's largest bucketed shape, so each kind compiles one grid
         program (on an H200 one SmolLM2 grid program compiles in 1-3 minutes and then traces a fact
         in a fraction of a second); `auto`: `bucket` on a CPU, `single` on accelerators.
+      max_seconds: a time budget from the call: facts not started by then are left untraced and the
+        averages cover the first `n_facts` known facts (`n_untraced` says how many were left; facts
+        already in `out_dir`'s cache are always used). For runs whose compile time is unknown, such as
+        a first run on an accelerator: ask for many facts and average what fits.
       Other arguments as in `trace`.
 
     Returns:
@@ -207,22 +264,12 @@ def trace_dataset(
     records = list(records)
     if not records:
         raise ValueError("no records to trace")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be a positive number of seconds, got {max_seconds!r}")
     start = time.perf_counter()
-    kept: list[tuple[str, str, str, list[int], np.ndarray, tuple[int, int]]] = []
-    considered = 0
-    for record in records:
-        if n is not None and len(kept) >= n:
-            break
-        considered += 1
-        prompt, subject, answer = _record_fields(record)
-        try:
-            ids = tok.encode_one(model.tokenizer, prompt)
-            mask, span = corrupted_tokens(model, prompt, ids, subject, corrupt)
-        except ValueError as err:
-            log.info("skipping %r: %s", prompt, err)
-            continue
-        if predicts_correctly(model, prompt, answer):
-            kept.append((prompt, subject, answer, ids, mask, span))
+    kept, considered = known_facts(model, records, corrupt, n)
     filtered = considered - len(kept)
     log.info("tracing %d facts; %d of %d considered were filtered out", len(kept), filtered, considered)
     if not kept:
@@ -247,26 +294,40 @@ def trace_dataset(
     counts = np.zeros(len(classes), int)
     p_clean, p_corrupt = [], []
 
-    def traced(index: int) -> tuple[dict[str, np.ndarray], float, float, float]:
+    deadline = None if max_seconds is None else start + max_seconds
+
+    def path_of(index: int) -> Path | None:
+        return cache / f"{key}-{index:05d}.json" if cache is not None else None
+
+    def run(index: int, run_kinds: Sequence[str]) -> TraceResult:
         prompt, subject, answer, *_ = kept[index]
-        path = cache / f"{key}-{index:05d}.json" if cache is not None else None
+        return trace(
+            model, prompt, subject=subject, corrupt=corrupt, kinds=run_kinds, samples=samples, noise=scale,
+            window=window, answer=answer, sever=sever, seed=seed, bucket=bucket, pad_to=pad_to,
+            segments=segments,
+        )  # fmt: skip
+
+    def traced(index: int) -> tuple[dict[str, np.ndarray], float, float, float] | None:
+        path = path_of(index)
         if path is not None and path.exists():
             saved = json.loads(path.read_text())
             grids = {k: np.asarray(saved["grids"][k]) for k in kinds}
             return grids, saved["p_clean"], saved["p_corrupt"], float(saved.get("seconds", 0.0))
-        result = trace(
-            model, prompt, subject=subject, corrupt=corrupt, kinds=kinds, samples=samples, noise=scale,
-            window=window, answer=answer, sever=sever, seed=seed, bucket=bucket, pad_to=pad_to,
-            segments=segments,
-        )  # fmt: skip
+        if deadline is not None and time.perf_counter() > deadline:
+            return None
+        result = run(index, kinds)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             result.save_json(path)
         return result.grids, result.p_clean, result.p_corrupt, result.seconds
 
-    if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+    todo = [i for i in range(len(kept)) if (path := path_of(i)) is None or not path.exists()]
     with ThreadPoolExecutor(max_workers=workers) as pool:
+        if workers > 1 and pad_to is not None and len(kinds) > 1 and todo:
+            # every fact runs the same programs: compile them at once (XLA compiles on the host's cores
+            # and concurrent calls of a program being compiled wait for it), not kind after kind
+            for future in [pool.submit(run, todo[0], (kind,)) for kind in kinds]:
+                future.result()
         results = list(
             tqdm(
                 pool.map(traced, range(len(kept))),
@@ -275,7 +336,18 @@ def trace_dataset(
                 disable=not progress,
             )
         )
-    for (grids, pc, pk, _), (_, _, _, ids, _, span) in zip(results, kept, strict=True):
+    done = next((i for i, r in enumerate(results) if r is None), len(results))
+    results = results[:done]  # the first facts in order: a fact after a skipped one is left out too
+    if done == 0:
+        raise ValueError(f"the time budget of {max_seconds} s ran out before the first fact was traced")
+    if done < len(kept):
+        log.warning(
+            "time budget of %.0f s spent: averaging the first %d of %d known facts",
+            max_seconds,
+            done,
+            len(kept),
+        )
+    for (grids, pc, pk, _), (_, _, _, ids, _, span) in zip(results, kept[:done], strict=True):
         p_clean.append(pc)
         p_corrupt.append(pk)
         first_real = sum(tok.special_positions(model.tokenizer, ids)[: span[0]])
@@ -293,9 +365,10 @@ def trace_dataset(
         kinds=list(kinds),
         aie=aie,
         counts=counts.tolist(),
-        n_facts=len(kept),
+        n_facts=done,
         n_considered=considered,
         n_filtered=filtered,
+        n_untraced=len(kept) - done,
         p_clean=float(np.mean(p_clean)),
         p_corrupt=float(np.mean(p_corrupt)),
         samples=samples,
