@@ -37,6 +37,7 @@ export XLA_FLAGS=${XLA_FLAGS---xla_gpu_autotune_level=0}
 export JAX_DEFAULT_MATMUL_PRECISION=highest # float32 as on the CPU, no TF32
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # several processes (and torch in the benchmark) share the GPU
 export PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} # jaxedit from this checkout
 export JAX_LOG_COMPILES=1 # each compile and its time, in the logs
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jaxedit-xla-cache}
 echo "XLA_FLAGS='$XLA_FLAGS', N=$n, deadline ${deadline}s" | tee "$out/summary.txt"
@@ -63,7 +64,7 @@ for name in trace_subject_known trace_relation_known trace_severed; do
     grep -h "tracing [0-9]* facts\|time budget\|Run time\|run time" "$logs/$name.log" | sed "s/^/$name: /" |
         tee -a "$out/summary.txt"
 done
-tar -czf "$out/results.tar.gz" --exclude=.cache experiments/results
+tar -czf "$out/results.tar.gz" experiments/results/trace_*.*
 tar -czf "$out/trace_cache.tar.gz" experiments/results/.cache/trace_* 2>/dev/null
 tar -czf "$out/logs.tar.gz" -C "$logs" .
 ls -la "$out"
