@@ -37,8 +37,9 @@ def trace_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--shapes",
         default="auto",
-        choices=("auto", "bucket", "single"),
-        help="'single': one padded shape (one program per kind; accelerators' default)",
+        type=lambda text: int(text) if text.isdigit() else text,
+        help="'bucket' (CPU default), 'single' (one padded shape: one program per kind; accelerators' "
+        "default) or k (prompts grouped by length into k padded shapes)",
     )
     return parser
 

@@ -138,13 +138,13 @@ def test_single_shape_runs_one_program_per_kind_with_the_same_averages(model, re
 
     kwargs = dict(kinds=("hidden", "mlp"), samples=2, noise=0.7, window=2, progress=False, bucket=2)
     shapes = set()
-    build_plan = engine.build_plan
+    run_grid = engine.run_grid
 
-    def recording(kind, n_layers, length, live, *args, **kw):
-        shapes.add((kind, length, live))
-        return build_plan(kind, n_layers, length, live, *args, **kw)
+    def recording(params, config, plan, *args):
+        shapes.add((plan.kind, plan.length, plan.live))
+        return run_grid(params, config, plan, *args)
 
-    monkeypatch.setattr(engine, "build_plan", recording)
+    monkeypatch.setattr(engine, "run_grid", recording)
     bucketed = trace_dataset(model, records, shapes="bucket", **kwargs)
     assert len(shapes) > 2  # the prompts' shapes differ
     shapes.clear()
@@ -152,8 +152,65 @@ def test_single_shape_runs_one_program_per_kind_with_the_same_averages(model, re
     assert len(shapes) == 2 and {kind for kind, *_ in shapes} == {"hidden", "mlp"}
     for kind in kwargs["kinds"]:
         np.testing.assert_allclose(single.aie[kind], bucketed.aie[kind], atol=1e-5)
-    with pytest.raises(ValueError, match="shapes must be"):
-        trace_dataset(model, records, shapes="ragged", **kwargs)
+    shapes.clear()
+    grouped = trace_dataset(model, records, shapes=2, **kwargs)
+    assert len(shapes) == 4  # two shape groups, two kinds
+    for kind in kwargs["kinds"]:
+        np.testing.assert_allclose(grouped.aie[kind], bucketed.aie[kind], atol=1e-5)
+    for bad in ("ragged", 0, 1.5):
+        with pytest.raises(ValueError, match="shapes must be"):
+            trace_dataset(model, records, shapes=bad, **kwargs)
+
+
+def test_shape_groups_minimise_the_padded_work() -> None:
+    import itertools
+
+    from jaxedit.trace import engine
+
+    rng = np.random.default_rng(0)
+    prompts = [(int(n), int(rng.integers(0, n))) for n in rng.integers(3, 30, size=40)]
+    bucket, layers, window = 4, 6, 2
+
+    def work(pads):
+        return sum(
+            engine.build_plan("hidden", layers, *pad, 1, window, "code", None, None).recomputed_rows()
+            for pad in pads
+        )
+
+    assert (
+        dataset.shape_groups(prompts, bucket, 1, layers, window)
+        == [dataset.common_shape(prompts, bucket)] * 40
+    )
+    lengths = sorted({-(-n // bucket) * bucket for n, _ in prompts})
+    many = dataset.shape_groups(prompts, bucket, len(lengths), layers, window)
+    assert [pad[0] for pad in many] == [-(-n // bucket) * bucket for n, _ in prompts]
+    for groups in (2, 3):
+        pads = dataset.shape_groups(prompts, bucket, groups, layers, window)
+        assert len(set(pads)) <= groups
+        for pad, (n, first) in zip(pads, prompts, strict=True):  # every prompt fits its shape
+            assert pad[0] >= n and pad[1] >= min(-(-(n - first) // bucket) * bucket, pad[0])
+        best = min(  # every split of the sorted lengths into at most `groups` contiguous ranges
+            work(
+                [
+                    dataset.common_shape(
+                        [q for q in prompts if lo <= -(-q[0] // bucket) * bucket <= hi], bucket
+                    )
+                    for n, _ in prompts
+                    for lo, hi in [
+                        next((lo, hi) for lo, hi in ranges if lo <= -(-n // bucket) * bucket <= hi)
+                    ]
+                ]
+            )
+            for cuts in itertools.chain.from_iterable(
+                itertools.combinations(range(1, len(lengths)), c) for c in range(groups)
+            )
+            for ranges in [
+                [(lengths[a], lengths[b - 1]) for a, b in zip((0, *cuts), (*cuts, len(lengths)), strict=True)]
+            ]
+        )
+        assert work(pads) == best
+    with pytest.raises(ValueError, match="at least 1"):
+        dataset.shape_groups(prompts, bucket, 0, layers, window)
 
 
 def test_common_shape_covers_every_prompt() -> None:

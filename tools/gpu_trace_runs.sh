@@ -17,6 +17,9 @@
 #             the GPU), capped at a third of the time; its H200 figures are already in
 #             experiments/results/bench_trace_h200.log, so the default spends the time on facts.
 #   N         known facts asked for per experiment (default 1000).
+#   SHAPES    padded prompt shapes per experiment (default 2: the known facts grouped by length into two
+#             shapes, each kind compiling two grid programs; on SmolLM2's known facts one shape for all
+#             does 2.1x (subject) and 3.4x (relation) the work of two: `python tools/trace_padding.py`).
 #   XLA_FLAGS default `--xla_gpu_autotune_level=0`. An H200 spent ~185 s compiling the three grid
 #             programs of bench_trace with autotuning on (steady state 0.23 s per fact); compile time,
 #             not tracing, bounds how many facts fit, so the default skips GEMM autotuning (cuBLAS
@@ -31,6 +34,7 @@ gguf=${1:?usage: gpu_trace_runs.sh SMOLLM2_GGUF OUT_DIR [DEADLINE_SECONDS]}
 out=${2:?usage: gpu_trace_runs.sh SMOLLM2_GGUF OUT_DIR [DEADLINE_SECONDS]}
 deadline=${3:-570}
 n=${N:-1000}
+shapes=${SHAPES:-2}
 mkdir -p "$out"
 logs=$(mktemp -d)
 export XLA_FLAGS=${XLA_FLAGS---xla_gpu_autotune_level=0}
@@ -40,7 +44,7 @@ export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} # jaxedit from this checkout
 export JAX_LOG_COMPILES=1 # each compile and its time, in the logs
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jaxedit-xla-cache}
-echo "XLA_FLAGS='$XLA_FLAGS', N=$n, deadline ${deadline}s" | tee "$out/summary.txt"
+echo "XLA_FLAGS='$XLA_FLAGS', N=$n, SHAPES=$shapes, deadline ${deadline}s" | tee "$out/summary.txt"
 
 if [ "${BENCH:-0}" = 1 ]; then
     timeout $((deadline / 3)) python3 tools/bench_trace.py --gguf "$gguf" >"$logs/bench_trace.log" 2>&1
@@ -53,7 +57,7 @@ echo "experiments: --n $n --max-minutes $minutes, started at ${SECONDS}s" | tee 
 pids=()
 for name in trace_subject_known trace_relation_known trace_severed; do
     timeout $((deadline - SECONDS - 10)) python3 "experiments/$name.py" --model "$gguf" --n "$n" \
-        --bucket 8 --workers 8 --max-minutes "$minutes" >"$logs/$name.log" 2>&1 &
+        --bucket 8 --shapes "$shapes" --workers 8 --max-minutes "$minutes" >"$logs/$name.log" 2>&1 &
     pids+=($!)
 done
 for i in 0 1 2; do

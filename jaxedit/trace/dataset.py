@@ -34,6 +34,7 @@ from jaxedit import tokens as tok
 from jaxedit.checkpoints import atomic_write_bytes
 from jaxedit.loading import Model
 from jaxedit.model import logits_at
+from jaxedit.trace import engine
 from jaxedit.trace.api import TraceResult, answer_token, corrupted_tokens, noise_scale_for, trace
 
 log = logging.getLogger(__name__)
@@ -216,6 +217,57 @@ def common_shape(lengths_and_starts: Sequence[tuple[int, int]], bucket: int) -> 
     return length, min(live, length)
 
 
+def shape_groups(
+    lengths_and_starts: Sequence[tuple[int, int]], bucket: int, groups: int, n_layers: int, window: int
+) -> list[tuple[int, int]]:
+    """The `(length, live)` padding of each prompt when a set is traced with at most `groups` shapes.
+
+    Prompts are grouped by bucketed length into contiguous ranges, each padded to its `common_shape`;
+    the ranges minimise the total recomputed rows of the hidden-state grid programs (the work measure
+    of `engine.Plan`), by dynamic programming over the distinct bucketed lengths. One group is
+    `common_shape` for every prompt; as many groups as distinct lengths is close to per-prompt buckets.
+    """
+    if groups < 1:
+        raise ValueError(f"shape groups must be at least 1, got {groups}")
+    if groups == 1:
+        return [common_shape(lengths_and_starts, bucket)] * len(lengths_and_starts)
+    bucketed = [-(-n // bucket) * bucket for n, _ in lengths_and_starts]
+    lengths = sorted(set(bucketed))
+    members = {m: [p for p, b in zip(lengths_and_starts, bucketed, strict=True) if b == m] for m in lengths}
+
+    def cost(i: int, j: int) -> float:  # lengths[i..j] as one group
+        prompts = [p for m in lengths[i : j + 1] for p in members[m]]
+        length, live = common_shape(prompts, bucket)
+        plan = engine.build_plan("hidden", n_layers, length, live, 1, window, "code", None, None)
+        return len(prompts) * plan.recomputed_rows()
+
+    # best[g][j]: least cost of lengths[0..j] in at most g + 1 groups; start[g][j]: where its last
+    # group starts (None: g groups already do best)
+    m = len(lengths)
+    best = [[cost(0, j) for j in range(m)]]
+    start: list[list[int | None]] = [[0] * m]
+    for g in range(1, min(groups, m)):
+        row, where = list(best[g - 1]), [None] * m
+        for j in range(m):
+            for i in range(1, j + 1):
+                value = best[g - 1][i - 1] + cost(i, j)
+                if value < row[j]:
+                    row[j], where[j] = value, i
+        best.append(row)
+        start.append(where)
+    shape_of: dict[int, tuple[int, int]] = {}
+    g, j = len(best) - 1, m - 1
+    while j >= 0:
+        first = start[g][j] if g > 0 else 0
+        if first is None:
+            g -= 1
+            continue
+        group = [q for length in lengths[first : j + 1] for q in members[length]]
+        shape_of.update(dict.fromkeys(lengths[first : j + 1], common_shape(group, bucket)))
+        g, j = g - 1, first - 1
+    return [shape_of[b] for b in bucketed]
+
+
 def trace_dataset(
     model: Model,
     records: Iterable[dict],
@@ -233,7 +285,7 @@ def trace_dataset(
     progress: bool = True,
     workers: int = 1,
     segments: int | str | None = "auto",
-    shapes: str = "auto",
+    shapes: str | int = "auto",
     max_seconds: float | None = None,
 ) -> DatasetTrace:
     """Trace facts the model knows and average the indirect effects by token class.
@@ -249,7 +301,9 @@ def trace_dataset(
       shapes: `bucket` pads each prompt to multiples of `bucket` (the least work: a CPU's choice);
         `single` pads every prompt to the set's largest bucketed shape, so each kind compiles one grid
         program (on an H200 one SmolLM2 grid program compiles in 1-3 minutes and then traces a fact
-        in a fraction of a second); `auto`: `bucket` on a CPU, `single` on accelerators.
+        in a fraction of a second); an int k groups the prompts by length into at most k shapes
+        (`shape_groups`: k programs per kind, less padding than `single`); `auto`: `bucket` on a
+        CPU, `single` on accelerators.
       max_seconds: a time budget from the call: facts not started by then are left untraced and the
         averages cover the first `n_facts` known facts (`n_untraced` says how many were left; facts
         already in `out_dir`'s cache are always used). For runs whose compile time is unknown, such as
@@ -266,6 +320,8 @@ def trace_dataset(
         raise ValueError("no records to trace")
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
+    if not (shapes in ("auto", "bucket", "single") or (type(shapes) is int and shapes >= 1)):
+        raise ValueError(f"shapes must be 'auto', 'bucket', 'single' or a positive int, got {shapes!r}")
     if max_seconds is not None and not max_seconds > 0:
         raise ValueError(f"max_seconds must be a positive number of seconds, got {max_seconds!r}")
     start = time.perf_counter()
@@ -276,11 +332,11 @@ def trace_dataset(
         raise ValueError("the model predicts none of the given facts correctly: nothing to trace")
     if shapes == "auto":
         shapes = "bucket" if jax.default_backend() == "cpu" else "single"
-    pad_to = None
-    if shapes == "single":
-        pad_to = common_shape([(len(ids), int(np.argmax(mask))) for *_, ids, mask, _ in kept], bucket)
-    elif shapes != "bucket":
-        raise ValueError(f"shapes must be 'auto', 'bucket' or 'single', got {shapes!r}")
+    pads: list[tuple[int, int] | None] = [None] * len(kept)
+    if shapes != "bucket":
+        groups = 1 if shapes == "single" else shapes
+        starts = [(len(ids), int(np.argmax(mask))) for *_, ids, mask, _ in kept]
+        pads = list(shape_groups(starts, bucket, groups, model.config.n_layers, window))
     scale = noise_scale_for(model, [(ids, mask) for *_, ids, mask, _ in kept], noise)
     filter_seconds = time.perf_counter() - start
 
@@ -303,7 +359,7 @@ def trace_dataset(
         prompt, subject, answer, *_ = kept[index]
         return trace(
             model, prompt, subject=subject, corrupt=corrupt, kinds=run_kinds, samples=samples, noise=scale,
-            window=window, answer=answer, sever=sever, seed=seed, bucket=bucket, pad_to=pad_to,
+            window=window, answer=answer, sever=sever, seed=seed, bucket=bucket, pad_to=pads[index],
             segments=segments,
         )  # fmt: skip
 
@@ -323,11 +379,15 @@ def trace_dataset(
 
     todo = [i for i in range(len(kept)) if (path := path_of(i)) is None or not path.exists()]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        if workers > 1 and pad_to is not None and len(kinds) > 1 and todo:
-            # every fact runs the same programs: compile them at once (XLA compiles on the host's cores
-            # and concurrent calls of a program being compiled wait for it), not kind after kind
-            for future in [pool.submit(run, todo[0], (kind,)) for kind in kinds]:
-                future.result()
+        if workers > 1 and shapes != "bucket" and todo:
+            # the facts of a shape group run the same programs: compile every (group, kind) program at
+            # once (XLA compiles on the host's cores and concurrent calls of a program being compiled
+            # wait for it), not one after the other as the first facts reach them
+            firsts = {pads[i]: i for i in reversed(todo)}
+            if len(firsts) * len(kinds) > 1:
+                warm = [pool.submit(run, i, (kind,)) for i in firsts.values() for kind in kinds]
+                for future in warm:
+                    future.result()
         results = list(
             tqdm(
                 pool.map(traced, range(len(kept))),
