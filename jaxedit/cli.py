@@ -168,7 +168,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     from jaxedit.data import read_records
 
     summary = trace_dataset(
-        model, read_records(args.dataset), n=args.n, corrupt=corrupt, out_dir=out, workers=args.workers,
+        model, read_records(args.dataset), n=args.n, corrupt=corrupt, out_dir=out, workers=args.workers, shapes=args.shapes,
         max_seconds=None if args.max_minutes is None else 60 * args.max_minutes, **common,
     )  # fmt: skip
     untraced = (
@@ -447,6 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="dataset time budget: average the facts traced by then (the first ones, in order)",
     )
     tr.add_argument("--workers", type=int, default=1, help="dataset facts traced concurrently (accelerators)")
+    tr.add_argument(
+        "--shapes",
+        default="auto",
+        type=lambda text: int(text) if text.isdigit() else text,
+        help="dataset prompt padding: 'bucket' (CPU default), 'single' (accelerators' default: one "
+        "program per kind) or k (prompts grouped by length into k shapes)",
+    )
     tr.add_argument(
         "--relation", action="store_true", help="corrupt the relation tokens instead of the subject"
     )

@@ -111,7 +111,7 @@ def test_cli_trace_prompt_and_dataset(model, records, tmp_path, capsys) -> None:
     data.write_text(json.dumps(records))
     code = cli.main(
         ["trace", model_dir, "--dataset", str(data), "--n", "2", "--kinds", "mlp", "--samples", "1", "--window", "2",
-         "--out", str(tmp_path / "many")]
+         "--shapes", "2", "--out", str(tmp_path / "many")]
     )  # fmt: skip
     assert code == 0
     assert "peak MLP indirect effect at the last subject token: layer" in capsys.readouterr().out
