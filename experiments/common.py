@@ -19,6 +19,8 @@ CACHE = Path(os.environ.get("JAXEDIT_EXPERIMENT_CACHE", RESULTS / ".cache"))
 
 def trace_parser(doc: str) -> argparse.ArgumentParser:
     """Command-line options shared by the tracing experiments."""
+    from jaxedit.trace.dataset import parse_shapes
+
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--n", type=int, default=50, help="correctly predicted facts to trace")
     parser.add_argument("--samples", type=int, default=10, help="noise samples per fact")
@@ -37,7 +39,7 @@ def trace_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--shapes",
         default="auto",
-        type=lambda text: int(text) if text.isdigit() else text,
+        type=parse_shapes,
         help="'bucket' (CPU default), 'single' (one padded shape: one program per kind; accelerators' "
         "default) or k (prompts grouped by length into k padded shapes)",
     )

@@ -126,6 +126,12 @@ def _segments(text: str) -> int | str | None:
     return int(text)
 
 
+def _shapes(text: str) -> str | int:
+    from jaxedit.trace.dataset import parse_shapes
+
+    return parse_shapes(text)
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -450,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--shapes",
         default="auto",
-        type=lambda text: int(text) if text.isdigit() else text,
+        type=_shapes,
         help="dataset prompt padding: 'bucket' (CPU default), 'single' (accelerators' default: one "
         "program per kind) or k (prompts grouped by length into k shapes)",
     )

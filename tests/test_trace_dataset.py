@@ -269,3 +269,15 @@ def test_concurrent_workers_compile_kinds_together_with_the_same_averages(model,
     three = trace_dataset(model, records, workers=3, **kwargs)
     for kind in kwargs["kinds"]:
         np.testing.assert_allclose(three.aie[kind], one.aie[kind], atol=1e-6)
+
+
+def test_parse_shapes_option() -> None:
+    assert [dataset.parse_shapes(t) for t in ("auto", "bucket", "single", "3")] == [
+        "auto",
+        "bucket",
+        "single",
+        3,
+    ]
+    for bad in ("0", "-2", "ragged", ""):
+        with pytest.raises(ValueError, match="shapes must be"):
+            dataset.parse_shapes(bad)

@@ -217,6 +217,15 @@ def common_shape(lengths_and_starts: Sequence[tuple[int, int]], bucket: int) -> 
     return length, min(live, length)
 
 
+def parse_shapes(text: str) -> str | int:
+    """A `shapes` option from the command line: `auto`, `bucket`, `single` or a number of groups."""
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    if text in ("auto", "bucket", "single"):
+        return text
+    raise ValueError(f"shapes must be 'auto', 'bucket', 'single' or a positive int, got {text!r}")
+
+
 def shape_groups(
     lengths_and_starts: Sequence[tuple[int, int]], bucket: int, groups: int, n_layers: int, window: int
 ) -> list[tuple[int, int]]:
