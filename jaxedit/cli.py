@@ -173,9 +173,10 @@ def cmd_trace(args: argparse.Namespace) -> int:
         return 0
     from jaxedit.data import read_records
 
+    budget = None if args.max_minutes is None else 60 * args.max_minutes
     summary = trace_dataset(
-        model, read_records(args.dataset), n=args.n, corrupt=corrupt, out_dir=out, workers=args.workers, shapes=args.shapes,
-        max_seconds=None if args.max_minutes is None else 60 * args.max_minutes, **common,
+        model, read_records(args.dataset), n=args.n, corrupt=corrupt, out_dir=out, workers=args.workers,
+        shapes=args.shapes, max_seconds=budget, **common,
     )  # fmt: skip
     untraced = (
         f"; {summary.n_untraced} known facts left untraced by the time budget" if summary.n_untraced else ""

@@ -37,12 +37,6 @@ def grid_rows(n_layers: int, shape: tuple[int, int]) -> int:
     )
 
 
-def own_bucket(n: int, first: int, bucket: int) -> tuple[int, int]:
-    """The shape `trace` gives a prompt of n tokens corrupted from token `first` on, alone."""
-    length = -(-n // bucket) * bucket
-    return length, min(-(-(n - first) // bucket) * bucket, length)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=None, help="known facts (default: all in the file)")
@@ -57,7 +51,7 @@ def main() -> None:
         kept, considered = dataset.known_facts(model, records, corrupt, args.n)
         prompts = [(len(ids), int(np.argmax(mask))) for *_, ids, mask, _ in kept]
         lengths = np.array([n for n, _ in prompts])
-        own = [own_bucket(n, first, args.bucket) for n, first in prompts]
+        own = [dataset.common_shape([prompt], args.bucket) for prompt in prompts]  # each alone
         base = sum(grid_rows(layers, s) for s in own)
         print(
             f"{corrupt} corruption: {len(kept)} known facts of {considered} records, prompts of "

@@ -16,6 +16,7 @@ average. Per-fact traces are written to `out_dir/facts/` as they finish, so an i
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -244,10 +245,13 @@ def shape_groups(
     lengths = sorted(set(bucketed))
     members = {m: [p for p, b in zip(lengths_and_starts, bucketed, strict=True) if b == m] for m in lengths}
 
+    @functools.cache
     def cost(i: int, j: int) -> float:  # lengths[i..j] as one group
         prompts = [p for m in lengths[i : j + 1] for p in members[m]]
         length, live = common_shape(prompts, bucket)
-        plan = engine.build_plan("hidden", n_layers, length, live, 1, window, "code", None, None)
+        # uncached plan: these work estimates must not evict the plans (and so the compiled programs)
+        # that tracing keeps in build_plan's cache
+        plan = engine.build_plan.__wrapped__("hidden", n_layers, length, live, 1, window, "code", None, None)
         return len(prompts) * plan.recomputed_rows()
 
     # best[g][j]: least cost of lengths[0..j] in at most g + 1 groups; start[g][j]: where its last
