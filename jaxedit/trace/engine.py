@@ -39,10 +39,14 @@ import numpy as np
 from jaxedit import model as core
 from jaxedit.config import ModelConfig
 from jaxedit.layout import Params
+from jaxedit.readout import token_probability
+from jaxedit.row_blocks import map_row_blocks
 
 Kind = Literal["hidden", "mlp", "attn"]
 Sever = Literal["mlp", "attn", "both"] | None
 KINDS: tuple[str, ...] = ("hidden", "mlp", "attn")
+ROW_BLOCK_CPU = 512  # rows per block of the row-wise work on a CPU (`default_row_block`)
+READOUT_ROW_BLOCK = 512  # rows per block of the answer-probability readout
 
 
 def window_bounds(layer: int, n_layers: int, window: int, convention: str = "code") -> tuple[int, int]:
@@ -259,17 +263,19 @@ def _layer(params: Params, j: int) -> Params:
     return jax.tree.map(lambda a: a[j], params["layers"])
 
 
-def _overwrite(
-    values: jax.Array, source: jax.Array | None, clean: jax.Array, corrupt: jax.Array
-) -> jax.Array:
-    """Rows of `values` `[N, D]` with `source >= 0` become `concat(clean [T, D], corrupt [S*T, D])[source]`.
+def _table(clean: jax.Array, corrupt: jax.Array) -> jax.Array:
+    """Replacement rows `concat(clean [T, D], corrupt [S, T, D] flattened)`: `[T + S*T, D]`."""
+    return jnp.concatenate([clean, corrupt.reshape(-1, corrupt.shape[-1])])
+
+
+def _overwrite(values: jax.Array, source: jax.Array | None, table: jax.Array | None) -> jax.Array:
+    """Rows of `values` `[N, D]` with `source >= 0` become `table[source]` (see `_table`).
 
     `source` None: nothing is overwritten (known when the program is built).
     """
     if source is None:
         return values
-    table = jnp.concatenate([clean, corrupt.reshape(-1, corrupt.shape[-1])]).astype(values.dtype)
-    return jnp.where((source >= 0)[:, None], table[jnp.maximum(source, 0)], values)
+    return jnp.where((source >= 0)[:, None], table[jnp.maximum(source, 0)].astype(values.dtype), values)
 
 
 def _sources(per_layer: Sequence[np.ndarray], size: int) -> np.ndarray | None:
@@ -288,7 +294,7 @@ def run_units(
     clean: dict[str, jax.Array],
     corrupt: dict[str, jax.Array],
     answer: jax.Array,
-    readout_block: int = 256,
+    row_block: int | None = None,
 ) -> jax.Array:
     """Probability of `answer` at the last token for every unit of one chunk of noise samples.
 
@@ -298,6 +304,7 @@ def run_units(
       clean: `stream [L+1, T, D]` (input of each layer, then the final residual), `attn`, `mlp` `[L, T, D]`.
       corrupt: the same per noise sample of the chunk: `stream [S, L+1, T, D]`, `attn`, `mlp` `[S, L, T, D]`.
       answer: scalar token id.
+      row_block: rows per block of the row-wise work (output projection and MLP); None: all at once.
 
     Returns:
       `[U]` probabilities in plan order.
@@ -330,16 +337,31 @@ def run_units(
         values = jnp.concatenate([cached_v.reshape(-1, *kv_shape), v])[plan.key_index[:n_units]]
         return keys, values, item_rotary
 
-    def finish(p, rows, attn, sources, clean_j, corrupt_j):
-        """Overwrite the restored / severed sublayer outputs, run the MLP: the block's output rows."""
-        attn = _overwrite(attn, sources[0], clean_j["attn"], corrupt_j["attn"])
-        if c.parallel_residual:
-            m_in = core.norm(c, p["ln1"] if c.shared_block_norm else p["ln2"], rows)
-        else:
-            m_in = core.norm(c, p["ln2"], rows + attn)
-        mlp = core.linear(p["mlp"]["out"], core.mlp_key(c, p["mlp"], m_in))  # [N, D]
-        mlp = _overwrite(mlp, sources[1], clean_j["mlp"], corrupt_j["mlp"])
-        return rows + attn + mlp
+    def finish(p, rows, heads, sources, clean_j, corrupt_j):
+        """Output projection, restored / severed sublayer outputs, MLP: the block's output rows.
+
+        `rows` `[N, D]` are the block's inputs, `heads` `[N, H*E]` their attention heads. Row-wise, so it
+        runs over blocks of `row_block` rows (`jaxedit.row_blocks`).
+        """
+        tables = tuple(
+            None if source is None else _table(clean_j[site], corrupt_j[site])
+            for source, site in zip(sources, ("attn", "mlp"), strict=True)
+        )
+        present = tuple(jnp.asarray(source) for source in sources if source is not None)
+
+        def rowwise(rows, heads, *given):
+            given = iter(given)
+            attn_source, mlp_source = (None if source is None else next(given) for source in sources)
+            attn = _overwrite(core.linear(p["attn"]["o"], heads), attn_source, tables[0])
+            if c.parallel_residual:
+                m_in = core.norm(c, p["ln1"] if c.shared_block_norm else p["ln2"], rows)
+            else:
+                m_in = core.norm(c, p["ln2"], rows + attn)
+            mlp = core.linear(p["mlp"]["out"], core.mlp_key(c, p["mlp"], m_in))  # [N, D]
+            mlp = _overwrite(mlp, mlp_source, tables[1])
+            return rows + attn + mlp
+
+        return map_row_blocks(rowwise, (rows, heads, *present), row_block)
 
     def block(y, p, j, sources, clean_j, corrupt_j, n_units: int, n_items: int):
         """One layer for every item of the first `n_units` units; items not started at j keep their row."""
@@ -350,8 +372,8 @@ def run_units(
         item_queries = core.project_queries(c, p["attn"], normed[None], item_rotary)[0]  # [N, H, E]
         queries = jnp.concatenate([zero, item_queries])[plan.query_index[:n_units]]  # [C, T, H, E]
         heads = core.attend(c, queries, keys, values, jnp.broadcast_to(mask, (n_units, t, t)))  # [C,T,H*E]
-        attn = core.linear(p["attn"]["o"], heads.reshape(n_units * t, -1)[plan.head_index[:n_items]])
-        out = finish(p, rows, attn, sources, clean_j, corrupt_j)
+        item_heads = heads.reshape(n_units * t, -1)[plan.head_index[:n_items]]  # [N, H*E]
+        out = finish(p, rows, item_heads, sources, clean_j, corrupt_j)
         if j is not None:  # a scanned range: units starting above j are padding here
             started = plan.unit_start[plan.item_unit[:n_items]]
             out = jnp.where((started <= j)[:, None], out, rows)
@@ -399,26 +421,29 @@ def run_units(
         last_rotary = None if rotary is None else tuple(r[:, plan.item_row[pick]] for r in rotary)
         queries = core.project_queries(c, p["attn"], normed[None], last_rotary)[0][:, None]  # [C, 1, H, E]
         heads = core.attend(c, queries, keys, values, jnp.broadcast_to(mask[-1:], (n_units, 1, t)))
-        attn = core.linear(p["attn"]["o"], heads[:, 0])  # [C, D]
         sources = tuple(
             a[j][pick] if (a[j] >= 0).any() else None for a in (plan.replace_attn, plan.replace_mlp)
         )
         clean_j = {k: clean[k][j] for k in ("attn", "mlp")}
         corrupt_j = {k: corrupt[k][:, j] for k in ("attn", "mlp")}
-        final = finish(p, rows, attn, sources, clean_j, corrupt_j)  # [C, D]
+        final = finish(p, rows, heads[:, 0], sources, clean_j, corrupt_j)  # [C, D]
 
     last = y[plan.last_item]  # [U, D]; units that never ran keep their start state
     if final is not None:  # units are sorted by start layer: the ones that ran come first
         last = jnp.concatenate([final, last[final.shape[0] :]])
 
-    def readout(row: jax.Array) -> jax.Array:
-        logits = core.unembed(c, params, row)  # [V]
-        return jax.nn.softmax(logits)[answer]
-
-    return jax.lax.map(readout, last, batch_size=readout_block)
+    return token_probability(c, params, last, answer, row_block=row_block or READOUT_ROW_BLOCK)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "plan"))
+def default_row_block() -> int | None:
+    """Rows per block of the row-wise work (`jaxedit.row_blocks`): 512 on a CPU, whole arrays elsewhere.
+
+    On a CPU, blocks keep the MLP's intermediates in cache (measured: `tools/bench_trace.py`); an
+    accelerator is better served by the largest matmuls.
+    """
+    return ROW_BLOCK_CPU if jax.default_backend() == "cpu" else None
+
+
 def run_grid(
     params: Params,
     config: ModelConfig,
@@ -428,11 +453,31 @@ def run_grid(
     clean: dict[str, jax.Array],
     corrupt_chunks: dict[str, jax.Array],
     answer: jax.Array,
+    row_block: int | Literal["auto"] | None = "auto",
 ) -> jax.Array:
-    """`run_units` over chunks of noise samples (`[n_chunks, S_chunk, ...]` arrays): `[n_chunks, U]`."""
+    """`run_units` over chunks of noise samples (`[n_chunks, S_chunk, ...]` arrays): `[n_chunks, U]`.
 
+    `row_block`: rows per block of the row-wise work; `auto`: `default_row_block()`.
+    """
+    if row_block == "auto":
+        row_block = default_row_block()
+    return _run_grid(params, config, plan, key_mask, positions, clean, corrupt_chunks, answer, row_block)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "plan", "row_block"))
+def _run_grid(
+    params: Params,
+    config: ModelConfig,
+    plan: Plan,
+    key_mask: jax.Array,
+    positions: jax.Array,
+    clean: dict[str, jax.Array],
+    corrupt_chunks: dict[str, jax.Array],
+    answer: jax.Array,
+    row_block: int | None,
+) -> jax.Array:
     def one(chunk: dict[str, jax.Array]) -> jax.Array:
-        return run_units(params, config, plan, key_mask, positions, clean, chunk, answer)
+        return run_units(params, config, plan, key_mask, positions, clean, chunk, answer, row_block)
 
     return jax.lax.map(one, corrupt_chunks)
 
