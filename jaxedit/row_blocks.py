@@ -9,6 +9,7 @@ XLA on a CPU runs one operation over a whole array before the next: an MLP over 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,13 +29,11 @@ def block_size(rows: int, row_block: int) -> tuple[int, int]:
     return count, -(-size // ROW_MULTIPLE) * ROW_MULTIPLE
 
 
-def map_row_blocks(
-    fn: Callable[..., jax.Array], xs: tuple[jax.Array, ...], row_block: int | None
-) -> jax.Array:
+def map_row_blocks(fn: Callable[..., Any], xs: tuple[jax.Array, ...], row_block: int | None) -> Any:
     """`fn(*xs)` for arrays sharing a leading row axis, computed block by block; `row_block` None: at once.
 
-    `fn` must treat rows independently (row i of the result depends only on row i of each input).
-    Padding rows (zeros) are computed and dropped.
+    `fn` must treat rows independently (row i of every output depends only on row i of each input); it
+    may return one array or a tuple of them. Padding rows (zeros) are computed and dropped.
     """
     rows = xs[0].shape[0]
     if row_block is None or rows <= row_block:
@@ -45,4 +44,4 @@ def map_row_blocks(
         jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)).reshape(count, size, *x.shape[1:]) for x in xs
     )
     out = jax.lax.map(lambda block: fn(*block), blocked)
-    return out.reshape(count * size, *out.shape[2:])[:rows]
+    return jax.tree.map(lambda a: a.reshape(count * size, *a.shape[2:])[:rows], out)

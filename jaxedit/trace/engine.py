@@ -12,6 +12,11 @@ that work unnecessary, and this engine skips it:
 3. Tokens before the first corrupted token are identical in the clean and corrupted runs, so restoring
    them changes nothing: those cells equal `P_corrupt` and are not run at all (only the last `live`
    rows of the prompt carry cells).
+4. At the first layer `lo` of an mlp / attn window every row still reads the corrupted run's keys and
+   values, so only row t changes there, and only through the restored sublayer: its output row is
+   `stream + attn + mlp` with the clean sublayer output and the other one cached (mlp kind: nothing to
+   compute) or computed for that row alone (attn kind: one MLP row). Units start at `lo + 1` from that
+   patched row (`patch_*`), computed once per distinct (layer, token, sample) before the layer loop.
 
 All units of a grid run in one jitted program. Units are sorted by start layer, so the units active at
 layer j form a prefix of the unit list and every layer works on static shapes: a Python loop over layers
@@ -83,6 +88,9 @@ class Plan:
       last_item: `[U]` item holding each unit's last token.
       start_index / start_clean: `[N]` initial state of each item: row in the corrupted stream
         `[S, L+1, T]` flattened, and the clean-stream row `[L+1, T]` flattened, or -1.
+      patch_layer / patch_token / patch_sample: `[P]` the distinct first-window-layer rows of the mlp /
+        attn kinds (fact 4 above), sorted by layer; empty for the hidden kind.
+      start_patch: `[N]` patched row of each item (its unit's row t), or -1.
       replace_attn[j] / replace_mlp[j]: `[N_j]` source row in `concat(clean [T], corrupted [S*T])` of
         items whose attention / MLP output is overwritten at layer j, -1 for the others.
       segments: `(first, end)` layer ranges below the last layer; each runs as one `lax.scan` over its
@@ -108,6 +116,10 @@ class Plan:
     last_item: np.ndarray
     start_index: np.ndarray
     start_clean: np.ndarray
+    patch_layer: np.ndarray
+    patch_token: np.ndarray
+    patch_sample: np.ndarray
+    start_patch: np.ndarray
     replace_attn: tuple[np.ndarray, ...]
     replace_mlp: tuple[np.ndarray, ...]
     segments: tuple[tuple[int, int], ...]
@@ -117,8 +129,12 @@ class Plan:
         return len(self.unit_layer)
 
     def recomputed_rows(self) -> int:
-        """Token-layer rows the program recomputes (the work measure of the grid), padding included."""
-        return sum((end - first) * self.items[end - 1] for first, end in self.segments) + self.items[-1]
+        """Token-layer rows the program recomputes (the work measure of the grid), padding included.
+
+        A patched row of the attn kind counts as one row (it runs one MLP row).
+        """
+        rows = sum((end - first) * self.items[end - 1] for first, end in self.segments) + self.items[-1]
+        return rows + (len(self.patch_layer) if self.kind == "attn" else 0)
 
 
 @functools.lru_cache(maxsize=64)
@@ -147,9 +163,9 @@ def build_plan(
         for token in range(length - live, length):
             if kind == "hidden":
                 start, bounds = layer + 1, (layer + 1, n_layers - 1)
-            else:
+            else:  # the first window layer only patches row t (fact 4): the unit starts above it
                 bounds = window_bounds(layer, n_layers, window, convention)
-                start = bounds[0]
+                start = bounds[0] + 1
             cells.append((start, layer, token, bounds))
     cells.sort(key=lambda c: c[0])  # stable: units active at layer j form a prefix
     units = [
@@ -178,9 +194,16 @@ def build_plan(
     unit_start_items = unit_start[item_unit_a]
     start_index = (unit_sample_items * (n_layers + 1) + unit_start_items) * t_len + item_row_a
     start_clean = np.full(len(item_unit), -1, np.int32)
+    start_patch = np.full(len(item_unit), -1, np.int32)
+    firsts = np.asarray(first_item[:-1], np.int64)
+    unit_token = np.array([u[2] for u in units], np.int32)
+    patches = np.zeros((0, 3), np.int32)
     if kind == "hidden":
-        firsts = np.asarray(first_item[:-1])
-        start_clean[firsts] = unit_start[np.arange(n_units)] * t_len + np.array([u[2] for u in units])
+        start_clean[firsts] = unit_start * t_len + unit_token
+    elif n_units:
+        keys = np.stack([unit_start - 1, unit_token, [u[3] for u in units]], axis=1)  # (lo, t, s)
+        patches, which = np.unique(keys, axis=0, return_inverse=True)  # sorted by layer first
+        start_patch[firsts] = which.reshape(-1)
 
     def replacements(site: str) -> tuple[np.ndarray, ...]:
         per_layer = []
@@ -203,7 +226,7 @@ def build_plan(
         live=live,
         samples=samples,
         unit_layer=np.array([u[1] for u in units], np.int32),
-        unit_token=np.array([u[2] for u in units], np.int32),
+        unit_token=unit_token,
         unit_sample=np.array([u[3] for u in units], np.int32),
         unit_start=unit_start,
         active=active,
@@ -216,6 +239,10 @@ def build_plan(
         last_item=np.asarray(first_item[1:], np.int32) - 1,
         start_index=start_index.astype(np.int32),
         start_clean=start_clean,
+        patch_layer=patches[:, 0].astype(np.int32),
+        patch_token=patches[:, 1].astype(np.int32),
+        patch_sample=patches[:, 2].astype(np.int32),
+        start_patch=start_patch,
         replace_attn=replacements("attn"),
         replace_mlp=replacements("mlp"),
     )
@@ -285,6 +312,38 @@ def _sources(per_layer: Sequence[np.ndarray], size: int) -> np.ndarray | None:
     return np.stack([np.pad(a, (0, size - len(a)), constant_values=-1) for a in per_layer])
 
 
+def first_window_rows(
+    params: Params,
+    config: ModelConfig,
+    plan: Plan,
+    clean: dict[str, jax.Array],
+    corrupt: dict[str, jax.Array],
+) -> jax.Array:
+    """Output rows `[P, D]` of the patched rows (fact 4 of the module docstring): row t at layer `lo`.
+
+    mlp kind: `stream + attn + clean mlp`, the attention output cached from the corrupted run (its
+    inputs are the corrupted run's); attn kind: `stream + clean attn + mlp`, the MLP computed for the
+    row with layer `lo`'s weights (rows are sorted by layer, so each layer's rows are one slice).
+    """
+    c = config
+    s, lo, t = plan.patch_sample, plan.patch_layer, plan.patch_token
+    rows = corrupt["stream"][s, lo, t]  # [P, D]
+    if plan.kind == "mlp":
+        return rows + corrupt["attn"][s, lo, t] + clean["mlp"][lo, t]
+    attn = clean["attn"][lo, t]
+    outputs = []
+    for layer in np.unique(lo):
+        part = slice(int(np.searchsorted(lo, layer)), int(np.searchsorted(lo, layer, side="right")))
+        p = _layer(params, int(layer))
+        x, a = rows[part], attn[part]
+        if c.parallel_residual:
+            m_in = core.norm(c, p["ln1"] if c.shared_block_norm else p["ln2"], x)
+        else:
+            m_in = core.norm(c, p["ln2"], x + a)
+        outputs.append(x + a + core.linear(p["mlp"]["out"], core.mlp_key(c, p["mlp"], m_in)))
+    return jnp.concatenate(outputs)
+
+
 def run_units(
     params: Params,
     config: ModelConfig,
@@ -321,21 +380,39 @@ def run_units(
     if (plan.start_clean >= 0).any():
         restored = clean["stream"].reshape(-1, d)[np.maximum(plan.start_clean, 0)]
         y = jnp.where((plan.start_clean >= 0)[:, None], restored, y)
+    if (plan.start_patch >= 0).any():
+        patched = first_window_rows(params, c, plan, clean, corrupt)[np.maximum(plan.start_patch, 0)]
+        y = jnp.where((plan.start_patch >= 0)[:, None], patched, y)
 
     cached_rotary = (
         None if rotary is None else tuple(jnp.broadcast_to(r, (samples, *r.shape[1:])) for r in rotary)
     )
     kv_shape = (c.n_kv_heads, c.head_dim)
 
-    def attention_inputs(p: Params, normed: jax.Array, stream: jax.Array, n_units: int, n_items: int):
-        """Keys and values `[C, T, K, E]` of the first `n_units` units at one layer (`stream`: its input)."""
-        item_rotary = None if rotary is None else tuple(r[:, plan.item_row[:n_items]] for r in rotary)
-        k, v = (a[0] for a in core.project_keys_values(c, p["attn"], normed[None], item_rotary))  # [N, K, E]
+    def project_items(p: Params, rows: jax.Array, n_items: int, queries: bool = True):
+        """Queries `[N, H, E]` (None unless `queries`), keys and values `[N, K, E]` of the first items.
+
+        Row-wise (the norm, the projections and each item's rotation), so it runs over row blocks.
+        """
+        item_rotary = () if rotary is None else tuple(r[0, plan.item_row[:n_items]] for r in rotary)
+
+        def rowwise(rows, *rotary_rows):
+            normed = core.norm(c, p["ln1"], rows)[None]  # [1, N, D]
+            rows_rotary = tuple(r[None] for r in rotary_rows) or None
+            k, v = (a[0] for a in core.project_keys_values(c, p["attn"], normed, rows_rotary))
+            q = core.project_queries(c, p["attn"], normed, rows_rotary)[0] if queries else None
+            return q, k, v
+
+        return map_row_blocks(rowwise, (rows, *item_rotary), row_block)
+
+    def gather_keys(p: Params, k: jax.Array, v: jax.Array, stream: jax.Array, n_units: int):
+        """Keys and values `[C, T, K, E]` of the first `n_units` units at one layer (`stream`: its input):
+        the items' own rows over the cached corrupted rows before each unit's token."""
         cached = core.norm(c, p["ln1"], stream)  # [S, T, D]
         cached_k, cached_v = core.project_keys_values(c, p["attn"], cached, cached_rotary)  # [S, T, K, E]
         keys = jnp.concatenate([cached_k.reshape(-1, *kv_shape), k])[plan.key_index[:n_units]]
         values = jnp.concatenate([cached_v.reshape(-1, *kv_shape), v])[plan.key_index[:n_units]]
-        return keys, values, item_rotary
+        return keys, values
 
     def finish(p, rows, heads, sources, clean_j, corrupt_j):
         """Output projection, restored / severed sublayer outputs, MLP: the block's output rows.
@@ -366,10 +443,9 @@ def run_units(
     def block(y, p, j, sources, clean_j, corrupt_j, n_units: int, n_items: int):
         """One layer for every item of the first `n_units` units; items not started at j keep their row."""
         rows = y[:n_items]  # [N, D]
-        normed = core.norm(c, p["ln1"], rows)
-        keys, values, item_rotary = attention_inputs(p, normed, corrupt_j["stream"], n_units, n_items)
-        zero = jnp.zeros((1, c.n_heads, c.head_dim), normed.dtype)
-        item_queries = core.project_queries(c, p["attn"], normed[None], item_rotary)[0]  # [N, H, E]
+        item_queries, k, v = project_items(p, rows, n_items)  # [N, H, E], [N, K, E] x 2
+        keys, values = gather_keys(p, k, v, corrupt_j["stream"], n_units)
+        zero = jnp.zeros((1, c.n_heads, c.head_dim), item_queries.dtype)
         queries = jnp.concatenate([zero, item_queries])[plan.query_index[:n_units]]  # [C, T, H, E]
         heads = core.attend(c, queries, keys, values, jnp.broadcast_to(mask, (n_units, t, t)))  # [C,T,H*E]
         item_heads = heads.reshape(n_units * t, -1)[plan.head_index[:n_items]]  # [N, H*E]
@@ -414,10 +490,11 @@ def run_units(
     n_units, n_items = plan.active[j], plan.items[j]
     if n_units:
         p = _layer(params, j)
-        normed = core.norm(c, p["ln1"], y[:n_items])
-        keys, values, _ = attention_inputs(p, normed, corrupt["stream"][:, j], n_units, n_items)
+        _, k, v = project_items(p, y[:n_items], n_items, queries=False)
+        keys, values = gather_keys(p, k, v, corrupt["stream"][:, j], n_units)
         pick = plan.last_item[:n_units]
-        rows, normed = y[pick], normed[pick]  # [C, D]
+        rows = y[pick]  # [C, D]
+        normed = core.norm(c, p["ln1"], rows)
         last_rotary = None if rotary is None else tuple(r[:, plan.item_row[pick]] for r in rotary)
         queries = core.project_queries(c, p["attn"], normed[None], last_rotary)[0][:, None]  # [C, 1, H, E]
         heads = core.attend(c, queries, keys, values, jnp.broadcast_to(mask[-1:], (n_units, 1, t)))
