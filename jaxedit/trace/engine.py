@@ -2,7 +2,7 @@
 
 A cell `(l, t)` of a grid restores, in the corrupted run, the clean hidden state `h[l]` at token t
 (`hidden`), or the clean MLP / attention outputs at token t over a window of layers around l (`mlp`,
-`attn`). The reference code runs one full forward pass per cell. Three facts of the problem make most of
+`attn`). The reference code runs one full forward pass per cell. Four facts of the problem make most of
 that work unnecessary, and this engine skips it:
 
 1. States below the first restored layer equal the corrupted run: a unit (cell x noise sample) starts
@@ -24,7 +24,9 @@ is unrolled at trace time into one XLA program per (kind, length bucket, live bu
 At each layer the rows to recompute are gathered into one flat batch (`items`) for the projections and
 the MLP (the bulk of the FLOPs); attention runs per unit over the full prompt, with the recomputed keys
 scattered over the cached corrupted ones. Noise samples are split into chunks run with `lax.map` to
-bound memory.
+bound memory. On a CPU the row-wise work (norm and projections; output projection and MLP) runs over
+blocks of 512 rows so that each block's intermediates stay in cache (`jaxedit.row_blocks`), and the
+answer's probability is read out by streaming the vocabulary (`jaxedit.readout`).
 
 Batch rows, for the record: every unit is a corrupted run (one noise sample) with one restoration; the
 clean run and the plain corrupted runs happen once, before the grid, in `jaxedit.trace.runs`.
