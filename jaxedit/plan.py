@@ -214,9 +214,9 @@ def plan_trace(
     grid_plan = engine.build_plan("hidden", config.n_layers, tokens, tokens, samples, 10, "code", None, 4)
     clean = jax.tree.map(lambda s: rep(s.shape, s.dtype), clean)
     chunks = jax.tree.map(lambda s: rep((1, *s.shape), s.dtype), corrupt)
-    grid = _part(
-        engine.run_grid, params, config, grid_plan, mask, rep((tokens,), jnp.int32), clean, chunks, answer,
-        static=(1, 2),
+    grid = _part(  # an accelerator's program: no CPU row blocks
+        engine.grid_program, params, config, grid_plan, mask, rep((tokens,), jnp.int32), clean, chunks, answer,
+        None, static=(1, 2, 8),
     )  # fmt: skip
     return _combine(mesh, (runs, 1), (grid, 1))
 

@@ -540,11 +540,11 @@ def run_grid(
     """
     if row_block == "auto":
         row_block = default_row_block()
-    return _run_grid(params, config, plan, key_mask, positions, clean, corrupt_chunks, answer, row_block)
+    return grid_program(params, config, plan, key_mask, positions, clean, corrupt_chunks, answer, row_block)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "plan", "row_block"))
-def _run_grid(
+def grid_program(
     params: Params,
     config: ModelConfig,
     plan: Plan,
@@ -555,6 +555,8 @@ def _run_grid(
     answer: jax.Array,
     row_block: int | None,
 ) -> jax.Array:
+    """The jitted program behind `run_grid` (`row_block` given explicitly: it is part of the program)."""
+
     def one(chunk: dict[str, jax.Array]) -> jax.Array:
         return run_units(params, config, plan, key_mask, positions, clean, chunk, answer, row_block)
 
