@@ -365,7 +365,7 @@ def run_units(
       clean: `stream [L+1, T, D]` (input of each layer, then the final residual), `attn`, `mlp` `[L, T, D]`.
       corrupt: the same per noise sample of the chunk: `stream [S, L+1, T, D]`, `attn`, `mlp` `[S, L, T, D]`.
       answer: scalar token id.
-      row_block: rows per block of the row-wise work (output projection and MLP); None: all at once.
+      row_block: rows per block of the row-wise work (projections, MLP); None: all at once.
 
     Returns:
       `[U]` probabilities in plan order.
