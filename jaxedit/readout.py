@@ -69,6 +69,8 @@ def token_probability(
 
     def rows(x: jax.Array) -> jax.Array:  # [b, D] -> [b]
         h = core.norm(config, params["final_norm"], x)
+        if block == vocab:  # one block: the plain softmax (no slice of a possibly sharded vocabulary)
+            return jax.nn.softmax(_block_logits(config, params, h, 0, vocab), axis=-1)[:, token]
         target = _block_logits(config, params, h, token, 1)[:, 0]  # [b]
 
         def accumulate(carry: tuple[jax.Array, jax.Array], logits: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -53,7 +53,8 @@ Kind = Literal["hidden", "mlp", "attn"]
 Sever = Literal["mlp", "attn", "both"] | None
 KINDS: tuple[str, ...] = ("hidden", "mlp", "attn")
 ROW_BLOCK_CPU = 512  # rows per block of the row-wise work on a CPU (`default_row_block`)
-READOUT_ROW_BLOCK = 512  # rows per block of the answer-probability readout
+READOUT_ROW_BLOCK = 256  # rows per block of the answer-probability readout off a CPU
+VOCAB_BLOCK = 4096  # vocabulary entries per streamed block of the readout on a CPU
 
 
 def window_bounds(layer: int, n_layers: int, window: int, convention: str = "code") -> tuple[int, int]:
@@ -511,7 +512,10 @@ def run_units(
     if final is not None:  # units are sorted by start layer: the ones that ran come first
         last = jnp.concatenate([final, last[final.shape[0] :]])
 
-    return token_probability(c, params, last, answer, row_block=row_block or READOUT_ROW_BLOCK)
+    if row_block is None:  # accelerators: whole logit tables per block of rows (a vocabulary sharded
+        # over devices stays sharded; streaming it in slices would gather it on every device)
+        return token_probability(c, params, last, answer, vocab_block=None, row_block=READOUT_ROW_BLOCK)
+    return token_probability(c, params, last, answer, vocab_block=VOCAB_BLOCK, row_block=row_block)
 
 
 def default_row_block() -> int | None:
