@@ -315,6 +315,15 @@ def _sources(per_layer: Sequence[np.ndarray], size: int) -> np.ndarray | None:
     return np.stack([np.pad(a, (0, size - len(a)), constant_values=-1) for a in per_layer])
 
 
+def _mlp_out(c: ModelConfig, p: Params, rows: jax.Array, attn: jax.Array) -> jax.Array:
+    """One layer's MLP output `[N, D]` for block inputs `rows` and attention outputs `attn` (§0 wiring)."""
+    if c.parallel_residual:
+        m_in = core.norm(c, p["ln1"] if c.shared_block_norm else p["ln2"], rows)
+    else:
+        m_in = core.norm(c, p["ln2"], rows + attn)
+    return core.linear(p["mlp"]["out"], core.mlp_key(c, p["mlp"], m_in))
+
+
 def first_window_rows(
     params: Params,
     config: ModelConfig,
@@ -337,13 +346,8 @@ def first_window_rows(
     outputs = []
     for layer in np.unique(lo):
         part = slice(int(np.searchsorted(lo, layer)), int(np.searchsorted(lo, layer, side="right")))
-        p = _layer(params, int(layer))
         x, a = rows[part], attn[part]
-        if c.parallel_residual:
-            m_in = core.norm(c, p["ln1"] if c.shared_block_norm else p["ln2"], x)
-        else:
-            m_in = core.norm(c, p["ln2"], x + a)
-        outputs.append(x + a + core.linear(p["mlp"]["out"], core.mlp_key(c, p["mlp"], m_in)))
+        outputs.append(x + a + _mlp_out(c, _layer(params, int(layer)), x, a))
     return jnp.concatenate(outputs)
 
 
@@ -433,12 +437,7 @@ def run_units(
             given = iter(given)
             attn_source, mlp_source = (None if source is None else next(given) for source in sources)
             attn = _overwrite(core.linear(p["attn"]["o"], heads), attn_source, tables[0])
-            if c.parallel_residual:
-                m_in = core.norm(c, p["ln1"] if c.shared_block_norm else p["ln2"], rows)
-            else:
-                m_in = core.norm(c, p["ln2"], rows + attn)
-            mlp = core.linear(p["mlp"]["out"], core.mlp_key(c, p["mlp"], m_in))  # [N, D]
-            mlp = _overwrite(mlp, mlp_source, tables[1])
+            mlp = _overwrite(_mlp_out(c, p, rows, attn), mlp_source, tables[1])  # [N, D]
             return rows + attn + mlp
 
         return map_row_blocks(rowwise, (rows, heads, *present), row_block)
