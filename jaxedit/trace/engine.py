@@ -520,8 +520,8 @@ def run_units(
 def default_row_block() -> int | None:
     """Rows per block of the row-wise work (`jaxedit.row_blocks`): 512 on a CPU, whole arrays elsewhere.
 
-    On a CPU, blocks keep the MLP's intermediates in cache (measured: `tools/bench_trace.py`); an
-    accelerator is better served by the largest matmuls.
+    On a CPU, blocks keep the MLP's intermediates in cache; an accelerator is better served by the
+    largest matmuls.
     """
     return ROW_BLOCK_CPU if jax.default_backend() == "cpu" else None
 
