@@ -171,6 +171,19 @@ def test_layer_segments_cover_the_layers_at_least_padded_cost() -> None:
     assert engine.layer_segments(items, None) == tuple((j, j + 1) for j in range(2, 10))
 
 
+@pytest.mark.parametrize("kind", ["mlp", "attn"])
+def test_clipped_windows_fork_from_the_cell_below(kind) -> None:
+    """Fact 5 of the engine: at 30 layers and window 10 (code convention), cell l = 1..5 has the window
+    [0, l+4] and forks from cell l-1 (window [0, l+3]) at layer l+4; the others start above their
+    first window layer (fact 4). Wrong schedules still pass the grid tests, only slower: this pins it."""
+    plan = engine.build_plan(kind, 30, 10, 4, 2, 10, "code", None)
+    expected = {layer: layer + 4 if 1 <= layer <= 5 else max(layer - 5, 0) + 1 for layer in range(30)}
+    assert all(plan.unit_start[u] == expected[plan.unit_layer[u]] for u in range(plan.n_units))
+    forked_items = sum(int((f >= 0).sum()) for f in plan.fork)
+    assert forked_items == sum(5 * 2 * (10 - t) for t in range(6, 10))  # 5 cells, 2 samples, rows t..9
+    assert len(plan.patch_layer) == 4 * 2 * 25  # patched first-window rows: the 25 unforked cells
+
+
 def test_paper_window_convention_matches_loop(model) -> None:
     ids = jaxedit.tokens.encode_one(model.tokenizer, PROMPT)
     mask, _ = jaxedit.trace.api.corrupted_tokens(model, PROMPT, ids, "danielle darrieux", "subject")

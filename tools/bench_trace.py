@@ -59,6 +59,24 @@ def row_layer_flops(c: jaxedit.ModelConfig) -> float:
     return 2.0 * (c.d_model * q + 2 * c.d_model * kv + q * c.d_model + mlp)
 
 
+def grid_flops(plan: engine.Plan, c: jaxedit.ModelConfig) -> float:
+    """FLOPs of one grid program's projections, MLPs and readout (attention scores are extra).
+
+    Rows below the last layer are full rows (padding of scanned ranges included); at the last layer the
+    engine computes one full row per unit and only the keys and values of the other rows; a patched
+    first-window row of the attn kind runs one MLP row.
+    """
+    kv = 2.0 * 2 * c.d_model * c.n_kv_heads * c.head_dim
+    mlp = 2.0 * (3 if c.gated_mlp else 2) * c.d_model * c.d_mlp
+    below = sum((end - first) * plan.items[end - 1] for first, end in plan.segments)
+    last_units, last_items = plan.active[-1], plan.items[-1]
+    patched = len(plan.patch_layer) if plan.kind == "attn" else 0
+    readout = 2.0 * c.d_model * c.vocab_size * plan.n_units
+    return (
+        (below + last_units) * row_layer_flops(c) + (last_items - last_units) * kv + patched * mlp + readout
+    )
+
+
 def reference_trace(hf, ids, corrupt_mask, noise, answer, kind, window, convention="code") -> np.ndarray:
     """The ROME-style loop: one hooked forward of [clean + samples] per cell."""
     layers = hf.model.layers
@@ -193,15 +211,16 @@ def main() -> None:
 
     t_len = len(ids)
     first_live = int(np.argmax(mask))
-    ours_rows = sum(
-        engine.build_plan(
-            k, c.n_layers, t_len, t_len - first_live, args.samples, args.window, "code", None, segments
-        ).recomputed_rows()
+    ours_flops = sum(
+        grid_flops(
+            engine.build_plan(
+                k, c.n_layers, t_len, t_len - first_live, args.samples, args.window, "code", None, segments
+            ),
+            c,
+        )
         for k in kinds
     )
     readout_flops = 2.0 * c.d_model * c.vocab_size
-    units = len(kinds) * c.n_layers * (t_len - first_live) * args.samples
-    ours_flops = ours_rows * row_layer_flops(c) + units * readout_flops
     ref_cells = len(kinds) * c.n_layers * t_len
     ref_flops = ref_cells * (1 + args.samples) * t_len * (c.n_layers * row_layer_flops(c) + readout_flops)
     peak = matmul_peak_gflops()

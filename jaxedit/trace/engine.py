@@ -2,7 +2,7 @@
 
 A cell `(l, t)` of a grid restores, in the corrupted run, the clean hidden state `h[l]` at token t
 (`hidden`), or the clean MLP / attention outputs at token t over a window of layers around l (`mlp`,
-`attn`). The reference code runs one full forward pass per cell. Four facts of the problem make most of
+`attn`). The reference code runs one full forward pass per cell. Five facts of the problem make most of
 that work unnecessary, and this engine skips it:
 
 1. States below the first restored layer equal the corrupted run: a unit (cell x noise sample) starts
@@ -17,6 +17,10 @@ that work unnecessary, and this engine skips it:
    `stream + attn + mlp` with the clean sublayer output and the other one cached (mlp kind: nothing to
    compute) or computed for that row alone (attn kind: one MLP row). Units start at `lo + 1` from that
    patched row (`patch_*`), computed once per distinct (layer, token, sample) before the layer loop.
+5. Windows clipped at the bottom of the model share their first layer: the cells of a token whose
+   windows `[lo, hi]` start at the same `lo` restore the same sites up to the smaller `hi`, so a cell
+   with the next larger `hi` starts at the layer above the smaller one's window from that cell's rows
+   (it *forks* from it, `fork`) instead of recomputing the layers in between.
 
 All units of a grid run in one jitted program. Units are sorted by start layer, so the units active at
 layer j form a prefix of the unit list and every layer works on static shapes: a Python loop over layers
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 from collections.abc import Sequence
 from typing import Literal
 
@@ -96,6 +101,8 @@ class Plan:
       start_patch: `[N]` patched row of each item (its unit's row t), or -1.
       replace_attn[j] / replace_mlp[j]: `[N_j]` source row in `concat(clean [T], corrupted [S*T])` of
         items whose attention / MLP output is overwritten at layer j, -1 for the others.
+      fork[j]: `[N_j]` item whose current row each item takes at the start of layer j (a unit forked
+        from its parent there, fact 5), -1 for the others.
       segments: `(first, end)` layer ranges below the last layer; each runs as one `lax.scan` over its
         layers at the shapes of its last layer (`(j, j + 1)` ranges: unrolled, exact work).
     """
@@ -125,6 +132,7 @@ class Plan:
     start_patch: np.ndarray
     replace_attn: tuple[np.ndarray, ...]
     replace_mlp: tuple[np.ndarray, ...]
+    fork: tuple[np.ndarray, ...]
     segments: tuple[tuple[int, int], ...]
 
     @property
@@ -161,7 +169,7 @@ def build_plan(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     t_len = length
-    cells = []
+    cells = []  # (start, layer, token, bounds, parent layer or -1)
     for layer in range(n_layers):
         for token in range(length - live, length):
             if kind == "hidden":
@@ -169,11 +177,21 @@ def build_plan(
             else:  # the first window layer only patches row t (fact 4): the unit starts above it
                 bounds = window_bounds(layer, n_layers, window, convention)
                 start = bounds[0] + 1
-            cells.append((start, layer, token, bounds))
+            cells.append([start, layer, token, bounds, -1])
+    if kind != "hidden":  # fact 5: windows clipped to the same first layer share their lower layers
+        groups: dict[tuple[int, int], list] = {}
+        for cell in cells:
+            groups.setdefault((cell[3][0], cell[2]), []).append(cell)
+        for group in groups.values():
+            group.sort(key=lambda cell: cell[3][1])
+            for below, cell in itertools.pairwise(group):
+                if cell[3][1] > below[3][1]:  # same restorations up to below's last window layer
+                    cell[0], cell[4] = below[3][1] + 1, below[1]
     cells.sort(key=lambda c: c[0])  # stable: units active at layer j form a prefix
     units = [
-        (start, layer, token, s, bounds) for start, layer, token, bounds in cells for s in range(samples)
+        (start, layer, token, s, bounds) for start, layer, token, bounds, _ in cells for s in range(samples)
     ]
+    parents = [parent for *_, parent in cells for _ in range(samples)]
     n_units = len(units)
     unit_start = np.array([u[0] for u in units], np.int32)
     item_unit, item_row, first_item = [], [], []
@@ -204,9 +222,17 @@ def build_plan(
     if kind == "hidden":
         start_clean[firsts] = unit_start * t_len + unit_token
     elif n_units:
-        keys = np.stack([unit_start - 1, unit_token, [u[3] for u in units]], axis=1)  # (lo, t, s)
+        roots = np.flatnonzero(np.asarray(parents) < 0)  # forked units start from their parent's rows
+        keys = np.stack([unit_start - 1, unit_token, [u[3] for u in units]], axis=1)[roots]  # (lo, t, s)
         patches, which = np.unique(keys, axis=0, return_inverse=True)  # sorted by layer first
-        start_patch[firsts] = which.reshape(-1)
+        start_patch[firsts[roots]] = which.reshape(-1)
+    unit_of = {(u[1], u[2], u[3]): index for index, u in enumerate(units)}
+    forks = [np.full(items[j], -1, np.int32) for j in range(n_layers)]
+    for index, (start, _, token, s, _) in enumerate(units):
+        if parents[index] >= 0:
+            source = unit_of[(parents[index], token, s)]
+            rows = np.arange(t_len - token)
+            forks[start][first_item[index] + rows] = first_item[source] + rows
 
     def replacements(site: str) -> tuple[np.ndarray, ...]:
         per_layer = []
@@ -248,6 +274,7 @@ def build_plan(
         start_patch=start_patch,
         replace_attn=replacements("attn"),
         replace_mlp=replacements("mlp"),
+        fork=tuple(forks),
     )
 
 
@@ -442,9 +469,12 @@ def run_units(
 
         return map_row_blocks(rowwise, (rows, heads, *present), row_block)
 
-    def block(y, p, j, sources, clean_j, corrupt_j, n_units: int, n_items: int):
-        """One layer for every item of the first `n_units` units; items not started at j keep their row."""
-        rows = y[:n_items]  # [N, D]
+    def block(y, p, j, sources, fork, clean_j, corrupt_j, n_units: int, n_items: int):
+        """One layer for every item of the first `n_units` units; items not started at j keep their row.
+
+        `fork`: `[N]` item whose row each item takes first (units forked at this layer), or None.
+        """
+        rows = _overwrite(y[:n_items], fork, y)  # [N, D]
         item_queries, k, v = project_items(p, rows, n_items)  # [N, H, E], [N, K, E] x 2
         keys, values = gather_keys(p, k, v, corrupt_j["stream"], n_units)
         zero = jnp.zeros((1, c.n_heads, c.head_dim), item_queries.dtype)
@@ -469,20 +499,22 @@ def run_units(
             _sources(plan.replace_attn[first:end], n_items),
             _sources(plan.replace_mlp[first:end], n_items),
         )
+        fork = _sources(plan.fork[first:end], n_items)
         clean_j, corrupt_j = layer_inputs(first, end)
         if end - first == 1:
             y = block(
                 y, _layer(params, first), None, tuple(None if a is None else a[0] for a in sources),
-                jax.tree.map(lambda a: a[0], clean_j), jax.tree.map(lambda a: a[0], corrupt_j), n_units, n_items,
+                None if fork is None else fork[0], jax.tree.map(lambda a: a[0], clean_j),
+                jax.tree.map(lambda a: a[0], corrupt_j), n_units, n_items,
             )  # fmt: skip
             continue
 
         def step(y, xs, n_units=n_units, n_items=n_items):
-            p, j, sources, clean_j, corrupt_j = xs
-            return block(y, p, j, sources, clean_j, corrupt_j, n_units, n_items), None
+            p, j, sources, fork, clean_j, corrupt_j = xs
+            return block(y, p, j, sources, fork, clean_j, corrupt_j, n_units, n_items), None
 
         layer_params = jax.tree.map(lambda a, first=first, end=end: a[first:end], params["layers"])
-        xs = (layer_params, jnp.arange(first, end), sources, clean_j, corrupt_j)
+        xs = (layer_params, jnp.arange(first, end), sources, fork, clean_j, corrupt_j)
         y, _ = jax.lax.scan(step, y, xs)
 
     # last layer: only the last token is read out: its query, attention output and MLP, one row per
@@ -492,6 +524,8 @@ def run_units(
     n_units, n_items = plan.active[j], plan.items[j]
     if n_units:
         p = _layer(params, j)
+        if (plan.fork[j] >= 0).any():
+            y = jnp.concatenate([_overwrite(y[:n_items], plan.fork[j], y), y[n_items:]])
         _, k, v = project_items(p, y[:n_items], n_items, queries=False)
         keys, values = gather_keys(p, k, v, corrupt["stream"][:, j], n_units)
         pick = plan.last_item[:n_units]
