@@ -8,6 +8,7 @@ Quick start::
 """
 
 from jaxedit import tokens
+from jaxedit.compile_cache import enable_compile_cache
 from jaxedit.config import ConfigError, ModelConfig
 from jaxedit.generate import generate, generate_text
 from jaxedit.interventions import SiteEdit
@@ -22,6 +23,7 @@ __all__ = [
     "ModelConfig",
     "Output",
     "SiteEdit",
+    "enable_compile_cache",
     "forward",
     "generate",
     "generate_text",

@@ -413,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="jaxedit", description="Locate and edit facts in language models (JAX)."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    parser.add_argument(
+        "--compile-cache",
+        metavar="DIR",
+        help="keep compiled programs in DIR so later runs skip compiling; 'off' disables "
+        "(default: $JAXEDIT_COMPILE_CACHE, else ~/.cache/jaxedit/xla)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     info = sub.add_parser("info", help="family, sizes and parameter count of a model")
@@ -559,6 +565,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
+        from jaxedit.compile_cache import enable_compile_cache
+
+        try:
+            cache = enable_compile_cache(args.compile_cache)
+        except ValueError as err:
+            if args.compile_cache is not None:  # a directory the user asked for: an error
+                raise
+            cache = None  # the default place is not writable here: run without the cache
+            log.warning("jaxedit: %s; running without a compile cache", err)
+        log.info("compile cache: %s", cache or "off")
         return args.func(args)
     except (ValueError, FileNotFoundError, KeyError) as err:
         print(f"jaxedit: error: {err}", file=sys.stderr)
