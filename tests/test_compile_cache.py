@@ -65,6 +65,20 @@ def test_cache_directory_rules(tmp_path, monkeypatch) -> None:
         jax.config.update("jax_compilation_cache_dir", configured)
 
 
+def test_a_cache_jax_was_given_keeps_its_settings(tmp_path, monkeypatch) -> None:
+    configured = jax.config.jax_compilation_cache_dir
+    threshold = jax.config.jax_persistent_cache_min_compile_time_secs
+    monkeypatch.delenv("JAXEDIT_COMPILE_CACHE", raising=False)
+    try:
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.25)
+        assert compile_cache.enable_compile_cache() == tmp_path / "jax"
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.25
+    finally:
+        jax.config.update("jax_compilation_cache_dir", configured)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", threshold)
+
+
 def test_a_file_in_the_way_is_a_clear_error_and_changes_nothing(tmp_path) -> None:
     configured = jax.config.jax_compilation_cache_dir
     blocker = tmp_path / "cache"
