@@ -8,8 +8,8 @@ default; in Python, call `enable_compile_cache()` once, before the first compile
 
 Where the cache goes, first match wins: the `directory` argument (CLI `--compile-cache DIR`), the
 `JAXEDIT_COMPILE_CACHE` environment variable, a directory JAX was already given
-(`JAX_COMPILATION_CACHE_DIR`; used with JAX's own settings, untouched), then `$XDG_CACHE_HOME/jaxedit/xla` (`~/.cache/jaxedit/xla`). The value
-`off` (or an empty `JAXEDIT_COMPILE_CACHE`) turns the cache off.
+(`JAX_COMPILATION_CACHE_DIR`; kept with JAX's own settings), then `$XDG_CACHE_HOME/jaxedit/xla`
+(`~/.cache/jaxedit/xla`). The value `off` (or an empty `JAXEDIT_COMPILE_CACHE`) turns the cache off.
 """
 
 from __future__ import annotations
@@ -49,10 +49,9 @@ def enable_compile_cache(
     """
     if min_compile_seconds < 0:
         raise ValueError(f"min_compile_seconds must be >= 0, got {min_compile_seconds}")
-    configured = jax.config.jax_compilation_cache_dir
-    if directory is None and os.environ.get(ENV) is None and configured:
-        return Path(configured)  # JAX was given a cache directly: its settings stay as they are
     path = resolve_cache_dir(directory)
+    if path is not None and str(path) == jax.config.jax_compilation_cache_dir:
+        return path  # the cache JAX already has: its settings stay as they are
     if path is None:  # off: also a cache JAX was given through its own variable
         jax.config.update("jax_compilation_cache_dir", None)
         return None

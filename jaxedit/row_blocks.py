@@ -2,9 +2,9 @@
 
 XLA on a CPU runs one operation over a whole array before the next: an MLP over 16k rows writes its
 `[16k, F]` hidden activations to memory and reads them back. Run over blocks of a few hundred rows
-(`lax.fori_loop`), the same operations keep each block's intermediates in cache. The result is the same row
-for row. (Inside the trace grid the gain over whole arrays was within this CPU's run-to-run noise; the
-streamed readout of `jaxedit.readout`, which uses the same blocks, gained measurably.)
+(`lax.fori_loop`), the same operations keep each block's intermediates in cache. The result is the
+same row for row. (Inside the trace grid the gain over whole arrays was within this CPU's run-to-run
+noise; the streamed readout of `jaxedit.readout`, which uses the same blocks, gained measurably.)
 """
 
 from __future__ import annotations
