@@ -257,6 +257,16 @@ def test_padding_bucket_does_not_change_the_grid(model) -> None:
             np.testing.assert_allclose(padded.grids[kind], exact.grids[kind], atol=1e-5)
 
 
+@pytest.mark.parametrize(("threads", "chunk_samples"), [(2, None), (3, 1), (2, 1)])
+def test_programs_side_by_side_give_the_one_program_grid(model, threads, chunk_samples) -> None:
+    # 3 samples as 2 chunks of 2 (one padded), 3 chunks of 1, and 4 chunks of 1 in two groups of two
+    kwargs = dict(subject="danielle darrieux", samples=3, noise=0.5, window=2)
+    one = trace(model, PROMPT, threads=1, **kwargs)
+    split = trace(model, PROMPT, threads=threads, chunk_samples=chunk_samples, **kwargs)
+    for kind in one.grids:
+        np.testing.assert_allclose(split.grids[kind], one.grids[kind], atol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -271,6 +281,7 @@ def test_padding_bucket_does_not_change_the_grid(model) -> None:
         (dict(prompt=PROMPT, subject="danielle darrieux", sever="ffn"), "sever"),
         (dict(prompt=PROMPT, subject="danielle darrieux", corrupt=(3, 99)), "not inside"),
         (dict(prompt=PROMPT, subject="danielle darrieux", noise=-1.0), "non-negative"),
+        (dict(prompt=PROMPT, subject="danielle darrieux", threads=0), "threads"),
     ],
 )
 def test_bad_input_raises_clear_errors(model, kwargs, message) -> None:

@@ -11,6 +11,7 @@ Prints the jaxedit compile time (first call minus steady state), steady-state se
 float32 matmul rate, and last `RATIO trace <reference_seconds / jaxedit_seconds>`.
 
     python tools/bench_trace.py [--prompt P --subject S] [--samples 10] [--kinds hidden,mlp,attn]
+        [--segments auto|none|K] [--threads auto|N]
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from reference_model import reference_model
 
 import jaxedit
 from jaxedit.loading import embedded_gguf_path
+from jaxedit.side_by_side import resolve_threads
 from jaxedit.trace import engine, trace
-from jaxedit.trace.api import corrupted_tokens, noise_scale_for
+from jaxedit.trace.api import corrupted_tokens, noise_scale_for, sample_chunks
 from jaxedit.trace.runs import make_noise
 
 MATMUL_PRECISION = os.environ.get("JAX_DEFAULT_MATMUL_PRECISION", "default")
@@ -152,7 +154,13 @@ def main() -> None:
     parser.add_argument(
         "--segments", default="auto", help="scanned layer ranges ('none': unrolled; default: per backend)"
     )
+    parser.add_argument(
+        "--threads",
+        default="auto",
+        help="grid programs run at once (trace's `threads`; default: per backend)",
+    )
     args = parser.parse_args()
+    threads = resolve_threads(args.threads if args.threads == "auto" else int(args.threads))
     kinds = tuple(args.kinds.split(","))
     if args.segments == "auto":
         segments = None if jax.default_backend() == "cpu" else 4
@@ -187,6 +195,7 @@ def main() -> None:
             samples=args.samples,
             window=args.window,
             segments=segments,
+            threads=threads,
         )
 
     start = time.perf_counter()
@@ -211,12 +220,11 @@ def main() -> None:
 
     t_len = len(ids)
     first_live = int(np.argmax(mask))
-    ours_flops = sum(
+    live = t_len - first_live
+    _, n_chunks, chunk = sample_chunks(c, args.samples, t_len, live, None, threads)
+    ours_flops = n_chunks * sum(
         grid_flops(
-            engine.build_plan(
-                k, c.n_layers, t_len, t_len - first_live, args.samples, args.window, "code", None, segments
-            ),
-            c,
+            engine.build_plan(k, c.n_layers, t_len, live, chunk, args.window, "code", None, segments), c
         )
         for k in kinds
     )
@@ -233,7 +241,7 @@ def main() -> None:
     print(
         f"model: {weights} (float32), prompt {args.prompt!r} ({t_len} tokens), subject corrupted, "
         f"{args.samples} samples, kinds {','.join(kinds)}, window {args.window}, "
-        f"layer segments {segments or 'unrolled'}"
+        f"layer segments {segments or 'unrolled'}, {threads} grid program(s) at once"
     )
     print(f"jaxedit: first call {first:.1f} s (compile ~{first - jax_s:.1f} s), steady state {jax_s:.2f} s")
     print(f"reference (one hooked transformers forward per cell, {ref_cells} cells): {ref_s:.1f} s")

@@ -10,7 +10,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,9 @@ import numpy as np
 
 from jaxedit import tokens as tok
 from jaxedit.checkpoints import atomic_write_bytes
+from jaxedit.config import ModelConfig
 from jaxedit.loading import Model
+from jaxedit.side_by_side import resolve_threads, run_side_by_side
 from jaxedit.trace import engine
 from jaxedit.trace.runs import clean_and_corrupted, make_noise
 
@@ -159,6 +161,22 @@ def _bucket(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def sample_chunks(
+    config: ModelConfig, samples: int, length: int, live: int, chunk_samples: int | None, threads: int
+) -> tuple[int, int, int]:
+    """`(groups, n_chunks, chunk)`: how `trace` splits its noise samples.
+
+    Chunks of `chunk` samples (`chunk_samples`, default as many as fit `CHUNK_BYTES` of residual
+    buffer), `n_chunks` of them (the last padded with repeats), a multiple of `groups`: the calls run
+    side by side (`min(threads, samples)`), each over `n_chunks // groups` consecutive chunks.
+    """
+    per_sample_bytes = 4 * config.n_layers * live * length * config.d_model  # residual buffer, one sample
+    chunk = chunk_samples or max(1, min(samples, CHUNK_BYTES // max(per_sample_bytes, 1)))
+    groups = min(threads, samples)
+    n_chunks = _bucket(-(-samples // chunk), groups)
+    return groups, n_chunks, min(chunk, -(-samples // n_chunks))  # the same chunk count, least padding
+
+
 def trace(
     model: Model,
     prompt: str,
@@ -177,6 +195,7 @@ def trace(
     bucket: int = 1,
     pad_to: tuple[int, int] | None = None,
     segments: int | str | None = "auto",
+    threads: int | str = "auto",
 ) -> TraceResult:
     """Causal trace of one prompt: restore grids for each kind (METHODS.md §1).
 
@@ -204,6 +223,10 @@ def trace(
         own shapes: the least work, the longest compile), k scans them in at most k ranges padded to
         shared shapes (a fraction of the compile time for up to ~1/k more work). `"auto"`: None on a
         CPU, 4 on accelerators, where compiling 30 differently shaped layers takes minutes.
+      threads: grid programs run at once from host threads (`jaxedit.side_by_side`): the noise samples
+        are split into this many groups of chunks, each run as its own call, every kind's calls side by
+        side. `"auto"`: 2 on a multi-core CPU (cores otherwise idle between a program's operations),
+        1 on accelerators. The grids do not depend on it beyond float rounding.
 
     Returns:
       A `TraceResult`; `params` are untouched.
@@ -225,6 +248,7 @@ def trace(
         raise ValueError(f"samples must be at least 1, got {samples}")
     if pad_to is not None and (len(pad_to) != 2 or min(pad_to) < 0):
         raise ValueError(f"pad_to must be a (length, live) pair of non-negative ints, got {pad_to!r}")
+    threads = resolve_threads(threads)
     if segments == "auto":
         segments = None if jax.default_backend() == "cpu" else 4
     elif segments is not None and (not isinstance(segments, int) or segments < 1):
@@ -272,15 +296,16 @@ def trace(
     )
     p_corrupt_mean = float(jnp.mean(p_corrupt))
 
-    per_sample_bytes = 4 * config.n_layers * live * length * config.d_model  # residual buffer, one sample
-    chunk = chunk_samples or max(1, min(samples, CHUNK_BYTES // max(per_sample_bytes, 1)))
-    n_chunks = -(-samples // chunk)
+    groups, n_chunks, chunk = sample_chunks(config, samples, length, live, chunk_samples, threads)
     order = np.arange(n_chunks * chunk) % samples  # pad the last chunk with repeats, dropped later
     chunks = jax.tree.map(lambda a: a[order].reshape(n_chunks, chunk, *a.shape[1:]), corrupt_states)
+    per_group = n_chunks // groups
+    grouped = [
+        jax.tree.map(lambda a, g=g: a[g * per_group : (g + 1) * per_group], chunks) for g in range(groups)
+    ]
 
-    grids = {}
-    for kind in kinds:
-        plan = engine.build_plan(
+    plans = {
+        kind: engine.build_plan(
             kind,
             config.n_layers,
             length,
@@ -291,17 +316,30 @@ def trace(
             sever if kind == "hidden" else None,
             segments,
         )
-        probs = engine.run_grid(
+        for kind in kinds
+    }
+
+    def grid_call(kind: str, group: dict[str, jax.Array]) -> Callable[[], jax.Array]:
+        return lambda: engine.run_grid(
             model.params,
             config,
-            plan,
+            plans[kind],
             jnp.asarray(key_mask),
             jnp.asarray(positions),
             clean,
-            chunks,
+            group,
             jnp.int32(answer_id),
         )
-        grid = engine.grid_from_units(plan, np.asarray(probs), samples, p_corrupt_mean, first_live)
+
+    # group-major order: the first calls are of different kinds, so their programs compile side by side
+    jobs = [(kind, group) for group in grouped for kind in kinds]
+    outputs = run_side_by_side([grid_call(kind, group) for kind, group in jobs], threads)
+    grids = {}
+    for kind in kinds:
+        probs = np.concatenate(
+            [np.asarray(out) for (k, _), out in zip(jobs, outputs, strict=True) if k == kind]
+        )
+        grid = engine.grid_from_units(plans[kind], probs, samples, p_corrupt_mean, first_live)
         grids[kind] = grid[:, pad:]
     labels = [model.tokenizer.decode([i]) for i in ids]
     return TraceResult(

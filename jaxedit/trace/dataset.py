@@ -310,7 +310,8 @@ def trace_dataset(
       corrupt: `subject` or `relation`.
       out_dir: where per-fact traces are cached (resumable) and the summary is written.
       workers: facts traced concurrently by threads. On an accelerator, compiling the grid programs of
-        new prompt shapes dominates and XLA compiles in parallel on the host's cores; on a CPU keep 1.
+        new prompt shapes dominates and XLA compiles in parallel on the host's cores; on a CPU keep 1
+        (each fact's trace already runs two programs at once there: `trace`'s `threads`).
       shapes: `bucket` pads each prompt to multiples of `bucket` (the least work: a CPU's choice);
         `single` pads every prompt to the set's largest bucketed shape, so each kind compiles one grid
         program (on an H200 one SmolLM2 grid program compiles in 1-3 minutes and then traces a fact
@@ -373,7 +374,7 @@ def trace_dataset(
         return trace(
             model, prompt, subject=subject, corrupt=corrupt, kinds=run_kinds, samples=samples, noise=scale,
             window=window, answer=answer, sever=sever, seed=seed, bucket=bucket, pad_to=pads[index],
-            segments=segments,
+            segments=segments, threads=1 if workers > 1 else "auto",  # facts side by side fill the cores
         )  # fmt: skip
 
     def traced(index: int) -> tuple[dict[str, np.ndarray], float, float, float] | None:

@@ -1,0 +1,50 @@
+"""`jaxedit.side_by_side`: independent calls run at once from host threads, results in order."""
+
+from __future__ import annotations
+
+import threading
+
+import jax.numpy as jnp
+import pytest
+
+from jaxedit import side_by_side
+
+
+def test_results_come_back_in_call_order() -> None:
+    calls = [lambda i=i: jnp.full((2,), i) * 2 for i in range(5)]
+    results = side_by_side.run_side_by_side(calls, threads=2)
+    assert [int(r[0]) for r in results] == [0, 2, 4, 6, 8]
+
+
+def test_two_threads_run_two_calls_at_once_and_one_thread_does_not() -> None:
+    def waiting_call(barrier: threading.Barrier):
+        def call():
+            barrier.wait()  # returns only when both calls are inside it at the same time
+            return jnp.ones(1)
+
+        return call
+
+    barrier = threading.Barrier(2, timeout=10)
+    side_by_side.run_side_by_side([waiting_call(barrier)] * 2, threads=2)
+    barrier = threading.Barrier(2, timeout=0.5)
+    with pytest.raises(threading.BrokenBarrierError):
+        side_by_side.run_side_by_side([waiting_call(barrier)] * 2, threads=1)
+
+
+def test_an_exception_in_a_call_reaches_the_caller() -> None:
+    def failing():
+        raise RuntimeError("grid failed")
+
+    with pytest.raises(RuntimeError, match="grid failed"):
+        side_by_side.run_side_by_side([lambda: jnp.ones(1), failing], threads=2)
+
+
+def test_thread_counts() -> None:
+    assert side_by_side.default_threads() == min(side_by_side.CPU_THREADS, side_by_side.cpu_cores())
+    assert side_by_side.resolve_threads("auto") == side_by_side.default_threads()
+    assert side_by_side.resolve_threads(3) == 3
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="threads"):
+            side_by_side.resolve_threads(bad)
+    with pytest.raises(ValueError, match="threads"):
+        side_by_side.run_side_by_side([], threads=0)
