@@ -5,7 +5,9 @@ gaps between operations, and in operations too small to split, cores wait. Two i
 started from two threads fill each other's gaps. On the 2-core CPU of this project, the three-kind trace
 grid of SmolLM2 split into two half-sample programs run at once took less time than one program over
 all samples (`tools/bench_trace.py --threads 1` against the default prints both). An accelerator runs
-one program at a time per device, so there the default is one thread.
+one program at a time per device, so there the default is one thread. So is it with several devices or
+processes: programs with collectives must start in the same order on every process (under
+`jax.distributed`, threads that race to launch them mismatch the collectives and crash the run).
 """
 
 from __future__ import annotations
@@ -30,18 +32,23 @@ def cpu_cores() -> int:
 
 
 def default_threads() -> int:
-    """Programs to run at once: `CPU_THREADS` on a CPU with at least that many cores, else 1."""
-    if jax.default_backend() != "cpu":
+    """Programs to run at once: `CPU_THREADS` on a single-device CPU with that many cores, else 1."""
+    if jax.default_backend() != "cpu" or jax.device_count() > 1:
         return 1
     return max(1, min(CPU_THREADS, cpu_cores()))
 
 
 def resolve_threads(threads: int | str) -> int:
-    """`threads` checked (a positive int), with `"auto"` meaning `default_threads()`."""
+    """`threads` checked (a positive int; 1 when several processes run), `"auto"`: `default_threads()`."""
     if threads == "auto":
         return default_threads()
     if type(threads) is not int or threads < 1:
         raise ValueError(f"threads must be 'auto' or a positive int, got {threads!r}")
+    if threads > 1 and jax.process_count() > 1:
+        raise ValueError(
+            f"threads={threads} needs a single process: under jax.distributed every process must launch "
+            "its programs in the same order; use threads=1"
+        )
     return threads
 
 

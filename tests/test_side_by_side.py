@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
+import jax
 import jax.numpy as jnp
 import pytest
+from conftest import subprocess_env
 
 from jaxedit import side_by_side
 
@@ -40,7 +44,9 @@ def test_an_exception_in_a_call_reaches_the_caller() -> None:
 
 
 def test_thread_counts() -> None:
-    assert side_by_side.default_threads() == min(side_by_side.CPU_THREADS, side_by_side.cpu_cores())
+    single = jax.device_count() == 1
+    expected = min(side_by_side.CPU_THREADS, side_by_side.cpu_cores()) if single else 1
+    assert side_by_side.default_threads() == expected
     assert side_by_side.resolve_threads("auto") == side_by_side.default_threads()
     assert side_by_side.resolve_threads(3) == 3
     for bad in (0, -1, 1.5, "2", True):
@@ -48,3 +54,12 @@ def test_thread_counts() -> None:
             side_by_side.resolve_threads(bad)
     with pytest.raises(ValueError, match="threads"):
         side_by_side.run_side_by_side([], threads=0)
+
+
+def test_several_devices_default_to_one_thread() -> None:
+    # programs over several devices carry collectives: they run one at a time
+    code = "from jaxedit import side_by_side; print(side_by_side.default_threads())"
+    env = subprocess_env(devices=4)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
