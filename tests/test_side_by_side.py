@@ -63,3 +63,10 @@ def test_several_devices_default_to_one_thread() -> None:
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "1"
+
+
+def test_several_threads_under_several_processes_are_refused(monkeypatch) -> None:
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    assert side_by_side.resolve_threads(1) == 1
+    with pytest.raises(ValueError, match="single process"):
+        side_by_side.resolve_threads(2)
