@@ -111,9 +111,7 @@ def targets_folder(model, hp, templates, root: Path | None = None) -> Path:
     import dataclasses
     import shutil
 
-    from jaxedit.edit.stats import fingerprint
-
-    base = {"model": fingerprint(model), "layer": max(hp.layers), "templates": list(templates)}
+    base = {"model": model.fingerprint, "layer": max(hp.layers), "templates": list(templates)}
     root = CACHE / "targets" if root is None else root
     folder = root / digest({**base, "targets": target_settings(hp)})
     whole = dataclasses.asdict(hp.targets)
@@ -202,7 +200,7 @@ def cached_targets(model, requests, hp, templates, root: Path | None = None):
 
 def write_text(path: Path, text: str) -> None:
     """Write a results file atomically."""
-    from jaxedit.checkpoints import atomic_write_bytes
+    from jaxedit.files import atomic_write_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, text.encode())
@@ -258,8 +256,10 @@ def wikipedia_statistics(model, layers, samples: int, site: str = "mlp_key") -> 
     from jaxedit.edit import key_statistics
     from jaxedit.edit.stats import read_corpus
 
-    texts = read_corpus(shared_data("corpus", "wikipedia"))[:samples]
-    return key_statistics(model, sorted(set(layers)), texts, corpus_id=f"wikipedia:{samples}", site=site)
+    texts = read_corpus(shared_data("corpus", "wikipedia"))
+    return key_statistics(
+        model, sorted(set(layers)), texts, samples=samples, corpus_id="wikipedia", site=site
+    )
 
 
 def mass_setup(model, method: str, records: int, stats_samples: int | None, **changes):

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxedit.errors import InputError
+
 NORMALISATIONS = ("none", "center", "ln", "l2")
 SCORES = ("dot", "cosine")
 
@@ -89,14 +91,14 @@ def normalise_input(x: jax.Array, mode: str, center: jax.Array | None = None) ->
         return x
     if mode == "center":
         if center is None:
-            raise ValueError("the center normalisation needs the mean input `center`")
+            raise InputError("the center normalisation needs the mean input `center`")
         return x - center.astype(jnp.float32)
     if mode == "ln":
         centred = x - x.mean(-1, keepdims=True)
         return centred * jax.lax.rsqrt(jnp.mean(centred * centred, -1, keepdims=True) + 1e-6)
     if mode == "l2":
         return x * jax.lax.rsqrt(jnp.sum(x * x, -1, keepdims=True) + 1e-12)
-    raise ValueError(f"unknown adaptor normalisation {mode!r}; choose from {', '.join(NORMALISATIONS)}")
+    raise InputError(f"unknown adaptor normalisation {mode!r}; choose from {', '.join(NORMALISATIONS)}")
 
 
 def key_scores(keys: jax.Array, inputs: jax.Array, score: str) -> jax.Array:
@@ -108,7 +110,7 @@ def key_scores(keys: jax.Array, inputs: jax.Array, score: str) -> jax.Array:
         key_norm = jnp.sqrt(jnp.sum(jnp.square(keys.astype(jnp.float32)), -1) + 1e-12)
         input_norm = jnp.sqrt(jnp.sum(inputs * inputs, -1, keepdims=True) + 1e-12)
         return dots / (key_norm * input_norm)
-    raise ValueError(f"unknown adaptor score {score!r}; choose from {', '.join(SCORES)}")
+    raise InputError(f"unknown adaptor score {score!r}; choose from {', '.join(SCORES)}")
 
 
 def matched_scores(keys: jax.Array, inputs: jax.Array, score: str) -> jax.Array:
@@ -121,7 +123,7 @@ def matched_scores(keys: jax.Array, inputs: jax.Array, score: str) -> jax.Array:
         return dots * jax.lax.rsqrt(
             (jnp.sum(keys * keys, -1) + 1e-12) * (jnp.sum(inputs * inputs, -1) + 1e-12)
         )
-    raise ValueError(f"unknown adaptor score {score!r}; choose from {', '.join(SCORES)}")
+    raise InputError(f"unknown adaptor score {score!r}; choose from {', '.join(SCORES)}")
 
 
 def gate(adaptor: Adaptor, m_in: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -8,14 +8,15 @@ file and what went wrong.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
+from jaxedit.errors import InputError
 
-class WeightsError(ValueError):
+
+class WeightsError(InputError):
     """A checkpoint that is missing, truncated, unreadable or does not match its config."""
 
 
@@ -128,10 +129,3 @@ def directory_source(directory: Path) -> TensorSource:
         f"{origin}: no weights found (looked for model.safetensors, model.safetensors.index.json and "
         "pytorch_model.bin)"
     )
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file via a temporary sibling and a rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

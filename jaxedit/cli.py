@@ -5,12 +5,42 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from jaxedit.errors import InputError
+
 log = logging.getLogger("jaxedit")
+
+
+def count(least: int):
+    """An argparse type: an integer of at least `least` (sizes, counts, layers), else a one-line error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {least}"
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
 
 
 def _load(spec: str):
@@ -29,7 +59,7 @@ def _mesh_shape(text: str | None, devices: int) -> dict[str, int]:
     for part in text.split(","):
         name, sep, size = part.partition("=")
         if not sep or not size.strip().isdigit():
-            raise ValueError(f"--mesh wants axis=size pairs like data=1,model=8, got {text!r}")
+            raise InputError(f"--mesh wants axis=size pairs like data=1,model=8, got {text!r}")
         shape[name.strip()] = int(size)
     return shape
 
@@ -39,7 +69,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     import os
 
     if args.devices < 1:
-        raise ValueError(f"--devices must be at least 1, got {args.devices}")
+        raise InputError(f"--devices must be at least 1, got {args.devices}")
     # simulated CPU devices: effective only before JAX starts its backends, which nothing here has done
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
@@ -47,7 +77,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     import jax
 
     from jaxedit import presets
-    from jaxedit.checkpoints import atomic_write_bytes
+    from jaxedit.files import write_output
     from jaxedit.plan import plan
     from jaxedit.sharding import make_mesh
 
@@ -55,14 +85,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     config = presets.config(args.model, dtype=args.dtype)
     devices = jax.devices()
     if len(devices) < args.devices:
-        raise ValueError(
+        raise InputError(
             f"--devices {args.devices} but only {len(devices)} {devices[0].platform} devices exist"
         )
     mesh = make_mesh(shape, devices[: args.devices])
     result = plan(config, mesh, name=str(args.model), edits=args.edits, progress=print)
     print(result.table())
     if args.json:
-        atomic_write_bytes(Path(args.json), json.dumps(result.to_dict(), indent=1).encode())
+        write_output(Path(args.json), json.dumps(result.to_dict(), indent=1).encode())
         print(f"wrote {args.json}")
     return 0
 
@@ -122,7 +152,7 @@ def _segments(text: str) -> int | str | None:
     if text in ("auto", "none"):
         return None if text == "none" else text
     if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"--segments must be 'auto', 'none' or a positive integer, got {text!r}")
+        raise InputError(f"--segments must be 'auto', 'none' or a positive integer, got {text!r}")
     return int(text)
 
 
@@ -141,7 +171,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     noise = args.noise if args.noise == "3sigma" else float(args.noise)
     corrupt = "relation" if args.relation else "subject"
     if (args.prompt is None) == (args.dataset is None):
-        raise ValueError("give either --prompt (with --subject) or --dataset")
+        raise InputError("give either --prompt (with --subject) or --dataset")
     model = _load(args.model)
     out = Path(args.out)
     segments = _segments(args.segments)
@@ -155,7 +185,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     )
     if args.prompt is not None:
         if not args.subject:
-            raise ValueError("--prompt needs --subject")
+            raise InputError("--prompt needs --subject")
         result = trace(
             model, args.prompt, subject=args.subject, corrupt=corrupt, answer=args.answer, **common
         )
@@ -199,7 +229,9 @@ def _statistics(model, layers, corpus: str | None, samples: int, max_len: int, s
     texts, corpus_id = corpus_or_samples(model, corpus, samples)
     if corpus is None:
         print(f"statistics: no --corpus given, using {len(texts)} texts sampled from the model itself")
-    return key_statistics(model, layers, texts, corpus_id=corpus_id, max_len=max_len, site=site)
+    return key_statistics(
+        model, layers, texts, samples=samples, corpus_id=corpus_id, max_len=max_len, site=site
+    )
 
 
 def _editor(model, args: argparse.Namespace):
@@ -251,7 +283,7 @@ def cmd_lens(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from jaxedit.checkpoints import atomic_write_bytes
+    from jaxedit.files import write_output
     from jaxedit.lens import (
         attribute_rate,
         component_probes,
@@ -269,11 +301,11 @@ def cmd_lens(args: argparse.Namespace) -> int:
         facts = facts[: args.n]
         result = component_probes(model, [f.prompt for f in facts], k=args.k)
         plot_probes(result, out / "probes.png")
-        atomic_write_bytes(out / "probes.json", json.dumps(result, indent=1).encode())
+        write_output(out / "probes.json", json.dumps(result, indent=1).encode())
         print(f"component probes over {len(facts)} prompts: {out / 'probes.json'}, {out / 'probes.png'}")
         return 0
     if not args.attributes:
-        raise ValueError("--analysis relation needs --attributes (relation_related_attributes.json)")
+        raise InputError("--analysis relation needs --attributes (relation_related_attributes.json)")
     attributes = read_attributes(args.attributes)
     kept = [f for f in facts if f.relation in attributes]
     if len(kept) < len(facts):
@@ -288,7 +320,7 @@ def cmd_lens(args: argparse.Namespace) -> int:
     )
     plot_relation(result, out / "relation_lens.png", blocking)
     payload = {**result, **({"blocking": blocking} if blocking else {})}
-    atomic_write_bytes(out / "relation_lens.json", json.dumps(payload, indent=1).encode())
+    write_output(out / "relation_lens.json", json.dumps(payload, indent=1).encode())
     peak = int(np.argmax(result["attribute_rate"]))
     print(
         f"{len(facts)} facts: attribute rate peaks at layer {peak} ({result['attribute_rate'][peak]:.3f}); "
@@ -348,11 +380,11 @@ def cmd_edit(args: argparse.Namespace) -> int:
         print(f"    before: {old!r}")
         print(f"    after:  {new!r}")
     if args.save and args.method.startswith("ireva"):  # adaptor neurons have no place in an HF checkpoint
-        path = journal.save(Path(args.save) / "journal")
+        path = journal.save(Path(args.save) / "journal", overwrite=args.overwrite)
         print(f"journal written to {path} (re-apply it to the unedited model with EditJournal.load)")
     elif args.save:
-        path = journal.export(args.save)
-        journal.save(path / "journal")
+        path = journal.export(args.save, overwrite=args.overwrite)
+        journal.save(path / "journal", overwrite=args.overwrite)
         print(f"edited model (Hugging Face format) and its journal written to {path}")
     return 0
 
@@ -368,7 +400,7 @@ def _benchmark(path: str) -> str:
         return "zsre"
     if "requested_rewrite" in first or "locality_prompt" in first:
         return "counterfact"
-    raise ValueError(f"{path}: neither CounterFact nor zsRE records (keys {sorted(first)})")
+    raise InputError(f"{path}: neither CounterFact nor zsRE records (keys {sorted(first)})")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -431,19 +463,19 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument(
         "model", help="a preset (gpt2-xl, gptj-6b, neox-20b, llama2-7b) or a config.json / HF dir"
     )
-    pl.add_argument("--devices", type=int, default=1, help="devices (simulated on a CPU)")
+    pl.add_argument("--devices", type=count(1), default=1, help="devices (simulated on a CPU)")
     pl.add_argument("--mesh", help="axis sizes, e.g. data=1,model=8 (default: all devices on model)")
     pl.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32", "float16"))
-    pl.add_argument("--edits", type=int, default=1000, help="requests in the MEMIT / PMET batch")
+    pl.add_argument("--edits", type=count(1), default=1000, help="requests in the MEMIT / PMET batch")
     pl.add_argument("--json", help="write the plan as JSON here")
     pl.set_defaults(func=cmd_plan)
 
     gen = sub.add_parser("generate", help="complete a prompt (greedy, or top-k sampling)")
     gen.add_argument("model")
     gen.add_argument("prompt")
-    gen.add_argument("--max-new-tokens", type=int, default=20)
-    gen.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--max-new-tokens", type=count(1), default=20)
+    gen.add_argument("--top-k", type=count(1), default=None, help="sample from the k most likely tokens")
+    gen.add_argument("--seed", type=count(0), default=0)
     gen.set_defaults(func=cmd_generate)
 
     tr = sub.add_parser("trace", help="causal tracing of one prompt or an average over a dataset")
@@ -452,14 +484,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--subject", help="the subject inside the prompt")
     tr.add_argument("--answer", help="answer to read out (default: the model's prediction)")
     tr.add_argument("--dataset", help="JSON / JSONL records (known_1000.json layout)")
-    tr.add_argument("--n", type=int, default=None, help="number of correctly predicted facts to trace")
+    tr.add_argument("--n", type=count(1), default=None, help="number of correctly predicted facts to trace")
     tr.add_argument(
         "--max-minutes",
-        type=float,
+        type=positive_float,
         default=None,
         help="dataset time budget: average the facts traced by then (the first ones, in order)",
     )
-    tr.add_argument("--workers", type=int, default=1, help="dataset facts traced concurrently (accelerators)")
+    tr.add_argument(
+        "--workers", type=count(1), default=1, help="dataset facts traced concurrently (accelerators)"
+    )
     tr.add_argument(
         "--shapes",
         default="auto",
@@ -471,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--relation", action="store_true", help="corrupt the relation tokens instead of the subject"
     )
     tr.add_argument("--kinds", default="hidden,mlp,attn")
-    tr.add_argument("--samples", type=int, default=10)
+    tr.add_argument("--samples", type=count(1), default=10)
     tr.add_argument(
         "--segments",
         default="auto",
@@ -479,7 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compile), k compiles k ranges; default 'auto' (unrolled on CPU, 4 on accelerators)",
     )
     tr.add_argument("--noise", default="3sigma", help="'3sigma' or an absolute noise std")
-    tr.add_argument("--window", type=int, default=10)
+    tr.add_argument("--window", type=count(1), default=10)
     tr.add_argument("--sever", choices=["mlp", "attn", "both"], default=None)
     tr.add_argument("--out", required=True, help="output directory")
     tr.set_defaults(func=cmd_trace)
@@ -491,10 +525,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset", required=True, help="facts with prompt and relation_id (known_1000.json layout)"
     )
     le.add_argument("--attributes", help="relation_related_attributes.json (relation analysis)")
-    le.add_argument("--n", type=int, default=None, help="first N facts")
-    le.add_argument("--k", type=int, default=50, help="top-k lens tokens")
+    le.add_argument("--n", type=count(1), default=None, help="first N facts")
+    le.add_argument("--k", type=count(1), default=50, help="top-k lens tokens")
     le.add_argument(
-        "--window", type=int, default=None, help="blocked layers per window (default: depth-scaled 10/48)"
+        "--window",
+        type=count(1),
+        default=None,
+        help="blocked layers per window (default: depth-scaled 10/48)",
     )
     le.add_argument(
         "--no-blocking", action="store_true", help="skip sublayer blocking (2 x layers more passes)"
@@ -504,10 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("stats", help="second-moment statistics of MLP keys (cached)")
     st.add_argument("model")
-    st.add_argument("--layers", type=int, nargs="+", required=True)
+    st.add_argument("--layers", type=count(0), nargs="+", required=True)
     st.add_argument("--corpus", help="text / jsonl file or directory (default: text sampled from the model)")
-    st.add_argument("--samples", type=int, default=1000, help="texts to use")
-    st.add_argument("--max-len", type=int, default=128, help="tokens kept per text")
+    st.add_argument("--samples", type=count(1), default=1000, help="texts to use")
+    st.add_argument("--max-len", type=count(1), default=128, help="tokens kept per text")
     st.set_defaults(func=cmd_stats)
 
     ed = sub.add_parser("edit", help="edit one fact and show greedy completions before and after")
@@ -516,14 +553,20 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--prompt", required=True, help='e.g. "{} is located in the city of"')
     ed.add_argument("--subject", required=True)
     ed.add_argument("--target", required=True, help="the new object, e.g. Rome")
-    ed.add_argument("--layer", type=int, default=None, help="edited layer (default: the family's)")
+    ed.add_argument("--layer", type=count(0), default=None, help="edited layer (default: the family's)")
     ed.add_argument("--hparams", help="hyperparameter JSON (copy one from jaxedit/hparams/<method>/)")
     ed.add_argument("--check", nargs="*", default=[], help="more prompts to complete before and after")
     ed.add_argument("--corpus", help="text for the statistics (default: text sampled from the model)")
-    ed.add_argument("--stats-samples", type=int, default=500)
-    ed.add_argument("--max-len", type=int, default=128)
-    ed.add_argument("--max-new-tokens", type=int, default=10)
+    ed.add_argument("--stats-samples", type=count(1), default=500)
+    ed.add_argument("--max-len", type=count(1), default=128)
+    ed.add_argument("--max-new-tokens", type=count(1), default=10)
     ed.add_argument("--save", help="directory for the edited model (HF format) and its journal")
+    ed.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let --save replace same-named files jaxedit did not write (the model's own folder included); "
+        "no other file is removed",
+    )
     ed.set_defaults(func=cmd_edit)
 
     ev = sub.add_parser("eval", help="CounterFact or zsRE evaluation of an editing method (resumable)")
@@ -534,28 +577,32 @@ def build_parser() -> argparse.ArgumentParser:
         default="rome",
         help="'none': the unedited model",
     )
-    ev.add_argument("--batch", type=int, default=100, help="records edited together (memit, pmet, ireva)")
-    ev.add_argument("--layers", type=int, nargs="+", help="critical layers (memit, pmet)")
+    ev.add_argument(
+        "--batch", type=count(1), default=100, help="records edited together (memit, pmet, ireva)"
+    )
+    ev.add_argument("--layers", type=count(0), nargs="+", help="critical layers (memit, pmet)")
     ev.add_argument("--hparams", help="hyperparameter JSON (copy one from jaxedit/hparams/<method>/)")
     ev.add_argument(
         "--dataset", required=True, help="CounterFact (ROME / EasyEdit) or zsRE (MEND / KnowEdit) JSON"
     )
     ev.add_argument("--benchmark", choices=["auto", "counterfact", "zsre"], default="auto")
-    ev.add_argument("--n", type=int, default=None, help="first N records")
+    ev.add_argument("--n", type=count(1), default=None, help="first N records")
     ev.add_argument("--out", required=True, help="directory for per-case results and summary.json")
-    ev.add_argument("--layer", type=int, default=None)
+    ev.add_argument("--layer", type=count(0), default=None)
     ev.add_argument("--corpus", help="text for the statistics (default: text sampled from the model)")
-    ev.add_argument("--stats-samples", type=int, default=500)
-    ev.add_argument("--max-len", type=int, default=128)
-    ev.add_argument("--generation-tokens", type=int, default=50, help="tokens per fluency sample (0: skip)")
+    ev.add_argument("--stats-samples", type=count(1), default=500)
+    ev.add_argument("--max-len", type=count(1), default=128)
+    ev.add_argument(
+        "--generation-tokens", type=count(0), default=50, help="tokens per fluency sample (0: skip)"
+    )
     ev.set_defaults(func=cmd_eval)
 
     demo = sub.add_parser("demo", help="trace, ROME-edit and evaluate facts on SmolLM2 (README command 1)")
     demo.add_argument("--model", default="smollm2")
     demo.add_argument("--out", default="out/demo", help="directory for the trace, the evaluation")
     demo.add_argument("--corpus", help="text for the statistics (default: text sampled from the model)")
-    demo.add_argument("--stats-samples", type=int, default=300)
-    demo.add_argument("--records", type=int, default=None, help="evaluate only the first N demo records")
+    demo.add_argument("--stats-samples", type=count(1), default=300)
+    demo.add_argument("--records", type=count(1), default=None, help="evaluate only the first N demo records")
     demo.set_defaults(func=cmd_demo)
     return parser
 
@@ -569,16 +616,39 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             cache = enable_compile_cache(args.compile_cache)
-        except ValueError as err:
+        except InputError as err:
             if args.compile_cache is not None:  # a directory the user asked for: an error
                 raise
             cache = None  # the default place is not writable here: run without the cache
             log.warning("jaxedit: %s; running without a compile cache", err)
         log.info("compile cache: %s", cache or "off")
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except InputError as err:
         print(f"jaxedit: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.filename is None:  # not about a file the user named: a bug
+            return _report_bug()
+        print(f"jaxedit: error: {err.strerror or err}: {err.filename}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxedit: interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        return _report_bug()
+
+
+def _report_bug() -> int:
+    """Print the traceback of the exception being handled, and ask for a report: it is a bug."""
+    import traceback
+
+    traceback.print_exc()
+    print(
+        "jaxedit: internal error: this is a bug in jaxedit, not a problem with your input; please report "
+        "it with the command you ran and the traceback above",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":

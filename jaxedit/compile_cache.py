@@ -19,6 +19,8 @@ from pathlib import Path
 
 import jax
 
+from jaxedit.errors import InputError
+
 ENV = "JAXEDIT_COMPILE_CACHE"
 OFF = ("", "off", "none", "0", "false")
 MIN_COMPILE_SECONDS = 1.0  # programs compiled faster than this are not worth a disk entry
@@ -48,7 +50,7 @@ def enable_compile_cache(
       ValueError: the path exists and is not a directory, or cannot be created (nothing is changed).
     """
     if min_compile_seconds < 0:
-        raise ValueError(f"min_compile_seconds must be >= 0, got {min_compile_seconds}")
+        raise InputError(f"min_compile_seconds must be >= 0, got {min_compile_seconds}")
     path = resolve_cache_dir(directory)
     if path is not None and str(path) == jax.config.jax_compilation_cache_dir:
         return path  # the cache JAX already has: its settings stay as they are
@@ -56,11 +58,11 @@ def enable_compile_cache(
         jax.config.update("jax_compilation_cache_dir", None)
         return None
     if path.exists() and not path.is_dir():
-        raise ValueError(f"compile cache {path} exists and is not a directory")
+        raise InputError(f"compile cache {path} exists and is not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ValueError(f"cannot create compile cache {path}: {err}") from err
+        raise InputError(f"cannot create compile cache {path}: {err}") from err
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
     return path

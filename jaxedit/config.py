@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from jaxedit.errors import InputError
+
 Family = Literal["gpt2", "gptj", "gpt_neox", "llama"]
 SUPPORTED_FAMILIES: tuple[str, ...] = ("gpt2", "gptj", "gpt_neox", "llama")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration that jaxedit cannot run (unknown family, unsupported option, bad sizes)."""
 
 

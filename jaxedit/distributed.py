@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from jaxedit.errors import InputError
+
 
 def initialize(
     coordinator_address: str,
@@ -31,7 +33,7 @@ def initialize(
         accelerators.
     """
     if not 0 <= process_id < num_processes:
-        raise ValueError(f"process_id must lie in [0, {num_processes}), got {process_id}")
+        raise InputError(f"process_id must lie in [0, {num_processes}), got {process_id}")
     if cpu_devices is not None:
         flags = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={cpu_devices}".strip()

@@ -24,6 +24,7 @@ from jaxedit import adaptor as adaptor_lib
 from jaxedit import model as core
 from jaxedit import tokens as tok
 from jaxedit.config import ModelConfig
+from jaxedit.errors import InputError
 from jaxedit.layout import Params
 from jaxedit.loading import Model
 
@@ -97,7 +98,7 @@ def _group_noise_rows(groups: Sequence[int] | None, rows: int) -> tuple[tuple[in
         return (rows,), np.arange(rows, dtype=np.int32)
     groups = [int(n) for n in groups]
     if any(n < 1 for n in groups) or sum(groups) != rows:
-        raise ValueError(f"groups must be positive sizes summing to the {rows} rows, got {groups}")
+        raise InputError(f"groups must be positive sizes summing to the {rows} rows, got {groups}")
     sizes = tuple(sorted(set(groups)))
     offsets = dict(zip(sizes, np.cumsum((0, *sizes[:-1])).tolist(), strict=True))
     noise_rows = np.concatenate([offsets[n] + np.arange(n) for n in groups]).astype(np.int32)
@@ -175,14 +176,14 @@ def generate(
     input_ids = np.asarray(input_ids)
     core.check_tokens(config, input_ids)
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if input_ids.shape[1] + max_new_tokens > config.max_positions:
-        raise ValueError(
+        raise InputError(
             f"prompt of {input_ids.shape[1]} tokens plus {max_new_tokens} new tokens exceeds the model's "
             f"context of {config.max_positions} tokens"
         )
     if top_k is not None and not 1 <= top_k <= config.vocab_size:
-        raise ValueError(f"top_k must lie in [1, {config.vocab_size}], got {top_k}")
+        raise InputError(f"top_k must lie in [1, {config.vocab_size}], got {top_k}")
     if attention_mask is None:
         attention_mask = np.ones_like(input_ids)
     group_sizes, noise_rows = _group_noise_rows(groups, input_ids.shape[0])
@@ -215,7 +216,7 @@ def generate_text(
     """Completions (without the prompt) of one or more prompts, stopping at the model's EOS token;
     `groups` as in `generate`."""
     if model.tokenizer is None:
-        raise ValueError(f"model {model.source!r} has no tokenizer; use generate() on token ids")
+        raise InputError(f"model {model.source!r} has no tokenizer; use generate() on token ids")
     ids, mask = tok.encode(model.tokenizer, prompts)
     eos = model.tokenizer.eos_token_id
     out = generate(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxedit.cache import cache_root
 from jaxedit.checkpoints import TensorSource, WeightsError
 
 SUPPORTED_GGUF_ARCHITECTURES: tuple[str, ...] = ("llama",)
@@ -134,10 +135,6 @@ def read_gguf(path: Path) -> tuple[dict, TensorSource]:
     return hf, TensorSource(readers, str(path))
 
 
-def _cache_root() -> Path:
-    return Path(os.environ.get("JAXEDIT_CACHE", Path.home() / ".cache" / "jaxedit"))
-
-
 def gguf_tokenizer(path: Path):
     """The Hugging Face tokenizer stored in a GGUF file.
 
@@ -149,7 +146,7 @@ def gguf_tokenizer(path: Path):
 
     stat = path.stat()
     key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    cached = _cache_root() / "tokenizers" / key
+    cached = cache_root() / "tokenizers" / key
     if (cached / "tokenizer.json").exists():
         try:
             return AutoTokenizer.from_pretrained(str(cached))

@@ -29,6 +29,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxedit.errors import InputError
+
 LAYER_SITES: tuple[str, ...] = (
     "resid_pre", "attn_heads", "attn_out", "mlp_in", "mlp_key", "mlp_out", "resid_post",
 )  # fmt: skip
@@ -78,7 +80,7 @@ def _with_batch(a: jax.Array | None, batch: int, unbatched_ndim: int) -> jax.Arr
     if a.ndim == unbatched_ndim:
         a = a[None]
     if a.ndim != unbatched_ndim + 1:
-        raise ValueError(f"intervention array of shape {a.shape} has the wrong number of axes")
+        raise InputError(f"intervention array of shape {a.shape} has the wrong number of axes")
     return jnp.broadcast_to(a, (batch, *a.shape[1:]))
 
 
@@ -95,11 +97,11 @@ def validate(
     out: Interventions = {}
     for site, edit in interventions.items():
         if site not in SITES:
-            raise ValueError(f"unknown intervention site {site!r}; sites are {', '.join(SITES)}")
+            raise InputError(f"unknown intervention site {site!r}; sites are {', '.join(SITES)}")
         if not isinstance(edit, SiteEdit):
             raise TypeError(f"intervention at {site!r} must be a SiteEdit, got {type(edit).__name__}")
         if (edit.mask is None) != (edit.values is None):
-            raise ValueError(f"intervention at {site!r}: mask and values go together")
+            raise InputError(f"intervention at {site!r}: mask and values go together")
         lead = (length,) if site == "embed" else (n_layers, length)
         width = widths[site]
         mask = _with_batch(edit.mask, batch, len(lead))
@@ -111,7 +113,7 @@ def validate(
             ("delta", delta, (batch, *lead, width)),
         ):
             if arr is not None and tuple(arr.shape) != shape:
-                raise ValueError(
+                raise InputError(
                     f"intervention {name} at {site!r} has shape {tuple(arr.shape)}, expected {shape}"
                 )
         out[site] = SiteEdit(mask, values, delta)

@@ -12,12 +12,11 @@ The tokenizer comes from the same place, through `transformers`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import logging
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,10 @@ import numpy as np
 from jaxedit import layout
 from jaxedit.checkpoints import TensorSource, WeightsError, directory_source
 from jaxedit.config import ModelConfig
+from jaxedit.errors import FilesError, InputError
 from jaxedit.families import config_from_hf, family_module
+from jaxedit.files import owned_files, same_directory, write_owned
+from jaxedit.fingerprint import weights_fingerprint
 from jaxedit.layout import Params
 
 log = logging.getLogger(__name__)
@@ -52,9 +54,34 @@ class Model:
     source: str = ""
     base: Params | None = None
     edits: tuple = ()
+    # the fingerprint of `base`, carried from the unedited model by `jaxedit.edit.apply`
+    base_digest: str | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def replace(self, **changes: Any) -> Model:
         return dataclasses.replace(self, **changes)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Fingerprint of every weight in `params` (`jaxedit.fingerprint`): an edited model, a
+        re-saved copy and another seed all differ. Computed once per model value."""
+        return weights_fingerprint(self.config, self.params)
+
+    @property
+    def base_fingerprint(self) -> str:
+        """Fingerprint of the unedited weights (`base`, or `params` when there are no edits)."""
+        if self.base is None:
+            return self.fingerprint
+        if self.base_digest is None:
+            return weights_fingerprint(self.config, self.base)
+        return self.base_digest
+
+    def unedited(self) -> Model:
+        """The model without its edits (its fingerprint known, not recomputed)."""
+        if self.base is None:
+            return self
+        unedited = self.replace(params=self.base, base=None, edits=(), base_digest=None)
+        unedited.__dict__["fingerprint"] = self.base_fingerprint  # seeds the cached property
+        return unedited
 
     @property
     def name(self) -> str:
@@ -217,7 +244,7 @@ def hf_state_dict(model: Model) -> dict[str, np.ndarray]:
     """Params under Hugging Face tensor names (float32 numpy), through the family's rules."""
     config = model.config
     if "adaptor" in model.params:
-        raise ValueError(
+        raise InputError(
             "this model carries iReVa adaptor neurons, which a Hugging Face checkpoint of its architecture "
             "cannot hold; save the edit journal (EditJournal.save) and re-apply it after loading instead"
         )
@@ -233,33 +260,64 @@ def hf_state_dict(model: Model) -> dict[str, np.ndarray]:
     return out
 
 
-def save_hf(model: Model, directory: str | Path) -> Path:
+WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "*.bin.index.json")
+
+
+def source_directory(model: Model) -> Path | None:
+    """The folder the model's weights were read from (an HF directory, or the folder of a `.gguf`
+    file, the embedded model's package folder included), or None if it is not on disk."""
+    if model.source in EMBEDDED_MODELS:
+        try:
+            return embedded_gguf_path(model.source).parent
+        except WeightsError:
+            return None
+    path = Path(model.source)
+    if path.is_dir():
+        return path
+    return path.parent if path.is_file() else None
+
+
+def _other_weights(directory: Path, produced: set[str]) -> list[str]:
+    """Weight files in `directory` that a loader could read instead of the saved `model.safetensors`."""
+    owned = owned_files(directory)
+    found = {p.name for pattern in WEIGHT_FILES for p in directory.glob(pattern)}
+    return sorted(found - produced - owned)
+
+
+def save_hf(model: Model, directory: str | Path, *, overwrite: bool = False) -> Path:
     """Write `model.safetensors`, `config.json` and the tokenizer so `transformers` can open them.
 
-    The directory is assembled next to its destination and renamed into place: an existing directory
-    is replaced only once the new one is complete.
+    The files are written as jaxedit's own in `directory` (`jaxedit.files.write_owned`): other files
+    there are kept, a file of the same name that jaxedit did not write refuses the save unless
+    `overwrite`, and the folder the model was loaded from is refused unless `overwrite` (even then,
+    only the files saved here are replaced). Other weight files that a loader could read instead
+    (shards, `pytorch_model.bin`) refuse the save. Each file is renamed into place complete.
     """
     from safetensors.numpy import save_file
 
     target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        save_file(hf_state_dict(model), str(staging / "model.safetensors"), metadata={"format": "pt"})
-        hf = family_module(model.config.family).hf_config(model.config)
-        hf["torch_dtype"] = "float32"
-        (staging / "config.json").write_text(json.dumps(hf, indent=2))
+    origin = source_directory(model)
+    if origin is not None and same_directory(origin, target) and not overwrite:
+        raise FilesError(
+            f"{target} is the folder {model.name} was loaded from; save the edited model elsewhere, or "
+            "pass overwrite=True / --overwrite to replace its weights and config there"
+        )
+    state = hf_state_dict(model)
+    hf = family_module(model.config.family).hf_config(model.config)
+    hf["torch_dtype"] = "float32"
+
+    def weights(staging: Path) -> None:
+        save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
+
+    def tokenizer(staging: Path) -> None:
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(str(staging))
-        if target.exists():
-            backup = target.with_name(f".{target.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            target.rename(backup)
-            staging.rename(target)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+
+    return write_owned(
+        target,
+        {"config.json": json.dumps(hf, indent=2).encode()},
+        (weights, tokenizer),
+        overwrite=overwrite,
+        what="the saved model",
+        conflicts=_other_weights,
+    )

@@ -30,6 +30,7 @@ from flax import struct
 from jaxedit import adaptor as adaptor_lib
 from jaxedit import interventions as iv
 from jaxedit.config import ModelConfig
+from jaxedit.errors import InputError
 from jaxedit.layout import Params
 
 TAPS: tuple[str, ...] = ("embed", *iv.LAYER_SITES)
@@ -72,7 +73,7 @@ def activation(name: str, x: jax.Array) -> jax.Array:
         return jax.nn.silu(x)
     if name == "relu":
         return jax.nn.relu(x)
-    raise ValueError(f"unsupported activation {name!r}")
+    raise InputError(f"unsupported activation {name!r}")
 
 
 def rotary_inv_freq(config: ModelConfig) -> np.ndarray:
@@ -96,7 +97,7 @@ def rotary_inv_freq(config: ModelConfig) -> np.ndarray:
         medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
         inv_freq = np.where(medium, smoothed, scaled)
     elif kind != "default":
-        raise ValueError(f"unsupported rope scaling {kind!r}")
+        raise InputError(f"unsupported rope scaling {kind!r}")
     return inv_freq.astype(np.float32)
 
 
@@ -427,7 +428,7 @@ def logits_at(
     check_tokens(config, input_ids)
     read = jnp.asarray(read, jnp.int32)
     if read.ndim != 2 or read.shape[0] != input_ids.shape[0]:
-        raise ValueError(f"read positions must be [batch, M], got shape {tuple(read.shape)}")
+        raise InputError(f"read positions must be [batch, M], got shape {tuple(read.shape)}")
     return _logits_at(params, config, input_ids, jnp.asarray(attention_mask), read)
 
 
@@ -438,21 +439,21 @@ def _is_concrete(x: object) -> bool:
 def check_tokens(config: ModelConfig, input_ids: jax.Array) -> None:
     """Raise a clear error for a wrong rank, a sequence longer than the context, or ids out of range."""
     if input_ids.ndim != 2:
-        raise ValueError(f"input_ids must be [batch, tokens], got shape {tuple(input_ids.shape)}")
+        raise InputError(f"input_ids must be [batch, tokens], got shape {tuple(input_ids.shape)}")
     if input_ids.shape[1] == 0:
-        raise ValueError("input_ids is empty: nothing to run")
+        raise InputError("input_ids is empty: nothing to run")
     if input_ids.shape[1] > config.max_positions:
-        raise ValueError(
+        raise InputError(
             f"sequence of {input_ids.shape[1]} tokens is longer than the model's context "
             f"of {config.max_positions} tokens"
         )
     if _is_concrete(input_ids):
         ids = np.asarray(input_ids)
         if not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"input_ids must be integers, got {ids.dtype}")
+            raise InputError(f"input_ids must be integers, got {ids.dtype}")
         low, high = int(ids.min()), int(ids.max())
         if low < 0 or high >= config.vocab_size:
-            raise ValueError(
+            raise InputError(
                 f"token id out of range: ids span [{low}, {high}] but the vocabulary has "
                 f"{config.vocab_size} entries"
             )
@@ -487,12 +488,12 @@ def forward(
     check_tokens(config, input_ids)
     unknown = set(taps) - set(TAPS)
     if unknown:
-        raise ValueError(f"unknown taps {sorted(unknown)}; taps are {', '.join(TAPS)}")
+        raise InputError(f"unknown taps {sorted(unknown)}; taps are {', '.join(TAPS)}")
     b, t = input_ids.shape
     if attention_mask is None:
         attention_mask = jnp.ones((b, t), jnp.int32)
     attention_mask = jnp.asarray(attention_mask)
     if attention_mask.shape != (b, t):
-        raise ValueError(f"attention_mask has shape {attention_mask.shape}, expected {(b, t)}")
+        raise InputError(f"attention_mask has shape {attention_mask.shape}, expected {(b, t)}")
     edits = iv.validate(interventions, b, config.n_layers, t, site_widths(config))
     return _forward(params, config, input_ids, attention_mask, tuple(taps), edits)

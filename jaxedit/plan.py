@@ -36,6 +36,7 @@ from jaxedit import model as core
 from jaxedit.config import ModelConfig
 from jaxedit.edit.contexts import MEMIT_PREFIXES, ROME_PREFIXES
 from jaxedit.edit.targets import TargetHparams, _optimise, rows_for_budget
+from jaxedit.errors import InputError
 from jaxedit.flops import matmul_flops
 from jaxedit.presets import per_device_param_bytes
 from jaxedit.sharding import param_shardings
@@ -284,9 +285,9 @@ def plan(
     """Compile `programs` for `config` on `mesh` without weights; see the module docstring."""
     unknown = set(programs) - set(PROGRAMS)
     if unknown:
-        raise ValueError(f"unknown programs {sorted(unknown)}; programs are {', '.join(PROGRAMS)}")
+        raise InputError(f"unknown programs {sorted(unknown)}; programs are {', '.join(PROGRAMS)}")
     if edits < 1:
-        raise ValueError(f"edits must be at least 1, got {edits}")
+        raise InputError(f"edits must be at least 1, got {edits}")
     params = abstract_sharded_params(config, mesh)
     builders = {
         "forward": lambda: plan_forward(config, mesh, params),

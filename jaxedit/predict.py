@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from jaxedit import tokens as tok
+from jaxedit.errors import InputError
 from jaxedit.loading import Model
 from jaxedit.model import forward
 
@@ -26,7 +27,7 @@ class NextTokens:
 def next_tokens(model: Model, prompts: Sequence[str], k: int = 5) -> list[NextTokens]:
     """One batched forward over left-padded prompts, read at the last position."""
     if model.tokenizer is None:
-        raise ValueError(f"model {model.source!r} has no tokenizer")
+        raise InputError(f"model {model.source!r} has no tokenizer")
     ids, mask = tok.encode(model.tokenizer, prompts)
     logits = forward(model.params, model.config, ids, mask).logits[:, -1]
     probs = np.asarray(jax.nn.softmax(logits, axis=-1))

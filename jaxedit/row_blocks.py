@@ -15,6 +15,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxedit.errors import InputError
+
 ROW_MULTIPLE = 8  # block sizes are rounded up to this many rows
 
 
@@ -24,7 +26,7 @@ def block_size(rows: int, row_block: int) -> tuple[int, int]:
     Sizes are rounded up to a multiple of 8, so the padding is under 8 rows per block.
     """
     if row_block < 1:
-        raise ValueError(f"row_block must be at least 1, got {row_block}")
+        raise InputError(f"row_block must be at least 1, got {row_block}")
     count = max(1, -(-rows // row_block))
     size = -(-rows // count)
     return count, -(-size // ROW_MULTIPLE) * ROW_MULTIPLE

@@ -19,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxedit import layout
 from jaxedit.config import ModelConfig
+from jaxedit.errors import InputError
 from jaxedit.families import partition_specs
 from jaxedit.layout import Params
 
@@ -38,7 +39,7 @@ def make_mesh(shape: Mapping[str, int] | None = None, devices: Sequence[jax.Devi
     shape = dict(shape or {"data": 1, "model": len(devices)})
     needed = int(np.prod(list(shape.values())))
     if needed != len(devices):
-        raise ValueError(f"mesh {shape} needs {needed} devices but {len(devices)} are available")
+        raise InputError(f"mesh {shape} needs {needed} devices but {len(devices)} are available")
     return Mesh(np.asarray(devices).reshape(tuple(shape.values())), tuple(shape))
 
 
@@ -54,7 +55,7 @@ def mesh_axes(
     replicated (`uneven="replicate"`: GPT-2 XL's 25 heads or 50,257-token vocabulary on 8 devices).
     """
     if uneven not in ("error", "replicate"):
-        raise ValueError(f"uneven must be 'error' or 'replicate', got {uneven!r}")
+        raise InputError(f"uneven must be 'error' or 'replicate', got {uneven!r}")
     rules = dict(DEFAULT_RULES if rules is None else rules)
     shapes = layout.flatten(layout.param_specs(config))
     out = {}
@@ -64,7 +65,7 @@ def mesh_axes(
             target = rules.get(axis) if axis is not None else None
             if target is not None and target in mesh_shape and dim % mesh_shape[target]:
                 if uneven == "error":
-                    raise ValueError(
+                    raise InputError(
                         f"cannot shard {path} axis {axis!r} of size {dim} over mesh axis {target!r} of "
                         f"size {mesh_shape[target]}: it does not divide evenly"
                     )

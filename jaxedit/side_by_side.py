@@ -19,6 +19,8 @@ from typing import TypeVar
 
 import jax
 
+from jaxedit.errors import InputError
+
 T = TypeVar("T")
 
 CPU_THREADS = 2  # programs at once on a multi-core CPU: two fill the gaps; more only split the work finer
@@ -43,9 +45,9 @@ def resolve_threads(threads: int | str) -> int:
     if threads == "auto":
         return default_threads()
     if type(threads) is not int or threads < 1:
-        raise ValueError(f"threads must be 'auto' or a positive int, got {threads!r}")
+        raise InputError(f"threads must be 'auto' or a positive int, got {threads!r}")
     if threads > 1 and jax.process_count() > 1:
-        raise ValueError(
+        raise InputError(
             f"threads={threads} needs a single process: under jax.distributed every process must launch "
             "its programs in the same order; use threads=1"
         )
@@ -59,7 +61,7 @@ def run_side_by_side(calls: Sequence[Callable[[], T]], threads: int) -> list[T]:
     running program at a time. An exception in a call is raised here after the running calls finish.
     """
     if threads < 1:
-        raise ValueError(f"threads must be at least 1, got {threads}")
+        raise InputError(f"threads must be at least 1, got {threads}")
 
     def call_and_wait(call: Callable[[], T]) -> T:
         return jax.block_until_ready(call())

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from jaxedit.errors import InputError
+
 
 def pad_id(tokenizer: Any) -> int:
     """The tokenizer's pad id, else its eos id, else 0 (padded positions are masked out anyway)."""
@@ -23,7 +25,7 @@ def pad_id(tokenizer: Any) -> int:
 def encode_one(tokenizer: Any, text: str) -> list[int]:
     """Token ids of one prompt, with the special tokens (BOS) the tokenizer itself adds."""
     if not isinstance(text, str) or not text:
-        raise ValueError(f"prompt must be a non-empty string, got {text!r}")
+        raise InputError(f"prompt must be a non-empty string, got {text!r}")
     return list(tokenizer(text, add_special_tokens=True)["input_ids"])
 
 
@@ -45,12 +47,12 @@ def pad(
       multiple: round the length up to a multiple of this, so nearby lengths share one compilation.
     """
     if not rows:
-        raise ValueError("nothing to pad: no rows")
+        raise InputError("nothing to pad: no rows")
     longest = max(len(r) for r in rows)
     if length is None:
         length = -(-longest // multiple) * multiple
     if longest > length:
-        raise ValueError(f"a row of {longest} tokens does not fit in length {length}")
+        raise InputError(f"a row of {longest} tokens does not fit in length {length}")
     ids = np.full((len(rows), length), pad_value, np.int32)
     mask = np.zeros((len(rows), length), np.int32)
     for i, row in enumerate(rows):
@@ -86,17 +88,17 @@ def token_span(tokenizer: Any, prompt: str, substring: str, after: int = 0) -> t
       ValueError: the substring is empty or not in the prompt (the message names both).
     """
     if not substring:
-        raise ValueError(f"empty subject for prompt {prompt!r}")
+        raise InputError(f"empty subject for prompt {prompt!r}")
     start_char = prompt.find(substring, after)
     if start_char < 0:
-        raise ValueError(f"subject {substring!r} does not occur in prompt {prompt!r}")
+        raise InputError(f"subject {substring!r} does not occur in prompt {prompt!r}")
     end_char = start_char + len(substring)
     enc = tokenizer(prompt, add_special_tokens=True, return_offsets_mapping=True)
     inside = [
         i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < end_char and b > start_char
     ]
     if not inside:
-        raise ValueError(f"subject {substring!r} maps to no token of prompt {prompt!r}")
+        raise InputError(f"subject {substring!r} maps to no token of prompt {prompt!r}")
     return inside[0], inside[-1] + 1
 
 

@@ -17,6 +17,7 @@ from hf_tiny import VOCAB, build_hf_model, save_tiny
 import jaxedit
 from jaxedit.checkpoints import WeightsError
 from jaxedit.config import ConfigError
+from jaxedit.errors import FilesError
 from jaxedit.gguf_io import unpermute_rotary
 
 IDS = np.random.default_rng(0).integers(0, VOCAB, size=(2, 9))
@@ -55,13 +56,22 @@ def test_save_hf_reloads_in_transformers_with_same_logits(name: str, tiny_dirs, 
     np.testing.assert_array_equal(jax_logits(again), jax_logits(model))
 
 
-def test_save_hf_replaces_existing_directory_whole(tiny_dirs, tmp_path: Path) -> None:
+def test_save_hf_keeps_other_files_and_refuses_to_replace_foreign_ones(tiny_dirs, tmp_path: Path) -> None:
     target = tmp_path / "saved"
     target.mkdir()
-    (target / "stale.txt").write_text("old")
-    jaxedit.save_hf(jaxedit.load_model(tiny_dirs["gpt2"]), target)
-    assert not (target / "stale.txt").exists() and (target / "model.safetensors").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["saved"]
+    (target / "notes.txt").write_text("mine")
+    model = jaxedit.load_model(tiny_dirs["gpt2"])
+    jaxedit.save_hf(model, target)
+    assert (target / "notes.txt").read_text() == "mine" and (target / "model.safetensors").exists()
+    jaxedit.save_hf(model, target)  # its own files: replaced
+    (target / "config.json").unlink()
+    (target / "config.json").write_text("{}")  # now the user's
+    with pytest.raises(FilesError, match=r"config\.json, not written by jaxedit"):
+        jaxedit.save_hf(model, target)
+    assert (target / "config.json").read_text() == "{}"
+    jaxedit.save_hf(model, target, overwrite=True)
+    assert jaxedit.load_model(target).config == model.config and (target / "notes.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]  # no staging left behind
 
 
 def _llama_gguf(path: Path, hf: transformers.PreTrainedModel, arch: str = "llama") -> None:

@@ -23,7 +23,7 @@ os.environ["XLA_FLAGS"] = (
 import jax
 
 from jaxedit import presets
-from jaxedit.checkpoints import atomic_write_bytes
+from jaxedit.files import atomic_write_bytes
 from jaxedit.plan import PEAKS, plan
 from jaxedit.sharding import make_mesh
 

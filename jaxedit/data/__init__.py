@@ -6,6 +6,8 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from jaxedit.errors import InputError
+
 
 def demo_facts() -> list[dict]:
     """The built-in demo facts: `{"prompt", "subject", "answer"}` records the demo model knows."""
@@ -29,9 +31,9 @@ def read_records(path: str | Path) -> list[dict]:
         else:
             records = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
+        raise InputError(f"{path} is not valid JSON: {err}") from err
     if isinstance(records, dict):
         records = list(records.values())
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise ValueError(f"{path} must hold a list of JSON objects")
+        raise InputError(f"{path} must hold a list of JSON objects")
     return records

@@ -29,6 +29,7 @@ import numpy as np
 
 from jaxedit import adaptor as adaptor_lib
 from jaxedit import tokens as tok
+from jaxedit.errors import InputError, NotAppliedError
 from jaxedit.layout import Params
 from jaxedit.loading import Model
 from jaxedit.model import forward
@@ -36,7 +37,7 @@ from jaxedit.model import forward
 GATE_FIELDS = ("layer", "normalise", "score", "activation")
 
 
-class CapacityError(ValueError):
+class CapacityError(InputError):
     """Adding neurons would pass the user's limit on adaptor neurons."""
 
 
@@ -79,34 +80,34 @@ class AdaptorEdit:
         owner, token = np.asarray(self.owner, np.int32), np.asarray(self.token, np.int32)
         n = keys.shape[0]
         if keys.ndim != 2 or values.shape != keys.shape or owner.shape != (n,) or token.shape != (n,):
-            raise ValueError(
+            raise InputError(
                 f"adaptor edit arrays disagree: keys {keys.shape}, values {values.shape}, "
                 f"owner {owner.shape}, token {token.shape}"
             )
         if len(set(self.facts)) != len(self.facts):
-            raise ValueError("adaptor edit holds the same fact id twice")
+            raise InputError("adaptor edit holds the same fact id twice")
         if n and (owner.min() < 0 or owner.max() >= len(self.facts)):
-            raise ValueError("adaptor edit neurons point at facts it does not hold")
+            raise InputError("adaptor edit neurons point at facts it does not hold")
         if not (np.isfinite(keys).all() and np.isfinite(values).all()):
-            raise ValueError(f"adaptor edit {self.id} has non-finite keys or values")
+            raise InputError(f"adaptor edit {self.id} has non-finite keys or values")
         missing = set(GATE_FIELDS) - set(self.gate)
         if missing:
-            raise ValueError(f"adaptor edit gate settings lack {sorted(missing)}")
+            raise InputError(f"adaptor edit gate settings lack {sorted(missing)}")
         for name, value in (("keys", keys), ("values", values), ("owner", owner), ("token", token)):
             object.__setattr__(self, name, value)
         if self.center is not None:
             object.__setattr__(self, "center", np.asarray(self.center, np.float32).reshape(keys.shape[1]))
         elif self.gate["normalise"] == "center":
-            raise ValueError("an adaptor edit with the center normalisation needs its mean input `center`")
+            raise InputError("an adaptor edit with the center normalisation needs its mean input `center`")
         if self.floor is not None:
             floor = np.asarray(self.floor, np.float32)
             if floor.shape != (n,) or np.isnan(floor).any():
-                raise ValueError(f"adaptor edit floor has shape {floor.shape} or NaNs, expected ({n},)")
+                raise InputError(f"adaptor edit floor has shape {floor.shape} or NaNs, expected ({n},)")
             object.__setattr__(self, "floor", floor)
         object.__setattr__(self, "withdrawn", frozenset(self.withdrawn))
         object.__setattr__(self, "removed", frozenset(self.removed))
         if not self.removed <= self.withdrawn:
-            raise ValueError(
+            raise InputError(
                 f"adaptor edit {self.id}: removed facts {sorted(self.removed - self.withdrawn)} are not withdrawn"
             )
         object.__setattr__(self, "requests", tuple(self.requests))
@@ -178,7 +179,7 @@ def add_neurons(params: Params, edit: AdaptorEdit) -> Params:
         if edit.center is not None and not np.allclose(np.asarray(current.center), edit.center):
             clash["center"] = ("the model's mean input", "another")
         if clash:
-            raise ValueError(
+            raise InputError(
                 f"adaptor edit {edit.id} has gate settings {clash} (model vs edit) unlike the model's"
             )
     filled = 0 if current is None else used_slots(current)
@@ -190,7 +191,7 @@ def add_neurons(params: Params, edit: AdaptorEdit) -> Params:
         )
     width = edit.keys.shape[1]
     if width != params["embed"]["tokens"].shape[1]:
-        raise ValueError(
+        raise InputError(
             f"adaptor edit {edit.id} has width {width}, the model {params['embed']['tokens'].shape[1]}"
         )
     capacity = _capacity(filled + n, 0 if current is None else current.capacity)
@@ -261,7 +262,7 @@ WITHDRAWAL_MODES = ("mute", "remove")
 def switch_off(adaptor: adaptor_lib.Adaptor, slots: Sequence[int], mode: str = "mute") -> adaptor_lib.Adaptor:
     """`adaptor` with the neurons in `slots` muted (in the top-1, adding nothing) or removed from the gate."""
     if mode not in WITHDRAWAL_MODES:
-        raise ValueError(f"unknown withdrawal mode {mode!r}; choose from {', '.join(WITHDRAWAL_MODES)}")
+        raise InputError(f"unknown withdrawal mode {mode!r}; choose from {', '.join(WITHDRAWAL_MODES)}")
     index = jnp.asarray(np.asarray(slots, np.int32))
     if mode == "mute":
         return adaptor.replace(muted=adaptor.muted.at[index].set(True))
@@ -275,7 +276,7 @@ def withdraw_fact(model: Model, fact: str, mode: str = "mute") -> Model:
     for position, edit in enumerate(edits):
         if isinstance(edit, AdaptorEdit) and fact in edit.facts:
             if fact in edit.withdrawn:
-                raise KeyError(f"fact {fact!r} is already withdrawn")
+                raise NotAppliedError(f"fact {fact!r} is already withdrawn")
             removed = edit.removed | {fact} if mode == "remove" else edit.removed
             edits[position] = dataclasses.replace(edit, withdrawn=edit.withdrawn | {fact}, removed=removed)
             slots = [i for i, (f, _) in enumerate(neuron_facts(model)) if f == fact]
@@ -283,7 +284,7 @@ def withdraw_fact(model: Model, fact: str, mode: str = "mute") -> Model:
             return model.replace(params={**model.params, "adaptor": adaptor}, edits=tuple(edits))
     known = [f for e in adaptor_edits(model) for f in e.facts]
     shown = ", ".join(known[:10]) + (f" ... ({len(known)} in all)" if len(known) > 10 else "")
-    raise KeyError(f"no adaptor fact {fact!r} in this model (facts: {shown or 'none'})")
+    raise NotAppliedError(f"no adaptor fact {fact!r} in this model (facts: {shown or 'none'})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,7 +306,7 @@ def fired(model: Model, prompts: Sequence[str] | str) -> list[Firing]:
     fact and score, and whether it changed the output (score past the neuron's threshold, not muted)."""
     adaptor = model.params.get("adaptor")
     if adaptor is None:
-        raise ValueError("this model has no adaptor neurons (no iReVa edit applied)")
+        raise InputError("this model has no adaptor neurons (no iReVa edit applied)")
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     ids, mask = tok.encode(model.tokenizer, prompts)
     m_in = forward(model.params, model.config, ids, mask, taps=("mlp_in",)).taps["mlp_in"]

@@ -3,18 +3,15 @@
 
 ROME uses 10 prefixes of 5 tokens and 10 of 10 tokens; MEMIT / PMET 5 of 10. Prefixes are sampled once
 per (model, spec, seed) from the unedited model (top-k 5, starting words as in the MEMIT code) and cached
-as JSON under `$JAXEDIT_CACHE/contexts`. A template is `"<prefix>. {}"`; the first is `"{}"`.
+as JSON under `$JAXEDIT_CACHE/contexts` (`jaxedit.cache`), keyed by the weights' fingerprint, spec and seed. A template is `"<prefix>. {}"`; the first is `"{}"`.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
-from jaxedit.checkpoints import atomic_write_bytes
-from jaxedit.edit.stats import fingerprint
+from jaxedit.cache import cache_root, digest, load_json, save_json
+from jaxedit.errors import InputError
 from jaxedit.generate import generate_text
 from jaxedit.loading import Model
 
@@ -23,10 +20,8 @@ MEMIT_PREFIXES = ((10, 5),)
 STARTS = ("The", "Therefore", "Because", "I", "You")
 
 
-def _cache_path(model: Model, spec: Sequence[tuple[int, int]], seed: int) -> Path:
-    root = Path(os.environ.get("JAXEDIT_CACHE", Path.home() / ".cache" / "jaxedit")) / "contexts"
-    name = "-".join(f"{length}x{count}" for length, count in spec)
-    return root / f"{fingerprint(model)}-{name}-seed{seed}.json"
+def _cache_key(model: Model, spec: Sequence[tuple[int, int]], seed: int) -> dict:
+    return {"fingerprint": model.fingerprint, "spec": [list(x) for x in spec], "seed": seed}
 
 
 def context_templates(
@@ -35,10 +30,12 @@ def context_templates(
     """`["{}", "<prefix 1>. {}", ...]` with `count` prefixes of `length` tokens for each `(length, count)`."""
     spec = tuple((int(length), int(count)) for length, count in spec)
     if any(length < 1 or count < 0 for length, count in spec):
-        raise ValueError(f"prefix spec must hold (length >= 1, count >= 0) pairs, got {spec}")
-    path = _cache_path(model, spec, seed)
-    if cache and path.exists():
-        return json.loads(path.read_text())
+        raise InputError(f"prefix spec must hold (length >= 1, count >= 0) pairs, got {spec}")
+    key = _cache_key(model, spec, seed)
+    path = cache_root() / "contexts" / f"{digest(key)}.json"
+    cached = load_json(path, key) if cache else None
+    if isinstance(cached, list) and cached and cached[0] == "{}" and all(isinstance(t, str) for t in cached):
+        return cached
     templates = ["{}"]
     for length, count in spec:
         if count == 0:
@@ -49,6 +46,5 @@ def context_templates(
             prefix = (start + text).replace("{", " ").replace("}", " ").strip()
             templates.append(prefix + ". {}")
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, json.dumps(templates, indent=1).encode())
+        save_json(path, templates, key)
     return templates

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxedit.errors import InputError, NotAppliedError
 from jaxedit.layout import Params
 from jaxedit.loading import Model
 
@@ -54,22 +55,22 @@ class Delta:
 
     def __post_init__(self) -> None:
         if self.site not in KERNELS:
-            raise ValueError(f"Delta site must be one of {sorted(KERNELS)}, got {self.site!r}")
+            raise InputError(f"Delta site must be one of {sorted(KERNELS)}, got {self.site!r}")
         left, right = np.asarray(self.left, np.float32), np.asarray(self.right, np.float32)
         if left.ndim != 3 or right.ndim != 3 or left.shape[:2] != right.shape[:2]:
-            raise ValueError(
+            raise InputError(
                 f"Delta factors must be [layers, rank, dim] alike, got {left.shape} and {right.shape}"
             )
         if len(self.layers) != left.shape[0] or len(set(self.layers)) != len(self.layers):
-            raise ValueError(f"Delta has {left.shape[0]} factor layers but layers {self.layers}")
+            raise InputError(f"Delta has {left.shape[0]} factor layers but layers {self.layers}")
         if not (np.isfinite(left).all() and np.isfinite(right).all()):
-            raise ValueError(f"Delta {self.id} ({self.method}) has non-finite factors")
+            raise InputError(f"Delta {self.id} ({self.method}) has non-finite factors")
         object.__setattr__(self, "left", left)
         object.__setattr__(self, "right", right)
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
         object.__setattr__(self, "attached", tuple(self.attached))
         if any(a.attached for a in self.attached):
-            raise ValueError("attached deltas cannot carry deltas of their own")
+            raise InputError("attached deltas cannot carry deltas of their own")
 
     def dense(self) -> np.ndarray:
         """`[n_layers, d_mlp, d_model]` kernel increments."""
@@ -134,7 +135,7 @@ def add_to_params(params: Params, delta: Delta) -> Params:
     kernel = params["layers"][block][name]["kernel"]
     n_layers, d_in, d_model = kernel.shape
     if max(delta.layers) >= n_layers or delta.left.shape[2] != d_in or delta.right.shape[2] != d_model:
-        raise ValueError(
+        raise InputError(
             f"delta {delta.id} (layers {delta.layers}, widths {delta.left.shape[2]}x{delta.right.shape[2]}) "
             f"does not fit a model with {n_layers} layers of {d_in}x{d_model} {delta.site} output kernels"
         )
@@ -155,9 +156,12 @@ def add_edit(params: Params, edit: Any) -> Params:
 def apply(model: Model, delta: Delta) -> Model:
     """A new model with `delta` applied after the model's current edits."""
     if any(d.id == delta.id for d in model.edits):
-        raise ValueError(f"delta {delta.id} is already applied")
+        raise InputError(f"delta {delta.id} is already applied")
     base = model.base if model.base is not None else model.params
-    return model.replace(params=add_edit(model.params, delta), base=base, edits=(*model.edits, delta))
+    return model.replace(
+        params=add_edit(model.params, delta), base=base, edits=(*model.edits, delta),
+        base_digest=model.base_fingerprint,
+    )  # fmt: skip
 
 
 def revert(model: Model, delta: Delta | str) -> Model:
@@ -165,9 +169,11 @@ def revert(model: Model, delta: Delta | str) -> Model:
     key = delta if isinstance(delta, str) else delta.id
     if not any(d.id == key for d in model.edits):
         applied = ", ".join(d.id for d in model.edits) or "none"
-        raise KeyError(f"delta {key} is not applied to this model (applied: {applied})")
+        raise NotAppliedError(f"delta {key} is not applied to this model (applied: {applied})")
     remaining = tuple(d for d in model.edits if d.id != key)
+    if not remaining:
+        return model.unedited()
     params = model.base
     for d in remaining:
         params = add_edit(params, d)
-    return model.replace(params=params, base=model.base if remaining else None, edits=remaining)
+    return model.replace(params=params, edits=remaining)

@@ -25,6 +25,7 @@ from jaxedit.config import ModelConfig
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.rome import default_layer
 from jaxedit.edit.targets import Request, as_request, build_batch
+from jaxedit.errors import InputError, NumericsError
 from jaxedit.layout import Params
 from jaxedit.loading import Model
 
@@ -106,7 +107,7 @@ def finetune(model: Model, request: Request | dict, hp: FinetuneHparams = FT) ->
     request = as_request(request)
     layer = default_layer(model) if hp.layer is None else hp.layer
     if not 0 <= layer < model.config.n_layers:
-        raise ValueError(f"layer must lie in [0, {model.config.n_layers}), got {layer}")
+        raise InputError(f"layer must lie in [0, {model.config.n_layers}), got {layer}")
     batch = build_batch(model, [request], ["{}"], "{}")
     used = (~batch.is_kl).astype(np.float32)
     change, final_nll, steps = _finetune(
@@ -115,7 +116,7 @@ def finetune(model: Model, request: Request | dict, hp: FinetuneHparams = FT) ->
     )  # fmt: skip
     change = np.asarray(change, np.float32)  # [F, D]
     if not np.isfinite(change).all():
-        raise FloatingPointError("fine-tuning produced non-finite weights")
+        raise NumericsError("fine-tuning produced non-finite weights")
     d_model = change.shape[1]
     method = "ft" if hp.limit is None else "ft-l"
     info = {

@@ -16,6 +16,7 @@ from typing import Any
 
 from jaxedit.config import ModelConfig
 from jaxedit.edit.targets import TargetHparams
+from jaxedit.errors import InputError
 
 METHODS = ("rome", "memit", "pmet", "ireva", "rets")
 
@@ -23,7 +24,7 @@ METHODS = ("rome", "memit", "pmet", "ireva", "rets")
 def packaged_file(method: str, config: ModelConfig) -> Path | None:
     """The packaged file for this method and model shape, or None."""
     if method not in METHODS:
-        raise ValueError(f"no hyperparameter files for method {method!r}; methods are {', '.join(METHODS)}")
+        raise InputError(f"no hyperparameter files for method {method!r}; methods are {', '.join(METHODS)}")
     path = Path(
         str(resources.files("jaxedit.hparams").joinpath(method, f"{config.family}-{config.n_layers}.json"))
     )
@@ -36,9 +37,9 @@ def read_hparams(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"cannot read hyperparameters from {path}: {err}") from err
+        raise InputError(f"cannot read hyperparameters from {path}: {err}") from err
     if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object")
+        raise InputError(f"{path} must hold a JSON object")
     data.pop("source", None)
     return data
 
@@ -48,7 +49,7 @@ def build(cls: type, data: dict[str, Any]) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields {unknown}; fields are {sorted(names)}")
+        raise InputError(f"unknown {cls.__name__} fields {unknown}; fields are {sorted(names)}")
     values = dict(data)
     if "targets" in values and isinstance(values["targets"], dict):
         values["targets"] = build(TargetHparams, values["targets"])

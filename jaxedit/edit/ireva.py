@@ -50,6 +50,7 @@ from jaxedit.edit.adaptors import AdaptorEdit, CapacityError, adaptor_edits, use
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
 from jaxedit.edit.reads import last_token_taps
 from jaxedit.edit.targets import Request, as_request, target_ids
+from jaxedit.errors import InputError
 from jaxedit.generate import generate
 from jaxedit.layout import Params
 from jaxedit.loading import Model
@@ -101,7 +102,7 @@ class IrevaHparams:
     def resolve_layer(self, config: ModelConfig) -> int:
         layer = max(config.n_layers - 2, 0) if self.layer is None else self.layer
         if not 0 <= layer < config.n_layers:
-            raise ValueError(f"iReVa layer {layer} is outside the model's {config.n_layers} layers")
+            raise InputError(f"iReVa layer {layer} is outside the model's {config.n_layers} layers")
         return layer
 
 
@@ -129,8 +130,8 @@ def answer_pairs(model: Model, requests: Sequence[Request]) -> Pairs:
         prompt = tok.encode_one(model.tokenizer, request.text)
         try:
             answer = target_ids(model, request.target)
-        except ValueError as err:
-            raise ValueError(f"fact {index} ({request.text!r}): {err}") from None
+        except InputError as err:
+            raise InputError(f"fact {index} ({request.text!r}): {err}") from None
         for k, label in enumerate(answer):
             rows.append(prompt + answer[:k])
             labels.append(label)
@@ -138,7 +139,7 @@ def answer_pairs(model: Model, requests: Sequence[Request]) -> Pairs:
             token.append(k)
     longest = max(len(r) for r in rows)
     if longest > model.config.max_positions:
-        raise ValueError(
+        raise InputError(
             f"an edit input of {longest} tokens exceeds the context of {model.config.max_positions}"
         )
     return Pairs(rows, np.asarray(labels, np.int32), np.asarray(owner, np.int32), np.asarray(token, np.int32))
@@ -214,7 +215,7 @@ def random_texts(model: Model, count: int, hp: IrevaHparams) -> list[str]:
 def input_mean(model: Model, layer: int, texts: Sequence[str]) -> np.ndarray:
     """`μ` of the `center` normalisation: the mean MLP input of `layer` at the last token of `texts`."""
     if not texts:
-        raise ValueError("no texts to estimate the mean MLP input from")
+        raise InputError("no texts to estimate the mean MLP input from")
     return last_inputs(model, texts, layer).mean(0)
 
 
@@ -344,19 +345,19 @@ def ireva(
     """
     requests = [as_request(r) for r in requests]
     if not requests:
-        raise ValueError("no facts to edit")
+        raise InputError("no facts to edit")
     if facts is None:
         facts = [uuid.uuid4().hex[:12] for _ in requests]
     facts = [str(f) for f in facts]
     if len(facts) != len(requests):
-        raise ValueError(f"{len(facts)} fact ids for {len(requests)} facts")
+        raise InputError(f"{len(facts)} fact ids for {len(requests)} facts")
     known = {f for e in adaptor_edits(model) for f in e.facts}
     clash = sorted(set(facts) & known) + sorted({f for f in facts if facts.count(f) > 1})
     if clash:
-        raise ValueError(f"fact ids already used: {', '.join(clash[:10])}")
+        raise InputError(f"fact ids already used: {', '.join(clash[:10])}")
     for name, options in (("normalise", adaptor_lib.NORMALISATIONS), ("score", adaptor_lib.SCORES)):
         if getattr(hp, name) not in options:
-            raise ValueError(f"iReVa {name} must be one of {', '.join(options)}, got {getattr(hp, name)!r}")
+            raise InputError(f"iReVa {name} must be one of {', '.join(options)}, got {getattr(hp, name)!r}")
     config = model.config
     layer = hp.resolve_layer(config)
     pairs = answer_pairs(model, requests)

@@ -2,30 +2,69 @@
 
 A journal holds a `Model` whose `edits` are its entries (see `jaxedit.edit.delta`: params are always the
 unedited `base` plus the applied deltas, so withdrawing is exact). On disk a journal is a directory:
-`journal.json` (format version, the base model's fingerprint and source, the entries' summaries in
-order) and `deltas.safetensors` (`<id>.left`, `<id>.right` factors and `<id>.layers`; iReVa entries
-`<id>.keys`, `.values`, `.owner`, `.token`), written atomically
-(a temporary directory renamed into place).
+`journal.json` (format version, the fingerprints of the unedited and the edited weights, the base
+model's source, the SHA-256 of the deltas file, the entries' summaries in order) and
+`deltas.safetensors` (`<id>.left`, `<id>.right` factors and `<id>.layers`; iReVa entries `<id>.keys`,
+`.values`, `.owner`, `.token`), each written atomically as jaxedit's own files in that directory
+(`jaxedit.files.write_owned`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
 
 from jaxedit.display import html_table, request_text
 from jaxedit.edit.adaptors import AdaptorEdit, adaptor_edits, withdraw_fact
 from jaxedit.edit.delta import Delta, apply, revert
-from jaxedit.edit.stats import fingerprint
+from jaxedit.errors import InputError, NotAppliedError
+from jaxedit.files import write_owned
 from jaxedit.loading import Model, save_hf
 
-FORMAT = 1
+FORMAT = 2
+DELTAS = "deltas.safetensors"
+
+
+def _read_deltas(directory: Path, meta: dict) -> dict[str, np.ndarray]:
+    """The journal's tensors, after checking the file is the one the journal recorded."""
+    path = directory / DELTAS
+    if not path.exists():
+        raise InputError(f"journal {directory} lists edits but holds no {DELTAS}")
+    blob = path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != meta.get("deltas_sha256"):
+        raise InputError(
+            f"{path} is not the file journal.json recorded (changed or corrupt since it was saved)"
+        )
+    try:
+        return load_safetensors(blob)
+    except Exception as err:  # a malformed file that still matched: only by a forged record
+        raise InputError(f"{path} cannot be read: {err}") from None
+
+
+def _check_entries(directory: Path, entries: list[dict], tensors: dict[str, np.ndarray]) -> None:
+    """Every entry's recorded layers equal its tensors' layers, and no tensor belongs to no entry."""
+    expected: set[str] = set()
+    for entry in (part for e in entries for part in (e, *e.get("attached", ()))):
+        key = entry.get("id")
+        names = {n for n in tensors if n.startswith(f"{key}.")}
+        if not names:
+            raise InputError(f"journal {directory}: entry {key} has no tensors")
+        expected |= names
+        if entry.get("kind") != "adaptor":
+            layers = [int(x) for x in tensors.get(f"{key}.layers", [])]
+            if layers != [int(x) for x in entry.get("layers", ())]:
+                raise InputError(
+                    f"journal {directory}: entry {key} records layers {entry.get('layers')} but its tensors "
+                    f"are for layers {layers}"
+                )
+    extra = sorted(set(tensors) - expected)
+    if extra:
+        raise InputError(f"journal {directory}: tensors {extra[:4]} belong to no entry")
 
 
 def _delta(entry: dict, tensors: dict[str, np.ndarray]) -> Delta:
@@ -48,9 +87,7 @@ class EditJournal:
     @property
     def base(self) -> Model:
         """The unedited model."""
-        if self.model.base is None:
-            return self.model
-        return self.model.replace(params=self.model.base, base=None, edits=())
+        return self.model.unedited()
 
     def apply(self, delta: Delta) -> Model:
         """Apply `delta` after the current edits; returns the edited model."""
@@ -69,7 +106,7 @@ class EditJournal:
             applied = ", ".join(d.id for d in self.model.edits) or "none"
             facts = sum(len(e.facts) for e in adaptor_edits(self.model))
             more = f" and {facts} adaptor facts (see list_facts)" if facts else ""
-            raise KeyError(
+            raise NotAppliedError(
                 f"edit or fact {edit_id!r} is not applied to this journal's model (edits: {applied}{more})"
             )
         return self.model
@@ -81,63 +118,78 @@ class EditJournal:
     def __len__(self) -> int:
         return len(self.model.edits)
 
-    def save(self, directory: str | Path) -> Path:
-        """Write the journal to `directory` (replaced atomically if it exists)."""
-        directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
-            tensors: dict[str, np.ndarray] = {}
-            for d in self.model.edits:
-                tensors.update(d.tensors())
-            if tensors:
-                save_file(tensors, str(staging / "deltas.safetensors"))
-            meta = {
-                "format": FORMAT,
-                "base_fingerprint": fingerprint(self.base),
-                "base_source": self.model.source,
-                "entries": self.entries(),
-            }
-            (staging / "journal.json").write_text(json.dumps(meta, indent=1))
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old")
-                os.replace(directory, old)
-                os.replace(staging, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staging, directory)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return directory
+    def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
+        """Write `journal.json` and `deltas.safetensors` into `directory`, as jaxedit's own files there
+        (`jaxedit.files.write_owned`: other files are kept; a same-named file jaxedit did not write
+        refuses the save unless `overwrite`). The record holds the fingerprints of the unedited and the
+        edited weights and a SHA-256 of the deltas file, all checked by `load`."""
+        tensors: dict[str, np.ndarray] = {}
+        for d in self.model.edits:
+            tensors.update(d.tensors())
+        blob = save_safetensors(tensors) if tensors else None
+        meta = {
+            "format": FORMAT,
+            "base_fingerprint": self.model.base_fingerprint,
+            "edited_fingerprint": self.model.fingerprint,
+            "base_source": self.model.source,
+            "deltas_sha256": hashlib.sha256(blob).hexdigest() if blob is not None else None,
+            "entries": self.entries(),
+        }
+        files = {"journal.json": json.dumps(meta, indent=1).encode()}
+        if blob is not None:
+            files[DELTAS] = blob
+        return write_owned(directory, files, overwrite=overwrite, what="the edit journal")
 
     @classmethod
     def load(cls, directory: str | Path, model: Model) -> EditJournal:
-        """Re-apply a saved journal to `model` (the unedited model it was made on; checked)."""
+        """Re-apply a saved journal to `model`, the unedited model it was made on.
+
+        Refused (`InputError`) when `model` carries edits, when it is the edited model the journal
+        produced (its edits would be applied twice), when it is another model, and when the deltas file
+        or an entry's layers were changed since the journal was saved.
+        """
         directory = Path(directory)
         meta_path = directory / "journal.json"
         if not meta_path.exists():
             raise FileNotFoundError(f"{directory} holds no journal.json")
-        meta = json.loads(meta_path.read_text())
+        try:
+            meta = json.loads(meta_path.read_text())
+            entries, base_fp = list(meta["entries"]), str(meta["base_fingerprint"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise InputError(f"{meta_path} is not a readable journal record ({err})") from None
         if meta.get("format") != FORMAT:
-            raise ValueError(f"journal format {meta.get('format')} is not supported (expected {FORMAT})")
-        journal = cls(model)
-        if fingerprint(journal.base) != meta["base_fingerprint"]:
-            raise ValueError(
-                f"journal {directory} was made on another model ({meta['base_source']}); "
-                "load it onto the unedited model it was made on"
+            raise InputError(
+                f"{meta_path}: journal format {meta.get('format')} is not supported (expected {FORMAT}; "
+                "journals of format 1 cannot tell an edited model from its base: re-create the edits)"
             )
-        tensors = load_file(str(directory / "deltas.safetensors")) if meta["entries"] else {}
-        journal = cls(journal.base)
-        for entry in meta["entries"]:
+        if model.edits:
+            raise InputError(
+                f"load a journal onto the unedited model: this one already carries {len(model.edits)} "
+                "edits (use model.unedited())"
+            )
+        if entries and model.fingerprint == meta.get("edited_fingerprint"):
+            raise InputError(
+                f"this model is the edited model journal {directory} produced: loading it would apply its "
+                f"{len(entries)} edits a second time; load the journal onto the unedited model"
+            )
+        if model.fingerprint != base_fp:
+            raise InputError(
+                f"journal {directory} was made on another model ({meta.get('base_source')}, fingerprint "
+                f"{base_fp}; this one is {model.fingerprint}); load it onto the unedited model it was made on"
+            )
+        tensors = _read_deltas(directory, meta) if entries else {}
+        _check_entries(directory, entries, tensors)
+        journal = cls(model)
+        for entry in entries:
             if entry.get("kind") == "adaptor":
                 journal.apply(AdaptorEdit.from_saved(entry, tensors))
             else:
                 journal.apply(_delta(entry, tensors))
         return journal
 
-    def export(self, directory: str | Path) -> Path:
+    def export(self, directory: str | Path, *, overwrite: bool = False) -> Path:
         """Save the edited model as a Hugging Face checkpoint (`save_hf`)."""
-        return save_hf(self.model, directory)
+        return save_hf(self.model, directory, overwrite=overwrite)
 
     def _repr_html_(self) -> str:
         rows = (

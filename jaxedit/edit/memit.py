@@ -42,6 +42,7 @@ from jaxedit.edit.targets import (
     optimise_targets,
 )
 from jaxedit.edit.walk import LayerWalk
+from jaxedit.errors import InputError, NumericsError
 from jaxedit.layout import Params
 from jaxedit.loading import Model
 
@@ -80,7 +81,7 @@ def default_hparams(model: Model, method: str = "memit", path: str | Path | None
     the five layers ending at the model's ROME layer (GPT-2 XL's MEMIT range 13-17 ends at its ROME
     layer 17) with MEMIT's GPT-J settings or `pmet_hparams`."""
     if method not in ("memit", "pmet"):
-        raise ValueError(f"method must be 'memit' or 'pmet', got {method!r}")
+        raise InputError(f"method must be 'memit' or 'pmet', got {method!r}")
     file = path or packaged_file(method, model.config)
     if file is not None:
         return build(MemitHparams, read_hparams(file))
@@ -97,12 +98,12 @@ def default_layers(model: Model) -> tuple[int, ...]:
 def spread_factor(layer: int, last: int, spread: str) -> float:
     """The share of the residual assigned to `layer`: `1/(last-layer+1)` or `1/sqrt(last-layer+1)`."""
     if layer > last:
-        raise ValueError(f"layer {layer} lies above the last critical layer {last}")
+        raise InputError(f"layer {layer} lies above the last critical layer {last}")
     if spread == "even":
         return 1.0 / (last - layer + 1)
     if spread == "sqrt":
         return 1.0 / math.sqrt(last - layer + 1)
-    raise ValueError(f"spread must be 'even' or 'sqrt', got {spread!r}")
+    raise InputError(f"spread must be 'even' or 'sqrt', got {spread!r}")
 
 
 def solve_update(stats: np.ndarray, keys: np.ndarray, residual: np.ndarray, weight: float) -> np.ndarray:
@@ -115,7 +116,7 @@ def solve_update(stats: np.ndarray, keys: np.ndarray, residual: np.ndarray, weig
         raise StatsError(f"λC + KᵀK is not positive definite ({err}); check the statistics") from err
     solved = np.linalg.solve(factor.T, np.linalg.solve(factor, k.T))  # [F, n]
     if not np.isfinite(solved).all() or not np.isfinite(residual).all():
-        raise FloatingPointError("MEMIT solve is not finite")
+        raise NumericsError("MEMIT solve is not finite")
     return solved.T
 
 
@@ -151,7 +152,7 @@ def check_conflicts(requests: Sequence[Request]) -> None:
     conflicts = {text: sorted(targets) for text, targets in wanted.items() if len(targets) > 1}
     if conflicts:
         listed = "; ".join(f"{text!r} -> {targets}" for text, targets in list(conflicts.items())[:5])
-        raise ValueError(
+        raise InputError(
             f"{len(conflicts)} prompts are asked for conflicting targets in one batch ({listed}); "
             "edit them in separate batches or keep one target each"
         )
@@ -198,17 +199,17 @@ def memit(
     """
     requests = [as_request(r) for r in requests]
     if not requests:
-        raise ValueError("no edit requests")
+        raise InputError("no edit requests")
     check_conflicts(requests)
     hp = default_hparams(model) if hp is None else hp
     layers = tuple(sorted(hp.layers if hp.layers is not None else default_layers(model)))
     last = layers[-1]
     if layers[0] < 0 or last >= model.config.n_layers:
-        raise ValueError(f"critical layers must lie in [0, {model.config.n_layers}), got {layers}")
+        raise InputError(f"critical layers must lie in [0, {model.config.n_layers}), got {layers}")
     matrices = _matrices(model, stats, layers, "mlp_key")
     if hp.update_attn:
         if not hp.targets.attn_delta:
-            raise ValueError("update_attn needs attention targets: set targets.attn_delta (PMET)")
+            raise InputError("update_attn needs attention targets: set targets.attn_delta (PMET)")
         if attn_stats is None:
             raise StatsError("update_attn needs attn_stats (key_statistics(..., site='attn_heads'))")
         attn_matrices = _matrices(model, attn_stats, layers, "attn_heads")
@@ -218,7 +219,7 @@ def memit(
     if targets is None:
         targets = optimise_targets(model, requests, last, templates, hp.targets, progress=progress)
     elif len(targets.delta) != len(requests):
-        raise ValueError(f"targets hold {len(targets.delta)} edits, but {len(requests)} requests were given")
+        raise InputError(f"targets hold {len(targets.delta)} edits, but {len(requests)} requests were given")
     z = targets.value.astype(np.float64)  # [n, D]: h[lL] + δ (MEMIT) or m0 + δm (PMET; δa is dropped)
     batch = build_batch(model, requests, templates, hp.targets.kl_prompt, hp.targets.key_token)
     contexts = np.flatnonzero(~batch.is_kl)

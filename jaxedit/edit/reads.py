@@ -17,6 +17,7 @@ import numpy as np
 from jaxedit import model as core
 from jaxedit import tokens as tok
 from jaxedit.config import ModelConfig
+from jaxedit.errors import InputError
 from jaxedit.layout import Params
 from jaxedit.loading import Model
 
@@ -41,9 +42,9 @@ def last_token_taps(model: Model, layer: int, texts: Sequence[str], tap: str, ba
     """`[n, width]` float32: the `tap` (`jaxedit.interventions`, e.g. `mlp_key`, `mlp_in`) of `layer` at
     the last token of each text."""
     if tap not in VECTOR_TAPS:
-        raise ValueError(f"tap must be one of {', '.join(VECTOR_TAPS)}, got {tap!r}")
+        raise InputError(f"tap must be one of {', '.join(VECTOR_TAPS)}, got {tap!r}")
     if not 0 <= layer < model.config.n_layers:
-        raise ValueError(f"layer {layer} is outside the model's {model.config.n_layers} layers")
+        raise InputError(f"layer {layer} is outside the model's {model.config.n_layers} layers")
     out = []
     for start in range(0, len(texts), batch):
         ids, mask = tok.encode(model.tokenizer, texts[start : start + batch], side="right", multiple=8)

@@ -17,7 +17,6 @@ ROME's (METHODS.md §5). The KL prompt is `"<prompt> is a"` (the reference code)
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,13 +24,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxedit import tokens as tok
+from jaxedit.cache import digest, load_npz, save_npz
 from jaxedit.edit.contexts import ROME_PREFIXES, context_templates
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
 from jaxedit.edit.reads import last_token_taps
 from jaxedit.edit.rome import statistics_matrix
-from jaxedit.edit.stats import KeyStats, StatsError, _cache_dir, _save, _texts_id, fingerprint
+from jaxedit.edit.stats import KeyStats, StatsError, _cache_dir, _texts_id
 from jaxedit.edit.targets import Request, TargetHparams, as_request, optimise_targets
+from jaxedit.errors import InputError, NumericsError
 from jaxedit.loading import Model
 
 RETS_TARGETS = TargetHparams(key_token="last", kl_prompt="{prompt} is a")
@@ -92,13 +93,19 @@ def subject_constraint(
     token; cached under the statistics cache keyed by the model fingerprint, layer and prompts."""
     requests = [as_request(r) for r in records]
     if not requests:
-        raise ValueError("no prompts for the subject constraint")
+        raise InputError("no prompts for the subject constraint")
     prompts = tuple(r.text for r in requests)
     subjects = tuple(r.subject for r in requests)
-    path = _cache_dir() / "constraint" / f"{fingerprint(model)}-L{layer}-{_texts_id(prompts)}.npz"
-    if path.exists():
-        with np.load(path) as data:
-            return SubjectConstraint(layer, data["matrix"], prompts, subjects)
+    key = {
+        "fingerprint": model.fingerprint,
+        "layer": layer,
+        "prompts": _texts_id(prompts),
+        "count": len(prompts),
+    }
+    path = _cache_dir() / "constraint" / f"{digest(key)}.npz"
+    entry = load_npz(path, key, required=("matrix",))
+    if entry is not None:
+        return SubjectConstraint(layer, entry[0]["matrix"], prompts, subjects)
     matrix = np.zeros((model.config.d_mlp, model.config.d_mlp))
     chunk = 512
     for start in tqdm(
@@ -106,7 +113,7 @@ def subject_constraint(
     ):
         keys = last_token_keys(model, layer, prompts[start : start + chunk])
         matrix += keys.T @ keys
-    _save(path, matrix=matrix, meta=np.asarray(json.dumps({"prompts": len(prompts), "layer": layer})))
+    save_npz(path, {"matrix": matrix}, key)
     return SubjectConstraint(layer, matrix, prompts, subjects)
 
 
@@ -115,7 +122,7 @@ def check_relation_key(model: Model, request: Request) -> None:
     ids = tok.encode_one(model.tokenizer, request.text)
     _, end = tok.token_span(model.tokenizer, request.text, request.subject, after=request.prompt.index("{}"))
     if end >= len(ids):
-        raise ValueError(
+        raise InputError(
             f"the last token of {request.text!r} is part of the subject {request.subject!r}: RETS reads its key "
             "at the last relation token, so the prompt must end with relation words after the subject"
         )
@@ -146,14 +153,14 @@ def rets(
     if constraint is not None and hp.subject_weight != 0.0:
         if isinstance(constraint, SubjectConstraint):
             if constraint.layer != layer:
-                raise ValueError(
+                raise InputError(
                     f"subject constraint of layer {constraint.layer} for an edit at layer {layer}"
                 )
             extra = constraint.without(model, request.subject)
         else:
             extra = np.asarray(constraint, np.float64)
         if extra.shape != c.shape:
-            raise ValueError(f"subject constraint of shape {extra.shape} does not fit statistics {c.shape}")
+            raise InputError(f"subject constraint of shape {extra.shape} does not fit statistics {c.shape}")
         c = c + hp.subject_weight * extra
     if templates is None:
         templates = context_templates(model, hp.prefixes, seed=hp.seed)
@@ -168,7 +175,7 @@ def rets(
         raise StatsError(f"the constrained statistics are singular ({err})") from err
     denominator = float(key_mean @ u)
     if not np.isfinite(u).all() or not np.isfinite(denominator) or denominator == 0.0:
-        raise FloatingPointError("RETS solve is not finite: the statistics are ill-conditioned")
+        raise NumericsError("RETS solve is not finite: the statistics are ill-conditioned")
     left = (u / denominator).astype(np.float32)
     info = {
         "layer": layer, "loss": [float(x) for x in targets.loss[0] if np.isfinite(x)], "nll": float(targets.nll[0]),

@@ -28,6 +28,7 @@ from jaxedit.edit.delta import Delta, apply
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
 from jaxedit.edit.stats import KeyStats, StatsError
 from jaxedit.edit.targets import Request, TargetHparams, as_request, optimise_targets
+from jaxedit.errors import InputError, NumericsError
 from jaxedit.loading import Model
 
 
@@ -110,7 +111,7 @@ def rank_one_update(
             raise StatsError(message) from err
     denominator = float(u @ np.asarray(key, np.float64))
     if not np.isfinite(u).all() or not np.isfinite(denominator) or denominator == 0.0:
-        raise FloatingPointError("ROME solve is not finite: the key statistics are ill-conditioned")
+        raise NumericsError("ROME solve is not finite: the key statistics are ill-conditioned")
     left = u / denominator
     return left.astype(np.float32), np.asarray(residual, np.float64).astype(np.float32)
 
@@ -170,7 +171,7 @@ def rome_sequence(
     is returned as one rank-n delta (exactly the model the sequence produced), method `rome-seq`."""
     requests = [as_request(r) for r in requests]
     if not requests:
-        raise ValueError("no edit requests")
+        raise InputError("no edit requests")
     hp = default_hparams(model) if hp is None else hp
     if templates is None:
         templates = context_templates(model, hp.prefixes, seed=hp.seed)

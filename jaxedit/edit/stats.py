@@ -3,10 +3,10 @@
 Uncentred, float32 accumulation, the mean over every non-padding token. Texts are tokenized, truncated to
 `max_len` tokens and run in batches of at most `batch_tokens` tokens through a jitted forward that stops
 after the deepest requested layer. Results are cached on disk (`$JAXEDIT_CACHE/stats`, default
-`~/.cache/jaxedit/stats`) under a key made of the model fingerprint, layer, corpus id, sample count,
-maximum length and dtype, as `<key>.npz` holding the matrix and the metadata (a readable copy of the
-metadata beside it as `<key>.json`); an
-interrupted run resumes from its last checkpoint (`<key>.partial.npz`).
+`~/.cache/jaxedit/stats`, see `jaxedit.cache`) under a key made of the fingerprint of every weight, layer,
+site, a hash of the texts, their count, maximum length and dtype, as `<key>.npz` holding the matrix and
+the metadata (a readable copy of the metadata beside it as `<key>.json`); an interrupted run resumes
+from its last checkpoint (`<run>.partial.npz`, keyed by the run).
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import io
 import json
-import os
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,13 +26,17 @@ from tqdm.auto import tqdm
 
 from jaxedit import model as core
 from jaxedit import tokens as tok
-from jaxedit.checkpoints import atomic_write_bytes
+from jaxedit.cache import cache_root, digest, load_npz, save_npz
 from jaxedit.config import ModelConfig
+from jaxedit.errors import InputError
+from jaxedit.files import atomic_write_bytes
 from jaxedit.layout import Params
 from jaxedit.loading import Model
 
+log = logging.getLogger(__name__)
 
-class StatsError(ValueError):
+
+class StatsError(InputError):
     """Statistics that do not belong to the model / layer they are used with, or an unusable corpus."""
 
 
@@ -46,24 +49,18 @@ class KeyStats:
     meta: dict
 
     def check(self, model: Model, layer: int, site: str = "mlp_key") -> None:
-        """Raise `StatsError` unless these statistics were computed for `model` at `layer` and `site`."""
-        want = {"fingerprint": fingerprint(model), "layer": layer, "site": site}
-        got = {k: self.meta.get(k, "mlp_key" if k == "site" else None) for k in want}
-        if got != want:
-            raise StatsError(f"statistics are for {got}, not for this model and layer {want}")
-
-
-def fingerprint(model: Model) -> str:
-    """Hash of the config and a sample of the unedited weights (embedding and first / last MLP kernels)."""
-    params = model.base if model.base is not None else model.params
-    h = hashlib.sha256(json.dumps(dataclasses.asdict(model.config), sort_keys=True).encode())
-    for array in (
-        params["embed"]["tokens"][:64],
-        params["layers"]["mlp"]["out"]["kernel"][0, :64],
-        params["layers"]["mlp"]["out"]["kernel"][-1, :64],
-    ):
-        h.update(np.asarray(array, np.float32).tobytes())
-    return h.hexdigest()[:16]
+        """Raise `StatsError` unless these statistics were computed at `layer` and `site` for `model`'s
+        weights or for its unedited weights (the statistics of a base model serve its edits, as in
+        sequential editing)."""
+        got = {k: self.meta.get(k, "mlp_key" if k == "site" else None) for k in ("layer", "site")}
+        if got != {"layer": layer, "site": site}:
+            raise StatsError(f"statistics are for layer {got['layer']} ({got['site']}), not {layer} ({site})")
+        stamp = self.meta.get("fingerprint")
+        if stamp != model.base_fingerprint and stamp != model.fingerprint:
+            raise StatsError(
+                f"statistics were computed on other weights (fingerprint {stamp}, model "
+                f"{self.meta.get('model')!r}), not on {model.name} ({model.base_fingerprint})"
+            )
 
 
 def read_corpus(path: str | Path) -> list[str]:
@@ -93,7 +90,7 @@ def read_corpus(path: str | Path) -> list[str]:
 
 
 def _cache_dir() -> Path:
-    return Path(os.environ.get("JAXEDIT_CACHE", Path.home() / ".cache" / "jaxedit")) / "stats"
+    return cache_root() / "stats"
 
 
 @functools.partial(jax.jit, static_argnames=("config", "layers", "site"))
@@ -133,7 +130,7 @@ def key_statistics(
     texts: Sequence[str] | None = None,
     *,
     corpus: str | Path | None = None,
-    samples: int = 1000,
+    samples: int | None = None,
     max_len: int = 128,
     batch_tokens: int = 2048,
     corpus_id: str | None = None,
@@ -146,11 +143,16 @@ def key_statistics(
 
     Args:
       texts: the texts; or `corpus`, a path read with `read_corpus`. One of the two is required.
-      samples: texts used (the reference code uses 100,000 Wikipedia articles).
+      samples: texts used (the reference code uses 100,000 Wikipedia articles); None: all of them.
+        Fewer texts than `samples` is an error, never a silent cut.
       max_len: tokens kept per text.
       batch_tokens: tokens per batch (independent of the model's context length).
-      corpus_id: names the corpus in the cache key and metadata (default: the path, or a hash of texts).
-      cache: read and write the on-disk cache.
+      corpus_id: names the corpus in the metadata (default: the path, or "texts"); the cache key holds
+        a hash of the texts themselves, so a changed corpus file is never served from the cache.
+      cache: read and write the on-disk cache (`$JAXEDIT_CACHE/stats`, see `jaxedit.cache`): entries
+        keyed by the weights' fingerprint, layer, site, texts, `max_len` and dtype; an unreadable or
+        mismatched entry is computed again. An interrupted run resumes from its last checkpoint
+        (every `checkpoint_every` batches), which is used only if it belongs to this very run.
       site: `mlp_key` (the MLP output projection's input, METHODS.md §3) or `attn_heads` (the attention
         output projection's input, for PMET's attention ablation).
 
@@ -162,52 +164,70 @@ def key_statistics(
         raise StatsError(f"layers must lie in [0, {model.config.n_layers}), got {list(layers)}")
     if site not in ("mlp_key", "attn_heads"):
         raise StatsError(f"site must be 'mlp_key' or 'attn_heads', got {site!r}")
-    if samples < 1 or max_len < 1:
-        raise StatsError(f"samples and max_len must be positive, got {samples} and {max_len}")
+    if (samples is not None and samples < 1) or max_len < 1 or batch_tokens < 1 or checkpoint_every < 1:
+        raise StatsError(
+            f"samples, max_len, batch_tokens and checkpoint_every must be positive, got {samples}, "
+            f"{max_len}, {batch_tokens} and {checkpoint_every}"
+        )
     if (texts is None) == (corpus is None):
         raise StatsError("give either texts or corpus")
     if corpus is not None:
         corpus_id = corpus_id or str(Path(corpus).resolve())
         texts = read_corpus(corpus)
-    texts = list(texts)[:samples]
+    texts = list(texts)
+    if samples is not None:
+        if len(texts) < samples:
+            where = f"corpus {corpus_id}" if corpus_id else "the texts given"
+            raise StatsError(f"{samples} statistics samples requested but {where} holds only {len(texts)}")
+        texts = texts[:samples]
     if not texts:
         raise StatsError("no texts for the statistics")
-    corpus_id = corpus_id or f"texts:{_texts_id(texts)}"
+    corpus_id = corpus_id or "texts"
     config = model.config
     dtype = str(jnp.dtype(model.params["layers"]["mlp"]["out"]["kernel"].dtype))
     meta_base = {
-        "fingerprint": fingerprint(model), "model": model.source, "corpus": corpus_id, "samples": len(texts),
-        "max_len": max_len, "dtype": dtype, "site": site,
+        "fingerprint": model.fingerprint, "model": model.source, "corpus": corpus_id,
+        "texts": _texts_id(texts), "samples": len(texts), "max_len": max_len, "dtype": dtype, "site": site,
         "statistic": f"uncentred E[k k^T] of {site}, mean over tokens",
     }  # fmt: skip
-    keys = {
-        layer: hashlib.sha256(json.dumps({**meta_base, "layer": layer}, sort_keys=True).encode()).hexdigest()[
-            :20
-        ]
-        for layer in layers
-    }
+    keys = {layer: digest({**meta_base, "layer": layer}) for layer in layers}
     out: dict[int, KeyStats] = {}
     if cache:
         for layer in layers:
-            path = _cache_dir() / f"{keys[layer]}.npz"
-            if path.exists():
-                out[layer] = _load(path)
+            entry = load_npz(
+                _cache_dir() / f"{keys[layer]}.npz", {**meta_base, "layer": layer}, required=("matrix",)
+            )
+            if entry is not None:
+                arrays, meta = entry
+                out[layer] = KeyStats(matrix=arrays["matrix"], tokens=int(meta["tokens"]), meta=meta)
     todo = tuple(layer for layer in layers if layer not in out)
     if not todo:
         return out
 
     ids = [tok.encode_one(model.tokenizer, t)[:max_len] for t in texts]
     per_batch = max(1, batch_tokens // max_len)
-    partial = _cache_dir() / f"{keys[todo[0]]}-{'-'.join(map(str, todo))}.partial.npz"
     width = core.site_widths(config)[site]
+    run = digest({**meta_base, "layers": list(todo), "per_batch": per_batch})
+    partial = _cache_dir() / f"{run}.partial.npz"
     acc = jnp.zeros((len(todo), width, width), jnp.float32)
     done, count = 0, 0
-    if cache and partial.exists():
-        saved = np.load(partial)
-        acc, done, count = jnp.asarray(saved["acc"]), int(saved["done"]), int(saved["count"])
+    saved = load_npz(partial, {"run": run}, required=("acc",)) if cache else None
+    if saved is not None:
+        arrays, meta = saved
+        done, count = int(meta["done"]), int(meta["count"])
+        if arrays["acc"].shape != acc.shape or not 0 < done < len(ids) or count < 0:
+            log.warning(
+                "jaxedit: ignoring statistics checkpoint %s (its state does not fit this run)", partial
+            )
+            done, count = 0, 0
+        else:
+            acc = jnp.asarray(arrays["acc"])
     starts = range(done, len(ids), per_batch)
-    bar = tqdm(starts, desc=f"statistics L{','.join(map(str, todo))}", disable=not progress, unit="batch")
-    for index, start in enumerate(bar):
+    bar = tqdm(
+        total=len(ids), initial=done, desc=f"statistics L{','.join(map(str, todo))}", disable=not progress,
+        unit="text",
+    )  # fmt: skip
+    for index, start in enumerate(starts):
         chunk = ids[start : start + per_batch]
         batch, mask = tok.pad(
             chunk + [[0]] * (per_batch - len(chunk)),
@@ -219,8 +239,10 @@ def key_statistics(
         acc = _accumulate(model.params, config, todo, site, jnp.asarray(batch), jnp.asarray(mask), acc)
         count += int(mask.sum())
         done = start + len(chunk)
+        bar.update(len(chunk))
         if cache and (index + 1) % checkpoint_every == 0 and done < len(ids):
-            _save(partial, acc=np.asarray(acc), done=done, count=count)
+            save_npz(partial, {"acc": np.asarray(acc)}, {"run": run, "done": done, "count": count})
+    bar.close()
     if count == 0:
         raise StatsError("the texts produced no tokens")
     matrices = np.asarray(acc) / count
@@ -233,30 +255,13 @@ def key_statistics(
             meta={**meta_base, "layer": layer, "tokens": count},
         )
         if cache:
-            _save(
-                _cache_dir() / f"{keys[layer]}.npz",
-                matrix=stats.matrix,
-                meta=np.asarray(json.dumps(stats.meta)),
-            )
+            save_npz(_cache_dir() / f"{keys[layer]}.npz", {"matrix": stats.matrix}, stats.meta)
             meta_text = json.dumps(stats.meta, indent=1).encode()  # readable copy beside the matrix
             atomic_write_bytes(_cache_dir() / f"{keys[layer]}.json", meta_text)
         out[layer] = stats
     if cache and partial.exists():
         partial.unlink()
     return out
-
-
-def _save(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def _load(path: Path) -> KeyStats:
-    with np.load(path) as data:
-        meta = json.loads(str(data["meta"]))
-        return KeyStats(matrix=data["matrix"], tokens=int(meta["tokens"]), meta=meta)
 
 
 def model_samples(model: Model, n: int, *, length: int = 64, seed: int = 0) -> list[str]:
@@ -275,7 +280,15 @@ def model_samples(model: Model, n: int, *, length: int = 64, seed: int = 0) -> l
 
 
 def corpus_or_samples(model: Model, corpus: str | Path | None, samples: int) -> tuple[list[str], str]:
-    """Texts and a corpus id: the corpus when given, else model samples (id says so)."""
+    """`samples` texts and a corpus id: the corpus's first texts when given, else texts sampled from the
+    model (the id says so). A corpus with fewer texts than `samples` is a `StatsError`."""
+    if samples < 1:
+        raise StatsError(f"statistics samples must be positive, got {samples}")
     if corpus is not None:
-        return read_corpus(corpus)[:samples], str(Path(corpus).resolve())
+        texts, corpus_id = read_corpus(corpus), str(Path(corpus).resolve())
+        if len(texts) < samples:
+            raise StatsError(
+                f"{samples} statistics samples requested but corpus {corpus} holds only {len(texts)}"
+            )
+        return texts[:samples], corpus_id
     return model_samples(model, samples), f"model-samples:{samples}:seed0"

@@ -34,6 +34,7 @@ from jaxedit import interventions as iv
 from jaxedit import model as core
 from jaxedit import tokens as tok
 from jaxedit.config import ModelConfig
+from jaxedit.errors import InputError, NumericsError
 from jaxedit.layout import Params
 from jaxedit.loading import Model
 
@@ -70,15 +71,15 @@ def as_request(value: Request | dict) -> Request:
             prompt=record.get("prompt", ""), subject=record.get("subject", ""), target=target or ""
         )
     if not request.target or not request.target.strip():
-        raise ValueError(f"edit request has an empty target: {request}")
+        raise InputError(f"edit request has an empty target: {request}")
     if not request.subject:
-        raise ValueError(f"edit request has an empty subject: {request}")
+        raise InputError(f"edit request has an empty subject: {request}")
     if "{}" not in request.prompt:  # the subject written out: mark its first occurrence
         if request.subject not in request.prompt:
-            raise ValueError(f"subject {request.subject!r} does not occur in prompt {request.prompt!r}")
+            raise InputError(f"subject {request.subject!r} does not occur in prompt {request.prompt!r}")
         request = dataclasses.replace(request, prompt=request.prompt.replace(request.subject, "{}", 1))
     if request.prompt.count("{}") != 1:
-        raise ValueError(f"edit prompt must hold one '{{}}' for the subject, got {request.prompt!r}")
+        raise InputError(f"edit prompt must hold one '{{}}' for the subject, got {request.prompt!r}")
     return request
 
 
@@ -152,7 +153,7 @@ def target_ids(model: Model, target: str) -> list[int]:
     text = target if target.startswith(" ") else " " + target
     ids = list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
     if not ids:
-        raise ValueError(f"target {target!r} has no tokens")
+        raise InputError(f"target {target!r} has no tokens")
     return ids
 
 
@@ -188,7 +189,7 @@ def build_batch(
     """Rows `context + target[:-1]` for every (request, template), then one KL row per request; the key
     position is the last subject token or (`key_token="last"`) the last token before the target."""
     if key_token not in ("subject", "last"):
-        raise ValueError(f"key_token must be 'subject' or 'last', got {key_token!r}")
+        raise InputError(f"key_token must be 'subject' or 'last', got {key_token!r}")
     rows, keys, owners, kl_flags, bare, reads, labels = [], [], [], [], [], [], []
     for index, request in enumerate(requests):
         targets = target_ids(model, request.target)
@@ -225,7 +226,7 @@ def build_batch(
         label_arr[r, : len(lab)] = lab
         weights[r, : len(pos)] = 0.0 if kl else 1.0 / len(pos)
     if ids.shape[1] > model.config.max_positions:
-        raise ValueError(
+        raise InputError(
             f"edit contexts of {ids.shape[1]} tokens exceed the context of {model.config.max_positions}"
         )
     return Batch(
@@ -450,16 +451,16 @@ def optimise_targets(
     `memory_budget` bytes of activations allow (`rows_for_budget`).
     """
     if model.tokenizer is None:
-        raise ValueError(f"model {model.source!r} has no tokenizer")
+        raise InputError(f"model {model.source!r} has no tokenizer")
     if not 0 <= layer < model.config.n_layers:
-        raise ValueError(f"layer must lie in [0, {model.config.n_layers}), got {layer}")
+        raise InputError(f"layer must lie in [0, {model.config.n_layers}), got {layer}")
     if hp.reference not in ("mlp_out", "resid_post"):
-        raise ValueError(f"reference must be 'mlp_out' or 'resid_post', got {hp.reference!r}")
+        raise InputError(f"reference must be 'mlp_out' or 'resid_post', got {hp.reference!r}")
     if not templates or templates[0] != "{}":
-        raise ValueError("templates must start with the bare prompt '{}'")
+        raise InputError("templates must start with the bare prompt '{}'")
     requests = [as_request(r) for r in requests]
     if not requests:
-        raise ValueError("no edit requests")
+        raise InputError("no edit requests")
     if max_rows is None:
         max_rows = rows_for_budget(model.config, layer, memory_budget)
     per_chunk = max(1, max_rows // (len(templates) + 1))
@@ -478,7 +479,7 @@ def optimise_targets(
         np.concatenate(p)[restore] for p in zip(*parts, strict=True)
     )
     if not (np.isfinite(delta).all() and np.isfinite(delta_attn).all()):
-        raise FloatingPointError("target optimisation produced non-finite values")
+        raise NumericsError("target optimisation produced non-finite values")
     return Targets(
         delta=delta, m0=m0, key=key, key_mean=key_mean, loss=history, nll=nll, steps=steps,
         delta_attn=delta_attn if hp.attn_delta else None,

@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxedit import model as core
 from jaxedit.config import ModelConfig
+from jaxedit.errors import InputError
 from jaxedit.layout import Params
 
 
@@ -93,7 +94,7 @@ class LayerWalk:
     def advance(self, params: Params, layer: int) -> None:
         """Move to the input of `layer` (at or above the current one) through `params`' layers."""
         if layer < self.layer:
-            raise ValueError(f"the walk is at layer {self.layer} and cannot go down to {layer}")
+            raise InputError(f"the walk is at layer {self.layer} and cannot go down to {layer}")
         if layer > self.layer:
             self.h = [
                 _advance(params, self.config, self.layer, layer, h, self.mask[c])
@@ -111,7 +112,7 @@ class LayerWalk:
         else:
             subset = np.asarray(subset)
             if np.any(np.diff(subset) <= 0) or subset.min() < 0 or subset.max() >= len(self.rows):
-                raise ValueError("subset must hold ascending positions of the walked rows")
+                raise InputError("subset must hold ascending positions of the walked rows")
             picked = []
             for h, c in zip(self.h, self.chunks, strict=True):
                 keep = np.flatnonzero(np.isin(np.arange(len(self.rows))[c], subset))

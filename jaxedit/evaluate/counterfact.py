@@ -30,12 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from jaxedit.checkpoints import atomic_write_bytes
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.targets import Request, as_request
+from jaxedit.errors import InputError
 from jaxedit.evaluate.metrics import generation_entropy, harmonic_mean, target_scores
 from jaxedit.evaluate.report import Report
 from jaxedit.evaluate.runner import run_edits
+from jaxedit.files import atomic_write_bytes
 from jaxedit.generate import generate_text
 from jaxedit.loading import Model
 
@@ -86,14 +87,14 @@ def _case(record: dict) -> CounterfactCase:
             generation_prompts=tuple(p for p in (request.text, rephrase) if p),
             layout="easyedit",
         )
-    raise ValueError(f"not a CounterFact record (ROME or EasyEdit layout): keys {sorted(record)}")
+    raise InputError(f"not a CounterFact record (ROME or EasyEdit layout): keys {sorted(record)}")
 
 
 def read_counterfact(path: str | Path) -> list[CounterfactCase]:
     """CounterFact cases from a JSON list in either layout (case ids default to the index)."""
     records = json.loads(Path(path).read_text())
     if not isinstance(records, list) or not records:
-        raise ValueError(f"{path} holds no list of records")
+        raise InputError(f"{path} holds no list of records")
     cases = []
     for index, record in enumerate(records):
         case = _case(record)

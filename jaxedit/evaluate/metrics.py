@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxedit import tokens as tok
+from jaxedit.errors import InputError
 from jaxedit.loading import Model
 from jaxedit.model import logits_at
 
@@ -101,7 +102,7 @@ def ngram_entropy(text: str, n: int) -> float:
 def generation_entropy(texts: Sequence[str]) -> float:
     """Fluency: `(2/3 · H2 + 4/3 · H3) / 2` of word bi- and tri-grams, averaged over texts (METHODS.md §12)."""
     if not texts:
-        raise ValueError("no generated texts to score")
+        raise InputError("no generated texts to score")
     return float(np.mean([(2 / 3 * ngram_entropy(t, 2) + 4 / 3 * ngram_entropy(t, 3)) / 2 for t in texts]))
 
 

@@ -31,12 +31,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxedit.checkpoints import atomic_write_bytes
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.targets import Request
+from jaxedit.errors import InputError
 from jaxedit.evaluate.metrics import target_scores
 from jaxedit.evaluate.report import Report
 from jaxedit.evaluate.rspec import RelationPatterns, wording_key
+from jaxedit.files import atomic_write_bytes
 from jaxedit.loading import Model
 
 METRICS = ("entity_reliability", "entity_generality", "relation_reliability", "relation_generality")
@@ -80,13 +81,13 @@ def build_perspective_cases(
     for fact in facts:
         missing = {"subject", "template", "attribute", "relation_id"} - set(fact)
         if missing:
-            raise ValueError(f"fact {fact!r} lacks {', '.join(sorted(missing))}")
+            raise InputError(f"fact {fact!r} lacks {', '.join(sorted(missing))}")
     objects: dict[str, list[str]] = {}
     for fact in facts:
         objects.setdefault(fact["relation_id"], []).append(fact["attribute"].strip())
     held_out = [c for c in contexts if c != "{}"]
     if not held_out:
-        raise ValueError("no context templates other than '{}' for the relation probes' rephrasings")
+        raise InputError("no context templates other than '{}' for the relation probes' rephrasings")
     cases: list[PerspectiveCase] = []
     for fact in facts:
         if n is not None and len(cases) >= n:
@@ -112,14 +113,14 @@ def build_perspective_cases(
             )
         )
     if not cases:
-        raise ValueError("no fact has a relation with two ParaRel wordings and another object")
+        raise InputError("no fact has a relation with two ParaRel wordings and another object")
     return cases
 
 
 def reliability_generality(correct: Sequence[bool]) -> tuple[float, float]:
     """Paper 004 eqs. 6-7 on one probe family: `correct[0]` is `f(x) = y*`, the rest `f(x~) = y*`."""
     if len(correct) < 2:
-        raise ValueError("a probe family needs x and at least one rephrasing")
+        raise InputError("a probe family needs x and at least one rephrasing")
     hit = bool(correct[0])
     return float(hit), float(np.mean([hit and bool(c) for c in correct[1:]]))
 

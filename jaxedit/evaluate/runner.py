@@ -10,8 +10,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from jaxedit.checkpoints import atomic_write_bytes
 from jaxedit.edit.delta import Delta, apply
+from jaxedit.errors import InputError
+from jaxedit.files import atomic_write_bytes
 from jaxedit.loading import Model
 
 Score = Callable[[Model, Sequence[Any], "Model | None"], list[dict[str, Any]]]
@@ -52,18 +53,18 @@ def run_edits(
         interruption loses at most one chunk).
     """
     if not cases:
-        raise ValueError(f"no {name} cases to evaluate")
+        raise InputError(f"no {name} cases to evaluate")
     if batch < 1:
-        raise ValueError(f"batch must be at least 1, got {batch}")
+        raise InputError(f"batch must be at least 1, got {batch}")
     if score_chunk < 1:
-        raise ValueError(f"score_chunk must be at least 1, got {score_chunk}")
+        raise InputError(f"score_chunk must be at least 1, got {score_chunk}")
     directory = Path(out_dir) if out_dir is not None else None
     unedited = Path(unedited_dir) if unedited_dir is not None else None
 
     def score_chunked(m: Model, chunk_cases: Sequence[Any], reference: Model | None) -> list[dict]:
         rows = score(m, chunk_cases, reference)
         if len(rows) != len(chunk_cases):
-            raise ValueError(f"score returned {len(rows)} rows for {len(chunk_cases)} cases")
+            raise InputError(f"score returned {len(rows)} rows for {len(chunk_cases)} cases")
         return rows
 
     def pre_scores(chunk_cases: Sequence[Any]) -> list[dict]:

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxedit.edit.adaptors import neuron_facts, switch_off
+from jaxedit.errors import InputError, NotAppliedError
 from jaxedit.evaluate.metrics import target_scores
 from jaxedit.loading import Model
 
@@ -40,16 +41,16 @@ def withdrawal_metrics(
     """RS and Con (×100, per example and per token) of withdrawing each fact of `edited` on its pair, in
     withdrawal `mode` (`mute` or `remove`)."""
     if len(pairs) != len(facts):
-        raise ValueError(f"{len(pairs)} questions for {len(facts)} facts")
+        raise InputError(f"{len(pairs)} questions for {len(facts)} facts")
     adaptor = edited.params.get("adaptor")
     if adaptor is None:
-        raise ValueError("the edited model has no adaptor neurons to withdraw")
+        raise InputError("the edited model has no adaptor neurons to withdraw")
     slots: dict[str, list[int]] = {}
     for slot, (fact, _) in enumerate(neuron_facts(edited)):
         slots.setdefault(fact, []).append(slot)
     missing = [f for f in facts if f not in slots]
     if missing:
-        raise KeyError(f"facts not in the edited model: {', '.join(missing[:10])}")
+        raise NotAppliedError(f"facts not in the edited model: {', '.join(missing[:10])}")
     _, _, edited_top = target_scores(edited, pairs)
     _, _, base_top = target_scores(base, pairs)
     rows: dict[str, list[float]] = {k: [] for k in ("RS", "Con", "RS_token", "Con_token", "changed")}

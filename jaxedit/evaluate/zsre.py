@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from jaxedit.checkpoints import atomic_write_bytes
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.targets import Request, as_request
+from jaxedit.errors import InputError
 from jaxedit.evaluate.metrics import target_scores
 from jaxedit.evaluate.report import Report
 from jaxedit.evaluate.runner import run_edits
+from jaxedit.files import atomic_write_bytes
 from jaxedit.loading import Model
 
 PROTOCOL = "zsRE: teacher-forced token top-1 accuracy x100 (ES question, PS rephrase, NS locality answer)"
@@ -60,7 +61,7 @@ def _case(index: int, record: dict) -> ZsreCase:
         return ZsreCase(
             str(record.get("case_id", index)), request, record.get("rephrase_prompt"), locality, "knowedit"
         )
-    raise ValueError(f"not a zsRE record (MEND or KnowEdit layout): keys {sorted(record)}")
+    raise InputError(f"not a zsRE record (MEND or KnowEdit layout): keys {sorted(record)}")
 
 
 def read_zsre(path: str | Path) -> tuple[list[ZsreCase], int]:
@@ -68,12 +69,12 @@ def read_zsre(path: str | Path) -> tuple[list[ZsreCase], int]:
     subject is not written in their question."""
     records = json.loads(Path(path).read_text())
     if not isinstance(records, list) or not records:
-        raise ValueError(f"{path} holds no list of records")
+        raise InputError(f"{path} holds no list of records")
     cases, skipped = [], 0
     for index, record in enumerate(records):
         try:
             cases.append(_case(index, record))
-        except ValueError as err:
+        except InputError as err:
             if "does not occur" not in str(err):
                 raise
             skipped += 1

@@ -21,6 +21,7 @@ from jaxedit import model as core
 from jaxedit import tokens as tok
 from jaxedit.adaptor import last_positions
 from jaxedit.config import ModelConfig
+from jaxedit.errors import InputError
 from jaxedit.layout import Params
 from jaxedit.loading import Model
 
@@ -104,14 +105,14 @@ def lens_readout(
     """
     unknown = set(states) - set(STATES)
     if unknown or "resid_post" not in states:
-        raise ValueError(f"states must include resid_post and come from {STATES}, got {tuple(states)}")
+        raise InputError(f"states must include resid_post and come from {STATES}, got {tuple(states)}")
     if blocked_site not in (None, "mlp_out", "attn_out"):
-        raise ValueError(f"blocked_site must be 'mlp_out' or 'attn_out', got {blocked_site!r}")
+        raise InputError(f"blocked_site must be 'mlp_out' or 'attn_out', got {blocked_site!r}")
     if not prompts:
-        raise ValueError("no prompts for the lens")
+        raise InputError("no prompts for the lens")
     n_layers = model.config.n_layers
     if any(not 0 <= layer < n_layers for layer in blocked_layers):
-        raise ValueError(f"blocked layers {tuple(blocked_layers)} outside the model's {n_layers} layers")
+        raise InputError(f"blocked layers {tuple(blocked_layers)} outside the model's {n_layers} layers")
     blocked = np.zeros(n_layers, bool)
     blocked[list(blocked_layers)] = True
     watch = np.zeros((len(prompts), 1), np.int32) if watch is None else np.asarray(watch, np.int32)

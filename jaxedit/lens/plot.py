@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from jaxedit.checkpoints import atomic_write_bytes
+from jaxedit.files import write_output
 
 
 def _save(fig: Any, path: str | Path) -> Path:
@@ -19,7 +19,7 @@ def _save(fig: Any, path: str | Path) -> Path:
     fig.tight_layout()
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    atomic_write_bytes(Path(path), buffer.getvalue())
+    write_output(Path(path), buffer.getvalue())
     return Path(path)
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
+from jaxedit.errors import InputError
 from jaxedit.lens.core import lens_readout
 from jaxedit.loading import Model
 
@@ -45,7 +46,7 @@ def read_attributes(path: str | Path) -> dict[str, list[str]]:
     """`{relation id: [attribute strings]}` (`relation_related_attributes.json`)."""
     data = json.loads(Path(path).read_text())
     if not isinstance(data, dict):
-        raise ValueError(f"{path} must map relation ids to attribute lists")
+        raise InputError(f"{path} must map relation ids to attribute lists")
     return data
 
 
@@ -60,10 +61,10 @@ def attribute_tokens(tokenizer: Any, attributes: Sequence[str]) -> frozenset[str
 
 def _check(facts: Sequence[LensFact], attributes: dict[str, list[str]]) -> None:
     if not facts:
-        raise ValueError("no facts to analyse")
+        raise InputError("no facts to analyse")
     missing = sorted({f.relation for f in facts} - set(attributes))
     if missing:
-        raise ValueError(
+        raise InputError(
             f"no attributes for relation ids {', '.join(missing)} (known: {', '.join(sorted(attributes))})"
         )
 
@@ -149,7 +150,7 @@ def sublayer_blocking(
     n_layers = model.config.n_layers
     window = max(1, round(10 / 48 * n_layers)) if window is None else window
     if not 1 <= window <= n_layers:
-        raise ValueError(f"window must lie in [1, {n_layers}], got {window}")
+        raise InputError(f"window must lie in [1, {n_layers}], got {window}")
     tokens = {r: attribute_tokens(model.tokenizer, attributes[r]) for r in {f.relation for f in facts}}
     prompts = [f.prompt for f in facts]
     base = _rates(model, lens_readout(model, prompts, k=k, batch=batch).top["resid_post"], facts, tokens)[
@@ -160,7 +161,7 @@ def sublayer_blocking(
     drops: dict[str, list[float]] = {s: [] for s in sublayers}
     for sublayer, start in tqdm(jobs, desc="sublayer blocking", disable=not progress):
         if sublayer not in ("mlp", "attn"):
-            raise ValueError(f"sublayers are 'mlp' and 'attn', got {sublayer!r}")
+            raise InputError(f"sublayers are 'mlp' and 'attn', got {sublayer!r}")
         layers = range(start, min(start + window, n_layers))
         readout = lens_readout(
             model, prompts, k=k, batch=batch, blocked_layers=layers, blocked_site=f"{sublayer}_out"

@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxedit import tokens as tok
-from jaxedit.checkpoints import atomic_write_bytes
 from jaxedit.config import ModelConfig
+from jaxedit.errors import InputError
+from jaxedit.files import write_output
 from jaxedit.loading import Model
 from jaxedit.side_by_side import resolve_threads, run_side_by_side
 from jaxedit.trace import engine
@@ -76,10 +77,7 @@ class TraceResult:
         return out
 
     def save_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, json.dumps(self.to_dict(), indent=1).encode())
-        return path
+        return write_output(path, json.dumps(self.to_dict(), indent=1).encode())
 
     def plot(self, path: str | Path | None = None):
         """Heatmaps, one panel per kind: layers across, tokens down, corrupted tokens starred."""
@@ -102,7 +100,7 @@ class TraceResult:
 def answer_token(model: Model, answer: str) -> int:
     """First token of the answer string, with a leading space unless it has one (METHODS.md §0)."""
     if not answer or not answer.strip():
-        raise ValueError("answer must be a non-empty string")
+        raise InputError("answer must be a non-empty string")
     text = answer if answer.startswith(" ") else " " + answer
     ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
     return int(ids[0])
@@ -122,22 +120,22 @@ def corrupted_tokens(
     if isinstance(corrupt, tuple | list):
         start, end = (int(x) for x in corrupt)
         if not 0 <= start < end <= n:
-            raise ValueError(f"corrupt span {corrupt} is not inside the prompt's {n} tokens")
+            raise InputError(f"corrupt span {corrupt} is not inside the prompt's {n} tokens")
         mask[start:end] = True
     elif corrupt == "subject":
         if span is None:
-            raise ValueError("corrupt='subject' needs the subject")
+            raise InputError("corrupt='subject' needs the subject")
         mask[span[0] : span[1]] = True
     elif corrupt == "relation":
         if span is None:
-            raise ValueError("corrupt='relation' needs the subject (relation tokens are the others)")
+            raise InputError("corrupt='relation' needs the subject (relation tokens are the others)")
         special = tok.special_positions(model.tokenizer, ids)
         mask[:] = ~np.asarray(special)
         mask[span[0] : span[1]] = False
         if not mask.any():
-            raise ValueError(f"prompt {prompt!r} has no relation tokens besides subject {subject!r}")
+            raise InputError(f"prompt {prompt!r} has no relation tokens besides subject {subject!r}")
     else:
-        raise ValueError(f"corrupt must be 'subject', 'relation' or a (start, end) span, got {corrupt!r}")
+        raise InputError(f"corrupt must be 'subject', 'relation' or a (start, end) span, got {corrupt!r}")
     return mask, span
 
 
@@ -148,10 +146,10 @@ def noise_scale_for(
     values of the corrupted tokens over the prompt set (the published ROME rule)."""
     if isinstance(noise, int | float) and not isinstance(noise, bool):
         if noise < 0:
-            raise ValueError(f"noise must be non-negative, got {noise}")
+            raise InputError(f"noise must be non-negative, got {noise}")
         return float(noise)
     if noise not in ("3sigma",):
-        raise ValueError(f"noise must be '3sigma' or a number, got {noise!r}")
+        raise InputError(f"noise must be '3sigma' or a number, got {noise!r}")
     table = np.asarray(model.params["embed"]["tokens"])
     rows = [table[np.asarray(ids)[mask]] for ids, mask in ids_and_masks]
     return 3.0 * float(np.concatenate(rows).std())
@@ -232,30 +230,30 @@ def trace(
       A `TraceResult`; `params` are untouched.
     """
     if model.tokenizer is None:
-        raise ValueError(f"model {model.source!r} has no tokenizer")
+        raise InputError(f"model {model.source!r} has no tokenizer")
     config = model.config
     kinds = tuple(kinds)
     for kind in kinds:
         if kind not in engine.KINDS:
-            raise ValueError(f"unknown kind {kind!r}; kinds are {', '.join(engine.KINDS)}")
+            raise InputError(f"unknown kind {kind!r}; kinds are {', '.join(engine.KINDS)}")
     if not kinds:
-        raise ValueError("kinds is empty")
+        raise InputError("kinds is empty")
     if not 1 <= window <= config.n_layers:
-        raise ValueError(f"window must lie in [1, {config.n_layers}] (the model's layers), got {window}")
+        raise InputError(f"window must lie in [1, {config.n_layers}] (the model's layers), got {window}")
     if sever not in (None, "mlp", "attn", "both"):
-        raise ValueError(f"sever must be None, 'mlp', 'attn' or 'both', got {sever!r}")
+        raise InputError(f"sever must be None, 'mlp', 'attn' or 'both', got {sever!r}")
     if samples < 1:
-        raise ValueError(f"samples must be at least 1, got {samples}")
+        raise InputError(f"samples must be at least 1, got {samples}")
     if pad_to is not None and (len(pad_to) != 2 or min(pad_to) < 0):
-        raise ValueError(f"pad_to must be a (length, live) pair of non-negative ints, got {pad_to!r}")
+        raise InputError(f"pad_to must be a (length, live) pair of non-negative ints, got {pad_to!r}")
     threads = resolve_threads(threads)
     if segments == "auto":
         segments = None if jax.default_backend() == "cpu" else 4
     elif segments is not None and (not isinstance(segments, int) or segments < 1):
-        raise ValueError(f"segments must be 'auto', None or a positive int, got {segments!r}")
+        raise InputError(f"segments must be 'auto', None or a positive int, got {segments!r}")
     ids = tok.encode_one(model.tokenizer, prompt)
     if len(ids) > config.max_positions:
-        raise ValueError(f"prompt of {len(ids)} tokens is longer than the context of {config.max_positions}")
+        raise InputError(f"prompt of {len(ids)} tokens is longer than the context of {config.max_positions}")
     mask, span = corrupted_tokens(model, prompt, ids, subject, corrupt)
     scale = noise_scale_for(model, [(ids, mask)], noise)
     start_time = time.perf_counter()

@@ -32,7 +32,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxedit import tokens as tok
-from jaxedit.checkpoints import atomic_write_bytes
+from jaxedit.errors import InputError
+from jaxedit.files import write_output
 from jaxedit.loading import Model
 from jaxedit.model import logits_at
 from jaxedit.trace import engine
@@ -122,9 +123,7 @@ class DatasetTrace:
         from jaxedit.trace.plot import plot_average
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        json_path = directory / f"{name}.json"
-        atomic_write_bytes(json_path, json.dumps(self.to_dict(), indent=1).encode())
+        json_path = write_output(directory / f"{name}.json", json.dumps(self.to_dict(), indent=1).encode())
         png_path = directory / f"{name}.png"
         plot_average(self, png_path)
         return json_path, png_path
@@ -147,7 +146,7 @@ def greedy_next_tokens(
     Right padding leaves every real token's causal computation as it is alone.
     """
     if batch < 1:
-        raise ValueError(f"batch must be at least 1, got {batch}")
+        raise InputError(f"batch must be at least 1, got {batch}")
     tops = np.zeros(len(rows), np.int64)
     for first in range(0, len(rows), batch):
         chunk = list(rows[first : first + batch])
@@ -177,7 +176,7 @@ def known_facts(
             try:
                 ids = tok.encode_one(model.tokenizer, prompt)
                 mask, span = corrupted_tokens(model, prompt, ids, subject, corrupt)
-            except ValueError as err:
+            except InputError as err:
                 log.info("skipping %r: %s", prompt, err)
                 parsed.append(None)
                 continue
@@ -199,7 +198,7 @@ def _record_fields(record: dict) -> tuple[str, str, str]:
     if isinstance(answer, dict):
         answer = answer.get("str")
     if not answer:
-        raise ValueError(f"record has no answer (attribute / answer / target_true): {record}")
+        raise InputError(f"record has no answer (attribute / answer / target_true): {record}")
     return prompt, record["subject"], answer
 
 
@@ -224,7 +223,7 @@ def parse_shapes(text: str) -> str | int:
         return int(text)
     if text in ("auto", "bucket", "single"):
         return text
-    raise ValueError(f"shapes must be 'auto', 'bucket', 'single' or a positive int, got {text!r}")
+    raise InputError(f"shapes must be 'auto', 'bucket', 'single' or a positive int, got {text!r}")
 
 
 def shape_groups(
@@ -238,7 +237,7 @@ def shape_groups(
     `common_shape` for every prompt; as many groups as distinct lengths is close to per-prompt buckets.
     """
     if groups < 1:
-        raise ValueError(f"shape groups must be at least 1, got {groups}")
+        raise InputError(f"shape groups must be at least 1, got {groups}")
     if groups == 1:
         return [common_shape(lengths_and_starts, bucket)] * len(lengths_and_starts)
     bucketed = [-(-n // bucket) * bucket for n, _ in lengths_and_starts]
@@ -328,22 +327,22 @@ def trace_dataset(
       A `DatasetTrace`.
     """
     if corrupt not in ("subject", "relation"):
-        raise ValueError(f"corrupt must be 'subject' or 'relation' for a dataset, got {corrupt!r}")
+        raise InputError(f"corrupt must be 'subject' or 'relation' for a dataset, got {corrupt!r}")
     records = list(records)
     if not records:
-        raise ValueError("no records to trace")
+        raise InputError("no records to trace")
     if workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+        raise InputError(f"workers must be at least 1, got {workers}")
     if not (shapes in ("auto", "bucket", "single") or (type(shapes) is int and shapes >= 1)):
-        raise ValueError(f"shapes must be 'auto', 'bucket', 'single' or a positive int, got {shapes!r}")
+        raise InputError(f"shapes must be 'auto', 'bucket', 'single' or a positive int, got {shapes!r}")
     if max_seconds is not None and not max_seconds > 0:
-        raise ValueError(f"max_seconds must be a positive number of seconds, got {max_seconds!r}")
+        raise InputError(f"max_seconds must be a positive number of seconds, got {max_seconds!r}")
     start = time.perf_counter()
     kept, considered = known_facts(model, records, corrupt, n)
     filtered = considered - len(kept)
     log.info("tracing %d facts; %d of %d considered were filtered out", len(kept), filtered, considered)
     if not kept:
-        raise ValueError("the model predicts none of the given facts correctly: nothing to trace")
+        raise InputError("the model predicts none of the given facts correctly: nothing to trace")
     if shapes == "auto":
         shapes = "bucket" if jax.default_backend() == "cpu" else "single"
     pads: list[tuple[int, int] | None] = [None] * len(kept)
@@ -413,7 +412,7 @@ def trace_dataset(
     done = next((i for i, r in enumerate(results) if r is None), len(results))
     results = results[:done]  # the first facts in order: a fact after a skipped one is left out too
     if done == 0:
-        raise ValueError(f"the time budget of {max_seconds} s ran out before the first fact was traced")
+        raise InputError(f"the time budget of {max_seconds} s ran out before the first fact was traced")
     if done < len(kept):
         log.warning(
             "time budget of %.0f s spent: averaging the first %d of %d known facts",
@@ -471,12 +470,12 @@ def suggest_edit_layer(
     the evidence.
     """
     if position not in ("last_subject", "last_relation"):
-        raise ValueError(f"position must be 'last_subject' or 'last_relation', got {position!r}")
+        raise InputError(f"position must be 'last_subject' or 'last_relation', got {position!r}")
     corrupt, cls = ("subject", "last subject token") if position == "last_subject" else ("relation", "lr")
     if isinstance(records, DatasetTrace):
         summary = records
         if summary.corruption != corrupt or "mlp" not in summary.aie:
-            raise ValueError(f"{position} needs an mlp trace with {corrupt} corruption")
+            raise InputError(f"{position} needs an mlp trace with {corrupt} corruption")
     else:
         summary = trace_dataset(model, records, corrupt=corrupt, kinds=("mlp",), **kwargs)
     layer, _ = summary.peak("mlp", cls)

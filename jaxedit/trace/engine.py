@@ -50,6 +50,7 @@ import numpy as np
 
 from jaxedit import model as core
 from jaxedit.config import ModelConfig
+from jaxedit.errors import InputError
 from jaxedit.layout import Params
 from jaxedit.readout import token_probability
 from jaxedit.row_blocks import map_row_blocks
@@ -73,7 +74,7 @@ def window_bounds(layer: int, n_layers: int, window: int, convention: str = "cod
     elif convention == "paper":
         lo, hi = layer - (window + 1) // 2 + 1, layer + window // 2
     else:
-        raise ValueError(f"window_convention must be 'code' or 'paper', got {convention!r}")
+        raise InputError(f"window_convention must be 'code' or 'paper', got {convention!r}")
     return max(0, lo), min(n_layers - 1, hi)
 
 
@@ -167,7 +168,7 @@ def build_plan(
     boundaries that minimise the padded work (compiles in a fraction of the time; for accelerators).
     """
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
     t_len = length
     cells = []  # (start, layer, token, bounds, parent layer or -1)
     for layer in range(n_layers):
@@ -292,7 +293,7 @@ def layer_segments(items: Sequence[int], segments: int | None) -> tuple[tuple[in
     if segments is None:
         return tuple((j, j + 1) for j in range(first, len(items) - 1))
     if segments < 1:
-        raise ValueError(f"segments must be at least 1, got {segments}")
+        raise InputError(f"segments must be at least 1, got {segments}")
     end = len(items) - 1
     n = end - first
     k = min(segments, n)

@@ -66,12 +66,13 @@ def plot_trace(result: Any, path: str | Path | None = None):
 
 
 def _save(fig: Any, path: Path) -> None:
-    import os
+    import io
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    from jaxedit.files import write_output
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")
+    write_output(path, buffer.getvalue())
 
 
 def plot_average(summary: Any, path: str | Path | None = None):
