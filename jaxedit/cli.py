@@ -235,8 +235,9 @@ def _statistics(model, layers, corpus: str | None, samples: int, max_len: int, s
 
 
 def _editor(model, args: argparse.Namespace):
-    """`(model, request) -> Delta` for `args.method` (MEMIT / PMET: `(model, [requests]) -> Delta`);
-    statistics and contexts are prepared once."""
+    """`(edit, settings)`: `edit(model, request) -> Delta` for `args.method` (MEMIT / PMET / iReVa:
+    `(model, [requests]) -> Delta`), with statistics and contexts prepared once, and the settings it
+    runs with (hyperparameters, statistics source) for the run's record."""
     from jaxedit.edit import rome
     from jaxedit.edit.contexts import context_templates
     from jaxedit.edit.finetune import FT, FT_L, finetune
@@ -245,6 +246,7 @@ def _editor(model, args: argparse.Namespace):
     from jaxedit.edit.rome import default_hparams, default_layer
 
     path = getattr(args, "hparams", None)
+    statistics = {"corpus": args.corpus, "samples": args.stats_samples, "max_len": args.max_len}
     if args.method in ("ireva", "ireva-init"):
         from jaxedit.edit.ireva import default_hparams as ireva_hparams
         from jaxedit.edit.ireva import ireva
@@ -252,7 +254,11 @@ def _editor(model, args: argparse.Namespace):
         hp = dataclasses.replace(ireva_hparams(model, path), retrofit=args.method == "ireva")
         if args.layer is not None:
             hp = dataclasses.replace(hp, layer=args.layer)
-        return lambda m, requests: ireva(m, requests if isinstance(requests, list) else [requests], hp)
+
+        def edit(m, requests):
+            return ireva(m, requests if isinstance(requests, list) else [requests], hp)
+
+        return edit, {"hparams": dataclasses.asdict(hp)}
     if args.method in ("memit", "pmet"):
         hp = mass_hparams(model, args.method, path)
         if getattr(args, "layers", None):
@@ -264,17 +270,22 @@ def _editor(model, args: argparse.Namespace):
                 model, list(hp.layers), args.corpus, args.stats_samples, args.max_len, "attn_heads"
             )
         templates = context_templates(model, hp.prefixes)
-        return lambda m, requests: memit(m, requests, stats, hp, templates=templates, attn_stats=attn)
+
+        def edit(m, requests):
+            return memit(m, requests, stats, hp, templates=templates, attn_stats=attn)
+
+        return edit, {"hparams": dataclasses.asdict(hp), "statistics": statistics}
     if args.method in ("ft", "ft-l"):
         layer = default_layer(model) if args.layer is None else args.layer
         ft = dataclasses.replace(FT if args.method == "ft" else FT_L, layer=layer)
-        return lambda m, request: finetune(m, request, ft)
+        return (lambda m, request: finetune(m, request, ft)), {"hparams": dataclasses.asdict(ft)}
     hp = default_hparams(model, path)
     if args.layer is not None:
         hp = dataclasses.replace(hp, layer=args.layer)
     stats = _statistics(model, [hp.layer], args.corpus, args.stats_samples, args.max_len)[hp.layer]
     templates = context_templates(model, hp.prefixes)
-    return lambda m, request: rome(m, request, stats, hp, templates=templates)
+    settings = {"hparams": dataclasses.asdict(hp), "statistics": statistics}
+    return (lambda m, request: rome(m, request, stats, hp, templates=templates)), settings
 
 
 def cmd_lens(args: argparse.Namespace) -> int:
@@ -349,7 +360,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
     model = _load(args.model)
     request = as_request(Request(prompt=args.prompt, subject=args.subject, target=args.target))
-    edit = _editor(model, args)
+    edit, _ = _editor(model, args)
     start = time.perf_counter()
     delta = edit(model, request)
     journal = EditJournal(model)
@@ -418,15 +429,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         cases = read_counterfact(args.dataset)
     cases = cases[: args.n]
-    edit = None if args.method == "none" else _editor(model, args)
+    edit, settings = (None, {}) if args.method == "none" else _editor(model, args)
+    settings = {**settings, "dataset": str(Path(args.dataset).resolve())}
     batch = args.batch if args.method in ("memit", "pmet", "ireva", "ireva-init") else 1
     if benchmark == "zsre":
-        summary = evaluate_zsre(model, cases, edit, method=args.method, batch=batch, out_dir=args.out)
+        summary = evaluate_zsre(
+            model, cases, edit, method=args.method, batch=batch, out_dir=args.out, settings=settings
+        )
         keys = ("n", "ES", "PS", "NS", "score")
     else:
         summary = evaluate_counterfact(
             model, cases, edit, method=args.method, batch=batch, out_dir=args.out,
-            generation_tokens=args.generation_tokens,
+            generation_tokens=args.generation_tokens, settings=settings,
         )  # fmt: skip
         keys = ("n", "ES", "PS", "NS", "score", "fluency", "token_acc_rewrite", "token_acc_rephrase")
         keys += ("token_acc_locality",)

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-import shutil
+import dataclasses
 import time
 from pathlib import Path
 
@@ -92,11 +92,10 @@ def run_demo(
     def edit(m: Model, request: Request):
         return rome(m, request, stats, hp, templates=templates)
 
-    # scored afresh on every run: the per-case files of an earlier run (made with that run's statistics
-    # and code) would otherwise be resumed and reprinted
-    shutil.rmtree(out / "eval", ignore_errors=True)
+    # a rerun with the same statistics and settings resumes; other settings refuse the folder
+    settings = {"hparams": dataclasses.asdict(hp), "statistics": stats.meta, "templates": templates}
     summary = evaluate_counterfact(
-        model, cases, edit, method="rome", out_dir=out / "eval", generation_tokens=20
+        model, cases, edit, method="rome", out_dir=out / "eval", generation_tokens=20, settings=settings
     )
     keys = ("ES", "PS", "NS", "score", "fluency")
     print("    method     " + "".join(f"{k:>9}" for k in keys))

@@ -131,7 +131,9 @@ def test_evaluation_is_resumable_and_summarises(model, tmp_path) -> None:
     def must_not_run(m, request):
         raise AssertionError("cached cases must not be edited again")
 
-    again = evaluate_counterfact(model, cases, must_not_run, method="test", out_dir=out, progress=False)
+    again = evaluate_counterfact(
+        model, cases, must_not_run, method="test", out_dir=out, generation_tokens=4, progress=False
+    )
     assert again["test"] == first["test"]
     es = [json.loads((out / "cases" / f"{i}.json").read_text())["post"]["ES"] for i in (7, 8)]
     assert first["test"]["ES"] == pytest.approx(100 * np.mean(es))

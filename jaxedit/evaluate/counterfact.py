@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +35,8 @@ from jaxedit.edit.targets import Request, as_request
 from jaxedit.errors import InputError
 from jaxedit.evaluate.metrics import generation_entropy, harmonic_mean, target_scores
 from jaxedit.evaluate.report import Report
-from jaxedit.evaluate.runner import run_edits
-from jaxedit.files import atomic_write_bytes
+from jaxedit.evaluate.runner import run_edits, run_key
+from jaxedit.files import write_output
 from jaxedit.generate import generate_text
 from jaxedit.loading import Model
 
@@ -246,6 +246,7 @@ def evaluate_counterfact(
     generation_tokens: int = 50,
     progress: bool = True,
     score_chunk: int = 64,
+    settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Edit the cases on the unedited model, one at a time or `batch` together, score each before and
     after, summarise.
@@ -264,6 +265,7 @@ def evaluate_counterfact(
       `{"unedited": summary, method: summary, "protocol": ..., "seconds": ...}`.
     """
     start = time.perf_counter()
+    scoring = {"benchmark": "counterfact", "generation_tokens": generation_tokens}
 
     def score(m: Model, chunk: Sequence[CounterfactCase], reference: Model | None) -> list[dict[str, Any]]:
         return score_cases(m, chunk, reference=reference, generation_tokens=generation_tokens)
@@ -279,6 +281,8 @@ def evaluate_counterfact(
         unedited_dir=unedited_dir,
         progress=progress,
         score_chunk=score_chunk,
+        settings=settings,
+        scoring=scoring,
     )
     layouts = sorted({c.layout for c in cases})
     summary = Report(unedited=summarise(pre_rows))
@@ -297,7 +301,11 @@ def evaluate_counterfact(
         "generation_tokens": generation_tokens,
     }
     summary["batch"] = batch
+    summary["run"] = {
+        **run_key(model, method, batch=batch, settings=settings, scoring=scoring),
+        "n": len(cases),
+    }
     summary["seconds"] = round(time.perf_counter() - start, 1)
     if out_dir is not None:
-        atomic_write_bytes(Path(out_dir) / "summary.json", json.dumps(summary, indent=1).encode())
+        write_output(Path(out_dir) / "summary.json", json.dumps(summary, indent=1).encode())
     return summary

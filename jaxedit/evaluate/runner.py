@@ -1,27 +1,107 @@
 """The edit-and-score loop shared by the benchmarks: groups of cases edited on the unedited model, each
-case scored before and after, one JSON per case so that an interrupted run resumes (METHODS.md §12)."""
+case scored before and after, one JSON per case so that an interrupted run resumes (METHODS.md §12).
+
+A results directory belongs to one run: `run.json` records its key (the model's source and weight
+fingerprint, the method, its settings, the batch size and the scoring settings), and a directory holding
+another run's results, or per-case results of unknown origin, is refused rather than mixed. Each case's
+file records a digest of the case and of the group it was edited with, and is reused only for the same
+case in the same group.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from jaxedit.cache import digest
 from jaxedit.edit.delta import Delta, apply
 from jaxedit.errors import InputError
-from jaxedit.files import atomic_write_bytes
+from jaxedit.files import atomic_write_bytes, write_output
 from jaxedit.loading import Model
+
+log = logging.getLogger(__name__)
 
 Score = Callable[[Model, Sequence[Any], "Model | None"], list[dict[str, Any]]]
 
 
 def _write(path: Path | None, row: dict) -> None:
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, json.dumps(row, indent=1).encode())
+
+
+def _read(path: Path | None, case_digest: str, group_digest: str | None = None) -> dict | None:
+    """A saved case row if it is this case's (and, for edited rows, from this group), else None."""
+    if path is None or not path.exists():
+        return None
+    try:
+        row = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        log.warning("jaxedit: ignoring unreadable case file %s (%s); scoring it again", path, err)
+        return None
+    if not isinstance(row, dict) or row.get("case") != case_digest:
+        return None
+    if group_digest is not None and row.get("group") != group_digest:
+        return None
+    return row
+
+
+def case_digest(case: Any) -> str:
+    """A digest of everything a case holds (its request and every prompt it is scored on)."""
+    value = dataclasses.asdict(case) if dataclasses.is_dataclass(case) else repr(case)
+    return digest(value, 16)
+
+
+def run_key(
+    model: Model,
+    method: str,
+    *,
+    batch: int = 1,
+    settings: Mapping[str, Any] | None = None,
+    scoring: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What a run's results depend on: the model (source and weight fingerprint), the method and its
+    settings (hyperparameters, layers, statistics), the batch size and the scoring settings."""
+    from jaxedit import __version__
+
+    return {
+        "jaxedit": __version__, "model": model.source, "fingerprint": model.fingerprint, "method": method,
+        "batch": batch,
+        "settings": json.loads(json.dumps(dict(settings or {}), default=str)),
+        "scoring": json.loads(json.dumps(dict(scoring or {}), default=str)),
+    }  # fmt: skip
+
+
+def claim_directory(directory: Path, key: Mapping[str, Any]) -> None:
+    """Make `directory` this run's, or refuse (`InputError`) if it holds another run's results."""
+    record = directory / "run.json"
+    if record.exists():
+        try:
+            saved = json.loads(record.read_text())["key"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise InputError(
+                f"{record} is not a readable run record; choose another results directory"
+            ) from None
+        if saved != dict(key):
+            fields = sorted(k for k in set(saved) | set(key) if saved.get(k) != key.get(k))
+            shown = "; ".join(f"{k}: {saved.get(k)!r} there, {key.get(k)!r} now" for k in fields[:3])
+            raise InputError(
+                f"{directory} holds the results of another run ({shown}); choose another results "
+                "directory (--out) or remove that one"
+            )
+        return
+    cases = directory / "cases"
+    if cases.exists() and any(cases.iterdir()):
+        raise InputError(
+            f"{cases} holds per-case results with no record of the run that made them; choose another "
+            "results directory (--out)"
+        )
+    write_output(record, json.dumps({"key": dict(key)}, indent=1).encode())
 
 
 def run_edits(
@@ -36,6 +116,8 @@ def run_edits(
     unedited_dir: str | Path | None = None,
     progress: bool = True,
     score_chunk: int = 64,
+    settings: Mapping[str, Any] | None = None,
+    scoring: Mapping[str, Any] | None = None,
 ) -> tuple[list[dict], list[dict]]:
     """Score every case on `model` ("pre") and, when `edit` is given, on the model edited for its group
     ("post"); returns the two lists of per-case metric dicts.
@@ -51,6 +133,9 @@ def run_edits(
         on the same model, cases and scoring settings (so each unedited case is scored once).
       score_chunk: cases per `score` call (each chunk's files are written when it finishes, so an
         interruption loses at most one chunk).
+      settings: what the edit depends on beyond `name` (hyperparameters, statistics), and `scoring`,
+        what `score` depends on: both enter the run key (`run_key`) that `out_dir` and (`scoring` only)
+        `unedited_dir` are claimed with.
     """
     if not cases:
         raise InputError(f"no {name} cases to evaluate")
@@ -60,6 +145,11 @@ def run_edits(
         raise InputError(f"score_chunk must be at least 1, got {score_chunk}")
     directory = Path(out_dir) if out_dir is not None else None
     unedited = Path(unedited_dir) if unedited_dir is not None else None
+    if directory is not None:
+        claim_directory(directory, run_key(model, name, batch=batch, settings=settings, scoring=scoring))
+    if unedited is not None:
+        claim_directory(unedited, run_key(model, "unedited", scoring=scoring))
+    digests = {id(c): case_digest(c) for c in cases}
 
     def score_chunked(m: Model, chunk_cases: Sequence[Any], reference: Model | None) -> list[dict]:
         rows = score(m, chunk_cases, reference)
@@ -72,16 +162,15 @@ def run_edits(
         paths = [
             unedited / "cases" / f"{c.case_id}.json" if unedited is not None else None for c in chunk_cases
         ]
-        rows: list[dict | None] = [
-            json.loads(p.read_text()) if p is not None and p.exists() else None for p in paths
-        ]
+        rows: list[dict | None] = [_read(p, digests[id(c)]) for p, c in zip(paths, chunk_cases, strict=True)]
+        rows = [None if row is None else row["scores"] for row in rows]
         missing = [i for i, row in enumerate(rows) if row is None]
         if missing:
             for i, row in zip(
                 missing, score_chunked(model, [chunk_cases[i] for i in missing], None), strict=True
             ):
                 rows[i] = row
-                _write(paths[i], row)
+                _write(paths[i], {"case": digests[id(chunk_cases[i])], "scores": row})
         return rows  # type: ignore[return-value]
 
     pre_rows: list[dict] = []
@@ -90,8 +179,9 @@ def run_edits(
     for start in range(0, len(cases), batch):
         group = cases[start : start + batch]
         paths = [directory / "cases" / f"{c.case_id}.json" if directory is not None else None for c in group]
+        group_digest = digest([digests[id(c)] for c in group], 16)
         saved_group: list[dict | None] = [
-            json.loads(p.read_text()) if p is not None and p.exists() else None for p in paths
+            _read(p, digests[id(c)], group_digest) for p, c in zip(paths, group, strict=True)
         ]
         todo = [i for i, saved in enumerate(saved_group) if saved is None]  # scored before an interruption
         bar.update(len(group) - len(todo))
@@ -109,7 +199,10 @@ def run_edits(
                 post = score_chunked(edited, chunk_cases, model) if edited is not None else None
                 for j, i in enumerate(members):
                     case = group[i]
-                    saved = {"case_id": case.case_id, "request": case.request.to_dict(), "pre": pre[j]}
+                    saved = {
+                        "case_id": case.case_id, "case": digests[id(case)], "group": group_digest,
+                        "request": case.request.to_dict(), "pre": pre[j],
+                    }  # fmt: skip
                     if post is not None:
                         saved["post"] = post[j]
                         keep = ("id", "method", "layers", "rank")  # a batch's requests repeat in every case

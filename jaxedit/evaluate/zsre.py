@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,8 @@ from jaxedit.edit.targets import Request, as_request
 from jaxedit.errors import InputError
 from jaxedit.evaluate.metrics import target_scores
 from jaxedit.evaluate.report import Report
-from jaxedit.evaluate.runner import run_edits
-from jaxedit.files import atomic_write_bytes
+from jaxedit.evaluate.runner import run_edits, run_key
+from jaxedit.files import write_output
 from jaxedit.loading import Model
 
 PROTOCOL = "zsRE: teacher-forced token top-1 accuracy x100 (ES question, PS rephrase, NS locality answer)"
@@ -130,12 +130,14 @@ def evaluate_zsre(
     unedited_dir: str | Path | None = None,
     progress: bool = True,
     score_chunk: int = 64,
+    settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Edit (one at a time or in batches) and score zsRE cases; `{"unedited": ..., method: ...}`.
 
     `out_dir` and `unedited_dir` cache per-case scores as in `run_edits`; `score_chunk` cases are scored
     in shared forward batches (`score_zsre_cases`)."""
     start = time.perf_counter()
+    scoring = {"benchmark": "zsre"}
 
     def score(m: Model, chunk: Sequence[ZsreCase], reference: Model | None) -> list[dict[str, Any]]:
         return score_zsre_cases(m, chunk)
@@ -151,6 +153,8 @@ def evaluate_zsre(
         unedited_dir=unedited_dir,
         progress=progress,
         score_chunk=score_chunk,
+        settings=settings,
+        scoring=scoring,
     )
     summary = Report(unedited=summarise_zsre(pre))
     if post:
@@ -158,7 +162,11 @@ def evaluate_zsre(
     summary["protocol"] = PROTOCOL
     summary["layouts"] = sorted({c.layout for c in cases})
     summary["batch"] = batch
+    summary["run"] = {
+        **run_key(model, method, batch=batch, settings=settings, scoring=scoring),
+        "n": len(cases),
+    }
     summary["seconds"] = round(time.perf_counter() - start, 1)
     if out_dir is not None:
-        atomic_write_bytes(Path(out_dir) / "summary.json", json.dumps(summary, indent=1).encode())
+        write_output(Path(out_dir) / "summary.json", json.dumps(summary, indent=1).encode())
     return summary
