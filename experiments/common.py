@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -80,122 +79,7 @@ def command(name: str, args: argparse.Namespace, **extra: object) -> str:
     return f"python experiments/{name}.py " + " ".join(f"--{k} {v}" for k, v in options.items())
 
 
-def digest(value: object) -> str:
-    """A short stable hash of a JSON-ready value (cache folder names keyed by settings)."""
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def target_settings(hp) -> dict:
-    """The fields of `hp.targets` that differ from `TargetHparams()`: a field added later with a default
-    that keeps the old behaviour leaves cached targets valid (changing a default's value must clear
-    `CACHE/targets`)."""
-    import dataclasses
-
-    from jaxedit.edit.targets import TargetHparams
-
-    defaults = TargetHparams()
-    return {
-        f.name: getattr(hp.targets, f.name)
-        for f in dataclasses.fields(hp.targets)
-        if getattr(hp.targets, f.name) != getattr(defaults, f.name)
-    }
-
-
-def targets_folder(model, hp, templates, root: Path | None = None) -> Path:
-    """`<root>/<settings digest>/` (root: `CACHE/targets`); in `CACHE/targets` the files of folders named
-    by the earlier digests of the whole `TargetHparams` (with and without the `key_token` field added
-    for RETS) are moved into it."""
-    import dataclasses
-    import shutil
-
-    base = {"model": model.fingerprint, "layer": max(hp.layers), "templates": list(templates)}
-    root = CACHE / "targets" if root is None else root
-    folder = root / digest({**base, "targets": target_settings(hp)})
-    whole = dataclasses.asdict(hp.targets)
-    legacy = [whole]
-    if hp.targets.key_token == "subject":
-        legacy.append({k: v for k, v in whole.items() if k != "key_token"})
-    for old in legacy:
-        old_folder = root / digest({**base, "targets": old})
-        if old_folder.exists() and old_folder != folder:
-            folder.mkdir(parents=True, exist_ok=True)
-            for path in old_folder.glob("*.npz"):
-                if not (folder / path.name).exists():
-                    path.rename(folder / path.name)
-            shutil.rmtree(old_folder)
-    return folder
-
-
-RESUME_EVERY = 100
-KEPT = ("delta", "m0", "delta_attn", "nll", "steps")  # what `memit` reads of `Targets`
-
-
-def _stored_rows(folder: Path) -> dict[str, dict[str, np.ndarray]]:
-    """Request digest → kept arrays, from every file in `folder` (group files hold a `requests` array
-    of digests; files of the earlier one-request format are named by their request's digest)."""
-    rows: dict[str, dict[str, np.ndarray]] = {}
-    for path in sorted(folder.glob("*.npz")):
-        with np.load(path) as data:
-            names = [str(n) for n in data["requests"]] if "requests" in data.files else [path.stem]
-            for row, name in enumerate(names):
-                rows[name] = {k: data[k][row] for k in KEPT if k in data.files}
-    return rows
-
-
-def stored_target_time(model, hp, templates, root: Path) -> tuple[int, float]:
-    """Edits in the target store of these settings and the seconds their optimisation took."""
-    folder = targets_folder(model, hp, templates, root)
-    edits, seconds = 0, 0.0
-    for path in sorted(folder.glob("*.npz")) if folder.exists() else []:
-        with np.load(path) as data:
-            edits += len(data["requests"]) if "requests" in data.files else 1
-            seconds += float(data["seconds"]) if "seconds" in data.files else float("nan")
-    return edits, seconds
-
-
-def cached_targets(model, requests, hp, templates, root: Path | None = None):
-    """`memit_targets` for `requests`, kept under `targets_folder(..., root)` in files of up to
-    `RESUME_EVERY` requests. A request's target does not depend on the other requests of its batch, so
-    the experiments that edit the same records with the same settings (scaling, mass editing, ablations)
-    optimise each target once, and an interrupted run of thousands resumes from its last file (each file
-    records the seconds its optimisation took: `stored_target_time`). Missing
-    requests are optimised in `chunk_order` (similar lengths together). Kept: what `memit` reads (δ,
-    m0, PMET's δa, the final NLL and step count); the keys and loss histories come back as zero-width
-    arrays."""
-    from jaxedit.edit.memit import memit_targets
-    from jaxedit.edit.targets import Targets, build_batch, chunk_order
-
-    folder = targets_folder(model, hp, templates, root)
-    stored = _stored_rows(folder) if folder.exists() else {}
-    names = [digest(r.to_dict()) for r in requests]
-    first_of = {name: i for i, name in reversed(list(enumerate(names)))}
-    missing = [i for name, i in first_of.items() if name not in stored]
-    if missing:
-        todo = [requests[i] for i in missing]
-        batch = build_batch(model, todo, templates, hp.targets.kl_prompt, hp.targets.key_token)
-        missing = [missing[j] for j in chunk_order(batch, len(todo))]
-    # saved every `RESUME_EVERY` requests, so an interrupted run of thousands resumes where it stopped
-    for first in range(0, len(missing), RESUME_EVERY):
-        group = missing[first : first + RESUME_EVERY]
-        if len(missing) > RESUME_EVERY:
-            print(f"targets {first + 1}-{first + len(group)} of {len(missing)} missing", flush=True)
-        start = time.perf_counter()
-        fresh = memit_targets(model, [requests[i] for i in group], hp, templates=templates)
-        seconds = np.float64(time.perf_counter() - start)
-        arrays = {k: getattr(fresh, k) for k in KEPT if getattr(fresh, k) is not None}
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{names[group[0]]}.npz"
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, requests=np.asarray([names[i] for i in group]), seconds=seconds, **arrays)
-        tmp.replace(path)
-        for row, i in enumerate(group):
-            stored[names[i]] = {k: v[row] for k, v in arrays.items()}
-    kept = {k: np.stack([stored[name][k] for name in names]) for k in KEPT if k in stored[names[0]]}
-    empty = np.zeros((len(names), 0), np.float32)
-    return Targets(key=empty, key_mean=empty, loss=empty, **kept)
+TARGETS_CACHE = CACHE / "targets"  # `jaxedit.edit.target_store` root of the experiments' targets
 
 
 def write_text(path: Path, text: str) -> None:

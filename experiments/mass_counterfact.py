@@ -24,8 +24,7 @@ import time
 from common import (
     CACHE,
     RESULTS,
-    cached_targets,
-    digest,
+    TARGETS_CACHE,
     machine,
     markdown_table,
     mass_setup,
@@ -35,10 +34,12 @@ from common import (
 )
 
 import jaxedit
+from jaxedit.cache import digest
 from jaxedit.edit import rome_sequence
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.memit import memit
 from jaxedit.edit.rome import default_hparams as rome_hparams
+from jaxedit.edit.target_store import stored_targets
 from jaxedit.evaluate import evaluate_counterfact, read_counterfact
 
 NAME = "mass_counterfact"
@@ -165,7 +166,7 @@ def main() -> None:
         begin = time.perf_counter()
         if method in ("memit", "pmet"):
             hp, stats, templates = mass_setup(model, method, len(cases), args.stats_samples)
-            targets = cached_targets(model, requests, hp, templates)
+            targets = stored_targets(model, requests, hp, templates, TARGETS_CACHE)
 
             def edit(m, batch, hp=hp, stats=stats, templates=templates, targets=targets):
                 assert [r.to_dict() for r in batch] == [r.to_dict() for r in requests]

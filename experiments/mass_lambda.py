@@ -26,12 +26,13 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from common import CACHE, RESULTS, cached_targets, machine, shared_data, wikipedia_statistics, write_text
+from common import CACHE, RESULTS, TARGETS_CACHE, machine, shared_data, wikipedia_statistics, write_text
 
 import jaxedit
 from jaxedit.edit import apply
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.memit import MemitHparams, default_hparams, memit, pmet_hparams
+from jaxedit.edit.target_store import stored_targets
 from jaxedit.evaluate import read_counterfact
 from jaxedit.evaluate.counterfact import score_case, summarise
 
@@ -99,7 +100,7 @@ def main() -> None:
         hp = variant(model, method)
         stats = wikipedia_statistics(model, hp.layers, args.stats_samples)
         templates = context_templates(model, hp.prefixes)
-        targets = cached_targets(model, requests, hp, templates)
+        targets = stored_targets(model, requests, hp, templates, TARGETS_CACHE)
         ratio = np.linalg.norm(targets.delta, axis=1) / np.linalg.norm(targets.m0, axis=1)
         diagnostics[method] = {
             "target_nll": round(float(targets.nll.mean()), 3),

@@ -25,18 +25,17 @@ import time
 from common import (
     CACHE,
     RESULTS,
-    cached_targets,
-    digest,
     machine,
     markdown_table,
     mass_setup,
     shared_data,
-    stored_target_time,
     write_text,
 )
 
 import jaxedit
+from jaxedit.cache import digest
 from jaxedit.edit.memit import memit
+from jaxedit.edit.target_store import stored_targets, stored_time
 from jaxedit.evaluate.zsre import PROTOCOL, evaluate_zsre, read_zsre
 
 NAME = "mass_zsre"
@@ -70,13 +69,13 @@ def main() -> None:
     if args.targets_only:
         for method in args.methods.split(","):
             hp, templates = mass_setup(model, method, len(cases), None)
-            cached_targets(model, [c.request for c in cases], hp, templates, TARGETS)
+            stored_targets(model, [c.request for c in cases], hp, templates, TARGETS)
         return
     for method in args.methods.split(","):
         hp, stats, templates = mass_setup(model, method, len(cases), args.stats_samples)
 
         def edit(m, requests, hp=hp, stats=stats, templates=templates):
-            targets = cached_targets(model, requests, hp, templates, TARGETS)
+            targets = stored_targets(model, requests, hp, templates, TARGETS)
             return memit(m, requests, stats, hp, templates=templates, targets=targets)
 
         summary = evaluate_zsre(
@@ -85,7 +84,7 @@ def main() -> None:
         )  # fmt: skip
         results.setdefault("unedited", {k: summary["unedited"][k] for k in KEYS})
         results[method] = {k: summary[method][k] for k in KEYS}
-        edits, target_seconds = stored_target_time(model, hp, templates, TARGETS)
+        edits, target_seconds = stored_time(model, hp, templates, TARGETS)
         settings[method] = {
             "layers": list(hp.layers),
             "mom2_weight": hp.mom2_weight,

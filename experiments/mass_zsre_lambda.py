@@ -24,11 +24,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from common import CACHE, RESULTS, cached_targets, machine, mass_setup, shared_data, write_text
+from common import CACHE, RESULTS, machine, mass_setup, shared_data, write_text
 
 import jaxedit
 from jaxedit.edit import apply
 from jaxedit.edit.memit import memit
+from jaxedit.edit.target_store import stored_targets
 from jaxedit.evaluate.zsre import PROTOCOL, read_zsre, score_zsre_cases, summarise_zsre
 
 NAME = "mass_zsre_lambda"
@@ -62,7 +63,7 @@ def main() -> None:
     for method in methods:
         hp, stats, templates = mass_setup(model, method, len(cases), args.stats_samples)
         packaged[method] = hp.mom2_weight
-        targets = cached_targets(model, requests, hp, templates, TARGETS)
+        targets = stored_targets(model, requests, hp, templates, TARGETS)
         results[method] = {}
         for weight in grid:
             point = points / f"{method}-{weight:g}.json"

@@ -23,8 +23,7 @@ import numpy as np
 from common import (
     CACHE,
     RESULTS,
-    cached_targets,
-    digest,
+    TARGETS_CACHE,
     machine,
     markdown_table,
     mass_setup,
@@ -34,7 +33,9 @@ from common import (
 )
 
 import jaxedit
+from jaxedit.cache import digest
 from jaxedit.edit.memit import memit
+from jaxedit.edit.target_store import stored_targets
 from jaxedit.evaluate import evaluate_counterfact, read_counterfact
 
 NAME = "pmet_ablation"
@@ -71,7 +72,7 @@ def main() -> None:
     run = f"n{len(cases)}-g{args.generation_tokens}"
     norms: dict = {}
     for name, variant in variants.items():
-        targets = cached_targets(model, requests, variant, templates)
+        targets = stored_targets(model, requests, variant, templates, TARGETS_CACHE)
 
         # the batch's delta, solved here (not inside the evaluation, which skips edits whose scored
         # cases are cached) so that its size is reported on every invocation

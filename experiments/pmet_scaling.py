@@ -26,8 +26,7 @@ import matplotlib.pyplot as plt
 from common import (
     CACHE,
     RESULTS,
-    cached_targets,
-    digest,
+    TARGETS_CACHE,
     machine,
     markdown_table,
     mass_setup,
@@ -36,7 +35,9 @@ from common import (
 )
 
 import jaxedit
+from jaxedit.cache import digest
 from jaxedit.edit.memit import memit
+from jaxedit.edit.target_store import stored_targets
 from jaxedit.evaluate import evaluate_counterfact, read_counterfact
 
 NAME = "pmet_scaling"
@@ -67,7 +68,7 @@ def main() -> None:
     for method in methods:
         hp, stats, templates = mass_setup(model, method, len(all_cases), args.stats_samples)
         begin = time.perf_counter()
-        targets = cached_targets(model, [c.request for c in all_cases], hp, templates)
+        targets = stored_targets(model, [c.request for c in all_cases], hp, templates, TARGETS_CACHE)
         target_seconds[method] = round(time.perf_counter() - begin)
         for n in counts:
             cases = all_cases[:n]

@@ -284,29 +284,21 @@ def test_pmet_phi_schedule_lowers_the_nll_weight_once_the_targets_are_argmax(mod
     assert switched >= 2
 
 
-def test_experiment_target_store_resumes_and_feeds_the_same_solve(
-    model, stats, tmp_path, monkeypatch
-) -> None:
-    """experiments/common.py keeps targets in files of RESUME_EVERY requests; what it reads back gives
-    the same MEMIT delta as targets optimised in place, and nothing is optimised twice."""
-    import sys
-    from pathlib import Path
+def test_target_store_resumes_and_feeds_the_same_solve(model, stats, tmp_path, monkeypatch) -> None:
+    """The target store keeps targets in groups; what it reads back gives the same MEMIT delta as
+    targets optimised in place, nothing is optimised twice, and another model or setting never
+    reads them."""
+    from jaxedit.edit import target_store
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-    import common
-
-    memit_module = sys.modules["jaxedit.edit.memit"]  # `jaxedit.edit.memit` names the function
-
-    monkeypatch.setattr(common, "RESUME_EVERY", 2)
     hp = MemitHparams(
         layers=(0, 1), mom2_weight=0.5, targets=TargetHparams(steps=6, clamp=0.75, reference="resid_post")
     )
-    first = common.cached_targets(model, REQUESTS[:2], hp, TEMPLATES, tmp_path)
+    first = target_store.stored_targets(model, REQUESTS[:2], hp, TEMPLATES, tmp_path, group=2)
     more = [*REQUESTS, REQUESTS[0]]  # one new request, one repeated
-    stored = common.cached_targets(model, more, hp, TEMPLATES, tmp_path)
+    stored = target_store.stored_targets(model, more, hp, TEMPLATES, tmp_path, group=2)
     (folder,) = tmp_path.iterdir()
     assert len(list(folder.glob("*.npz"))) == 2  # the first two, then the third
-    edits, seconds = common.stored_target_time(model, hp, TEMPLATES, tmp_path)
+    edits, seconds = target_store.stored_time(model, hp, TEMPLATES, tmp_path)
     assert edits == 3 and seconds > 0
     np.testing.assert_array_equal(stored.delta[:2], first.delta)
     np.testing.assert_array_equal(stored.delta[3], first.delta[0])
@@ -314,13 +306,19 @@ def test_experiment_target_store_resumes_and_feeds_the_same_solve(
     def refuse(*args, **kwargs):
         raise AssertionError("targets were optimised again")
 
-    monkeypatch.setattr(memit_module, "memit_targets", refuse)
-    again = common.cached_targets(model, REQUESTS, hp, TEMPLATES, tmp_path)
+    monkeypatch.setattr(target_store, "memit_targets", refuse)
+    again = target_store.stored_targets(model, REQUESTS, hp, TEMPLATES, tmp_path)
     fresh = optimise_targets(model, REQUESTS, 1, TEMPLATES, hp.targets)
     np.testing.assert_allclose(again.value, fresh.value, rtol=1e-4, atol=1e-5)
     solved = memit(model, REQUESTS, stats, hp, templates=TEMPLATES, targets=again, progress=False)
     direct = memit(model, REQUESTS, stats, hp, templates=TEMPLATES, targets=fresh, progress=False)
     np.testing.assert_allclose(solved.dense(), direct.dense(), rtol=1e-4, atol=1e-6)
+    other = model.replace(params=jax.tree.map(lambda a: a * 1.01, model.params))
+    for changed in (other, model):  # another model, then other settings: their own folders, recomputed
+        variant = hp if changed is other else dataclasses.replace(hp, targets=TargetHparams(steps=5))
+        with pytest.raises(AssertionError, match="optimised again"):
+            target_store.stored_targets(changed, REQUESTS[:1], variant, TEMPLATES, tmp_path)
+    assert len(list(tmp_path.iterdir())) == 3
 
 
 def test_layer_walk_reads_equal_forward_passes_of_the_edited_model(model) -> None:
