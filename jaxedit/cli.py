@@ -355,6 +355,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 def cmd_edit(args: argparse.Namespace) -> int:
     from jaxedit.edit import EditJournal
+    from jaxedit.edit.health import check_edit
     from jaxedit.edit.targets import Request, as_request
     from jaxedit.generate import generate_text
 
@@ -367,6 +368,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     edited = journal.apply(delta)
     info = delta.info
     seconds = time.perf_counter() - start
+    check_edit(model, edited, [request])  # logs a warning when the edit looks harmful
     if args.method.startswith("ireva"):
         from jaxedit.edit.adaptors import fired
 

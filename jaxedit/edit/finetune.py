@@ -22,7 +22,9 @@ import optax
 
 from jaxedit import model as core
 from jaxedit.config import ModelConfig
+from jaxedit.edit.checks import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_fields
 from jaxedit.edit.delta import Delta
+from jaxedit.edit.precision import working_params
 from jaxedit.edit.rome import default_layer
 from jaxedit.edit.targets import Request, as_request, build_batch
 from jaxedit.errors import InputError, NumericsError
@@ -39,6 +41,18 @@ class FinetuneHparams:
     lr: float = 5e-4
     nll_stop: float = 0.03
     limit: float | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            {
+                "layer": NON_NEGATIVE,
+                "steps": AT_LEAST_ONE,
+                "lr": POSITIVE,
+                "nll_stop": NON_NEGATIVE,
+                "limit": POSITIVE,
+            },
+        )
 
 
 FT = FinetuneHparams()
@@ -111,7 +125,7 @@ def finetune(model: Model, request: Request | dict, hp: FinetuneHparams = FT) ->
     batch = build_batch(model, [request], ["{}"], "{}")
     used = (~batch.is_kl).astype(np.float32)
     change, final_nll, steps = _finetune(
-        model.params, model.config, layer, hp, jnp.asarray(batch.ids), jnp.asarray(batch.mask),
+        working_params(model), model.config, layer, hp, jnp.asarray(batch.ids), jnp.asarray(batch.mask),
         jnp.asarray(batch.read_pos), jnp.asarray(batch.labels), jnp.asarray(batch.weights), jnp.asarray(used),
     )  # fmt: skip
     change = np.asarray(change, np.float32)  # [F, D]

@@ -47,7 +47,9 @@ from jaxedit import model as core
 from jaxedit import tokens as tok
 from jaxedit.config import ModelConfig
 from jaxedit.edit.adaptors import AdaptorEdit, CapacityError, adaptor_edits, used_slots
+from jaxedit.edit.checks import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_fields
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
+from jaxedit.edit.precision import working_params
 from jaxedit.edit.reads import last_token_taps
 from jaxedit.edit.targets import Request, as_request, target_ids
 from jaxedit.errors import InputError
@@ -98,6 +100,16 @@ class IrevaHparams:
     max_neurons: int | None = None
     chunk: int = 128
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            {"layer": NON_NEGATIVE, "alpha": POSITIVE, "steps": NON_NEGATIVE, "lr": POSITIVE,
+             "rec_weight": NON_NEGATIVE, "irr_weight": NON_NEGATIVE, "random_prompts": NON_NEGATIVE,
+             "subject_prompts": NON_NEGATIVE, "other_prompts": NON_NEGATIVE, "sample_tokens": AT_LEAST_ONE,
+             "exclusive_margin": NON_NEGATIVE, "max_neurons": AT_LEAST_ONE, "chunk": AT_LEAST_ONE},
+            {"normalise": adaptor_lib.NORMALISATIONS, "score": adaptor_lib.SCORES},
+        )  # fmt: skip
 
     def resolve_layer(self, config: ModelConfig) -> int:
         layer = max(config.n_layers - 2, 0) if self.layer is None else self.layer
@@ -394,10 +406,11 @@ def ireva(
         )
         encoded = dict(zip(unique, np.asarray(vectors), strict=True))
     nll = np.full(n, np.nan, np.float32)
+    params = working_params(model)
     for start in range(0, n, hp.chunk):
         part = slice(start, start + hp.chunk)
         ids, mask = tok.pad(pairs.rows[part], tok.pad_id(model.tokenizer), side="right", multiple=8)
-        resid, m_in = _layer_states(model.params, config, layer, ids, mask)
+        resid, m_in = _layer_states(params, config, layer, ids, mask)
         inputs = adaptor_lib.normalise_input(m_in, hp.normalise, mean)
         keys[part] = edit_inputs[part] = np.asarray(inputs)
         if hp.retrofit:
@@ -410,7 +423,7 @@ def ireva(
                     outside[row, column] = encoded[text]
                     outside_mask[row, column] = 1.0
             k, v, loss = _retrofit(
-                model.params, config, layer, (hp.score, config.activation), hp, resid,
+                params, config, layer, (hp.score, config.activation), hp, resid,
                 jnp.asarray(mask), inputs, jnp.asarray(outside), jnp.asarray(outside_mask),
                 jnp.asarray(pairs.labels[part]), inputs, jnp.asarray(values[part]),
             )  # fmt: skip

@@ -28,9 +28,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxedit.edit.checks import AT_LEAST_ONE, NON_NEGATIVE, check_fields, check_prefixes
 from jaxedit.edit.contexts import MEMIT_PREFIXES, context_templates
 from jaxedit.edit.delta import Delta, add_to_params
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
+from jaxedit.edit.precision import working_params
 from jaxedit.edit.rome import default_layer
 from jaxedit.edit.stats import KeyStats, StatsError
 from jaxedit.edit.targets import (
@@ -63,6 +65,16 @@ class MemitHparams:
     method: str = "memit"
     # PMET's ablation (METHODS.md §7): also solve the attention output projections towards `a0 + δa`
     update_attn: bool = False
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            {"mom2_weight": NON_NEGATIVE, "batch_rows": AT_LEAST_ONE},
+            {"spread": ("even", "sqrt"), "method": ("memit", "pmet")},
+        )
+        check_prefixes("MemitHparams", self.prefixes)
+        if self.layers is not None and (not self.layers or min(self.layers) < 0):
+            raise InputError(f"MemitHparams.layers must be non-empty layer indices, got {self.layers}")
 
 
 def pmet_hparams(layers: tuple[int, ...] | None = None, **changes: object) -> MemitHparams:
@@ -226,7 +238,7 @@ def memit(
     bare = np.flatnonzero(batch.is_bare)  # one row per request, in request order
     n = len(requests)
 
-    walk = LayerWalk(model.config, model.params, batch, contexts, layers[0], hp.batch_rows)
+    walk = LayerWalk(model.config, working_params(model), batch, contexts, layers[0], hp.batch_rows)
     bare_at = np.searchsorted(contexts, bare)  # the bare rows among the walked context rows
 
     def solve(params: Params, layer: int, key_site: str, z_site: str, wanted: np.ndarray, c: np.ndarray):
@@ -238,7 +250,7 @@ def memit(
         residual = (wanted - outs) * spread_factor(layer, last, hp.spread)  # [n, D]
         return solve_update(c, k, residual, hp.mom2_weight), residual  # [n, F], [n, D]
 
-    params = model.params
+    params = working_params(model)
     lefts, rights, attn_lefts, attn_rights = [], [], [], []
     if hp.update_attn:
         a0 = walk.read(params, last, "attn_heads", "attn_out", bare_at)[1]

@@ -17,6 +17,7 @@ import numpy as np
 from jaxedit import model as core
 from jaxedit import tokens as tok
 from jaxedit.config import ModelConfig
+from jaxedit.edit.precision import working_params
 from jaxedit.errors import InputError
 from jaxedit.layout import Params
 from jaxedit.loading import Model
@@ -48,6 +49,6 @@ def last_token_taps(model: Model, layer: int, texts: Sequence[str], tap: str, ba
     out = []
     for start in range(0, len(texts), batch):
         ids, mask = tok.encode(model.tokenizer, texts[start : start + batch], side="right", multiple=8)
-        out.append(np.asarray(_last_token_tap(model.params, model.config, layer, tap, ids, mask)))
+        out.append(np.asarray(_last_token_tap(working_params(model), model.config, layer, tap, ids, mask)))
     width = model.config.d_mlp if tap == "mlp_key" else model.config.d_model
     return np.concatenate(out) if out else np.zeros((0, width), np.float32)

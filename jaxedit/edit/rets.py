@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from jaxedit import tokens as tok
 from jaxedit.cache import digest, load_npz, save_npz
+from jaxedit.edit.checks import NON_NEGATIVE, check_fields, check_prefixes
 from jaxedit.edit.contexts import ROME_PREFIXES, context_templates
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
@@ -51,6 +52,10 @@ class RetsHparams:
     targets: TargetHparams = RETS_TARGETS
     subject_weight: float = 1.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"layer": NON_NEGATIVE, "subject_weight": NON_NEGATIVE})
+        check_prefixes("RetsHparams", self.prefixes)
 
 
 def default_hparams(model: Model, path: str | Path | None = None) -> RetsHparams:

@@ -23,6 +23,7 @@ import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 from tqdm.auto import tqdm
 
+from jaxedit.edit.checks import NON_NEGATIVE, check_fields, check_prefixes
 from jaxedit.edit.contexts import ROME_PREFIXES, context_templates
 from jaxedit.edit.delta import Delta, apply
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
@@ -40,6 +41,10 @@ class RomeHparams:
     prefixes: tuple[tuple[int, int], ...] = ROME_PREFIXES
     targets: TargetHparams = dataclasses.field(default_factory=TargetHparams)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self, {"layer": NON_NEGATIVE})
+        check_prefixes("RomeHparams", self.prefixes)
 
 
 def default_hparams(model: Model, path: str | Path | None = None) -> RomeHparams:

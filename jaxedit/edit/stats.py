@@ -28,6 +28,7 @@ from jaxedit import model as core
 from jaxedit import tokens as tok
 from jaxedit.cache import cache_root, digest, load_npz, save_npz
 from jaxedit.config import ModelConfig
+from jaxedit.edit.precision import working_params
 from jaxedit.errors import InputError
 from jaxedit.files import atomic_write_bytes
 from jaxedit.layout import Params
@@ -205,6 +206,7 @@ def key_statistics(
         return out
 
     ids = [tok.encode_one(model.tokenizer, t)[:max_len] for t in texts]
+    params = working_params(model)
     per_batch = max(1, batch_tokens // max_len)
     width = core.site_widths(config)[site]
     run = digest({**meta_base, "layers": list(todo), "per_batch": per_batch})
@@ -236,7 +238,7 @@ def key_statistics(
             side="right",
         )
         mask[len(chunk) :] = 0  # filler rows
-        acc = _accumulate(model.params, config, todo, site, jnp.asarray(batch), jnp.asarray(mask), acc)
+        acc = _accumulate(params, config, todo, site, jnp.asarray(batch), jnp.asarray(mask), acc)
         count += int(mask.sum())
         done = start + len(chunk)
         bar.update(len(chunk))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import string
 from collections.abc import Sequence
 
 import jax
@@ -34,6 +35,8 @@ from jaxedit import interventions as iv
 from jaxedit import model as core
 from jaxedit import tokens as tok
 from jaxedit.config import ModelConfig
+from jaxedit.edit.checks import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_fields
+from jaxedit.edit.precision import working_params
 from jaxedit.errors import InputError, NumericsError
 from jaxedit.layout import Params
 from jaxedit.loading import Model
@@ -70,17 +73,48 @@ def as_request(value: Request | dict) -> Request:
         request = Request(
             prompt=record.get("prompt", ""), subject=record.get("subject", ""), target=target or ""
         )
-    if not request.target or not request.target.strip():
+    for name in ("prompt", "subject", "target"):
+        if not isinstance(getattr(request, name), str):
+            raise InputError(f"edit request {name} must be a string, got {getattr(request, name)!r}")
+    if not request.target.strip():
         raise InputError(f"edit request has an empty target: {request}")
-    if not request.subject:
+    if not request.subject.strip():
         raise InputError(f"edit request has an empty subject: {request}")
     if "{}" not in request.prompt:  # the subject written out: mark its first occurrence
         if request.subject not in request.prompt:
             raise InputError(f"subject {request.subject!r} does not occur in prompt {request.prompt!r}")
         request = dataclasses.replace(request, prompt=request.prompt.replace(request.subject, "{}", 1))
-    if request.prompt.count("{}") != 1:
-        raise InputError(f"edit prompt must hold one '{{}}' for the subject, got {request.prompt!r}")
+    if request.prompt.count("{}") != 1 or any(b in request.prompt.replace("{}", "") for b in "{}"):
+        others = [f for f in _placeholders(request.prompt.replace("{}", "", 1)) if f]
+        shown = f" (it also holds {', '.join(others)})" if others else ""
+        raise InputError(
+            f"edit prompt must hold exactly one '{{}}' where the subject goes and no other brace, got "
+            f"{request.prompt!r}{shown}"
+        )
     return request
+
+
+def _placeholders(text: str) -> list[str]:
+    """The `{...}` groups of a text, for error messages."""
+    import re
+
+    return re.findall(r"\{[^{}]*\}", text)
+
+
+def template_fields(template: str) -> list[str]:
+    """The placeholders of a `str.format` template in order (`""` for `{}`); `InputError` if it is not a
+    valid template (an unmatched brace)."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as err:
+        raise InputError(
+            f"{template!r} is not a valid template ({err}); write literal braces as '{{{{' and '}}}}'"
+        ) from None
+    fields = []
+    for _, name, spec, conversion in parsed:
+        if name is not None:
+            fields.append(name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else ""))
+    return fields
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +145,20 @@ class TargetHparams:
     nll_schedule: bool = False
     nll_after: float = 0.1
     kl_stop: float = 0.01
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            {"steps": AT_LEAST_ONE, "lr": POSITIVE, "kl_factor": NON_NEGATIVE, "weight_decay": NON_NEGATIVE,
+             "clamp": POSITIVE, "attn_clamp": POSITIVE,
+             "attn_weight_decay": NON_NEGATIVE, "nll_after": POSITIVE},
+            {"reference": ("mlp_out", "resid_post"), "key_token": ("subject", "last")},
+        )  # fmt: skip
+        if template_fields(self.kl_prompt) not in ([""], ["prompt"]):
+            raise InputError(
+                f"TargetHparams.kl_prompt must hold one '{{}}' (the subject) or one '{{prompt}}' (the filled-in "
+                f"prompt) and no other placeholder, got {self.kl_prompt!r}"
+            )
 
 
 @dataclasses.dataclass
@@ -466,11 +514,12 @@ def optimise_targets(
     per_chunk = max(1, max_rows // (len(templates) + 1))
     order = chunk_order(build_batch(model, requests, templates, hp.kl_prompt, hp.key_token), len(requests))
     chunks = [order[i : i + per_chunk] for i in range(0, len(requests), per_chunk)]
+    params = working_params(model)
     parts = []
     for chunk in tqdm(chunks, desc=f"targets at layer {layer}", disable=not progress or len(chunks) == 1):
         batch = build_batch(model, [requests[i] for i in chunk], templates, hp.kl_prompt, hp.key_token)
         out = _optimise(
-            model.params, model.config, layer, len(chunk), hp, suffix_window(batch),
+            params, model.config, layer, len(chunk), hp, suffix_window(batch),
             *(jnp.asarray(getattr(batch, f.name)) for f in dataclasses.fields(batch)),
         )  # fmt: skip
         parts.append([np.asarray(a) for a in out])

@@ -90,15 +90,29 @@ def rope_settings(
     Raises `ConfigError` for scaling kinds the decoder does not implement.
     """
     params = dict(hf.get("rope_parameters") or {})
-    theta = float(params.get("rope_theta", hf.get(theta_key, default_theta)))
-    scaling = dict(hf.get("rope_scaling") or {})
-    scaling.update({k: v for k, v in params.items() if k not in ("rope_theta", "partial_rotary_factor")})
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind == "default":
+    legacy = dict(hf.get("rope_scaling") or {})
+    theta = float(params.get("rope_theta", legacy.get("rope_theta", hf.get(theta_key, default_theta))))
+
+    def kind_of(fields: dict) -> str:
+        return str(fields.get("rope_type", fields.get("type", "default")))
+
+    # transformers applies whichever of the two names a scaling; two different ones are ambiguous
+    kinds = {kind_of(f) for f in (params, legacy) if f} - {"default"}
+    if len(kinds) > 1:
+        raise ConfigError(
+            f"config names two rope scalings ({', '.join(sorted(kinds))} in rope_scaling and rope_parameters); "
+            "keep one"
+        )
+    if not kinds:
         return theta, None
+    (kind,) = kinds
     if kind not in ("linear", "llama3"):
         raise ConfigError(f"unsupported rope scaling {kind!r}; jaxedit implements linear and llama3")
-    return theta, tuple(sorted((k, v) for k, v in scaling.items() if k != "type"))
+    chosen = params if kind_of(params) == kind else legacy
+    skip = ("type", "rope_theta", "partial_rotary_factor")
+    return theta, tuple(
+        sorted(({"rope_type": kind} | {k: v for k, v in chosen.items() if k not in skip}).items())
+    )
 
 
 def rope_hf(config: ModelConfig) -> dict:

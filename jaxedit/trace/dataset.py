@@ -32,8 +32,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxedit import tokens as tok
+from jaxedit.cache import digest
 from jaxedit.errors import InputError
-from jaxedit.files import write_output
+from jaxedit.files import atomic_write_bytes, write_output
 from jaxedit.loading import Model
 from jaxedit.model import logits_at
 from jaxedit.trace import engine
@@ -156,6 +157,21 @@ def greedy_next_tokens(
         logits = logits_at(model.params, model.config, ids, mask, read)[:, 0]
         tops[first : first + len(chunk)] = np.asarray(jnp.argmax(logits, axis=-1))[: len(chunk)]
     return tops
+
+
+def _read_fact(
+    path: Path | None, kinds: Sequence[str]
+) -> tuple[dict[str, np.ndarray], float, float, float] | None:
+    """A cached fact's grids and probabilities, or None when it is missing or unreadable."""
+    if path is None or not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text())
+        grids = {k: np.asarray(saved["grids"][k], np.float64) for k in kinds}
+        return grids, float(saved["p_clean"]), float(saved["p_corrupt"]), float(saved.get("seconds", 0.0))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        log.warning("jaxedit: ignoring unreadable trace cache file %s (%s); tracing it again", path, err)
+        return None
 
 
 def known_facts(
@@ -355,7 +371,7 @@ def trace_dataset(
 
     cache = Path(out_dir) / "facts" if out_dir is not None else None
     key = _settings_key(
-        model=model.source, corrupt=corrupt, kinds=list(kinds), samples=samples, scale=scale, window=window,
+        model=model.source, fingerprint=model.fingerprint, corrupt=corrupt, kinds=list(kinds), samples=samples, scale=scale, window=window,
         sever=sever, seed=seed,
     )  # fmt: skip
     classes = list(RELATION_CLASSES if corrupt == "relation" else SUBJECT_CLASSES)
@@ -366,7 +382,9 @@ def trace_dataset(
     deadline = None if max_seconds is None else start + max_seconds
 
     def path_of(index: int) -> Path | None:
-        return cache / f"{key}-{index:05d}.json" if cache is not None else None
+        """The fact's file: named by the settings and by the fact itself (prompt, subject, answer)."""
+        prompt, subject, answer, *_ = kept[index]
+        return cache / f"{key}-{digest([prompt, subject, answer], 12)}.json" if cache is not None else None
 
     def run(index: int, run_kinds: Sequence[str]) -> TraceResult:
         prompt, subject, answer, *_ = kept[index]
@@ -378,19 +396,17 @@ def trace_dataset(
 
     def traced(index: int) -> tuple[dict[str, np.ndarray], float, float, float] | None:
         path = path_of(index)
-        if path is not None and path.exists():
-            saved = json.loads(path.read_text())
-            grids = {k: np.asarray(saved["grids"][k]) for k in kinds}
-            return grids, saved["p_clean"], saved["p_corrupt"], float(saved.get("seconds", 0.0))
+        saved = _read_fact(path, kinds)
+        if saved is not None:
+            return saved
         if deadline is not None and time.perf_counter() > deadline:
             return None
         result = run(index, kinds)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            result.save_json(path)
+        if path is not None:  # facts/ is jaxedit's own: no ownership record per file
+            atomic_write_bytes(path, json.dumps(result.to_dict()).encode())
         return result.grids, result.p_clean, result.p_corrupt, result.seconds
 
-    todo = [i for i in range(len(kept)) if (path := path_of(i)) is None or not path.exists()]
+    todo = [i for i in range(len(kept)) if _read_fact(path_of(i), kinds) is None]
     with ThreadPoolExecutor(max_workers=workers) as pool:
         if workers > 1 and shapes != "bucket" and todo:
             # the facts of a shape group run the same programs: compile every (group, kind) program at
