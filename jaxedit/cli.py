@@ -358,9 +358,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from jaxedit.edit.health import check_edit
     from jaxedit.edit.targets import Request, as_request
     from jaxedit.generate import generate_text
+    from jaxedit.loading import check_save_target
 
     model = _load(args.model)
     request = as_request(Request(prompt=args.prompt, subject=args.subject, target=args.target))
+    if args.save:  # refused now, not after the edit
+        check_save_target(model, args.save, overwrite=args.overwrite)
     edit, _ = _editor(model, args)
     start = time.perf_counter()
     delta = edit(model, request)

@@ -148,9 +148,11 @@ def write_owned(
                 f"the saved {what}; save into another directory"
             )
         previous = owned_files(directory)
+        mode = 0o666 & ~_umask()  # writers such as safetensors create 0600 files
         for name in sorted(produced):
             source, target = staging / name, directory / name
             target.parent.mkdir(parents=True, exist_ok=True)
+            os.chmod(source, mode)
             os.replace(source, target)
         for name in sorted(previous - produced):  # jaxedit's own leftovers from an earlier save
             with contextlib.suppress(FileNotFoundError, IsADirectoryError):
@@ -176,6 +178,19 @@ def write_output(path: str | Path, data: bytes, *, overwrite: bool = False) -> P
     atomic_write_bytes(path, data)
     _record(directory, owned_files(directory) | {path.name})
     return path
+
+
+def _umask() -> int:
+    """The process umask, read from /proc where it can be (setting it to read it races with threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def same_directory(a: str | Path, b: str | Path) -> bool:

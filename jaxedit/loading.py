@@ -284,6 +284,21 @@ def _other_weights(directory: Path, produced: set[str]) -> list[str]:
     return sorted(found - produced - owned)
 
 
+def check_save_target(model: Model, directory: str | Path, *, overwrite: bool = False) -> Path:
+    """`directory` as a place to save `model`, or `FilesError`: a path that is a file, or (unless
+    `overwrite`) the folder the model was loaded from. Cheap: callers check before long work."""
+    target = Path(directory)
+    if target.exists() and not target.is_dir():
+        raise FilesError(f"{target} exists and is not a directory; choose another place to save")
+    origin = source_directory(model)
+    if origin is not None and same_directory(origin, target) and not overwrite:
+        raise FilesError(
+            f"{target} is the folder {model.name} was loaded from; save the edited model elsewhere, or "
+            "pass overwrite=True / --overwrite to replace its weights and config there"
+        )
+    return target
+
+
 def save_hf(model: Model, directory: str | Path, *, overwrite: bool = False) -> Path:
     """Write `model.safetensors`, `config.json` and the tokenizer so `transformers` can open them.
 
@@ -295,13 +310,7 @@ def save_hf(model: Model, directory: str | Path, *, overwrite: bool = False) -> 
     """
     from safetensors.numpy import save_file
 
-    target = Path(directory)
-    origin = source_directory(model)
-    if origin is not None and same_directory(origin, target) and not overwrite:
-        raise FilesError(
-            f"{target} is the folder {model.name} was loaded from; save the edited model elsewhere, or "
-            "pass overwrite=True / --overwrite to replace its weights and config there"
-        )
+    target = check_save_target(model, directory, overwrite=overwrite)
     state = hf_state_dict(model)
     hf = family_module(model.config.family).hf_config(model.config)
     hf["torch_dtype"] = "float32"

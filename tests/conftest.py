@@ -26,6 +26,8 @@ _run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"jaxedit-tests-{_run}"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# jaxedit's own caches (statistics, contexts, targets) in one folder per test run, never the user's
+os.environ.setdefault("JAXEDIT_CACHE", str(Path(tempfile.gettempdir()) / f"jaxedit-cache-{_run}"))
 
 
 def full_rank_texts(model, texts: list[str], extra: int = 60, seed: int = 0) -> list[str]:
