@@ -218,6 +218,8 @@ def test_rome_writes_v_star_and_raises_the_target(model, stats) -> None:
         ({"prompt": "the city of paris is", "subject": "rome", "target": "rome"}, "does not occur"),
         ({"prompt": "the city of {} is", "subject": "paris", "target": " "}, "empty target"),
         ({"prompt": "the city of {} is {}", "subject": "paris", "target": "rome"}, "one '\\{\\}'"),
+        ({"prompt": "{} is in {city}", "subject": "paris", "target": "rome"}, "no other brace"),
+        ({"prompt": "the city of {} is", "subject": "   ", "target": "rome"}, "empty subject"),
     ],
 )
 def test_bad_requests_raise_and_change_nothing(model, stats, request_, match) -> None:
@@ -368,3 +370,32 @@ def test_rome_sequence_equals_edits_applied_one_after_another(model, stats) -> N
     kernel = ("layers", "mlp", "out", "kernel")
     get = lambda m: np.asarray(m.params[kernel[0]][kernel[1]][kernel[2]][kernel[3]])  # noqa: E731
     assert not np.allclose(get(sequenced) - get(once), get(alone) - get(model), atol=1e-6)
+
+
+def test_float16_rome_edits_like_float32_and_the_check_sees_damage(tiny_dirs, model, stats) -> None:
+    """A float16 model is edited with float32 arithmetic (`jaxedit.edit.precision`): the same delta
+    as the float32 model's up to the weights' rounding, the target raised, the post-edit check clean;
+    a delta that wrecks the model is reported by the check."""
+    from jaxedit.edit.health import check_edit
+
+    half = model.replace(params=jax.tree.map(lambda a: a.astype(jnp.float16), model.params))
+    half = half.replace(config=half.config.replace(dtype="float16"))
+    half_stats = key_statistics(half, [1], full_rank_texts(half, TEXTS), cache=False, progress=False)[1]
+    hp = RomeHparams(layer=1)
+    delta16 = rome(half, REQUEST, half_stats, hp, templates=TEMPLATES)
+    delta32 = rome(model, REQUEST, stats, hp, templates=TEMPLATES)
+    np.testing.assert_allclose(
+        delta16.dense(), delta32.dense(), rtol=0.05, atol=0.05 * np.abs(delta32.dense()).max()
+    )
+    edited = apply(half, delta16)
+    assert edited.params["layers"]["mlp"]["out"]["kernel"].dtype == jnp.float16
+    health = check_edit(half, edited, [REQUEST])
+    assert health.ok and health.finite and health.target_gain[0] > 0
+    wreck = Delta(
+        layers=(0, 1, 2),
+        left=np.full((3, 1, model.config.d_mlp), 1e3),
+        right=np.full((3, 1, model.config.d_model), 1e3),
+        method="x",
+    )
+    damaged = check_edit(half, apply(half, wreck), [REQUEST], warn=False)
+    assert not damaged.ok and not damaged.finite

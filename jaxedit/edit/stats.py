@@ -178,8 +178,8 @@ def key_statistics(
     texts = list(texts)
     if samples is not None:
         if len(texts) < samples:
-            where = f"corpus {corpus_id}" if corpus_id else "the texts given"
-            raise StatsError(f"{samples} statistics samples requested but {where} holds only {len(texts)}")
+            where = f"corpus {corpus_id} holds" if corpus_id else "the texts given hold"
+            raise StatsError(f"{samples} statistics samples requested but {where} only {len(texts)}")
         texts = texts[:samples]
     if not texts:
         raise StatsError("no texts for the statistics")
