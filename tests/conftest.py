@@ -78,7 +78,8 @@ def smollm2():
 # hands out whole files in collection order (`--dist loadfile`), and a long file started last would
 # leave the other worker idle at the end.
 LONG_MODULES = (
-    "test_notebooks.py",  # a kernel subprocess: one process, while the other worker runs
+    "test_notebooks.py",
+    "test_faults.py",  # nine subprocesses, killed  # a kernel subprocess: one process, while the other worker runs
     "test_smollm2_edit.py",  # in-process work, not
     "test_sharding.py",
     "test_multiprocess.py",  # two processes
