@@ -82,6 +82,24 @@ def command(name: str, args: argparse.Namespace, **extra: object) -> str:
 TARGETS_CACHE = CACHE / "targets"  # `jaxedit.edit.target_store` root of the experiments' targets
 
 
+def run_cache(name: str, model, args: argparse.Namespace, **extra: object) -> Path:
+    """`CACHE/<name>/<digest>/`: an experiment's own cached points, in a folder keyed by the model's
+    weight fingerprint, every command-line setting and `extra` (recorded in its `key.json`), so that a
+    run with another model, data slice or setting never reads another run's points."""
+    import json
+
+    from jaxedit.cache import digest
+
+    key = {"fingerprint": model.fingerprint, "model": model.source, "args": vars(args), **extra}
+    key = json.loads(json.dumps(key, default=str))
+    folder = CACHE / name / digest(key, 16)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = folder / "key.json"
+    if not record.exists():
+        write_text(record, json.dumps(key, indent=1))
+    return folder
+
+
 def write_text(path: Path, text: str) -> None:
     """Write a results file atomically."""
     from jaxedit.files import atomic_write_bytes

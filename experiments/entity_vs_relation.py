@@ -152,7 +152,16 @@ def main() -> None:
         )
         settings["constraint_prompts"] = min(len(train), args.constraint_n)
     chosen = {m: editors[m] for m in methods}
-    results = evaluate_perspectives(model, cases, chosen, out_dir=CACHE / NAME)
+    method_hparams = {
+        "rome-entity": rome_hp, "memit-entity": memit_entity, "rome-relation": rome_relation,
+        "memit-relation": memit_relation, "rets-relation": rets_hp,
+    }  # fmt: skip
+    keys = {
+        m: {"hparams": dataclasses.asdict(method_hparams[m]), "stats_samples": args.stats_samples,
+            "constraint_prompts": settings.get("constraint_prompts")}
+        for m in methods
+    }  # fmt: skip
+    results = evaluate_perspectives(model, cases, chosen, out_dir=CACHE / NAME, settings=keys)
     results = {k: {m: round(v, 2) if m != "n" else v for m, v in row.items()} for k, row in results.items()}
     settings["layers"] = {
         "rome-entity": [entity_layer], "memit-entity": list(memit_entity.layers),

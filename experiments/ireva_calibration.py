@@ -26,7 +26,7 @@ import numpy as np
 matplotlib.use("Agg")
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
-from common import CACHE, RESULTS, machine, shared_data, write_text
+from common import RESULTS, machine, run_cache, shared_data, write_text
 
 import jaxedit
 from jaxedit.edit import apply
@@ -54,8 +54,7 @@ def main() -> None:
     thetas = [float(t) for t in args.thetas.split(",")]
     unedited = summarise_zsre(score_zsre_cases(model, cases))
     locality = [prompt for c in cases for prompt, _ in c.locality]
-    cache = CACHE / NAME
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = run_cache(NAME, model, args)
     points = []
     for normalise, score in VARIANTS:
         for alpha in alphas:

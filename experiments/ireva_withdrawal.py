@@ -23,7 +23,7 @@ import json
 import logging
 import time
 
-from common import CACHE, RESULTS, machine, shared_data, write_text
+from common import RESULTS, machine, run_cache, shared_data, write_text
 
 import jaxedit
 from jaxedit.edit import apply
@@ -49,7 +49,7 @@ def main() -> None:
     cases, _ = read_zsre(shared_data("zsre", "zsre_mend_edit.json"))
     cases = cases[: args.n]
     unedited = summarise_zsre(score_zsre_cases(model, cases))
-    cache = CACHE / NAME
+    cache = run_cache(NAME, model, args)
     rows = []
     for spec in args.variants.split(","):
         fields = spec.split(":")

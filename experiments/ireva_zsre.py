@@ -31,11 +31,11 @@ matplotlib.use("Agg")
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 from common import (
-    CACHE,
     RESULTS,
     machine,
     markdown_table,
     mass_setup,
+    run_cache,
     shared_data,
     wikipedia_statistics,
     write_text,
@@ -119,8 +119,7 @@ def main() -> None:
     everything, skipped = read_zsre(shared_data("zsre", "zsre_mend_edit.json"))
     everything = everything[: args.n]
     first = everything[: args.compare]
-    cache = CACHE / NAME
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = run_cache(NAME, model, args)
     unedited_path = cache / f"unedited-{len(everything)}.json"
     if not unedited_path.exists():
         write_text(unedited_path, json.dumps(score_zsre_cases(model, everything)))

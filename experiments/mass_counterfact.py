@@ -190,6 +190,7 @@ def main() -> None:
         summary = evaluate_counterfact(
             model, cases, edit, method=method, batch=len(cases), out_dir=CACHE / NAME / folder,
             unedited_dir=CACHE / "unedited" / f"counterfact-g{args.generation_tokens}", generation_tokens=args.generation_tokens,
+            settings={"hparams": dataclasses.asdict(hp), "stats_samples": args.stats_samples},
         )  # fmt: skip
         results.setdefault("unedited", {k: summary["unedited"][k] for k in KEYS})
         results[method] = {k: summary[method][k] for k in KEYS}

@@ -26,7 +26,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from common import CACHE, RESULTS, TARGETS_CACHE, machine, shared_data, wikipedia_statistics, write_text
+from common import RESULTS, TARGETS_CACHE, machine, run_cache, shared_data, wikipedia_statistics, write_text
 
 import jaxedit
 from jaxedit.edit import apply
@@ -94,8 +94,7 @@ def main() -> None:
     requests = [c.request for c in cases]
     results: dict = {"unedited": summarise([score_case(model, c, generation_tokens=0) for c in cases])}
     diagnostics: dict = {}
-    points = CACHE / NAME / f"train-n{len(cases)}"
-    points.mkdir(parents=True, exist_ok=True)
+    points = run_cache(NAME, model, args, data="counterfact-train")
     for method in args.methods.split(","):
         hp = variant(model, method)
         stats = wikipedia_statistics(model, hp.layers, args.stats_samples)

@@ -81,6 +81,7 @@ def main() -> None:
         summary = evaluate_zsre(
             model, cases, edit, method=method, batch=batch, out_dir=CACHE / NAME / f"{method}-n{len(cases)}-b{batch}-{digest(dataclasses.asdict(hp))}",
             unedited_dir=CACHE / "unedited" / "zsre",
+            settings={"hparams": dataclasses.asdict(hp), "stats_samples": args.stats_samples},
         )  # fmt: skip
         results.setdefault("unedited", {k: summary["unedited"][k] for k in KEYS})
         results[method] = {k: summary[method][k] for k in KEYS}

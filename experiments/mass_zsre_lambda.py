@@ -24,7 +24,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from common import CACHE, RESULTS, machine, mass_setup, shared_data, write_text
+from common import RESULTS, machine, mass_setup, run_cache, shared_data, write_text
 
 import jaxedit
 from jaxedit.edit import apply
@@ -52,8 +52,7 @@ def main() -> None:
     requests = [c.request for c in cases]
     grid = [float(x) for x in args.grid.split(",")]
     methods = args.methods.split(",")
-    points = CACHE / NAME / f"n{len(cases)}"
-    points.mkdir(parents=True, exist_ok=True)
+    points = run_cache(NAME, model, args)
 
     unedited_point = points / "unedited.json"
     if not unedited_point.exists():

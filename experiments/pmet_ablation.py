@@ -90,6 +90,7 @@ def main() -> None:
             model, cases, edit, method=name, batch=len(cases), out_dir=CACHE / NAME / f"{name}-{run}-{digest(dataclasses.asdict(variant))}",
             unedited_dir=CACHE / "unedited" / f"counterfact-g{args.generation_tokens}",
             generation_tokens=args.generation_tokens,
+            settings={"hparams": dataclasses.asdict(variant), "stats_samples": args.stats_samples},
         )  # fmt: skip
         results.setdefault("unedited", {k: summary["unedited"].get(k) for k in KEYS})
         results[name] = {k: summary[name].get(k) for k in KEYS}

@@ -94,6 +94,7 @@ def main() -> None:
                 model, cases, edit, method=method, batch=n, out_dir=CACHE / NAME / f"{method}-{n}-{digest(dataclasses.asdict(hp))}",
                 unedited_dir=CACHE / "unedited" / f"counterfact-g{args.generation_tokens}",
                 generation_tokens=args.generation_tokens, progress=False,
+                settings={"hparams": dataclasses.asdict(hp), "stats_samples": args.stats_samples},
             )  # fmt: skip
             row = {k: summary[method][k] for k in (*KEYS, "fluency", "n")}
             row["unedited"] = {k: summary["unedited"][k] for k in KEYS}

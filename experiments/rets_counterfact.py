@@ -183,6 +183,7 @@ def main() -> None:
         summary = evaluate_counterfact(
             model, cases, editors[method], method=method, out_dir=CACHE / NAME / f"{method}-{len(cases)}",
             unedited_dir=CACHE / "unedited" / f"{NAME}-{len(cases)}", generation_tokens=args.generation_tokens,
+            settings={"stats_samples": args.stats_samples, "constraint_n": args.constraint_n},
         )  # fmt: skip
         for name in ("unedited", method):
             row = {**summary[name], "score": summary[name].get("score_rets")}

@@ -61,7 +61,7 @@ def main() -> None:
         begin = time.perf_counter()
         summary = evaluate_counterfact(
             model, cases, editors[method], method=method, out_dir=CACHE / NAME / method,
-            generation_tokens=args.generation_tokens,
+            generation_tokens=args.generation_tokens, settings={"stats_samples": args.stats_samples},
         )  # fmt: skip
         timings[method] = time.perf_counter() - begin
         results.setdefault("unedited", summary["unedited"])

@@ -142,15 +142,25 @@ def evaluate_perspectives(
     editors: Mapping[str, Callable[[Model, Request], Delta]],
     *,
     out_dir: str | Path | None = None,
+    settings: Mapping[str, Mapping[str, Any]] | None = None,
     progress: bool = True,
 ) -> Report:
     """Each method edits each case alone on the unedited model; means of `score_perspectives`.
 
-    `out_dir` caches each (method, case) score as json (keyed by the case's content), so an interrupted
-    or longer run reuses them. Returns
+    `out_dir` caches each (method, case) score as json (keyed by the case's content) in `out_dir/<method>/`,
+    a folder claimed for the model's weights and `settings[method]` (`jaxedit.evaluate.runner.claim_directory`):
+    an interrupted or longer run reuses them, another model or setting is refused. Returns
     `{"unedited": ..., "unedited (true object)": ..., method: ...}`, each with the four metrics and `n`.
     """
     from jaxedit.edit import apply
+    from jaxedit.evaluate.runner import claim_directory, run_key
+
+    if out_dir is not None:
+        for name in editors:
+            key = run_key(
+                model, name, settings=(settings or {}).get(name), scoring={"benchmark": "perspective"}
+            )
+            claim_directory(Path(out_dir, name), key)
 
     def cached(name: str, case: PerspectiveCase, compute: Callable[[], dict[str, float]]) -> dict[str, float]:
         digest = hashlib.sha1(json.dumps(dataclasses.asdict(case)).encode()).hexdigest()[:16]
