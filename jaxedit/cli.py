@@ -454,6 +454,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for name in ("unedited", args.method):
         if isinstance(summary.get(name), dict):
             print(f"| {name} | " + " | ".join(str(summary[name].get(k)) for k in keys) + " |")
+    run = summary["run"]
+    print(
+        f"run: {run['model']} (weights {run['fingerprint']}), {args.method}, batch {batch}, {run['n']} cases"
+    )
     print(f"protocols: {json.dumps(summary['protocol'])}")
     print(f"{summary['seconds']:.0f} s; per-case results and summary.json in {args.out}")
     return 0
