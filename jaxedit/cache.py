@@ -86,12 +86,7 @@ def load_npz(
     if missing:
         _unusable(path, f"arrays {missing} are missing")
         return None
-    if expect is not None:
-        wrong = sorted(k for k, v in expect.items() if meta.get(k) != _plain(v))
-        if wrong:
-            _unusable(path, f"made for other {', '.join(wrong)}")
-            return None
-    return arrays, meta
+    return None if _foreign(path, meta, expect) else (arrays, meta)
 
 
 def save_json(path: str | Path, value: Any, meta: Mapping[str, Any]) -> Path:
@@ -111,12 +106,15 @@ def load_json(path: str | Path, expect: Mapping[str, Any] | None = None) -> Any 
     except (OSError, ValueError, KeyError, TypeError) as err:
         _unusable(path, f"{type(err).__name__}: {err}")
         return None
-    if expect is not None:
-        wrong = sorted(k for k, v in expect.items() if meta.get(k) != _plain(v))
-        if wrong:
-            _unusable(path, f"made for other {', '.join(wrong)}")
-            return None
-    return value
+    return None if _foreign(path, meta, expect) else value
+
+
+def _foreign(path: Path, meta: Mapping[str, Any], expect: Mapping[str, Any] | None) -> bool:
+    """Whether the entry's record differs from the key asked for (logged as unusable if so)."""
+    wrong = sorted(k for k, v in (expect or {}).items() if meta.get(k) != _plain(v))
+    if wrong:
+        _unusable(path, f"made for other {', '.join(wrong)}")
+    return bool(wrong)
 
 
 def _plain(value: Any) -> Any:
