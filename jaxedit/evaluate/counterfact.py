@@ -303,6 +303,7 @@ def evaluate_counterfact(
     summary["batch"] = batch
     summary["run"] = {
         **run_key(model, method, batch=batch, settings=settings, scoring=scoring),
+        "model": model.source,
         "n": len(cases),
     }
     summary["seconds"] = round(time.perf_counter() - start, 1)

@@ -1,7 +1,7 @@
 """The edit-and-score loop shared by the benchmarks: groups of cases edited on the unedited model, each
 case scored before and after, one JSON per case so that an interrupted run resumes (METHODS.md §12).
 
-A results directory belongs to one run: `run.json` records its key (the model's source and weight
+A results directory belongs to one run: `run.json` records its key (the model's weight
 fingerprint, the method, its settings, the batch size and the scoring settings), and a directory holding
 another run's results, or per-case results of unknown origin, is refused rather than mixed. Each case's
 file records a digest of the case and of the group it was edited with, and is reused only for the same
@@ -65,13 +65,13 @@ def run_key(
     settings: Mapping[str, Any] | None = None,
     scoring: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """What a run's results depend on: the model (source and weight fingerprint), the method and its
-    settings (hyperparameters, layers, statistics), the batch size and the scoring settings."""
+    """What a run's results depend on: the model's weights (their fingerprint: the same weights loaded
+    from another path are the same model), the method and its settings (hyperparameters, layers,
+    statistics), the batch size and the scoring settings."""
     from jaxedit import __version__
 
     return {
-        "jaxedit": __version__, "model": model.source, "fingerprint": model.fingerprint, "method": method,
-        "batch": batch,
+        "jaxedit": __version__, "fingerprint": model.fingerprint, "method": method, "batch": batch,
         "settings": json.loads(json.dumps(dict(settings or {}), default=str)),
         "scoring": json.loads(json.dumps(dict(scoring or {}), default=str)),
     }  # fmt: skip
