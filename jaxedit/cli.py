@@ -15,6 +15,15 @@ from jaxedit.errors import InputError
 
 log = logging.getLogger("jaxedit")
 
+REPORTS_COMPILES = (
+    "trace",
+    "edit",
+    "eval",
+    "stats",
+    "lens",
+    "demo",
+)  # commands that end with a compile count
+
 
 def count(least: int):
     """An argparse type: an integer of at least `least` (sizes, counts, layers), else a one-line error."""
@@ -533,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--segments",
         default="auto",
         help="scanned layer ranges per grid program: 'none' unrolls every layer (least work, slowest "
-        "compile), k compiles k ranges; default 'auto' (unrolled on CPU, 4 on accelerators)",
+        "compile), k compiles k scanned ranges; default 'auto' (4)",
     )
     tr.add_argument("--noise", default="3sigma", help="'3sigma' or an absolute noise std")
     tr.add_argument("--window", type=count(1), default=10)
@@ -645,7 +654,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             cache = None  # the default place is not writable here: run without the cache
             log.warning("jaxedit: %s; running without a compile cache", err)
         log.info("compile cache: %s", cache or "off")
-        return args.func(args)
+        from jaxedit.compile_log import compile_log
+
+        with compile_log() as compiled:
+            code = args.func(args)
+        if args.command in REPORTS_COMPILES and code == 0:
+            print(f"compile: {compiled.summary()}")
+        return code
     except InputError as err:
         print(f"jaxedit: error: {err}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ from jaxedit.errors import InputError
 
 ENV = "JAXEDIT_COMPILE_CACHE"
 OFF = ("", "off", "none", "0", "false")
+MIN_SECONDS_ENV = "JAXEDIT_COMPILE_CACHE_MIN_SECONDS"
 MIN_COMPILE_SECONDS = 1.0  # programs compiled faster than this are not worth a disk entry
 
 
@@ -42,13 +43,22 @@ def resolve_cache_dir(directory: str | os.PathLike | None = None) -> Path | None
 
 
 def enable_compile_cache(
-    directory: str | os.PathLike | None = None, min_compile_seconds: float = MIN_COMPILE_SECONDS
+    directory: str | os.PathLike | None = None, min_compile_seconds: float | None = None
 ) -> Path | None:
     """Keep compiled programs in `directory` (see the module docstring); returns it, None if off.
+
+    Programs that compile faster than `min_compile_seconds` are not stored (default: the
+    `JAXEDIT_COMPILE_CACHE_MIN_SECONDS` environment variable, else `MIN_COMPILE_SECONDS`).
 
     Raises:
       ValueError: the path exists and is not a directory, or cannot be created (nothing is changed).
     """
+    if min_compile_seconds is None:
+        text = os.environ.get(MIN_SECONDS_ENV, "")
+        try:
+            min_compile_seconds = float(text) if text else MIN_COMPILE_SECONDS
+        except ValueError:
+            raise InputError(f"{MIN_SECONDS_ENV} must be a number of seconds, got {text!r}") from None
     if min_compile_seconds < 0:
         raise InputError(f"min_compile_seconds must be >= 0, got {min_compile_seconds}")
     path = resolve_cache_dir(directory)

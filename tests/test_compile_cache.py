@@ -113,3 +113,26 @@ def test_cli_runs_without_the_cache_when_the_default_place_is_unusable(
     # a directory given on the command line that cannot be used is an error
     assert cli.main(["--compile-cache", str(blocker), "info", str(tiny_dirs["gpt2"])]) == 2
     assert "not a directory" in capsys.readouterr().err
+
+
+def test_a_second_process_traces_without_compiling(tiny_dirs, tmp_path) -> None:
+    """The same small trace in two fresh processes sharing one cache: the second compiles nothing."""
+    import json
+    import re
+
+    env = dict(subprocess_env(), JAXEDIT_COMPILE_CACHE_MIN_SECONDS="0")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    counts, grids = [], []
+    for run in ("first", "second"):
+        out = subprocess.run(
+            [sys.executable, "-m", "jaxedit.cli", "--compile-cache", str(tmp_path / "xla"), "trace",
+             str(tiny_dirs["llama_gqa_untied"]), "--prompt", "the eiffel tower is in the city of", "--subject",
+             "the eiffel tower", "--kinds", "hidden,mlp", "--samples", "2", "--window", "2", "--out",
+             str(tmp_path / run)],
+            env=env, capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        compiled, loaded = re.search(r"compile: (\d+) programs compiled .* (\d+) loaded", out).groups()
+        counts.append((int(compiled), int(loaded)))
+        grids.append(json.loads((tmp_path / run / "trace.json").read_text())["grids"])
+    assert counts[0][0] > 0 and counts[1] == (0, counts[0][0] + counts[0][1])
+    assert grids[0] == grids[1]

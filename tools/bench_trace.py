@@ -163,7 +163,7 @@ def main() -> None:
     threads = resolve_threads(args.threads if args.threads == "auto" else int(args.threads))
     kinds = tuple(args.kinds.split(","))
     if args.segments == "auto":
-        segments = None if jax.default_backend() == "cpu" else 4
+        segments = engine.DEFAULT_SEGMENTS
     else:
         segments = None if args.segments == "none" else int(args.segments)
 

@@ -218,9 +218,10 @@ def trace(
         so that every prompt of a set runs the same compiled programs (`trace_dataset` on
         accelerators, where one grid program compiles for minutes).
       segments: how the program runs the layers below the last: None unrolls them (each layer at its
-        own shapes: the least work, the longest compile), k scans them in at most k ranges padded to
-        shared shapes (a fraction of the compile time for up to ~1/k more work). `"auto"`: None on a
-        CPU, 4 on accelerators, where compiling 30 differently shaped layers takes minutes.
+        own shapes: the least work, a compile that grows with depth), k scans them in at most k ranges
+        padded to shared shapes. `"auto"`: `engine.DEFAULT_SEGMENTS` (4) on every backend: on SmolLM2
+        (30 layers, 2-core AMD EPYC) the three grids compile in ~12 s instead of ~63 s unrolled and run
+        as fast (20.4 s vs 21.0 s steady; `tools/bench_trace.py --segments`).
       threads: grid programs run at once from host threads (`jaxedit.side_by_side`): the noise samples
         are split into this many groups of chunks, each run as its own call, every kind's calls side by
         side. `"auto"`: 2 on a multi-core CPU (cores otherwise idle between a program's operations),
@@ -248,7 +249,7 @@ def trace(
         raise InputError(f"pad_to must be a (length, live) pair of non-negative ints, got {pad_to!r}")
     threads = resolve_threads(threads)
     if segments == "auto":
-        segments = None if jax.default_backend() == "cpu" else 4
+        segments = engine.DEFAULT_SEGMENTS
     elif segments is not None and (not isinstance(segments, int) or segments < 1):
         raise InputError(f"segments must be 'auto', None or a positive int, got {segments!r}")
     ids = tok.encode_one(model.tokenizer, prompt)
