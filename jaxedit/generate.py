@@ -217,7 +217,10 @@ def generate_text(
     `groups` as in `generate`."""
     if model.tokenizer is None:
         raise InputError(f"model {model.source!r} has no tokenizer; use generate() on token ids")
-    ids, mask = tok.encode(model.tokenizer, prompts)
+    rows = [tok.encode_one(model.tokenizer, p) for p in ([prompts] if isinstance(prompts, str) else prompts)]
+    # left padding to a multiple of 8 tokens: prompts of nearby lengths share one compiled program
+    length = tok.bucket(max(len(r) for r in rows), 8, model.config.max_positions - max_new_tokens)
+    ids, mask = tok.pad(rows, tok.pad_id(model.tokenizer), length=length)
     eos = model.tokenizer.eos_token_id
     out = generate(
         model.params,

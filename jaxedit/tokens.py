@@ -29,6 +29,18 @@ def encode_one(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=True)["input_ids"])
 
 
+def bucket(n: int, multiple: int, limit: int | None = None) -> int:
+    """`n` rounded up to a multiple of `multiple` (shape buckets: nearby sizes share one compiled
+    program), but never above `limit` when `n` itself fits under it."""
+    rounded = -(-n // multiple) * multiple
+    return n if limit is not None and rounded > limit >= n else rounded
+
+
+def power_of_two(n: int) -> int:
+    """The smallest power of two at least `n` (a shape bucket for small, varied sizes)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
 def pad(
     rows: Sequence[Sequence[int]],
     pad_value: int,

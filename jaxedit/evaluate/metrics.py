@@ -63,7 +63,7 @@ def target_scores(
         bucket = min(batch_size, 1 << (len(members) - 1).bit_length())  # few batch shapes: few compilations
         chunk = [rows[r] for r in members] + [rows[members[-1]]] * (bucket - len(members))
         ids, mask = tok.pad(chunk, tok.pad_id(model.tokenizer), side="right", multiple=16)
-        width = max(len(reads[r]) for r in members)
+        width = tok.power_of_two(max(len(reads[r]) for r in members))  # few read widths: few programs
         read = np.zeros((ids.shape[0], width), np.int32)
         label = np.zeros((ids.shape[0], width), np.int32)
         for i, r in enumerate(members):
