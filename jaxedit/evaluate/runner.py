@@ -173,16 +173,31 @@ def run_edits(
                 _write(paths[i], {"case": digests[id(chunk_cases[i])], "scores": row})
         return rows  # type: ignore[return-value]
 
-    pre_rows: list[dict] = []
-    post_rows: list[dict] = []
-    bar = tqdm(total=len(cases), desc=f"{name} (batch {batch})", disable=not progress)
+    groups = []  # (cases, their files, the group's digest, saved rows or None)
     for start in range(0, len(cases), batch):
         group = cases[start : start + batch]
         paths = [directory / "cases" / f"{c.case_id}.json" if directory is not None else None for c in group]
         group_digest = digest([digests[id(c)] for c in group], 16)
-        saved_group: list[dict | None] = [
-            _read(p, digests[id(c)], group_digest) for p, c in zip(paths, group, strict=True)
-        ]
+        saved = [_read(p, digests[id(c)], group_digest) for p, c in zip(paths, group, strict=True)]
+        groups.append((group, paths, group_digest, saved))
+
+    # the unedited scores of every case still to score, in shared batches before any edit (one case per
+    # group would otherwise be scored alone, group after group)
+    todo_cases = [
+        c for group, _, _, saved in groups for c, row in zip(group, saved, strict=True) if row is None
+    ]
+    unedited_rows: dict[int, dict] = {}
+    for first in tqdm(
+        range(0, len(todo_cases), score_chunk), desc=f"{name}: unedited scores", unit="chunk",
+        disable=not progress or len(todo_cases) <= score_chunk,
+    ):  # fmt: skip
+        chunk_cases = todo_cases[first : first + score_chunk]
+        unedited_rows.update(zip((id(c) for c in chunk_cases), pre_scores(chunk_cases), strict=True))
+
+    pre_rows: list[dict] = []
+    post_rows: list[dict] = []
+    bar = tqdm(total=len(cases), desc=f"{name} (batch {batch})", disable=not progress)
+    for group, paths, group_digest, saved_group in groups:
         todo = [i for i, saved in enumerate(saved_group) if saved is None]  # scored before an interruption
         bar.update(len(group) - len(todo))
         if todo:
@@ -195,13 +210,12 @@ def run_edits(
             for first in range(0, len(todo), score_chunk):
                 members = todo[first : first + score_chunk]
                 chunk_cases = [group[i] for i in members]
-                pre = pre_scores(chunk_cases)
                 post = score_chunked(edited, chunk_cases, model) if edited is not None else None
                 for j, i in enumerate(members):
                     case = group[i]
                     saved = {
                         "case_id": case.case_id, "case": digests[id(case)], "group": group_digest,
-                        "request": case.request.to_dict(), "pre": pre[j],
+                        "request": case.request.to_dict(), "pre": unedited_rows[id(case)],
                     }  # fmt: skip
                     if post is not None:
                         saved["post"] = post[j]
