@@ -542,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--segments",
         default="auto",
         help="scanned layer ranges per grid program: 'none' unrolls every layer (least work, slowest "
-        "compile), k compiles k scanned ranges; default 'auto' (4)",
+        "compile), k compiles k scanned ranges; default 'auto' (6)",
     )
     tr.add_argument("--noise", default="3sigma", help="'3sigma' or an absolute noise std")
     tr.add_argument("--window", type=count(1), default=10)

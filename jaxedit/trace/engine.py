@@ -61,7 +61,7 @@ KINDS: tuple[str, ...] = ("hidden", "mlp", "attn")
 ROW_BLOCK_CPU = 512  # rows per block of the row-wise work on a CPU (`default_row_block`)
 READOUT_ROW_BLOCK = 256  # rows per block of the answer-probability readout off a CPU
 VOCAB_BLOCK = 4096  # vocabulary entries per streamed block of the readout on a CPU
-DEFAULT_SEGMENTS = 4  # scanned layer ranges per grid program: compile time independent of depth
+DEFAULT_SEGMENTS = 6  # scanned layer ranges per grid program: compile time independent of depth
 
 
 def window_bounds(layer: int, n_layers: int, window: int, convention: str = "code") -> tuple[int, int]:

@@ -1,0 +1,81 @@
+"""What a new input shape costs after a first call: a second trace of a prompt of another length, and a
+second ROME edit of another request, each against its own warm repeat, in one process (issue 35).
+
+New shapes should fall into compiled buckets (or compile in a fraction of the run), so the second call
+costs at most ~1.3x its warm repeat. Model loading, statistics and contexts are outside the timings.
+
+    python tools/bench_new_shapes.py [--stats-texts 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from bench_report import cold_start, cpu_name
+
+import jaxedit
+from jaxedit.compile_log import compile_log
+from jaxedit.edit import RomeHparams, default_layer, key_statistics, rome
+from jaxedit.edit.contexts import context_templates
+from jaxedit.edit.stats import model_samples
+from jaxedit.edit.targets import Request
+from jaxedit.trace import trace
+
+PROMPTS = (
+    ("The Eiffel Tower is located in the city of", "The Eiffel Tower"),
+    ("The Colosseum, a famous amphitheatre, is located in the city of", "The Colosseum"),
+)
+REQUESTS = (
+    Request(prompt="{} is located in the city of", subject="The Eiffel Tower", target="Rome"),
+    Request(prompt="The mother tongue of {} is", subject="Danielle Darrieux", target="English"),
+)
+
+
+def timed(fn) -> tuple[float, int]:
+    with compile_log() as log:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start, log.programs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stats-texts", type=int, default=100)
+    args = parser.parse_args()
+    cold_start()
+    model = jaxedit.load_model("smollm2")
+    print(f"cpu: {cpu_name()}; SmolLM2-135M (float32)")
+    for prompt, _ in PROMPTS:
+        print(f"prompt of {len(jaxedit.tokens.encode_one(model.tokenizer, prompt))} tokens: {prompt!r}")
+
+    def traced(i: int):
+        return lambda: trace(model, PROMPTS[i][0], subject=PROMPTS[i][1])
+
+    first, p1 = timed(traced(0))
+    second, p2 = timed(traced(1))
+    warm, _ = timed(traced(1))
+    print(f"trace: first {first:.1f} s ({p1} programs), second prompt {second:.1f} s ({p2} programs), "
+          f"its warm repeat {warm:.1f} s")  # fmt: skip
+    print(f"RATIO new_shape trace {second / warm:.2f}")
+
+    layer = default_layer(model)
+    stats = key_statistics(
+        model, [layer], model_samples(model, args.stats_texts), cache=False, progress=False
+    )
+    templates = context_templates(model)
+    hp = RomeHparams(layer=layer)
+
+    def edited(i: int):
+        return lambda: rome(model, REQUESTS[i], stats[layer], hp, templates=templates)
+
+    first, p1 = timed(edited(0))
+    second, p2 = timed(edited(1))
+    warm, _ = timed(edited(1))
+    print(f"rome: first {first:.1f} s ({p1} programs), second request {second:.1f} s ({p2} programs), "
+          f"its warm repeat {warm:.1f} s")  # fmt: skip
+    print(f"RATIO new_shape rome {second / warm:.2f}")
+
+
+if __name__ == "__main__":
+    main()
