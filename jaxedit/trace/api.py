@@ -220,9 +220,8 @@ def trace(
       segments: how the program runs the layers below the last: None unrolls them (each layer at its
         own shapes: the least work, a compile that grows with depth), k scans them in at most k ranges
         padded to shared shapes. `"auto"`: `engine.DEFAULT_SEGMENTS` (6) on every backend: on SmolLM2
-        (30 layers, 2-core AMD EPYC) the three grid programs compile in 10.7 s (XLA, one at a time)
-        instead of ~60 s unrolled, for 9% more recomputed rows, and run as fast
-        (`tools/bench_trace.py --segments none|K`).
+        (30 layers) the first call takes half the unrolled one's time, for 9% more recomputed rows, and
+        runs as fast (docs/performance.md; `tools/bench_trace.py --segments none|K`).
       threads: grid programs run at once from host threads (`jaxedit.side_by_side`): the noise samples
         are split into this many groups of chunks, each run as its own call, every kind's calls side by
         side. `"auto"`: 2 on a multi-core CPU (cores otherwise idle between a program's operations),
