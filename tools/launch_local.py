@@ -4,7 +4,7 @@ Each process gets `--coordinator localhost:PORT --num-processes N --process-id I
 arguments (the script passes them to `jaxedit.distributed.initialize`, with `--cpu-devices K` for
 simulated CPU devices). Output lines are prefixed with the process id; the launcher exits non-zero if
 any process does. On a GPU or TPU cluster the same script runs once per host with the coordinator's
-address instead (see README, "Scale").
+address instead (see docs/scale.md).
 
     python tools/launch_local.py --processes 2 tools/multiprocess_check.py --cpu-devices 4 MODEL_DIR
 """

@@ -1,4 +1,4 @@
-"""The README's "Scale" table: `plan` for the four presets at bfloat16 on 1, 8 and 64 devices.
+"""The "Scale" table of docs/scale.md: `plan` for the four presets at bfloat16 on 1, 8 and 64 devices.
 
 Runs in one process with 64 simulated CPU devices (meshes of the first 1, 8 or 64, all on the `model`
 axis) and writes `experiments/results/plan_presets.{json,md}`. Nothing is allocated: programs are
