@@ -81,6 +81,7 @@ LONG_MODULES = (
     "test_notebooks.py",
     "test_faults.py",  # nine subprocesses, killed  # a kernel subprocess: one process, while the other worker runs
     "test_smollm2_edit.py",  # in-process work, not
+    "test_edit_families.py",  # six methods on five tiny models
     "test_sharding.py",
     "test_multiprocess.py",  # two processes
     "test_smollm2.py",

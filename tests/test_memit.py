@@ -87,32 +87,6 @@ def test_spread_factors_are_exact() -> None:
         spread_factor(3, 8, "linear")
 
 
-def test_one_edit_on_one_layer_equals_the_closed_form(model, stats) -> None:
-    hp = MemitHparams(
-        layers=(1,), mom2_weight=2.0, targets=TargetHparams(steps=6, clamp=0.75, reference="resid_post")
-    )
-    delta = memit(model, REQUESTS[:1], stats, hp, templates=TEMPLATES, progress=False)
-    # independently: the target, the mean key over contexts, the residual output at the bare prompt
-    targets = optimise_targets(model, REQUESTS[:1], 1, TEMPLATES, hp.targets)
-    batch = build_batch(model, REQUESTS[:1], TEMPLATES, hp.targets.kl_prompt)
-    keys, h = [], None
-    for r in range(len(batch.ids)):
-        if batch.is_kl[r]:
-            continue
-        n = int(batch.mask[r].sum())
-        taps = jaxedit.forward(
-            model.params, model.config, batch.ids[r : r + 1, :n], taps=("mlp_key", "resid_post")
-        ).taps
-        keys.append(np.asarray(taps["mlp_key"][0, 1, batch.key_pos[r]], np.float64))
-        if batch.is_bare[r]:
-            h = np.asarray(taps["resid_post"][0, 1, batch.key_pos[r]], np.float64)
-    k = np.mean(keys, axis=0)[None]  # [1, F]
-    residual = (targets.value[0] - h)[None]  # [1, D]
-    c = stats[1].matrix.astype(np.float64)
-    expected = np.linalg.solve(2.0 * c + k.T @ k, k.T @ residual)  # [F, D]
-    np.testing.assert_allclose(delta.dense()[0], expected, rtol=2e-3, atol=1e-6)
-
-
 def test_batch_edit_moves_outputs_to_targets_and_withdraws_exactly(model, stats) -> None:
     hp = MemitHparams(
         layers=(0, 1), mom2_weight=0.5, targets=TargetHparams(steps=6, clamp=0.75, reference="resid_post")
@@ -148,28 +122,6 @@ def test_missing_statistics_are_refused(model, stats) -> None:
 
     with pytest.raises(StatsError, match="no statistics for critical layer 2"):
         memit(model, REQUESTS[:1], stats, MemitHparams(layers=(1, 2)), templates=TEMPLATES, progress=False)
-
-
-def test_pmet_writes_only_the_mlp_target_into_the_weights(model, stats) -> None:
-    from jaxedit.edit.memit import pmet_hparams
-
-    hp = pmet_hparams(layers=(1,), mom2_weight=2.0)
-    hp = dataclasses.replace(hp, targets=dataclasses.replace(hp.targets, steps=6))
-    delta = memit(model, REQUESTS[:1], stats, hp, templates=TEMPLATES, progress=False)
-    assert delta.method == "pmet" and delta.info["target_site"] == "mlp_out"
-    targets = optimise_targets(model, REQUESTS[:1], 1, TEMPLATES, hp.targets)
-    assert np.linalg.norm(targets.delta_attn[0]) > 0  # δa was optimised ...
-    batch = build_batch(model, REQUESTS[:1], TEMPLATES, hp.targets.kl_prompt)
-    keys = []
-    for r in np.flatnonzero(~batch.is_kl):
-        n = int(batch.mask[r].sum())
-        taps = jaxedit.forward(model.params, model.config, batch.ids[r : r + 1, :n], taps=("mlp_key",)).taps
-        keys.append(np.asarray(taps["mlp_key"][0, 1, batch.key_pos[r]], np.float64))
-    k = np.mean(keys, axis=0)[None]
-    residual = targets.delta[None, 0].astype(np.float64)  # ... but only δm = (m0 + δm) - m0 is written
-    c = stats[1].matrix.astype(np.float64)
-    expected = np.linalg.solve(2.0 * c + k.T @ k, k.T @ residual)
-    np.testing.assert_allclose(delta.dense()[0], expected, rtol=2e-3, atol=1e-6)
 
 
 def test_packaged_hyperparameter_files_build_and_unknown_fields_are_refused(tmp_path) -> None:
