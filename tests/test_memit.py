@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,10 +112,7 @@ def test_batch_edit_moves_outputs_to_targets_and_withdraws_exactly(model, stats)
             h(model) - targets.value[i]
         )
     back = revert(edited, delta)
-    assert all(
-        bool(jnp.array_equal(a, b))
-        for a, b in zip(jax.tree.leaves(back.params), jax.tree.leaves(model.params), strict=True)
-    )
+    chex.assert_trees_all_equal(back.params, model.params)
 
 
 def test_missing_statistics_are_refused(model, stats) -> None:
@@ -207,11 +205,9 @@ def test_pmet_attention_ablation_solves_the_attention_projection_and_withdraws(
     assert not bool(jnp.array_equal(edited.params["layers"]["attn"]["o"]["kernel"], o_before))
     loaded = EditJournal.load(journal.save(tmp_path / "journal"), model)
     assert loaded.entries()[0]["attached"][0]["site"] == "attn"
-    for a, b in zip(jax.tree.leaves(loaded.model.params), jax.tree.leaves(edited.params), strict=True):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal(loaded.model.params, edited.params)
     back = journal.withdraw(delta.id)
-    for a, b in zip(jax.tree.leaves(back.params), jax.tree.leaves(model.params), strict=True):
-        assert bool(jnp.array_equal(a, b))
+    chex.assert_trees_all_equal(back.params, model.params)
 
 
 def test_pmet_phi_schedule_lowers_the_nll_weight_once_the_targets_are_argmax(model) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import warnings
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,18 +91,13 @@ def random_delta(model, layer: int, seed: int) -> Delta:
     )  # fmt: skip
 
 
-def leaves_equal(a, b) -> bool:
-    return all(
-        bool(jnp.array_equal(x, y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-    )
-
-
 def test_revert_of_apply_is_bit_for_bit(model) -> None:
     delta = random_delta(model, 1, 0)
     edited = apply(model, delta)
-    assert not leaves_equal(edited.params, model.params)
+    with pytest.raises(AssertionError):
+        chex.assert_trees_all_equal(edited.params, model.params)
     back = revert(edited, delta)
-    assert leaves_equal(back.params, model.params)
+    chex.assert_trees_all_equal(back.params, model.params)
     assert back.edits == () and back.base is None
 
 
@@ -111,8 +107,7 @@ def test_withdrawing_edit_two_of_three_equals_applying_one_and_three(model) -> N
     withdrawn = revert(all_three, d2.id)
     only = apply(apply(model, d1), d3)
     assert [d.id for d in withdrawn.edits] == [d1.id, d3.id]
-    for a, b in zip(jax.tree.leaves(withdrawn.params), jax.tree.leaves(only.params), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+    chex.assert_trees_all_close(withdrawn.params, only.params, rtol=1e-6, atol=1e-6)
 
 
 def test_delta_errors(model) -> None:
@@ -226,7 +221,7 @@ def test_bad_requests_raise_and_change_nothing(model, stats, request_, match) ->
     before = jax.tree.map(np.asarray, model.params)
     with pytest.raises(ValueError, match=match):
         rome(model, request_, stats, RomeHparams(layer=1), templates=TEMPLATES)
-    assert leaves_equal(before, model.params)
+    chex.assert_trees_all_equal(before, model.params)
 
 
 def test_statistics_for_another_layer_are_refused(model, stats) -> None:
@@ -244,7 +239,7 @@ def test_journal_save_load_round_trip_and_withdraw(model, tmp_path) -> None:
     path = journal.save(tmp_path / "journal")
     loaded = EditJournal.load(path, model)
     assert [e["id"] for e in loaded.entries()] == [d.id for d in deltas]
-    assert leaves_equal(loaded.model.params, journal.model.params)
+    chex.assert_trees_all_equal(loaded.model.params, journal.model.params)
     loaded.withdraw(deltas[1].id)
     assert [e["id"] for e in loaded.entries()] == [deltas[0].id, deltas[2].id]
     assert "<table>" in loaded._repr_html_()
@@ -274,7 +269,7 @@ def test_fine_tuning_baselines_lower_the_nll_and_ft_l_respects_its_bound(model) 
     assert p_target(apply(model, ft)) > p_target(model)
     assert ft.method == "ft" and ft_l.method == "ft-l" and ft.info["steps"] <= 10
     back = revert(apply(model, ft), ft)
-    assert leaves_equal(back.params, model.params)
+    chex.assert_trees_all_equal(back.params, model.params)
 
 
 def test_target_nll_equals_a_plain_forward_with_the_delta_added(model) -> None:
@@ -320,7 +315,7 @@ def test_attention_projection_deltas_and_statistics(model) -> None:
             edited.params["layers"]["mlp"]["out"]["kernel"], model.params["layers"]["mlp"]["out"]["kernel"]
         )
     )
-    assert leaves_equal(revert(edited, delta).params, model.params)
+    chex.assert_trees_all_equal(revert(edited, delta).params, model.params)
     with pytest.raises(ValueError, match="site"):
         Delta(layers=(0,), left=np.ones((1, 1, 4)), right=np.ones((1, 1, 4)), method="x", site="embed")
 
@@ -345,8 +340,7 @@ def test_rome_sequence_equals_edits_applied_one_after_another(model, stats) -> N
     then = apply(once, rome(once, second, stats, hp, templates=TEMPLATES))  # computed on the edited model
     assert merged.method == "rome-seq" and merged.left.shape[:2] == (1, 2)
     sequenced = apply(model, merged)
-    for a, b in zip(jax.tree.leaves(sequenced.params), jax.tree.leaves(then.params), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(sequenced.params, then.params, rtol=1e-5, atol=1e-6)
     alone = apply(model, rome(model, second, stats, hp, templates=TEMPLATES))  # not what a sequence does
     kernel = ("layers", "mlp", "out", "kernel")
     get = lambda m: np.asarray(m.params[kernel[0]][kernel[1]][kernel[2]][kernel[3]])  # noqa: E731
