@@ -268,8 +268,17 @@ def _editor(model, args: argparse.Namespace):
             return ireva(m, requests if isinstance(requests, list) else [requests], hp)
 
         return edit, {"hparams": dataclasses.asdict(hp)}
+    easyedit = None
+    if path is not None and str(path).endswith((".yaml", ".yml")):  # an EasyEdit hyperparameter file
+        from jaxedit.edit.easyedit import read_easyedit_hparams
+
+        easyedit = read_easyedit_hparams(path, model)
+        if easyedit.method != args.method:
+            raise InputError(
+                f"{path} is EasyEdit's {easyedit.method.upper()} file; run with --method {easyedit.method}"
+            )
     if args.method in ("memit", "pmet"):
-        hp = mass_hparams(model, args.method, path)
+        hp = easyedit.hparams if easyedit else mass_hparams(model, args.method, path)
         if getattr(args, "layers", None):
             hp = dataclasses.replace(hp, layers=tuple(args.layers))
         stats = _statistics(model, list(hp.layers), args.corpus, args.stats_samples, args.max_len)
@@ -288,10 +297,13 @@ def _editor(model, args: argparse.Namespace):
         layer = default_layer(model) if args.layer is None else args.layer
         ft = dataclasses.replace(FT if args.method == "ft" else FT_L, layer=layer)
         return (lambda m, request: finetune(m, request, ft)), {"hparams": dataclasses.asdict(ft)}
-    hp = default_hparams(model, path)
+    hp = easyedit.hparams if easyedit else default_hparams(model, path)
     if args.layer is not None:
         hp = dataclasses.replace(hp, layer=args.layer)
-    stats = _statistics(model, [hp.layer], args.corpus, args.stats_samples, args.max_len)[hp.layer]
+    if easyedit and easyedit.identity_statistics:  # ROME with mom2_adjustment: false (C = I)
+        stats, statistics = easyedit.statistics(model), {"identity": True}
+    else:
+        stats = _statistics(model, [hp.layer], args.corpus, args.stats_samples, args.max_len)[hp.layer]
     templates = context_templates(model, hp.prefixes)
     settings = {"hparams": dataclasses.asdict(hp), "statistics": statistics}
     return (lambda m, request: rome(m, request, stats, hp, templates=templates)), settings
@@ -586,7 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--subject", required=True)
     ed.add_argument("--target", required=True, help="the new object, e.g. Rome")
     ed.add_argument("--layer", type=count(0), default=None, help="edited layer (default: the family's)")
-    ed.add_argument("--hparams", help="hyperparameter JSON (copy one from jaxedit/hparams/<method>/)")
+    ed.add_argument(
+        "--hparams", help="hyperparameter JSON (copy one from jaxedit/hparams/<method>/) or an EasyEdit YAML"
+    )
     ed.add_argument("--check", nargs="*", default=[], help="more prompts to complete before and after")
     ed.add_argument("--corpus", help="text for the statistics (default: text sampled from the model)")
     ed.add_argument("--stats-samples", type=count(1), default=500)
@@ -613,7 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch", type=count(1), default=100, help="records edited together (memit, pmet, ireva)"
     )
     ev.add_argument("--layers", type=count(0), nargs="+", help="critical layers (memit, pmet)")
-    ev.add_argument("--hparams", help="hyperparameter JSON (copy one from jaxedit/hparams/<method>/)")
+    ev.add_argument(
+        "--hparams", help="hyperparameter JSON (copy one from jaxedit/hparams/<method>/) or an EasyEdit YAML"
+    )
     ev.add_argument(
         "--dataset", required=True, help="CounterFact (ROME / EasyEdit) or zsRE (MEND / KnowEdit) JSON"
     )

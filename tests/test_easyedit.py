@@ -1,0 +1,158 @@
+"""EasyEdit hyperparameter files read into jaxedit's settings: every field mapped, refused or warned."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+import yaml
+
+import jaxedit
+from jaxedit.edit import apply, rome
+from jaxedit.edit.easyedit import read_easyedit_hparams
+from jaxedit.edit.memit import MemitHparams
+from jaxedit.edit.targets import Request, optimise_targets
+from jaxedit.errors import InputError
+
+MODULES = {
+    "rewrite_module_tmp": "model.layers.{}.mlp.down_proj",
+    "layer_module_tmp": "model.layers.{}",
+    "mlp_module_tmp": "model.layers.{}.mlp",
+    "attn_module_tmp": "model.layers.{}.self_attn",
+    "ln_f_module": "model.norm",
+    "lm_head_module": "lm_head",
+}
+ROME = {
+    "alg_name": "ROME", "model_name": "./hugging_cache/llama-2-7b", "stats_dir": "./data/stats", "device": 1,
+    "layers": [5], "fact_token": "subject_last", "v_num_grad_steps": 25, "v_lr": 0.5, "v_loss_layer": 31,
+    "v_weight_decay": 1e-3, "clamp_norm_factor": 4, "kl_factor": 0.0625, "mom2_adjustment": False,
+    "context_template_length_params": [[5, 10], [10, 10]], **MODULES, "mom2_dataset": "wikipedia",
+    "mom2_n_samples": 100000, "mom2_dtype": "float32",
+}  # fmt: skip
+MEMIT = {
+    "alg_name": "MEMIT", "layers": [4, 5, 6, 7, 8], "clamp_norm_factor": 4, "layer_selection": "all",
+    "fact_token": "subject_last", "v_num_grad_steps": 25, "v_lr": 0.5, "v_loss_layer": 31, "v_weight_decay": 1e-3,
+    "kl_factor": 0.0625, "mom2_adjustment": True, "mom2_update_weight": 15000, **MODULES,
+    "mom2_dataset": "wikipedia", "mom2_n_samples": 100000, "mom2_dtype": "float32",
+}  # fmt: skip
+PMET = {
+    **MEMIT, "alg_name": "PMET", "clamp_norm_factor": 1, "v_num_grad_steps": 20, "v_weight_decay": 0.5,
+    "rewrite_module_tmps": ["model.layers.{}.mlp.down_proj"], "nll_loss_factor": 1, "model_parallel": False,
+}  # fmt: skip
+
+
+def written(tmp_path, fields: dict) -> str:
+    path = tmp_path / "hparams.yaml"
+    path.write_text(yaml.safe_dump(fields))
+    return str(path)
+
+
+def test_rome_file_maps_every_setting(tmp_path) -> None:
+    settings = read_easyedit_hparams(written(tmp_path, ROME))
+    hp = settings.hparams
+    assert settings.method == "rome" and hp.layer == 5 and hp.prefixes == ((5, 10), (10, 10))
+    t = hp.targets
+    assert (t.steps, t.lr, t.weight_decay, t.clamp, t.kl_factor, t.key_token) == (
+        25,
+        0.5,
+        1e-3,
+        4,
+        0.0625,
+        "subject",
+    )
+    assert settings.statistics_samples == 100000 and settings.identity_statistics
+
+
+def test_memit_and_pmet_files_map_every_setting(tmp_path) -> None:
+    memit = read_easyedit_hparams(MEMIT)
+    assert memit.method == "memit" and isinstance(memit.hparams, MemitHparams)
+    assert memit.hparams.layers == (4, 5, 6, 7, 8) and memit.hparams.mom2_weight == 15000.0
+    t = memit.hparams.targets
+    assert (t.steps, t.clamp, t.weight_decay, t.reference, t.attn_delta) == (25, 4, 1e-3, "resid_post", False)
+    pmet = read_easyedit_hparams(written(tmp_path, PMET))
+    t = pmet.hparams.targets
+    assert pmet.method == "pmet" and pmet.hparams.spread == "sqrt" and pmet.hparams.mom2_weight == 15000.0
+    assert (t.steps, t.clamp, t.weight_decay, t.lr, t.attn_delta, t.nll_schedule) == (
+        20,
+        1,
+        0.5,
+        0.5,
+        True,
+        True,
+    )
+    assert not memit.identity_statistics and not pmet.identity_statistics
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"alg_name": "KN"}, "not one of ROME, MEMIT, PMET"),
+        ({"mom2_cache": True}, r"cannot honour for ROME: \['mom2_cache'\]"),
+        ({"fact_token": "subject_first"}, "fact_token 'subject_first'"),
+        ({"layers": [4, 5]}, "ROME edits one layer"),
+        ({"layers": []}, "non-empty list"),
+        ({"rewrite_module_tmp": "model.layers.{}.self_attn.o_proj"}, "MLP output projection"),
+        ({"v_lr": -1.0}, "lr"),
+    ],
+)
+def test_what_cannot_be_honoured_is_refused_in_one_line(changes, match) -> None:
+    with pytest.raises(InputError, match=match) as err:
+        read_easyedit_hparams({**ROME, **changes})
+    assert "\n" not in str(err.value)
+
+
+def test_memit_refusals_and_warnings(tmp_path) -> None:
+    with pytest.raises(InputError, match="layer_selection 'random'"):
+        read_easyedit_hparams({**MEMIT, "layer_selection": "random"})
+    with pytest.raises(InputError, match="nll_loss_factor 2"):
+        read_easyedit_hparams({**PMET, "nll_loss_factor": 2})
+    with pytest.warns(UserWarning, match="fp16 ignored"):
+        read_easyedit_hparams({**MEMIT, "fp16": True})
+    with pytest.warns(UserWarning, match="mom2_adjustment false ignored"):
+        read_easyedit_hparams({**MEMIT, "mom2_adjustment": False})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("layers: [1, 2\n")
+    with pytest.raises(InputError, match="cannot read EasyEdit hyperparameters"):
+        read_easyedit_hparams(bad)
+
+
+def test_layers_are_checked_against_the_model_and_rome_without_covariance_runs(tiny_dirs) -> None:
+    tiny = jaxedit.load_model(tiny_dirs["llama_gqa_untied"])
+    model = tiny.replace(params=jax.tree.map(lambda a: a * 3 if a.ndim >= 2 else a, tiny.params))
+    with pytest.raises(InputError, match="do not fit a model of 3 layers"):
+        read_easyedit_hparams(ROME, model)
+    fields = {**ROME, "layers": [1], "v_loss_layer": 2, "v_num_grad_steps": 5}
+    with pytest.raises(InputError, match="v_loss_layer 1"):
+        read_easyedit_hparams({**fields, "v_loss_layer": 1}, model)
+    settings = read_easyedit_hparams(fields, model)
+    request = Request(prompt="the mother tongue of {} is", subject="danielle darrieux", target="english")
+    templates = ["{}", "the city of rome . {}"]
+    hp = dataclasses.replace(settings.hparams, prefixes=((2, 1),))
+    delta = rome(model, request, settings.statistics(model), hp, templates=templates)
+    # mom2_adjustment false: C = I, so the update's left vector is the mean key k̄ over k*·k̄
+    targets = optimise_targets(model, [request], 1, templates, hp.targets)
+    k, key = targets.key_mean[0].astype(np.float64), targets.key[0].astype(np.float64)
+    np.testing.assert_allclose(delta.left[0, 0], k / (key @ k), rtol=1e-4, atol=1e-7)
+    assert np.abs(np.asarray(apply(model, delta).params["layers"]["mlp"]["out"]["kernel"][1])).max() > 0
+
+
+def test_cli_edit_takes_an_easyedit_file_and_refuses_another_methods(tiny_dirs, tmp_path, capsys) -> None:
+    import json
+
+    from jaxedit import cli
+
+    model = str(tiny_dirs["llama_gqa_untied"])
+    fields = {**ROME, "layers": [1], "v_loss_layer": 2, "v_num_grad_steps": 3}
+    args = ["edit", model, "--method", "rome", "--prompt", "the mother tongue of {} is", "--subject",
+            "danielle darrieux", "--target", "english", "--max-new-tokens", "1"]  # fmt: skip
+    assert cli.main([*args, "--hparams", written(tmp_path, fields), "--save", str(tmp_path / "edited")]) == 0
+    journal = json.loads((tmp_path / "edited" / "journal" / "journal.json").read_text())
+    (entry,) = journal["entries"]
+    assert entry["method"] == "rome" and entry["layers"] == [1]
+    (tmp_path / "pmet.yaml").write_text(yaml.safe_dump({**PMET, "layers": [1], "v_loss_layer": 2}))
+    capsys.readouterr()
+    assert cli.main([*args, "--hparams", str(tmp_path / "pmet.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "EasyEdit's PMET file; run with --method pmet" in err and "\n" not in err
