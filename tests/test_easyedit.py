@@ -156,3 +156,65 @@ def test_cli_edit_takes_an_easyedit_file_and_refuses_another_methods(tiny_dirs, 
     assert cli.main([*args, "--hparams", str(tmp_path / "pmet.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert "EasyEdit's PMET file; run with --method pmet" in err and "\n" not in err
+
+
+CALL = dict(
+    prompts=["the mother tongue of danielle darrieux is", "the capital of france is"],
+    ground_truth=["french", "paris"],
+    target_new=["english", "rome"],
+    subject=["danielle darrieux", "france"],
+    rephrase_prompts=["danielle darrieux was french and the mother tongue of danielle darrieux is", "a capital of france is"],
+    locality_inputs={"neighborhood": {"prompt": ["the eiffel tower is located in the city of", "rome is the capital city of"], "ground_truth": ["paris", "a w40"]}},
+    portability_inputs={"synonym": {"prompt": ["the language of danielle darrieux is", "france has its capital in"], "ground_truth": ["english", "rome"]}},
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tiny_dirs):
+    tiny = jaxedit.load_model(tiny_dirs["llama_gqa_untied"])
+    return tiny.replace(params=jax.tree.map(lambda a: a * 3 if a.ndim >= 2 else a, tiny.params))
+
+
+def test_easyedit_call_shape_scores_what_it_names(tiny_llama) -> None:
+    from jaxedit.edit.finetune import FinetuneHparams, finetune
+    from jaxedit.evaluate.easyedit_calls import edit_like_easyedit
+    from jaxedit.evaluate.metrics import target_scores
+
+    model = tiny_llama
+
+    def edit(m, request):  # unconstrained fine-tuning: strong enough to flip a tiny model's answer
+        return finetune(m, request, FinetuneHparams(layer=1, lr=5e-2, steps=20))
+
+    results = edit_like_easyedit(model, edit, **CALL, progress=False)
+    assert [r["case_id"] for r in results] == [0, 1]
+    for i, result in enumerate(results):
+        request = Request(prompt=CALL["prompts"][i].replace(CALL["subject"][i], "{}", 1), subject=CALL["subject"][i],
+                          target=CALL["target_new"][i])  # fmt: skip
+        edited = apply(model, edit(model, request))
+        pairs = [(CALL["prompts"][i], CALL["target_new"][i]), (CALL["rephrase_prompts"][i], CALL["target_new"][i]),
+                 (CALL["portability_inputs"]["synonym"]["prompt"][i], CALL["portability_inputs"]["synonym"]["ground_truth"][i]),
+                 (CALL["locality_inputs"]["neighborhood"]["prompt"][i], CALL["locality_inputs"]["neighborhood"]["ground_truth"][i])]  # fmt: skip
+        _, before, top_before = target_scores(model, pairs)
+        _, after, top_after = target_scores(edited, pairs)
+        assert result["pre"]["rewrite_acc"] == pytest.approx(before[0].mean())
+        assert result["post"]["rewrite_acc"] == pytest.approx(after[0].mean())
+        assert result["post"]["rephrase_acc"] == pytest.approx(after[1].mean())
+        assert result["post"]["portability"]["synonym_acc"] == pytest.approx(after[2].mean())
+        assert result["post"]["locality"]["neighborhood_acc"] == pytest.approx(
+            np.mean(top_after[3] == top_before[3])
+        )
+    assert results[0]["post"]["rewrite_acc"] > results[0]["pre"]["rewrite_acc"]  # the edit took
+
+
+def test_easyedit_call_shape_refuses_bad_input_before_editing(tiny_llama) -> None:
+    from jaxedit.evaluate.easyedit_calls import edit_like_easyedit
+
+    def edit(m, request):
+        raise AssertionError("no edit may run on bad input")
+
+    with pytest.raises(InputError, match="target_new has 1 entries for 2 prompts"):
+        edit_like_easyedit(tiny_llama, edit, **{**CALL, "target_new": ["english"]})
+    with pytest.raises(InputError, match="subject 'rome' does not occur"):
+        edit_like_easyedit(tiny_llama, edit, **{**CALL, "subject": ["danielle darrieux", "rome"]})
+    with pytest.raises(InputError, match="exactly 'prompt' and 'ground_truth'"):
+        edit_like_easyedit(tiny_llama, edit, **{**CALL, "locality_inputs": {"n": {"prompt": ["a", "b"]}}})
