@@ -218,3 +218,54 @@ def test_easyedit_call_shape_refuses_bad_input_before_editing(tiny_llama) -> Non
         edit_like_easyedit(tiny_llama, edit, **{**CALL, "subject": ["danielle darrieux", "rome"]})
     with pytest.raises(InputError, match="exactly 'prompt' and 'ground_truth'"):
         edit_like_easyedit(tiny_llama, edit, **{**CALL, "locality_inputs": {"n": {"prompt": ["a", "b"]}}})
+
+
+KNOWEDIT = [
+    {"subject": "danielle darrieux", "prompt": "the mother tongue of danielle darrieux is", "target_new": "english",
+     "ground_truth": "french",
+     "portability": {"Reasoning": [{"prompt": "the language of danielle darrieux is", "ground_truth": "english"},
+                                   {"prompt": "danielle darrieux was a w40 of", "ground_truth": "english"}]},
+     "locality": {"Relation_Specificity": [{"prompt": "the city of danielle darrieux is", "ground_truth": "paris"}]}},
+    {"subject": "france", "prompt": "the capital of france is", "target_new": "rome", "ground_truth": "paris",
+     "locality": {"Relation_Specificity": [{"prompt": "the language of france is", "ground_truth": "french"}]}},
+]  # fmt: skip
+
+
+def test_knowedit_records_score_every_portability_prompt(tiny_llama) -> None:
+    from jaxedit.edit.finetune import FinetuneHparams, finetune
+    from jaxedit.evaluate.easyedit_calls import edit_like_easyedit, knowedit_call
+    from jaxedit.evaluate.metrics import target_scores
+
+    def edit(m, request):
+        return finetune(m, request, FinetuneHparams(layer=1, lr=5e-2, steps=20))
+
+    call = knowedit_call(KNOWEDIT)
+    assert set(call["portability_inputs"]) == {"Reasoning"}
+    first, second = edit_like_easyedit(tiny_llama, edit, **call, progress=False)
+    request = Request(prompt="the mother tongue of {} is", subject="danielle darrieux", target="english")
+    edited = apply(tiny_llama, edit(tiny_llama, request))
+    reasoning = KNOWEDIT[0]["portability"]["Reasoning"]
+    _, correct, _ = target_scores(edited, [(x["prompt"], x["ground_truth"]) for x in reasoning])
+    expected = np.mean([c.mean() for c in correct])  # the mean over the record's two prompts
+    assert first["post"]["portability"]["Reasoning_acc"] == pytest.approx(expected)
+    assert second["post"]["portability"]["Reasoning_acc"] is None  # the second record has none
+    assert 0.0 <= second["post"]["locality"]["Relation_Specificity_acc"] <= 1.0
+    with pytest.raises(InputError, match=r"record 0 lacks \['target_new'\]"):
+        knowedit_call([{"subject": "x", "prompt": "x is"}])
+
+
+def test_knowedit_file_from_shared_data_becomes_a_call() -> None:
+    import json
+    from pathlib import Path
+
+    from jaxedit.evaluate.easyedit_calls import knowedit_call
+
+    path = Path(__file__).parents[2] / "shared" / "data" / "knowedit_wiki_counterfact" / "test_cf.json"
+    if not path.exists():
+        pytest.skip("../shared/data/knowedit_wiki_counterfact is absent")
+    records = json.loads(path.read_text())[:20]
+    call = knowedit_call(records)
+    assert len(call["prompts"]) == 20 and {"Reasoning", "Subject_Aliasing"} <= set(call["portability_inputs"])
+    for inputs in (call["portability_inputs"], call["locality_inputs"]):
+        for fields in inputs.values():
+            assert [len(p) for p in fields["prompt"]] == [len(g) for g in fields["ground_truth"]]

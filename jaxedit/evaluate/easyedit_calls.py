@@ -66,6 +66,11 @@ def _request(prompt: str, subject: str, target: str) -> Request:
     )
 
 
+def _several(value: Any) -> list:
+    """One entry (a string) or several (a list) for one request."""
+    return [value] if isinstance(value, str | dict) else list(value)
+
+
 def _first_answer(value: Any) -> str:
     """EasyEdit lets an answer be a list of aliases: the first is scored."""
     return value if isinstance(value, str) else str(next(iter(value)))
@@ -102,45 +107,97 @@ def edit_like_easyedit(
     portability = _inputs("portability_inputs", portability_inputs, n)
     requests = [_request(p, s, t) for p, s, t in zip(prompts, subjects, targets, strict=True)]
 
-    def scored_pairs(i: int) -> list[tuple[str, str]]:
-        pairs = [(prompts[i], targets[i])]
+    def scored(i: int) -> list[tuple[str, str, str]]:
+        """(group, prompt, answer) for request i: its rewrite, rephrase, portability and locality prompts
+        (a kind may give a request several prompts, KnowEdit's layout)."""
+        rows = [("rewrite", prompts[i], targets[i])]
         if rephrases is not None:
-            pairs.append((rephrases[i], targets[i]))
-        pairs += [(p[i], _first_answer(g[i])) for p, g in portability.values()]
-        pairs += [(p[i], _first_answer(g[i])) for p, g in locality.values()]
-        return pairs
+            rows += [("rephrase", p, targets[i]) for p in _several(rephrases[i])]
+        for group, inputs in (("portability", portability), ("locality", locality)):
+            for kind, (ps, gs) in inputs.items():
+                mine, answers = _several(ps[i]), _several(gs[i])
+                if len(mine) == 1 and len(answers) > 1:  # one prompt, its answer's aliases
+                    answers = [answers]
+                if len(mine) != len(answers):
+                    raise InputError(
+                        f"{group} {kind!r} of prompt {i}: {len(mine)} prompts, {len(answers)} answers"
+                    )
+                rows += [(f"{group}/{kind}", p, _first_answer(g)) for p, g in zip(mine, answers, strict=True)]
+        return rows
 
-    def accuracies(correct: list[np.ndarray]) -> dict[str, Any]:
-        out: dict[str, Any] = {"rewrite_acc": float(correct[0].mean())}
+    def mean_of(values: list[float]) -> float | None:
+        return float(np.mean(values)) if values else None
+
+    def summary(rows, correct, top=None, top_before=None) -> dict[str, Any]:
+        """Per group: the mean over its prompts of the token accuracy (or, for locality after an edit,
+        of the share of tokens whose top-1 is unchanged)."""
+        by_group: dict[str, list[float]] = {}
+        for r, (group, _, _) in enumerate(rows):
+            if group.startswith("locality/"):
+                if top is None:
+                    continue
+                value = float(np.mean(top[r] == top_before[r]))
+            else:
+                value = float(correct[r].mean())
+            by_group.setdefault(group, []).append(value)
+        out: dict[str, Any] = {"rewrite_acc": mean_of(by_group["rewrite"])}
         if rephrases is not None:
-            out["rephrase_acc"] = float(correct[1].mean())
-        start = 1 + (rephrases is not None)
-        kept = correct[start : start + len(portability)]
-        out["portability"] = {f"{k}_acc": float(c.mean()) for k, c in zip(portability, kept, strict=True)}
+            out["rephrase_acc"] = mean_of(by_group.get("rephrase", []))
+        out["portability"] = {f"{k}_acc": mean_of(by_group.get(f"portability/{k}", [])) for k in portability}
+        if top is not None:
+            out["locality"] = {f"{k}_acc": mean_of(by_group.get(f"locality/{k}", [])) for k in locality}
         return out
 
-    all_pairs = [scored_pairs(i) for i in range(n)]
-    flat = [pair for pairs in all_pairs for pair in pairs]
+    all_rows = [scored(i) for i in range(n)]  # every check before any edit
+    flat = [(p, a) for rows in all_rows for _, p, a in rows]
     _, correct_pre, top_pre = target_scores(model, flat)  # the unedited model, all requests in one pass
     results = []
     offset = 0
     for i in tqdm(range(n), desc="edits", disable=not progress or n == 1):
-        pairs = all_pairs[i]
+        rows = all_rows[i]
         edited = apply(model, edit(model, requests[i]))
-        _, correct_post, top_post = target_scores(edited, pairs)
-        pre_correct = correct_pre[offset : offset + len(pairs)]
-        pre_top = top_pre[offset : offset + len(pairs)]
-        offset += len(pairs)
-        local_start = len(pairs) - len(locality)
-        post = accuracies(correct_post)
-        post["locality"] = {
-            f"{k}_acc": float(np.mean(top_post[local_start + j] == pre_top[local_start + j]))
-            for j, k in enumerate(locality)
-        }
+        _, correct_post, top_post = target_scores(edited, [(p, a) for _, p, a in rows])
+        pre_correct = correct_pre[offset : offset + len(rows)]
+        pre_top = top_pre[offset : offset + len(rows)]
+        offset += len(rows)
         results.append({
             "case_id": i,
             "requested_rewrite": {"prompt": prompts[i], "subject": subjects[i], "target_new": targets[i],
                                   "ground_truth": truths[i]},
-            "pre": accuracies(pre_correct), "post": post, "protocol": PROTOCOL,
+            "pre": summary(rows, pre_correct), "post": summary(rows, correct_post, top_post, pre_top),
+            "protocol": PROTOCOL,
         })  # fmt: skip
     return results
+
+
+def knowedit_call(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """`edit_like_easyedit`'s keyword arguments from KnowEdit records (Zhang et al., 2024, "A Comprehensive
+    Study of Knowledge Editing for Large Language Models": `subject`, `prompt`, `target_new`,
+    `ground_truth`, `portability` and `locality` as `{kind: [{"prompt", "ground_truth"}, ...]}`, and
+    `rephrase` / `rephrase_prompt` where present). Every kind that occurs in any record is scored; a
+    record without it scores none."""
+    if not records:
+        raise InputError("no KnowEdit records")
+    for i, record in enumerate(records):
+        missing = [k for k in ("subject", "prompt", "target_new") if k not in record]
+        if missing:
+            raise InputError(f"KnowEdit record {i} lacks {missing}")
+
+    def inputs(field: str) -> dict[str, dict[str, list]]:
+        kinds = sorted({kind for r in records for kind in (r.get(field) or {})})
+        out = {}
+        for kind in kinds:
+            items = [list((r.get(field) or {}).get(kind) or []) for r in records]
+            out[kind] = {"prompt": [[x["prompt"] for x in mine] for mine in items],
+                         "ground_truth": [[x["ground_truth"] for x in mine] for mine in items]}  # fmt: skip
+        return out
+
+    call: dict[str, Any] = {
+        "prompts": [r["prompt"] for r in records], "subject": [r["subject"] for r in records],
+        "target_new": [r["target_new"] for r in records], "ground_truth": [r.get("ground_truth") for r in records],
+        "portability_inputs": inputs("portability"), "locality_inputs": inputs("locality"),
+    }  # fmt: skip
+    rephrase = [r.get("rephrase", r.get("rephrase_prompt")) for r in records]
+    if all(isinstance(x, str) for x in rephrase):
+        call["rephrase_prompts"] = rephrase
+    return call
