@@ -428,11 +428,9 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 def _benchmark(path: str) -> str:
     """`zsre` or `counterfact`, from the first record's fields."""
-    import json
-    from pathlib import Path
+    from jaxedit.data.records import read_records
 
-    records = json.loads(Path(path).read_text())
-    first = records[0] if isinstance(records, list) and records else {}
+    first = read_records(path)[0]
     if "src" in first or isinstance(first.get("locality"), dict):
         return "zsre"
     if "requested_rewrite" in first or "locality_prompt" in first:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxedit.data.records import read_records
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.targets import Request, as_request
 from jaxedit.errors import InputError
@@ -90,11 +91,10 @@ def _case(record: dict) -> CounterfactCase:
     raise InputError(f"not a CounterFact record (ROME or EasyEdit layout): keys {sorted(record)}")
 
 
-def read_counterfact(path: str | Path) -> list[CounterfactCase]:
-    """CounterFact cases from a JSON list in either layout (case ids default to the index)."""
-    records = json.loads(Path(path).read_text())
-    if not isinstance(records, list) or not records:
-        raise InputError(f"{path} holds no list of records")
+def read_counterfact(path: str | Path | Any) -> list[CounterfactCase]:
+    """CounterFact cases in either layout (case ids default to the index), from any source
+    `jaxedit.data.read_records` takes (a JSON list, JSON lines, parquet, a saved dataset, ...)."""
+    records = read_records(path)
     cases = []
     for index, record in enumerate(records):
         case = _case(record)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxedit.data.records import read_records
 from jaxedit.evaluate.metrics import target_scores
 from jaxedit.loading import Model
 from jaxedit.predict import next_tokens
@@ -69,7 +70,7 @@ def read_patterns(pararel_dir: str | Path, known: str | Path | None = None) -> R
             by_prefix.setdefault(wording_key(head), set()).add(relation)
             prompts.setdefault(relation, []).append(head.strip())
     if known is not None:
-        for fact in json.loads(Path(known).read_text()):
+        for fact in read_records(known):
             by_prefix.setdefault(wording_key(fact["template"].replace("{}", "[X]")), set()).add(
                 fact["relation_id"]
             )
@@ -93,7 +94,7 @@ def read_relation_specificity(files: Iterable[str | Path]) -> dict[str, list[str
     """`Relation_Specificity` locality prompts of KnowEdit-style files, by subject."""
     prompts: dict[str, list[str]] = {}
     for path in files:
-        for record in json.loads(Path(path).read_text()):
+        for record in read_records(path):
             for item in (record.get("locality") or {}).get("Relation_Specificity", []):
                 prompts.setdefault(record["subject"], []).append(item["prompt"])
     return prompts

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxedit.data.records import read_records
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.targets import Request, as_request
 from jaxedit.errors import InputError
@@ -64,12 +65,10 @@ def _case(index: int, record: dict) -> ZsreCase:
     raise InputError(f"not a zsRE record (MEND or KnowEdit layout): keys {sorted(record)}")
 
 
-def read_zsre(path: str | Path) -> tuple[list[ZsreCase], int]:
-    """zsRE cases from a JSON list in either layout, and how many records were skipped because their
-    subject is not written in their question."""
-    records = json.loads(Path(path).read_text())
-    if not isinstance(records, list) or not records:
-        raise InputError(f"{path} holds no list of records")
+def read_zsre(path: str | Path | Any) -> tuple[list[ZsreCase], int]:
+    """zsRE cases in either layout, from any source `jaxedit.data.read_records` takes, and how many
+    records were skipped because their subject is not written in their question."""
+    records = read_records(path)
     cases, skipped = [], 0
     for index, record in enumerate(records):
         try:

@@ -22,6 +22,7 @@ import numpy as np
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
+from jaxedit.data.records import read_records
 from jaxedit.errors import InputError
 from jaxedit.lens.core import lens_readout
 from jaxedit.loading import Model
@@ -36,9 +37,10 @@ class LensFact:
     object: str | None = None
 
 
-def read_lens_facts(path: str | Path) -> list[LensFact]:
-    """Facts from a `known_1000.json`-style list (`prompt`, `relation_id`, `attribute`)."""
-    records = json.loads(Path(path).read_text())
+def read_lens_facts(path: str | Path | Any) -> list[LensFact]:
+    """Facts from `known_1000.json`-style records (`prompt`, `relation_id`, `attribute`), from any source
+    `jaxedit.data.read_records` takes."""
+    records = read_records(path)
     return [LensFact(r["prompt"], r["relation_id"], r.get("attribute")) for r in records]
 
 
