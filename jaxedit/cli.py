@@ -256,6 +256,15 @@ def _editor(model, args: argparse.Namespace):
 
     path = getattr(args, "hparams", None)
     statistics = {"corpus": args.corpus, "samples": args.stats_samples, "max_len": args.max_len}
+    easyedit = None
+    if path is not None and str(path).endswith((".yaml", ".yml")):  # an EasyEdit hyperparameter file
+        from jaxedit.edit.easyedit import read_easyedit_hparams
+
+        easyedit = read_easyedit_hparams(path, model)
+        if easyedit.method != args.method:
+            raise InputError(
+                f"{path} is EasyEdit's {easyedit.method.upper()} file; run with --method {easyedit.method}"
+            )
     if args.method in ("ireva", "ireva-init"):
         from jaxedit.edit.ireva import default_hparams as ireva_hparams
         from jaxedit.edit.ireva import ireva
@@ -268,15 +277,6 @@ def _editor(model, args: argparse.Namespace):
             return ireva(m, requests if isinstance(requests, list) else [requests], hp)
 
         return edit, {"hparams": dataclasses.asdict(hp)}
-    easyedit = None
-    if path is not None and str(path).endswith((".yaml", ".yml")):  # an EasyEdit hyperparameter file
-        from jaxedit.edit.easyedit import read_easyedit_hparams
-
-        easyedit = read_easyedit_hparams(path, model)
-        if easyedit.method != args.method:
-            raise InputError(
-                f"{path} is EasyEdit's {easyedit.method.upper()} file; run with --method {easyedit.method}"
-            )
     if args.method in ("memit", "pmet"):
         hp = easyedit.hparams if easyedit else mass_hparams(model, args.method, path)
         if getattr(args, "layers", None):

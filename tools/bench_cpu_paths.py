@@ -29,8 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
+from bench_report import timings
 
 # name -> XLA flags (added to the process's XLA_FLAGS); the fusion types are those jaxlib lists
 CANDIDATES: dict[str, str] = {
@@ -51,20 +50,26 @@ CANDIDATES: dict[str, str] = {
 
 
 def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timings(fn, repeats))
 
 
-def square_matmul_rate(matmul, n: int = 1024, repeats: int = 10) -> float:
-    """GFLOP/s of `matmul` on two n x n float32 matrices (best of `repeats`)."""
-    a = np.random.default_rng(1).standard_normal((n, n), np.float32)
-    matmul(a, a)
-    best = min(median_seconds(lambda: matmul(a, a), 1) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
+def matmul_rate(matmul, shape: tuple[int, int, int], repeats: int = 10) -> float:
+    """GFLOP/s of `matmul` on float32 `[m, k] x [k, n]` operands (best of `repeats`, after a warm-up)."""
+    m, k, n = shape
+    rng = np.random.default_rng(1)
+    a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+    matmul(a, b)
+    return 2 * m * k * n / min(timings(lambda: matmul(a, b), repeats)) / 1e9
+
+
+PEAK_SHAPE = (1024, 1024, 1024)
+
+
+def forward_shapes(config, rows: int) -> dict[str, tuple[int, int, int]]:
+    """The forward's matrix products on `rows` tokens (and a fused QKV, a layout the forward could use)."""
+    d, f, kv = config.d_model, config.d_mlp, config.n_kv_heads * config.head_dim
+    return {"q / o": (rows, d, d), "k / v": (rows, d, kv), "qkv fused": (rows, d, d + 2 * kv),
+            "mlp in": (rows, d, f), "mlp out": (rows, f, d), "unembed": (rows, d, config.vocab_size)}  # fmt: skip
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -88,8 +93,14 @@ def worker(args: argparse.Namespace) -> None:
     seconds = median_seconds(forward, args.repeats)
     flops = matmul_flops(lambda p, i: jaxedit.forward(p, model.config, i).logits, model.params, ids)
     dot = jax.jit(jnp.matmul)
-    peak = square_matmul_rate(lambda a, b: dot(a, b).block_until_ready())
-    record = {"compile_s": compile_s, "forward_s": seconds, "gflops": flops / seconds / 1e9, "peak": peak}
+
+    def run_dot(a, b):
+        return dot(a, b).block_until_ready()
+
+    shapes = forward_shapes(model.config, ids.size)
+    record = {"compile_s": compile_s, "forward_s": seconds, "gflops": flops / seconds / 1e9,
+              "peak": matmul_rate(run_dot, PEAK_SHAPE),
+              "matmuls": {name: matmul_rate(run_dot, shape) for name, shape in shapes.items()}}  # fmt: skip
     if args.rome:
         from jaxedit.edit import default_layer
         from jaxedit.edit.rome import default_hparams
@@ -159,7 +170,15 @@ def main() -> None:
 
     ref_logits = run_torch().numpy()
     torch_s = median_seconds(run_torch, args.repeats)
-    torch_peak = square_matmul_rate(lambda a, b: torch.from_numpy(a) @ torch.from_numpy(b))
+
+    def torch_dot(a, b):
+        return torch.from_numpy(a) @ torch.from_numpy(b)
+
+    import jaxedit
+
+    shapes = forward_shapes(jaxedit.load_model("smollm2").config, ids.size)
+    torch_peak = matmul_rate(torch_dot, PEAK_SHAPE)
+    torch_matmuls = {name: matmul_rate(torch_dot, shape) for name, shape in shapes.items()}
     print(
         f"cpu: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__} ({torch.get_num_threads()} threads)"
     )
@@ -206,8 +225,16 @@ def main() -> None:
     best = max(exact, key=lambda n: exact[n]["ratio"])
     for name, row in table.items():
         print(f"RATIO forward {name} {row['ratio']:.3f}")
+    print("matrix products of the forward, GFLOP/s (best of 10): " + ", ".join(
+        f"{name} {shape}" for name, shape in shapes.items()))  # fmt: skip
+    print(f"{'candidate':16} " + " ".join(f"{name:>10}" for name in shapes))
+    print(f"{'torch':16} " + " ".join(f"{torch_matmuls[name]:10.0f}" for name in shapes))
+    for name, r in rows.items():
+        print(f"{name:16} " + " ".join(f"{r['matmuls'][m]:10.0f}" for m in shapes))
+        table[name]["matmuls"] = r["matmuls"]
     print(f"BEST {best} (fastest with logits within 1e-4 of the default path's)")
     write_figures(args.json, "cpu_paths", {"transformers_ms": torch_s * 1e3, "peak_gflops": peak,
+                                           "torch_matmuls": torch_matmuls,
                                            "candidates": table, "best": best})  # fmt: skip
 
 

@@ -18,18 +18,10 @@ import time
 import jax
 import numpy as np
 import torch
+from bench_report import timings
 from reference_model import reference_model
 
 import jaxedit
-
-
-def timed(fn, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def main() -> None:
@@ -55,8 +47,8 @@ def main() -> None:
     run_jax()
     compile_s = time.perf_counter() - start
     run_torch()  # warm-up
-    jax_times = timed(run_jax, args.repeats)
-    torch_times = timed(run_torch, args.repeats)
+    jax_times = timings(run_jax, args.repeats)
+    torch_times = timings(run_torch, args.repeats)
     with torch.inference_mode():
         ref_logits = reference(torch_ids).logits.numpy()
     diff = float(

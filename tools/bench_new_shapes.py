@@ -40,6 +40,16 @@ def timed(fn) -> tuple[float, int]:
         return time.perf_counter() - start, log.programs
 
 
+def first_then_new_shape(name: str, call, second_name: str) -> None:
+    """Time `call(0)`, then `call(1)` (a new shape) and its warm repeat; print them and the ratio."""
+    first, p1 = timed(lambda: call(0))
+    second, p2 = timed(lambda: call(1))
+    warm, _ = timed(lambda: call(1))
+    print(f"{name}: first {first:.1f} s ({p1} programs), {second_name} {second:.1f} s ({p2} programs), "
+          f"its warm repeat {warm:.1f} s")  # fmt: skip
+    print(f"RATIO new_shape {name} {second / warm:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stats-texts", type=int, default=100)
@@ -50,15 +60,9 @@ def main() -> None:
     for prompt, _ in PROMPTS:
         print(f"prompt of {len(jaxedit.tokens.encode_one(model.tokenizer, prompt))} tokens: {prompt!r}")
 
-    def traced(i: int):
-        return lambda: trace(model, PROMPTS[i][0], subject=PROMPTS[i][1])
-
-    first, p1 = timed(traced(0))
-    second, p2 = timed(traced(1))
-    warm, _ = timed(traced(1))
-    print(f"trace: first {first:.1f} s ({p1} programs), second prompt {second:.1f} s ({p2} programs), "
-          f"its warm repeat {warm:.1f} s")  # fmt: skip
-    print(f"RATIO new_shape trace {second / warm:.2f}")
+    first_then_new_shape(
+        "trace", lambda i: trace(model, PROMPTS[i][0], subject=PROMPTS[i][1]), "second prompt"
+    )
 
     layer = default_layer(model)
     stats = key_statistics(
@@ -68,20 +72,15 @@ def main() -> None:
     hp = RomeHparams(layer=layer)
 
     def edited(i: int):
-        return lambda: rome(model, REQUESTS[i], stats[layer], hp, templates=templates)
+        return rome(model, REQUESTS[i], stats[layer], hp, templates=templates)
 
-    first, p1 = timed(edited(0))
-    second, p2 = timed(edited(1))
-    warm, _ = timed(edited(1))
-    print(f"rome: first {first:.1f} s ({p1} programs), second request {second:.1f} s ({p2} programs), "
-          f"its warm repeat {warm:.1f} s")  # fmt: skip
-    print(f"RATIO new_shape rome {second / warm:.2f}")
+    first_then_new_shape("rome", edited, "second request")
 
     # the alternative: windows padded to at least 8 tokens, so both requests share one loop
     exact = targets.suffix_window
     targets.suffix_window = lambda batch, rows=slice(None): max(8, exact(batch, rows))
-    edited(1)()
-    padded, _ = timed(edited(1))
+    edited(1)
+    padded, _ = timed(lambda: edited(1))
     targets.suffix_window = exact
     print(f"rome: second request with its suffix window padded to 8 tokens: warm {padded:.1f} s")
 

@@ -13,12 +13,24 @@ import json
 import os
 import platform
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 
 from jaxedit.compile_log import CompileLog
 from jaxedit.files import atomic_write_bytes
+
+
+def timings(fn: Callable[[], object], repeats: int) -> list[float]:
+    """Wall seconds of `repeats` calls of `fn` (which blocks until its result is ready)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def cold_start() -> None:

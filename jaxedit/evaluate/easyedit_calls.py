@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxedit.edit.delta import Delta, apply
-from jaxedit.edit.targets import Request
+from jaxedit.edit.targets import Request, as_request
 from jaxedit.errors import InputError
 from jaxedit.evaluate.metrics import target_scores
 from jaxedit.loading import Model
@@ -57,18 +57,9 @@ def _inputs(name: str, inputs: Mapping | None, n: int) -> dict[str, tuple[list, 
     return out
 
 
-def _request(prompt: str, subject: str, target: str) -> Request:
-    if not subject.strip() or subject not in prompt:
-        raise InputError(f"subject {subject!r} does not occur in prompt {prompt!r}")
-    start = prompt.index(subject)
-    return Request(
-        prompt=prompt[:start] + "{}" + prompt[start + len(subject) :], subject=subject, target=target
-    )
-
-
 def _several(value: Any) -> list:
     """One entry (a string) or several (a list) for one request."""
-    return [value] if isinstance(value, str | dict) else list(value)
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _first_answer(value: Any) -> str:
@@ -105,7 +96,10 @@ def edit_like_easyedit(
     rephrases = _as_list("rephrase_prompts", rephrase_prompts, n) if rephrase_prompts is not None else None
     locality = _inputs("locality_inputs", locality_inputs, n)
     portability = _inputs("portability_inputs", portability_inputs, n)
-    requests = [_request(p, s, t) for p, s, t in zip(prompts, subjects, targets, strict=True)]
+    requests = [  # the subject written out in the prompt, as EasyEdit has it: as_request marks it
+        as_request({"prompt": p, "subject": s, "target": t})
+        for p, s, t in zip(prompts, subjects, targets, strict=True)
+    ]
 
     def scored(i: int) -> list[tuple[str, str, str]]:
         """(group, prompt, answer) for request i: its rewrite, rephrase, portability and locality prompts
