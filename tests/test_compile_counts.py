@@ -32,7 +32,8 @@ def test_edits_of_varied_lengths_share_a_few_optimisation_loops(model) -> None:
             target = "rome" if n % 2 else "rome paris"
             request = Request(prompt="the city of {} is", subject=subject, target=target)
             optimise_targets(model, [request], 1, ["{}", "the w50 w51 . {}"], TargetHparams(steps=2))
-    assert requested(log, "jit(_optimise)") <= 4
+    assert requested(log, "jit(target_loop)") <= 4
+    assert requested(log, "jit(target_prepass)") <= 2  # one per token-length bucket
 
 
 def test_scoring_cases_of_varied_lengths_shares_a_few_programs(model) -> None:

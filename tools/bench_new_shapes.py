@@ -5,7 +5,7 @@ New shapes should fall into compiled buckets (or compile in a fraction of the ru
 costs at most ~1.3x its warm repeat. Model loading, statistics and contexts are outside the timings. Last, the alternative to a new loop:
 the second request's edit with its suffix window padded to 8 tokens (the first request's), warm.
 
-    python tools/bench_new_shapes.py [--stats-texts 100]
+    python tools/bench_new_shapes.py [--stats-texts 100] [--only trace|rome]
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def first_then_new_shape(name: str, call, second_name: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stats-texts", type=int, default=100)
+    parser.add_argument("--only", choices=("trace", "rome"), help="run one of the two parts")
     args = parser.parse_args()
     cold_start()
     model = jaxedit.load_model("smollm2")
@@ -60,9 +61,12 @@ def main() -> None:
     for prompt, _ in PROMPTS:
         print(f"prompt of {len(jaxedit.tokens.encode_one(model.tokenizer, prompt))} tokens: {prompt!r}")
 
-    first_then_new_shape(
-        "trace", lambda i: trace(model, PROMPTS[i][0], subject=PROMPTS[i][1]), "second prompt"
-    )
+    if args.only != "rome":
+        first_then_new_shape(
+            "trace", lambda i: trace(model, PROMPTS[i][0], subject=PROMPTS[i][1]), "second prompt"
+        )
+    if args.only == "trace":
+        return
 
     layer = default_layer(model)
     stats = key_statistics(

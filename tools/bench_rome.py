@@ -36,7 +36,7 @@ from jaxedit.compile_log import compile_log
 from jaxedit.edit import RomeHparams, TargetHparams, apply, default_layer, key_statistics, rome
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.stats import model_samples
-from jaxedit.edit.targets import Request, _optimise, build_batch, suffix_window
+from jaxedit.edit.targets import Request, build_batch, optimise_batch, suffix_window
 from jaxedit.flops import matmul_flops
 
 REQUEST = Request(prompt="{} is located in the city of", subject="The Eiffel Tower", target="Rome")
@@ -71,7 +71,7 @@ def target_flops(model, layer: int, templates, hp: TargetHparams) -> float:
     args = [getattr(batch, f.name) for f in dataclasses.fields(batch)]
     window = suffix_window(batch)
     return matmul_flops(
-        lambda *a: _optimise(model.params, model.config, layer, 1, hp, window, *a),
+        lambda *a: optimise_batch(model.params, model.config, layer, 1, hp, window, *a),
         *args,
         while_trips=hp.steps,
     )

@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import string
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -287,40 +288,52 @@ def build_batch(
     )  # fmt: skip
 
 
-@functools.partial(jax.jit, static_argnames=("config", "layer", "n_requests", "hp", "window"))
-def _optimise(
+class Prepass(NamedTuple):
+    """What the target loop needs from one pass of the unedited model (independent of the suffix window)."""
+
+    x: jax.Array  # [R, T, D] input of the edited layer
+    positions: jax.Array  # [R, T]
+    cached_k: jax.Array  # [n_from, R, T, K, E] keys of every layer from the edited one up
+    cached_v: jax.Array  # [n_from, R, T, K, E]
+    kl_base: jax.Array  # [R, V] original log-distribution at each row's first read (used on KL rows)
+    m0: jax.Array  # [n, D] original `hp.reference` output at the key token of the bare prompt
+    a0: jax.Array  # [n, D] original attention output there (zeros unless `hp.attn_delta`)
+    key: jax.Array  # [n, F] MLP key at the key token of the bare prompt
+    key_mean: jax.Array  # [n, F] MLP key averaged over the request's contexts
+
+
+@functools.partial(jax.jit, static_argnames=("config", "layer", "n_requests", "hp"))
+def target_prepass(
     params: Params,
     config: ModelConfig,
     layer: int,
     n_requests: int,
     hp: TargetHparams,
-    window: int,
     ids: jax.Array,
     mask: jax.Array,
     row_request: jax.Array,
     key_pos: jax.Array,
     is_kl: jax.Array,
     is_bare: jax.Array,
-    read_pos: jax.Array,
-    labels: jax.Array,
-    weights: jax.Array,
-) -> tuple[jax.Array, ...]:
+    first_read: jax.Array,
+) -> Prepass:
+    """The unedited pass with `δ = 0`: the edited layer's input, every layer's keys / values from the
+    edited one up, the original distribution at each row's first read (`first_read`, `[R]`) and `m0`
+    and the keys. Its shapes are the batch's rows and token length, not the suffix window or the read
+    width, so requests of a new window or target length compile only `target_loop`."""
     positions = core.positions_from_mask(mask)
     rotary = core.rotary_for(config, positions)
     causal = core.causal_mask(mask)
     x = core.residual_input(config, params, core.embed_tokens(params, ids), positions)
     below = jax.tree.map(lambda a: a[:layer], params["layers"])
     x, _ = core.run_layers(config, below, x, rotary, causal)  # input of the edited layer: fixed
-    x = jax.lax.stop_gradient(x)
     p_layer = jax.tree.map(lambda a: a[layer], params["layers"])
     above = jax.tree.map(lambda a: a[layer + 1 :], params["layers"])
     rows = jnp.arange(ids.shape[0])
-    t = ids.shape[1]
-
-    # one full pass with δ = 0: the original distributions, m0 and keys, and every layer's keys / values
     out0 = core.block(config, p_layer, x, rotary, causal, {}, ("mlp_key", "attn_out", hp.reference))
     h0, taps_above = core.run_layers(config, above, out0.resid, rotary, causal, ("resid_pre",))
-    logp0 = jax.nn.log_softmax(core.unembed(config, params, h0[rows[:, None], read_pos]), axis=-1)
+    # only the first read of a row is compared with the original (the KL rows read one position)
+    kl_base = jax.nn.log_softmax(core.unembed(config, params, h0[rows, first_read]), axis=-1)
     inputs = jnp.concatenate([x[None], taps_above["resid_pre"]])  # [n_from, R, T, D]
 
     def keys_values(p: Params, h: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -328,9 +341,45 @@ def _optimise(
 
     from_layer = jax.tree.map(lambda a: a[layer:], params["layers"])
     cached_k, cached_v = jax.vmap(keys_values)(from_layer, inputs)  # [n_from, R, T, K, E]
-    pad = jnp.zeros((*cached_k.shape[:2], window, *cached_k.shape[3:]), cached_k.dtype)
-    cached_k = jax.lax.stop_gradient(jnp.concatenate([cached_k, pad], axis=2))  # the suffix is written at T
-    cached_v = jax.lax.stop_gradient(jnp.concatenate([cached_v, pad], axis=2))
+    bare_index = jnp.argmax(
+        is_bare[None, :] & (row_request[None, :] == jnp.arange(n_requests)[:, None]), axis=1
+    )
+    m0 = out0.taps[hp.reference][rows, key_pos][bare_index]  # [n, D]
+    a0 = out0.taps["attn_out"][rows, key_pos][bare_index] if hp.attn_delta else jnp.zeros_like(m0)
+    keys = out0.taps["mlp_key"][rows, key_pos]  # [R, F]
+    context = (~is_kl).astype(jnp.float32)
+    per_request = jax.ops.segment_sum(context, row_request, n_requests)
+    key_mean = jax.ops.segment_sum(keys * context[:, None], row_request, n_requests) / per_request[:, None]
+    return Prepass(x, positions, cached_k, cached_v, kl_base, m0, a0, keys[bare_index], key_mean)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "layer", "n_requests", "hp", "window"))
+def target_loop(
+    params: Params,
+    config: ModelConfig,
+    layer: int,
+    n_requests: int,
+    hp: TargetHparams,
+    window: int,
+    pre: Prepass,
+    mask: jax.Array,
+    row_request: jax.Array,
+    key_pos: jax.Array,
+    is_kl: jax.Array,
+    read_pos: jax.Array,
+    labels: jax.Array,
+    weights: jax.Array,
+) -> tuple[jax.Array, ...]:
+    """Adam on `δ` (module docstring), recomputing only the `window` tokens from each row's key token on
+    through the layers from the edited one up. Returns `δ_mlp, δ_attn, history, nll, steps`."""
+    p_layer = jax.tree.map(lambda a: a[layer], params["layers"])
+    above = jax.tree.map(lambda a: a[layer + 1 :], params["layers"])
+    x = pre.x
+    rows = jnp.arange(x.shape[0])
+    t = x.shape[1]
+    pad = jnp.zeros((*pre.cached_k.shape[:2], window, *pre.cached_k.shape[3:]), pre.cached_k.dtype)
+    cached_k = jnp.concatenate([pre.cached_k, pad], axis=2)  # the suffix is written at T
+    cached_v = jnp.concatenate([pre.cached_v, pad], axis=2)
 
     # δ changes only the key token and the tokens after it: each row recomputes the `window` tokens from
     # its key position on, attending to the cached keys / values of the tokens before it
@@ -340,7 +389,7 @@ def _optimise(
     valid = index <= last_read[:, None]
     index = jnp.minimum(index, t - 1)
     x_suffix = x[rows[:, None], index]  # [R, W, D]
-    rotary_suffix = core.rotary_for(config, positions[rows[:, None], index])
+    rotary_suffix = core.rotary_for(config, pre.positions[rows[:, None], index])
     before_key = (jnp.arange(t)[None, :] < key_pos[:, None]) & mask.astype(bool)  # [R, T]
     causal_suffix = (offsets[:, None] >= offsets[None, :])[None] & (
         valid[:, None, :] | jnp.eye(window, dtype=bool)
@@ -366,22 +415,13 @@ def _optimise(
         read = h[rows[:, None], read_suffix]  # [R, M, D]
         return jax.nn.log_softmax(core.unembed(config, params, read), axis=-1)  # [R, M, V]
 
-    kl_base = jax.lax.stop_gradient(logp0[:, 0])  # [R, V], used on KL rows
-    bare_index = jnp.argmax(
-        is_bare[None, :] & (row_request[None, :] == jnp.arange(n_requests)[:, None]), axis=1
-    )
-    m0 = out0.taps[hp.reference][rows, key_pos][bare_index]  # [n, D]
-    keys = out0.taps["mlp_key"][rows, key_pos]  # [R, F]
-    key = keys[bare_index]
     context = (~is_kl).astype(jnp.float32)
     per_request = jax.ops.segment_sum(context, row_request, n_requests)
-    key_mean = jax.ops.segment_sum(keys * context[:, None], row_request, n_requests) / per_request[:, None]
-    scale = {"mlp": jnp.linalg.norm(m0, axis=-1)}  # [n]: the clamp and decay scale of each δ
+    scale = {"mlp": jnp.linalg.norm(pre.m0, axis=-1)}  # [n]: the clamp and decay scale of each δ
     clamp = {"mlp": hp.clamp}
     decay_weight = {"mlp": hp.weight_decay}
     if hp.attn_delta:
-        a0 = out0.taps["attn_out"][rows, key_pos][bare_index]
-        scale["attn"] = jnp.linalg.norm(a0, axis=-1)
+        scale["attn"] = jnp.linalg.norm(pre.a0, axis=-1)
         clamp["attn"] = hp.clamp if hp.attn_clamp is None else hp.attn_clamp
         decay_weight["attn"] = hp.weight_decay if hp.attn_weight_decay is None else hp.attn_weight_decay
     zero = {site: jnp.zeros((n_requests, config.d_model), jnp.float32) for site in scale}
@@ -391,7 +431,7 @@ def _optimise(
         picked = jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]  # [R, M]
         nll_row = -(picked * weights).sum(-1)  # [R], zero on KL rows
         nll = jax.ops.segment_sum(nll_row * context, row_request, n_requests) / per_request
-        kl_row = jnp.sum(jnp.exp(logp[:, 0]) * (logp[:, 0] - kl_base), axis=-1)  # KL(edited ‖ original)
+        kl_row = jnp.sum(jnp.exp(logp[:, 0]) * (logp[:, 0] - pre.kl_base), axis=-1)  # KL(edited ‖ original)
         kl = jax.ops.segment_sum(kl_row * is_kl, row_request, n_requests)
         decay = sum(
             decay_weight[site] * optax.safe_norm(d, 0.0, axis=-1) / scale[site] ** 2  # zero grad at 0
@@ -439,16 +479,37 @@ def _optimise(
         jnp.zeros(n_requests, jnp.int32), jnp.zeros(n_requests, jnp.float32), jnp.ones(n_requests, jnp.float32),
     )  # fmt: skip
     _, delta, _, history, _, steps, nll, _ = jax.lax.while_loop(cond, body, init)
-    return (
-        delta["mlp"],
-        delta.get("attn", jnp.zeros_like(delta["mlp"])),
-        m0,
-        key,
-        key_mean,
-        history,
-        nll,
-        steps,
-    )
+    return delta["mlp"], delta.get("attn", jnp.zeros_like(delta["mlp"])), history, nll, steps
+
+
+def optimise_batch(
+    params: Params,
+    config: ModelConfig,
+    layer: int,
+    n_requests: int,
+    hp: TargetHparams,
+    window: int,
+    ids: jax.Array,
+    mask: jax.Array,
+    row_request: jax.Array,
+    key_pos: jax.Array,
+    is_kl: jax.Array,
+    is_bare: jax.Array,
+    read_pos: jax.Array,
+    labels: jax.Array,
+    weights: jax.Array,
+) -> tuple[jax.Array, ...]:
+    """`target_prepass` then `target_loop` on the arrays of a `Batch` (in field order): returns
+    `δ_mlp, δ_attn, m0, key, key_mean, history, nll, steps`. Two programs, so that a batch of a new
+    suffix window (same token length) compiles only the loop; jit it to plan or count the whole."""
+    pre = target_prepass(
+        params, config, layer, n_requests, hp, ids, mask, row_request, key_pos, is_kl, is_bare, read_pos[:, 0]
+    )  # fmt: skip
+    delta, delta_attn, history, nll, steps = target_loop(
+        params, config, layer, n_requests, hp, window, pre, mask, row_request, key_pos, is_kl, read_pos,
+        labels, weights,
+    )  # fmt: skip
+    return delta, delta_attn, pre.m0, pre.key, pre.key_mean, history, nll, steps
 
 
 def rows_for_budget(config: ModelConfig, layer: int, budget: float, window: int = 16, reads: int = 4) -> int:
@@ -521,7 +582,7 @@ def optimise_targets(
     parts = []
     for chunk in tqdm(chunks, desc=f"targets at layer {layer}", disable=not progress or len(chunks) == 1):
         batch = build_batch(model, [requests[i] for i in chunk], templates, hp.kl_prompt, hp.key_token)
-        out = _optimise(
+        out = optimise_batch(
             params, model.config, layer, len(chunk), hp, suffix_window(batch),
             *(jnp.asarray(getattr(batch, f.name)) for f in dataclasses.fields(batch)),
         )  # fmt: skip
