@@ -18,7 +18,7 @@ from jaxedit.config import ModelConfig
 from jaxedit.edit.targets import TargetHparams
 from jaxedit.errors import InputError
 
-METHODS = ("rome", "memit", "pmet", "ireva", "rets")
+METHODS = ("rome", "memit", "pmet", "ireva", "rets", "alphaedit")
 
 
 def packaged_file(method: str, config: ModelConfig) -> Path | None:

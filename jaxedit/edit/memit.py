@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -118,10 +118,20 @@ def spread_factor(layer: int, last: int, spread: str) -> float:
     raise InputError(f"spread must be 'even' or 'sqrt', got {spread!r}")
 
 
-def solve_update(stats: np.ndarray, keys: np.ndarray, residual: np.ndarray, weight: float) -> np.ndarray:
-    """`(λC + KᵀK)⁻¹ Kᵀ` as `[n, F]` rows (float64 Cholesky; `K [n, F]`, the residual is only checked)."""
+def solve_update(
+    stats: np.ndarray,
+    keys: np.ndarray,
+    residual: np.ndarray,
+    weight: float,
+    earlier: np.ndarray | None = None,
+) -> np.ndarray:
+    """`(λC + K_pᵀK_p + KᵀK)⁻¹ Kᵀ` as `[n, F]` rows (float64 Cholesky; `K [n, F]`; the residual is only
+    checked). `earlier`: `K_pᵀK_p`, the keys of edits made before this batch (sequential editing), which
+    the solve then also keeps in place; None: none."""
     k = np.asarray(keys, np.float64)
     a = weight * np.asarray(stats, np.float64) + k.T @ k
+    if earlier is not None:
+        a = a + earlier
     try:
         factor = np.linalg.cholesky(a)
     except np.linalg.LinAlgError as err:
@@ -184,6 +194,19 @@ def _matrices(model: Model, stats: Mapping, layers: Sequence[int], site: str) ->
     return matrices
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerSolve:
+    """A batch's delta and, per critical layer, the `[n, F]` keys its solve used (the `K_p` that later
+    batches of a sequence keep in place)."""
+
+    delta: Delta
+    keys: dict[int, np.ndarray]
+
+
+# (layer, keys [n, F], residual [n, D]) -> the `left` factor [n, F] of that layer's update
+LayerSolver = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
+
+
 def memit(
     model: Model,
     requests: Sequence[Request | dict],
@@ -193,9 +216,31 @@ def memit(
     templates: Sequence[str] | None = None,
     targets: Targets | None = None,
     attn_stats: Mapping[int, KeyStats | np.ndarray] | None = None,
+    earlier_keys: Mapping[int, np.ndarray] | None = None,
     progress: bool = True,
 ) -> Delta:
-    """One MEMIT delta for all `requests` (a batch), over `hp.layers`.
+    """One MEMIT delta for all `requests` (a batch), over `hp.layers`; see `memit_layers`."""
+    return memit_layers(
+        model, requests, stats, hp, templates=templates, targets=targets, attn_stats=attn_stats,
+        earlier_keys=earlier_keys, progress=progress,
+    ).delta  # fmt: skip
+
+
+def memit_layers(
+    model: Model,
+    requests: Sequence[Request | dict],
+    stats: Mapping[int, KeyStats | np.ndarray] | None,
+    hp: MemitHparams | None = None,
+    *,
+    templates: Sequence[str] | None = None,
+    targets: Targets | None = None,
+    attn_stats: Mapping[int, KeyStats | np.ndarray] | None = None,
+    earlier_keys: Mapping[int, np.ndarray] | None = None,
+    solver: LayerSolver | None = None,
+    method: str | None = None,
+    progress: bool = True,
+) -> LayerSolve:
+    """One MEMIT delta for all `requests` (a batch), over `hp.layers`, with the keys each layer used.
 
     Args:
       stats: key statistics per critical layer (`key_statistics(model, layers, ...)`).
@@ -204,6 +249,11 @@ def memit(
         sweep solves again without optimising again); computed when None.
       attn_stats: statistics of the attention output projection's input (`site="attn_heads"`) per
         critical layer, needed with `hp.update_attn` (PMET's ablation).
+      earlier_keys: per critical layer `K_pᵀK_p [F, F]`, the keys of edits made before this batch
+        (`jaxedit.edit.sequential`): the solve keeps their outputs in place too.
+      solver: the per-layer update in place of MEMIT's (AlphaEdit's null-space solve); `stats` and
+        `earlier_keys` are then the solver's business and may be None.
+      method: the name the delta carries (default `hp.method`).
 
     With `hp.update_attn` the attention output projections of the critical layers are solved too, each
     layer's before its MLP (the attention output feeds the MLP's keys), towards `a0 + δa` at the last
@@ -218,7 +268,17 @@ def memit(
     last = layers[-1]
     if layers[0] < 0 or last >= model.config.n_layers:
         raise InputError(f"critical layers must lie in [0, {model.config.n_layers}), got {layers}")
-    matrices = _matrices(model, stats, layers, "mlp_key")
+    if solver is None:
+        if stats is None:
+            raise StatsError("MEMIT needs key statistics for its critical layers")
+        matrices = _matrices(model, stats, layers, "mlp_key")
+        earlier = dict(earlier_keys or {})
+
+        def solver(layer: int, keys: np.ndarray, residual: np.ndarray) -> np.ndarray:
+            return solve_update(matrices[layer], keys, residual, hp.mom2_weight, earlier.get(layer))
+
+    elif hp.update_attn:
+        raise InputError("update_attn (PMET's attention ablation) needs MEMIT's own solve")
     if hp.update_attn:
         if not hp.targets.attn_delta:
             raise InputError("update_attn needs attention targets: set targets.attn_delta (PMET)")
@@ -241,30 +301,35 @@ def memit(
     walk = LayerWalk(model.config, working_params(model), batch, contexts, layers[0], hp.batch_rows)
     bare_at = np.searchsorted(contexts, bare)  # the bare rows among the walked context rows
 
-    def solve(params: Params, layer: int, key_site: str, z_site: str, wanted: np.ndarray, c: np.ndarray):
+    def solve(params: Params, layer: int, key_site: str, z_site: str, wanted: np.ndarray, layer_solver):
         # keys of every context row at `layer`; current values at the last critical layer of the bare rows
         walk.advance(params, layer)
         keys, _ = walk.read(params, layer, key_site, z_site)
         _, outs = walk.read(params, last, key_site, z_site, bare_at)
         k = _per_request_mean(keys, batch.row_request[contexts], np.arange(len(contexts)), n)  # [n, F]
         residual = (wanted - outs) * spread_factor(layer, last, hp.spread)  # [n, D]
-        return solve_update(c, k, residual, hp.mom2_weight), residual  # [n, F], [n, D]
+        return layer_solver(layer, k, residual), residual, k  # [n, F], [n, D], [n, F]
+
+    def attn_solver(layer: int, keys: np.ndarray, residual: np.ndarray) -> np.ndarray:
+        return solve_update(attn_matrices[layer], keys, residual, hp.mom2_weight)
 
     params = working_params(model)
     lefts, rights, attn_lefts, attn_rights = [], [], [], []
+    used: dict[int, np.ndarray] = {}
+    name = hp.method if method is None else method
     if hp.update_attn:
         a0 = walk.read(params, last, "attn_heads", "attn_out", bare_at)[1]
         attn_target = a0 + targets.delta_attn.astype(np.float64)
-    for layer in tqdm(layers, desc=f"MEMIT {n} edits", disable=not progress):
+    for layer in tqdm(layers, desc=f"{name} {n} edits", disable=not progress):
         if hp.update_attn:
-            left, residual = solve(params, layer, "attn_heads", "attn_out", attn_target, attn_matrices[layer])
+            left, residual, _ = solve(params, layer, "attn_heads", "attn_out", attn_target, attn_solver)
             step = Delta(
                 layers=(layer,), left=left[None], right=residual[None], method="attn-layer", site="attn"
             )
             params = add_to_params(params, step)
             attn_lefts.append(left)
             attn_rights.append(residual)
-        left, residual = solve(params, layer, "mlp_key", hp.targets.reference, z, matrices[layer])
+        left, residual, used[layer] = solve(params, layer, "mlp_key", hp.targets.reference, z, solver)
         step = Delta(layers=(layer,), left=left[None], right=residual[None], method="memit-layer")
         params = add_to_params(params, step)
         lefts.append(left)
@@ -277,11 +342,12 @@ def memit(
     attached = ()
     if hp.update_attn:
         attn = Delta(
-            layers=layers, left=np.stack(attn_lefts), right=np.stack(attn_rights), method=f"{hp.method}-attn",
+            layers=layers, left=np.stack(attn_lefts), right=np.stack(attn_rights), method=f"{name}-attn",
             requests=summary, site="attn",
         )  # fmt: skip
         attached = (attn,)
-    return Delta(
-        layers=layers, left=np.stack(lefts), right=np.stack(rights), method=hp.method, requests=summary,
+    delta = Delta(
+        layers=layers, left=np.stack(lefts), right=np.stack(rights), method=name, requests=summary,
         info=info, attached=attached,
     )  # fmt: skip
+    return LayerSolve(delta, used)
