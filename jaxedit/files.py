@@ -105,6 +105,13 @@ def _record(directory: Path, names: Iterable[str]) -> None:
     atomic_write_bytes(directory / MANIFEST, json.dumps(record, indent=1).encode())
 
 
+def record_owned(directory: str | Path, names: Iterable[str]) -> None:
+    """Record `names` (paths relative to `directory`, as the files are now on disk) as jaxedit's files
+    there, replacing the previous record: for writers that cannot stage their files (a checkpoint that
+    several processes write, `jaxedit.sharded_checkpoint`) and claim them once they are complete."""
+    _record(Path(directory), names)
+
+
 def write_owned(
     directory: str | Path,
     files: Mapping[str, bytes] = (),  # type: ignore[assignment]

@@ -3,6 +3,11 @@
 On a mesh over every process's devices (`data` × `model`: 2 × 4 for 2 processes of 4 simulated CPU
 devices) it runs, with params sharded across the processes: the forward pass, a causal-trace sweep and
 a MEMIT batch, and compares each with the same computation on unsharded params in this process.
+With `--save DIR`, every process then saves the MEMIT-edited sharded model as one orbax checkpoint
+(`jaxedit.sharded_checkpoint.save_sharded`, into `DIR/checkpoint`) and the key statistics of the
+MEMIT layers (`DIR/statistics`), and process 0 writes the edited model's logits on the check's token ids
+and the statistics matrices to `DIR/expected.npz` (`ids`, `logits`, `stats_<layer>`), for a restore
+elsewhere (tests/sharded_checkpoint_check.py).
 Prints `OK <what> <max difference>` per check; exits non-zero on a mismatch.
 
     python tools/launch_local.py --processes 2 tools/multiprocess_check.py --cpu-devices 4 MODEL_DIR
@@ -23,17 +28,20 @@ def main() -> int:
     parser.add_argument("--num-processes", type=int, required=True)
     parser.add_argument("--process-id", type=int, required=True)
     parser.add_argument("--cpu-devices", type=int)
+    parser.add_argument("--save", help="a directory (the same for every process) to save the edited model in")
     args = parser.parse_args()
     distributed.initialize(
         args.coordinator, args.num_processes, args.process_id, cpu_devices=args.cpu_devices
     )
+
+    from pathlib import Path
 
     import jax
     import numpy as np
 
     import jaxedit
     from jaxedit import sharding
-    from jaxedit.edit import memit
+    from jaxedit.edit import apply, memit
     from jaxedit.edit.memit import MemitHparams
     from jaxedit.edit.stats import key_statistics
     from jaxedit.edit.targets import TargetHparams
@@ -93,12 +101,26 @@ def main() -> int:
         {"prompt": "{} is located in the city of", "subject": "the eiffel tower", "target": "rome"},
         {"prompt": "the capital of {} is", "subject": "france", "target": "rome"},
     ]
+    stats = [key_statistics(m, [0, 1], texts, cache=False, progress=False) for m in (sharded, model)]
     deltas = [
-        memit(m, requests, key_statistics(m, [0, 1], texts, cache=False, progress=False), hp,
-              templates=["{}", "the city . {}"], progress=False).dense()
-        for m in (sharded, model)
-    ]  # fmt: skip
-    check("memit", deltas[0] / np.abs(deltas[1]).max(), deltas[1] / np.abs(deltas[1]).max(), 1e-3)
+        memit(m, requests, s, hp, templates=["{}", "the city . {}"], progress=False)
+        for m, s in zip((sharded, model), stats, strict=True)
+    ]
+    dense = [d.dense() for d in deltas]
+    check("memit", dense[0] / np.abs(dense[1]).max(), dense[1] / np.abs(dense[1]).max(), 1e-3)
+    if args.save:
+        from jaxedit.sharded_checkpoint import save_sharded, save_statistics_sharded
+
+        edited, local = apply(sharded, deltas[0]), apply(model, deltas[0])
+        edited_logits = distributed.gather(jaxedit.forward(edited.params, model.config, ids).logits)
+        check("edited forward", edited_logits, jaxedit.forward(local.params, model.config, ids).logits, 1e-4)
+        # every process saves: each writes the shards it holds (the statistics' rows spread over the mesh)
+        save_sharded(edited, Path(args.save) / "checkpoint")
+        save_statistics_sharded(stats[0], Path(args.save) / "statistics", mesh=mesh)
+        if jax.process_index() == 0:
+            matrices = {f"stats_{layer}": s.matrix for layer, s in stats[0].items()}
+            np.savez(Path(args.save) / "expected.npz", ids=ids, logits=edited_logits, **matrices)
+        print(f"OK save {len(edited.edits)} edit(s) from process {jax.process_index()}", flush=True)
     return 1 if failures else 0
 
 
