@@ -90,3 +90,18 @@ def test_bad_sources_are_one_line_errors(tmp_path) -> None:
         with pytest.raises(InputError, match=match) as err:
             read_records(source)
         assert "\n" not in str(err.value)
+
+
+def test_records_from_a_dataset_in_the_local_hugging_face_cache(tmp_path, monkeypatch) -> None:
+    import datasets
+    from test_stats_corpus import _cached_dataset
+
+    rows = [{"prompt": f"fact {i} is", "attribute": f"a{i}"} for i in range(4)]
+    (tmp_path / "hf").mkdir()
+    _cached_dataset(tmp_path / "hf", rows, "jaxedit_tiny_facts")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    assert read_records("jaxedit_tiny_facts") == rows
+    with pytest.raises(ValueError, match="records 'no_such_facts' is no file or folder"):
+        read_records("no_such_facts")
+    with pytest.raises(ValueError, match="no such file or dataset folder"):
+        read_records("./missing.json")

@@ -7,7 +7,9 @@ KnowEdit, the lens facts) takes what `read_records` takes:
   lines), `.jsonl`,
   `.parquet`, `.arrow`, `.csv` (flat records only);
 - a dataset directory written by `datasets.Dataset.save_to_disk` (or a `DatasetDict`'s, one split);
-- a `datasets.Dataset` or `datasets.IterableDataset` already in memory, or a list of dicts.
+- a `datasets.Dataset` or `datasets.IterableDataset` already in memory, or a list of dicts;
+- the name of a dataset in the local Hugging Face cache (`NAME`, `NAME:CONFIG`, `NAME:CONFIG:SPLIT`),
+  read offline.
 
 Nothing is downloaded. A JSON list is parsed directly (the common case, and the only layout that keeps
 CounterFact's nested records as they are written); the other formats go through `datasets`.
@@ -25,14 +27,20 @@ from jaxedit.errors import InputError
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
-def _from_dataset(dataset: Any, where: str) -> list[dict[str, Any]]:
+def single_split(dataset: Any, where: str) -> Any:
+    """`dataset` itself, or the one split of a `DatasetDict` / `IterableDatasetDict` (several splits: an
+    `InputError` naming them)."""
     import datasets
 
-    if isinstance(dataset, datasets.DatasetDict):
+    if isinstance(dataset, datasets.DatasetDict | datasets.IterableDatasetDict):
         if len(dataset) != 1:
             raise InputError(f"{where} holds splits {sorted(dataset)}: pass one (dataset['train'])")
         dataset = next(iter(dataset.values()))
-    return [dict(row) for row in dataset]
+    return dataset
+
+
+def _from_dataset(dataset: Any, where: str) -> list[dict[str, Any]]:
+    return [dict(row) for row in single_split(dataset, where)]
 
 
 def _from_path(path: Path) -> list[dict[str, Any]]:
@@ -73,6 +81,12 @@ def read_records(source: str | Path | Iterable[dict[str, Any]] | Any) -> list[di
     that is not there is a one-line `InputError`."""
     if isinstance(source, str | Path):
         path = Path(source)
+        if not path.exists() and isinstance(source, str):
+            from jaxedit.data.corpus import load_cached_dataset, looks_like_path
+
+            if not looks_like_path(source):  # a dataset's name: the local Hugging Face cache, offline
+                records = _from_dataset(load_cached_dataset(source, "records"), source)
+                return _checked(records, source)
         if not path.exists():
             raise InputError(f"no such file or dataset folder: {path}")
         records = _from_path(path)
@@ -87,6 +101,10 @@ def read_records(source: str | Path | Iterable[dict[str, Any]] | Any) -> list[di
                 f"records come from a path, a list of dicts or a datasets.Dataset, got {type(source).__name__}"
             )
         records, where = _from_dataset(source, type(source).__name__), type(source).__name__
+    return _checked(records, where)
+
+
+def _checked(records: list, where: str) -> list[dict[str, Any]]:
     if not records:
         raise InputError(f"{where} holds no records")
     if not all(isinstance(r, dict) for r in records):

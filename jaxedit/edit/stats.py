@@ -1,12 +1,16 @@
 """Second-moment statistics of MLP keys, `C[l] = E[k kᵀ]`, streamed over a corpus and cached (METHODS.md §3).
 
-Uncentred, float32 accumulation, the mean over every non-padding token. Texts are tokenized, truncated to
-`max_len` tokens and run in batches of at most `batch_tokens` tokens through a jitted forward that stops
-after the deepest requested layer. Results are cached on disk (`$JAXEDIT_CACHE/stats`, default
+Uncentred, float32 accumulation, the mean over every non-padding token. The corpus is streamed
+(`jaxedit.data.corpus`: files, saved datasets, `datasets` objects and cached dataset names through
+Hugging Face `datasets`), one batch of texts at a time: tokenized, truncated to `max_len` tokens and run
+in batches of at most `batch_tokens` tokens through a jitted forward that stops after the deepest
+requested layer, so memory does not grow with the corpus. A first pass over the texts (no model, no
+tokenizer) hashes and counts them. Results are cached on disk (`$JAXEDIT_CACHE/stats`, default
 `~/.cache/jaxedit/stats`, see `jaxedit.cache`) under a key made of the fingerprint of every weight, layer,
-site, a hash of the texts, their count, maximum length and dtype, as `<key>.npz` holding the matrix and
-the metadata (a readable copy of the metadata beside it as `<key>.json`); an interrupted run resumes
-from its last checkpoint (`<run>.partial.npz`, keyed by the run).
+site, the corpus id, a hash of the texts themselves, their count, maximum length and dtype, as
+`<key>.npz` holding the matrix and the metadata (a readable copy of the metadata beside it as
+`<key>.json`); an interrupted run resumes from its last checkpoint (`<run>.partial.npz`, keyed by the
+run).
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import functools
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +34,7 @@ from jaxedit import model as core
 from jaxedit import tokens as tok
 from jaxedit.cache import cache_root, digest, load_npz, save_npz
 from jaxedit.config import ModelConfig
+from jaxedit.data.corpus import Corpus, open_corpus
 from jaxedit.edit.precision import working_params
 from jaxedit.errors import InputError
 from jaxedit.files import atomic_write_bytes
@@ -65,26 +72,14 @@ class KeyStats:
 
 
 def read_corpus(path: str | Path) -> list[str]:
-    """Texts of a corpus: a `.jsonl` / `.json` file (`text` fields), a text file (one text per blank-line
-    separated block), or a directory of such files (sorted by name)."""
-    path = Path(path)
-    if path.is_dir():
-        files = sorted(
-            p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".") and p.suffix != ".md"
-        )
-        texts = [t for f in files for t in read_corpus(f)]
-    elif path.is_file():
-        raw = path.read_text(encoding="utf-8", errors="replace")
-        if path.suffix == ".jsonl":
-            texts = [json.loads(line)["text"] for line in raw.splitlines() if line.strip()]
-        elif path.suffix == ".json":
-            data = json.loads(raw)
-            texts = [d["text"] if isinstance(d, dict) else str(d) for d in data]
-        else:
-            texts = [block.strip() for block in raw.split("\n\n")]
-    else:
-        raise StatsError(f"corpus {path} does not exist")
-    texts = [t for t in texts if t and t.strip()]
+    """Every text of a corpus as one list: what `jaxedit.data.corpus.open_corpus` takes (a `.jsonl` /
+    `.json` / `.parquet` / `.arrow` / `.csv` file with a `text` field, a text file of blank-line separated
+    blocks, a folder of such files sorted by name, a saved dataset, a cached dataset's name). Holds the
+    whole corpus in memory: `key_statistics(corpus=...)` streams it instead."""
+    try:
+        texts = list(open_corpus(path))
+    except InputError as err:
+        raise StatsError(str(err)) from err
     if not texts:
         raise StatsError(f"corpus {path} holds no text")
     return texts
@@ -117,12 +112,42 @@ def _accumulate(
     return acc + jnp.einsum("lbtf,lbtg->lfg", keys, keys)
 
 
-def _texts_id(texts: Sequence[str]) -> str:
-    h = hashlib.sha256()
+def _hashed(texts: Iterable[str], h: Any) -> Iterator[str]:
+    """`texts`, each added to the hash `h` as it passes."""
     for t in texts:
         h.update(t.encode())
         h.update(b"\0")
-    return h.hexdigest()[:16]
+        yield t
+
+
+def _count_and_hash(texts: Iterable[str], limit: int | None = None) -> tuple[int, str]:
+    """How many of `texts` there are (at most `limit`) and a hash of them, in one streamed pass."""
+    h = hashlib.sha256()
+    n = sum(1 for _ in _hashed(islice(texts, limit), h))
+    return n, h.hexdigest()[:16]
+
+
+def _texts_id(texts: Iterable[str]) -> str:
+    return _count_and_hash(texts)[1]
+
+
+def _in_batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+    """`texts` in consecutive lists of `size` (the last one shorter)."""
+    it = iter(texts)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def _as_corpus(texts: Sequence[str] | Iterable[str] | None, corpus: Any, text_field: str) -> Corpus:
+    """The texts to stream: `corpus` opened (`open_corpus`), or the `texts` given, as they are (a
+    one-shot iterator is kept as a list, since the statistics read their texts twice)."""
+    if corpus is not None:
+        try:
+            return open_corpus(corpus, text_field=text_field)
+        except InputError as err:
+            raise StatsError(str(err)) from err
+    given = texts if isinstance(texts, Sequence) else list(texts or ())
+    return Corpus("texts", lambda: iter(given))
 
 
 def key_statistics(
@@ -130,11 +155,12 @@ def key_statistics(
     layers: Sequence[int],
     texts: Sequence[str] | None = None,
     *,
-    corpus: str | Path | None = None,
+    corpus: str | Path | Any = None,
     samples: int | None = None,
     max_len: int = 128,
     batch_tokens: int = 2048,
     corpus_id: str | None = None,
+    text_field: str = "text",
     cache: bool = True,
     progress: bool = True,
     checkpoint_every: int = 20,
@@ -143,17 +169,24 @@ def key_statistics(
     """`E[k kᵀ]` at each layer over the first `samples` texts (each cut to `max_len` tokens).
 
     Args:
-      texts: the texts; or `corpus`, a path read with `read_corpus`. One of the two is required.
+      texts: the texts; or `corpus`, streamed (`jaxedit.data.corpus.open_corpus`): a file `datasets`
+        reads (`.jsonl`, `.json`, `.parquet`, `.arrow`, `.csv`, text files of blank-line separated
+        blocks), a folder of such files, a folder saved by `save_to_disk`, a `datasets.Dataset` /
+        `IterableDataset`, or the name of a dataset in the local Hugging Face cache (offline, never
+        downloaded). One of the two is required.
       samples: texts used (the reference code uses 100,000 Wikipedia articles); None: all of them.
         Fewer texts than `samples` is an error, never a silent cut.
       max_len: tokens kept per text.
       batch_tokens: tokens per batch (independent of the model's context length).
-      corpus_id: names the corpus in the metadata (default: the path, or "texts"); the cache key holds
-        a hash of the texts themselves, so a changed corpus file is never served from the cache.
+      corpus_id: names the corpus in the metadata (default: the resolved path, `hf:NAME`, the dataset's
+        fingerprint, or "texts"); the cache key also holds a hash of the texts themselves, so a changed
+        corpus is never served from the cache.
+      text_field: the field / column holding the texts of a structured corpus.
       cache: read and write the on-disk cache (`$JAXEDIT_CACHE/stats`, see `jaxedit.cache`): entries
-        keyed by the weights' fingerprint, layer, site, texts, `max_len` and dtype; an unreadable or
-        mismatched entry is computed again. An interrupted run resumes from its last checkpoint
-        (every `checkpoint_every` batches), which is used only if it belongs to this very run.
+        keyed by the weights' fingerprint, layer, site, corpus id, texts, `max_len` and dtype; an
+        unreadable or mismatched entry is computed again. An interrupted run resumes from its last
+        checkpoint (every `checkpoint_every` batches), which is used only if it belongs to this very run.
+      progress: show a progress bar counting tokens.
       site: `mlp_key` (the MLP output projection's input, METHODS.md §3) or `attn_heads` (the attention
         output projection's input, for PMET's attention ablation).
 
@@ -172,23 +205,24 @@ def key_statistics(
         )
     if (texts is None) == (corpus is None):
         raise StatsError("give either texts or corpus")
+    source = _as_corpus(texts, corpus, text_field)
     if corpus is not None:
-        corpus_id = corpus_id or str(Path(corpus).resolve())
-        texts = read_corpus(corpus)
-    texts = list(texts)
-    if samples is not None:
-        if len(texts) < samples:
-            where = f"corpus {corpus_id} holds" if corpus_id else "the texts given hold"
-            raise StatsError(f"{samples} statistics samples requested but {where} only {len(texts)}")
-        texts = texts[:samples]
-    if not texts:
-        raise StatsError("no texts for the statistics")
+        corpus_id = corpus_id or source.name
+    try:
+        n, texts_hash = _count_and_hash(source, samples)  # a first pass: no model, no tokenizer
+    except InputError as err:
+        raise StatsError(str(err)) from err
+    if samples is not None and n < samples:
+        where = f"corpus {corpus_id} holds" if corpus_id else "the texts given hold"
+        raise StatsError(f"{samples} statistics samples requested but {where} only {n}")
+    if n == 0:
+        raise StatsError(f"corpus {corpus_id} holds no text" if corpus_id else "no texts for the statistics")
     corpus_id = corpus_id or "texts"
     config = model.config
     dtype = str(jnp.dtype(model.params["layers"]["mlp"]["out"]["kernel"].dtype))
     meta_base = {
         "fingerprint": model.fingerprint, "model": model.source, "corpus": corpus_id,
-        "texts": _texts_id(texts), "samples": len(texts), "max_len": max_len, "dtype": dtype, "site": site,
+        "texts": texts_hash, "samples": n, "max_len": max_len, "dtype": dtype, "site": site,
         "statistic": f"uncentred E[k k^T] of {site}, mean over tokens",
     }  # fmt: skip
     keys = {layer: digest({**meta_base, "layer": layer}) for layer in layers}
@@ -205,7 +239,6 @@ def key_statistics(
     if not todo:
         return out
 
-    ids = [tok.encode_one(model.tokenizer, t)[:max_len] for t in texts]
     params = working_params(model)
     per_batch = max(1, batch_tokens // max_len)
     width = core.site_widths(config)[site]
@@ -217,34 +250,43 @@ def key_statistics(
     if saved is not None:
         arrays, meta = saved
         done, count = int(meta["done"]), int(meta["count"])
-        if arrays["acc"].shape != acc.shape or not 0 < done < len(ids) or count < 0:
+        if arrays["acc"].shape != acc.shape or not 0 < done < n or count < 0:
             log.warning(
                 "jaxedit: ignoring statistics checkpoint %s (its state does not fit this run)", partial
             )
             done, count = 0, 0
         else:
             acc = jnp.asarray(arrays["acc"])
-    starts = range(done, len(ids), per_batch)
     bar = tqdm(
-        total=len(ids), initial=done, desc=f"statistics L{','.join(map(str, todo))}", disable=not progress,
-        unit="text",
+        initial=count, desc=f"statistics L{','.join(map(str, todo))}", disable=not progress, unit="tok",
+        unit_scale=True,
     )  # fmt: skip
-    for index, start in enumerate(starts):
-        chunk = ids[start : start + per_batch]
-        batch, mask = tok.pad(
-            chunk + [[0]] * (per_batch - len(chunk)),
-            tok.pad_id(model.tokenizer),
-            length=max_len,
-            side="right",
-        )
-        mask[len(chunk) :] = 0  # filler rows
-        acc = _accumulate(params, config, todo, site, jnp.asarray(batch), jnp.asarray(mask), acc)
-        count += int(mask.sum())
-        done = start + len(chunk)
-        bar.update(len(chunk))
-        if cache and (index + 1) % checkpoint_every == 0 and done < len(ids):
-            save_npz(partial, {"acc": np.asarray(acc)}, {"run": run, "done": done, "count": count})
-    bar.close()
+    pad = tok.pad_id(model.tokenizer)
+    try:
+        seen = hashlib.sha256()  # the second pass must read the texts the first one hashed
+        stream = _hashed(islice(source, n), seen)
+        for _ in islice(stream, done):  # the checkpoint's texts
+            pass
+        for index, chunk in enumerate(_in_batches(stream, per_batch)):
+            ids = [tok.encode_one(model.tokenizer, t)[:max_len] for t in chunk]
+            batch, mask = tok.pad(ids + [[0]] * (per_batch - len(ids)), pad, length=max_len, side="right")
+            mask[len(ids) :] = 0  # filler rows
+            previous = acc
+            acc = _accumulate(params, config, todo, site, jnp.asarray(batch), jnp.asarray(mask), acc)
+            previous.block_until_ready()  # two batches in flight at most: memory stays bounded
+            tokens = int(mask.sum())
+            count += tokens
+            done += len(chunk)
+            bar.update(tokens)
+            bar.set_postfix_str(f"{done}/{n} texts", refresh=False)
+            if cache and (index + 1) % checkpoint_every == 0 and done < n:
+                save_npz(partial, {"acc": np.asarray(acc)}, {"run": run, "done": done, "count": count})
+    except InputError as err:
+        raise StatsError(str(err)) from err
+    finally:
+        bar.close()
+    if done != n or seen.hexdigest()[:16] != texts_hash:
+        raise StatsError(f"corpus {corpus_id} changed while the statistics read it; run them again")
     if count == 0:
         raise StatsError("the texts produced no tokens")
     matrices = np.asarray(acc) / count
@@ -282,15 +324,20 @@ def model_samples(model: Model, n: int, *, length: int = 64, seed: int = 0) -> l
 
 
 def corpus_or_samples(model: Model, corpus: str | Path | None, samples: int) -> tuple[list[str], str]:
-    """`samples` texts and a corpus id: the corpus's first texts when given, else texts sampled from the
-    model (the id says so). A corpus with fewer texts than `samples` is a `StatsError`."""
+    """`samples` texts and a corpus id: the corpus's first texts when given (only those are read into
+    memory), else texts sampled from the model (the id says so). A corpus with fewer texts than
+    `samples` is a `StatsError`."""
     if samples < 1:
         raise StatsError(f"statistics samples must be positive, got {samples}")
     if corpus is not None:
-        texts, corpus_id = read_corpus(corpus), str(Path(corpus).resolve())
+        source = _as_corpus(None, corpus, "text")
+        try:
+            texts = list(islice(source, samples))
+        except InputError as err:
+            raise StatsError(str(err)) from err
         if len(texts) < samples:
             raise StatsError(
                 f"{samples} statistics samples requested but corpus {corpus} holds only {len(texts)}"
             )
-        return texts[:samples], corpus_id
+        return texts, source.name
     return model_samples(model, samples), f"model-samples:{samples}:seed0"
