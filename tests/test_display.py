@@ -1,16 +1,20 @@
-"""Rich notebook displays: a trace result (PNG), a delta and a journal (HTML), an evaluation report (HTML)."""
+"""Rich notebook displays: a trace result (PNG), a delta and a journal (HTML), an evaluation report (HTML);
+models, deltas, journals and traces through treescope when it is installed (issue 37, item 6)."""
 
 from __future__ import annotations
 
 import json
+import sys
 from html.parser import HTMLParser
 
 import numpy as np
+import pytest
 
 import jaxedit
 from jaxedit.edit import Delta, EditJournal
 from jaxedit.evaluate.report import Report
 from jaxedit.trace import trace
+from jaxedit.trace.api import TraceResult
 
 
 class _Cells(HTMLParser):
@@ -49,7 +53,8 @@ def test_trace_result_renders_as_png(tiny_dirs) -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
 
 
-def test_delta_and_journal_render_as_html_tables(tiny_dirs) -> None:
+def test_delta_and_journal_render_as_html_tables(tiny_dirs, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "treescope", None)  # the tables of a notebook without treescope
     model = jaxedit.load_model(tiny_dirs["llama_gqa_untied"])
     f, d = model.config.d_mlp, model.config.d_model
     request = {"prompt": "the capital of {} is", "subject": "france <b>", "target": "rome"}
@@ -71,3 +76,58 @@ def test_report_renders_rows_and_stays_a_dict() -> None:
     assert json.loads(json.dumps(report))["rome"]["ES"] == 100.0
     assert cells(report._repr_html_()) == ["method", "ES", "PS", "n", "unedited", "10", "5.5", "2",
                                            "rome", "100", "90", "2"]  # fmt: skip
+
+
+def _display_objects(tiny_dirs):
+    """A model, a delta, the journal holding it and a (synthetic) trace result."""
+    model = jaxedit.load_model(tiny_dirs["llama_gqa_untied"])
+    f, d = model.config.d_mlp, model.config.d_model
+    request = {"prompt": "the capital of {} is", "subject": "france", "target": "rome"}
+    delta = Delta(layers=(0, 2), left=np.ones((2, 1, f)), right=np.ones((2, 1, d)), method="rome",
+                  requests=(request,))  # fmt: skip
+    journal = EditJournal(model)
+    journal.apply(delta)
+    result = TraceResult(prompt="the eiffel tower is in", tokens=["the", "eiffel", "tower", "is", "in"],
+                         token_ids=[1, 2, 3, 4, 6], subject_span=(0, 3), corrupted=[True] * 3 + [False] * 2,
+                         corruption="subject", answer="paris", answer_id=9, p_clean=0.75, p_corrupt=0.125,
+                         grids={"mlp": np.linspace(0, 1, 15).reshape(3, 5)}, samples=2, noise_scale=0.5,
+                         window=2, window_convention="code", sever=None, seed=0)  # fmt: skip
+    return model, delta, journal, result
+
+
+def test_treescope_renders_the_fields_of_models_deltas_journals_and_traces(tiny_dirs) -> None:
+    treescope = pytest.importorskip("treescope")
+    model, delta, journal, result = _display_objects(tiny_dirs)
+    text = treescope.render_to_text(model)
+    assert text.startswith("Model(") and "family='llama'" in text and "layers=3" in text
+    assert "width=64" in text and "mlp_width=96" in text and f"fingerprint='{model.fingerprint}'" in text
+    assert "params={'embed': {'tokens': <jax.Array float32(97, 64)" in text  # the params as a tree
+    text = treescope.render_to_text(delta)
+    assert f"id='{delta.id}'" in text and "method='rome'" in text and "layers=(0, 2)" in text
+    assert "rank=1" in text and f"norms={{0: {delta.norms()[0]}" in text and "'target': 'rome'" in text
+    text = treescope.render_to_text(journal)
+    assert "edits=1" in text and f"base_fingerprint='{model.fingerprint}'" in text
+    assert (
+        f"fingerprint='{journal.model.fingerprint}'" in text
+        and f"{{'id': '{delta.id}', 'method': 'rome'" in text
+    )
+    text = treescope.render_to_text(result)
+    assert "kinds=('mlp',)" in text and "shape=(3, 5)" in text and "p_clean=0.75" in text
+    assert "scores={'mlp': <np.ndarray float64(3, 5) ≈0.5" in text and "≤1.0]" in text
+    for value in (model, delta, journal, result):  # the notebook display is treescope's
+        assert "treescope-container" in value._repr_html_()
+    page = treescope.render_to_html(delta, compressed=False)
+    assert (
+        page.count("customElements.get('treescope-container')") == 1
+    )  # the table embedded, not the tree again
+    assert "&lt;table&gt;" in page or "<table>" in page
+    assert "data:image/png;base64," in treescope.render_to_html(result, compressed=False)  # the heatmaps
+
+
+def test_without_treescope_the_html_tables_are_shown(tiny_dirs, monkeypatch) -> None:
+    model, delta, journal, result = _display_objects(tiny_dirs)
+    monkeypatch.setitem(sys.modules, "treescope", None)  # `import treescope` raises ImportError
+    assert cells(delta._repr_html_())[4:6] == ["mlp", "0"]
+    assert cells(journal._repr_html_())[5:7] == [delta.id, "rome"]
+    assert cells(model._repr_html_())[9:12] == ["llama", "3", "64"]
+    assert result._repr_html_() is None  # the notebook falls back to the PNG heatmaps

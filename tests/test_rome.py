@@ -242,7 +242,7 @@ def test_journal_save_load_round_trip_and_withdraw(model, tmp_path) -> None:
     chex.assert_trees_all_equal(loaded.model.params, journal.model.params)
     loaded.withdraw(deltas[1].id)
     assert [e["id"] for e in loaded.entries()] == [deltas[0].id, deltas[2].id]
-    assert "<table>" in loaded._repr_html_()
+    assert "<table>" in loaded._html_table()  # its notebook table (treescope's rendering when installed)
     with pytest.raises(KeyError, match="not applied"):
         loaded.withdraw("nope")
     other = model.replace(params=jax.tree.map(lambda a: a + 1.0, model.params))

@@ -103,7 +103,27 @@ class Delta:
             **({"attached": [a.summary() for a in self.attached]} if self.attached else {}),
         }
 
-    def _repr_html_(self) -> str:
+    def _repr_html_(self) -> str | None:
+        """Treescope's rendering when it is installed, else `html_table` (`jaxedit.display`)."""
+        from jaxedit.display import notebook_html
+
+        return notebook_html(self, self._html_table)
+
+    def __treescope_repr__(self, path: str | None, subtree_renderer: Any) -> Any:
+        """Treescope's rendering (`treescope.render_to_text(delta)`): what the delta edits, its norms
+        and requests, its factors as arrays."""
+        from jaxedit.display import treescope_fields
+
+        fields = [
+            ("id", ".id", self.id), ("method", ".method", self.method), ("site", ".site", self.site),
+            ("layers", ".layers", self.layers), ("rank", ".left.shape[1]", int(self.left.shape[1])),
+            ("norms", ".norms()", self.norms()), ("requests", ".requests", self.requests),
+            ("info", ".info", self.info), ("attached", ".attached", self.attached),
+            ("left", ".left", self.left), ("right", ".right", self.right),
+        ]  # fmt: skip
+        return treescope_fields(self, fields, path, subtree_renderer)
+
+    def _html_table(self) -> str:
         from jaxedit.display import html_table, request_text
 
         rows = [

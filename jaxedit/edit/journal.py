@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from jaxedit.display import html_table, request_text
+from jaxedit.display import html_table, notebook_html, request_text, treescope_fields
 from jaxedit.edit.adaptors import AdaptorEdit, adaptor_edits, withdraw_fact
 from jaxedit.edit.delta import Delta, apply, revert
 from jaxedit.errors import InputError, NotAppliedError
@@ -126,6 +127,9 @@ class EditJournal:
         tensors: dict[str, np.ndarray] = {}
         for d in self.model.edits:
             tensors.update(d.tensors())
+        # safetensors writes an array's buffer as it lies in memory: a strided one (MEMIT's factors of
+        # several layers and requests) is laid out in C order first, or it would load scrambled
+        tensors = {name: np.ascontiguousarray(array) for name, array in tensors.items()}
         blob = save_safetensors(tensors) if tensors else None
         meta = {
             "format": FORMAT,
@@ -191,7 +195,22 @@ class EditJournal:
         """Save the edited model as a Hugging Face checkpoint (`save_hf`)."""
         return save_hf(self.model, directory, overwrite=overwrite)
 
-    def _repr_html_(self) -> str:
+    def _repr_html_(self) -> str | None:
+        """Treescope's rendering when it is installed, else `html_table` (`jaxedit.display`)."""
+        return notebook_html(self, self._html_table)
+
+    def __treescope_repr__(self, path: str | None, subtree_renderer: Any) -> Any:
+        """Treescope's rendering (`treescope.render_to_text(journal)`): the model, its fingerprints and
+        the entries in order."""
+        model = self.model
+        fields = [
+            ("model", ".model.name", model.name), ("edits", None, len(self)),
+            ("base_fingerprint", ".model.base_fingerprint", model.base_fingerprint),
+            ("fingerprint", ".model.fingerprint", model.fingerprint), ("entries", ".entries()", self.entries()),
+        ]  # fmt: skip
+        return treescope_fields(self, fields, path, subtree_renderer)
+
+    def _html_table(self) -> str:
         rows = (
             (
                 e["id"],

@@ -85,6 +85,35 @@ class TraceResult:
 
         return plot_trace(self, path)
 
+    def _repr_html_(self) -> str | None:
+        """Treescope's rendering when it is installed (the heatmaps embedded under the fields), else
+        None: the notebook shows `_repr_png_`'s heatmaps, as it did before."""
+        from jaxedit.display import notebook_html
+
+        return notebook_html(self, lambda: None, self._heatmaps_html)
+
+    def __treescope_repr__(self, path: str | None, subtree_renderer: Any) -> Any:
+        """Treescope's rendering (`treescope.render_to_text(result)`): the prompt and answer, the kinds
+        traced, the grid shape (layers x tokens) and the scores (`P_restored`) per kind."""
+        from jaxedit.display import treescope_fields
+
+        shape = tuple(int(n) for n in np.shape(next(iter(self.grids.values())))) if self.grids else ()
+        fields = [
+            ("prompt", ".prompt", self.prompt), ("answer", ".answer", self.answer),
+            ("kinds", None, tuple(self.grids)), ("shape", None, shape), ("tokens", ".tokens", self.tokens),
+            ("subject_span", ".subject_span", self.subject_span), ("p_clean", ".p_clean", self.p_clean),
+            ("p_corrupt", ".p_corrupt", self.p_corrupt), ("total_effect", ".total_effect", self.total_effect),
+            ("samples", ".samples", self.samples), ("noise_scale", ".noise_scale", self.noise_scale),
+            ("window", ".window", self.window), ("sever", ".sever", self.sever),
+            ("scores", ".grids", self.grids),
+        ]  # fmt: skip
+        return treescope_fields(self, fields, path, subtree_renderer)
+
+    def _heatmaps_html(self) -> str:
+        import base64
+
+        return f'<img alt="trace heatmaps" src="data:image/png;base64,{base64.b64encode(self._repr_png_()).decode()}">'
+
     def _repr_png_(self) -> bytes:
         import io
 
