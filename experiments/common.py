@@ -126,6 +126,15 @@ def machine() -> str:
     )
 
 
+def cpu_model() -> str:
+    """The CPU's model name (as `lscpu` shows it), or the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def aie_table(summary, kind: str) -> str:
     """Markdown table: per token class, peak layer, peak AIE and mean AIE over layers."""
     lines = [

@@ -235,9 +235,10 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def _statistics(model, layers, corpus: str | None, samples: int, max_len: int, site: str = "mlp_key"):
     from jaxedit.edit.stats import corpus_or_samples, key_statistics
 
-    texts, corpus_id = corpus_or_samples(model, corpus, samples)
-    if corpus is None:
-        print(f"statistics: no --corpus given, using {len(texts)} texts sampled from the model itself")
+    if corpus is not None:  # streamed, never held in memory whole
+        return key_statistics(model, layers, corpus=corpus, samples=samples, max_len=max_len, site=site)
+    texts, corpus_id = corpus_or_samples(model, None, samples)
+    print(f"statistics: no --corpus given, using {len(texts)} texts sampled from the model itself")
     return key_statistics(
         model, layers, texts, samples=samples, corpus_id=corpus_id, max_len=max_len, site=site
     )
@@ -291,6 +292,20 @@ def _editor(model, args: argparse.Namespace):
 
         def edit(m, requests):
             return memit(m, requests, stats, hp, templates=templates, attn_stats=attn)
+
+        return edit, {"hparams": dataclasses.asdict(hp), "statistics": statistics}
+    if args.method == "alphaedit":
+        from jaxedit.edit.alphaedit import alphaedit
+        from jaxedit.edit.alphaedit import default_hparams as alphaedit_hparams
+
+        hp = alphaedit_hparams(model, path)
+        if getattr(args, "layers", None):
+            hp = dataclasses.replace(hp, layers=tuple(args.layers))
+        stats = _statistics(model, list(hp.layers), args.corpus, args.stats_samples, args.max_len)
+        templates = context_templates(model, hp.prefixes)
+
+        def edit(m, requests):
+            return alphaedit(m, requests, stats, hp, templates=templates)
 
         return edit, {"hparams": dataclasses.asdict(hp), "statistics": statistics}
     if args.method in ("ft", "ft-l"):
@@ -453,9 +468,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         cases = read_counterfact(args.dataset)
     cases = cases[: args.n]
+    if args.sequential:
+        return _eval_sequential(args, model, cases, benchmark)
     edit, settings = (None, {}) if args.method == "none" else _editor(model, args)
     settings = {**settings, "dataset": str(Path(args.dataset).resolve())}
-    batch = args.batch if args.method in ("memit", "pmet", "ireva", "ireva-init") else 1
+    batch = args.batch if args.method in ("memit", "pmet", "alphaedit", "ireva", "ireva-init") else 1
     if benchmark == "zsre":
         summary = evaluate_zsre(
             model, cases, edit, method=args.method, batch=batch, out_dir=args.out, settings=settings
@@ -479,6 +496,72 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     print(f"protocols: {json.dumps(summary['protocol'])}")
     print(f"{summary['seconds']:.0f} s; per-case results and summary.json in {args.out}")
+    return 0
+
+
+def _sequential_hparams(model, method: str, path: str | None, layers: list[int] | None, layer: int | None):
+    """The method's settings for a sequential run (packaged file, or `--hparams`), with `--layers` /
+    `--layer`, and the layers whose statistics it needs."""
+    from jaxedit.edit.alphaedit import default_hparams as alphaedit_hparams
+    from jaxedit.edit.memit import default_hparams as mass_hparams
+    from jaxedit.edit.rome import default_hparams as rome_hparams
+
+    if method == "rome":
+        hp = rome_hparams(model, path)
+        hp = hp if layer is None else dataclasses.replace(hp, layer=layer)
+        return hp, [hp.layer]
+    hp = alphaedit_hparams(model, path) if method == "alphaedit" else mass_hparams(model, method, path)
+    hp = hp if not layers else dataclasses.replace(hp, layers=tuple(layers))
+    return hp, list(hp.layers)
+
+
+def _eval_sequential(args: argparse.Namespace, model, cases, benchmark: str) -> int:
+    """`eval --sequential`: the cases edited as one stream in batches of `--batch`, each batch on the
+    model holding the earlier ones (`jaxedit.edit.sequential`), probed every `--probe-every` batches
+    on all edits so far and on general ability; `lifelong.json` in `--out`."""
+    import json
+
+    from jaxedit.data.records import read_records
+    from jaxedit.edit.sequential import METHODS, sequential
+    from jaxedit.evaluate.lifelong import LifelongProbe, held_out_passages, known_facts
+    from jaxedit.evaluate.runner import claim_directory, run_key
+    from jaxedit.files import write_output
+
+    if args.method not in METHODS:
+        raise InputError(f"--sequential runs {', '.join(METHODS)}, not {args.method!r}")
+    hp, layers = _sequential_hparams(model, args.method, args.hparams, args.layers, args.layer)
+    settings = {
+        "hparams": dataclasses.asdict(hp), "sequential": True, "probe_every": args.probe_every,
+        "statistics": {"corpus": args.corpus, "samples": args.stats_samples, "max_len": args.max_len},
+        "dataset": str(Path(args.dataset).resolve()), "n": len(cases),
+        "held_out": args.held_out and str(Path(args.held_out).resolve()),
+        "known": args.known and str(Path(args.known).resolve()),
+    }  # fmt: skip
+    passages = held_out_passages(args.held_out) if args.held_out else ()
+    known = known_facts(model, read_records(args.known)) if args.known else ()
+    out = Path(args.out)
+    claim_directory(out, run_key(model, args.method, batch=args.batch, settings=settings))
+    stats = _statistics(model, layers, args.corpus, args.stats_samples, args.max_len)
+    probe = LifelongProbe(
+        counterfact=cases if benchmark == "counterfact" else (), zsre=cases if benchmark == "zsre" else (),
+        passages=passages, known=known, generation_tokens=args.generation_tokens,
+    )  # fmt: skip
+    run = sequential(
+        model, [c.request for c in cases], args.method, args.batch, stats, hp, probe=probe,
+        probe_every=args.probe_every,
+    )  # fmt: skip
+    result = {"method": args.method, "batch": args.batch, "benchmark": benchmark, "known_facts": len(known),
+              "batches": run.batches, "probes": run.probes}  # fmt: skip
+    write_output(out / "lifelong.json", json.dumps(result, indent=1).encode())
+    keys = ("ES", "PS", "NS", "score") + (("fluency",) if benchmark == "counterfact" else ())
+    print("| edits | " + " | ".join(keys) + " | perplexity | known acc | edit s |")
+    print("|---" * (len(keys) + 4) + "|")
+    for p in run.probes:
+        scores = p.get(benchmark, {})
+        cells = [str(scores.get(k, "")) for k in keys]
+        print(f"| {p['edits']} | " + " | ".join(cells)
+              + f" | {p.get('perplexity', '')} | {p.get('known_accuracy', '')} | {p['edit_seconds']} |")  # fmt: skip
+    print(f"{args.method} sequential, batches of {args.batch}: {len(cases)} edits; lifelong.json in {out}")
     return 0
 
 
@@ -584,7 +667,11 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stats", help="second-moment statistics of MLP keys (cached)")
     st.add_argument("model")
     st.add_argument("--layers", type=count(0), nargs="+", required=True)
-    st.add_argument("--corpus", help="text / jsonl file or directory (default: text sampled from the model)")
+    st.add_argument(
+        "--corpus",
+        help="a text / jsonl / json / parquet / arrow / csv file, a folder of them, a saved dataset or a "
+        "dataset in the local Hugging Face cache, streamed (default: text sampled from the model)",
+    )
     st.add_argument("--samples", type=count(1), default=1000, help="texts to use")
     st.add_argument("--max-len", type=count(1), default=128, help="tokens kept per text")
     st.set_defaults(func=cmd_stats)
@@ -617,14 +704,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("model")
     ev.add_argument(
         "--method",
-        choices=["rome", "ft", "ft-l", "memit", "pmet", "ireva", "ireva-init", "none"],
+        choices=["rome", "ft", "ft-l", "memit", "pmet", "alphaedit", "ireva", "ireva-init", "none"],
         default="rome",
         help="'none': the unedited model",
     )
     ev.add_argument(
-        "--batch", type=count(1), default=100, help="records edited together (memit, pmet, ireva)"
+        "--batch", type=count(1), default=100, help="records edited together (memit, pmet, alphaedit, ireva)"
     )
-    ev.add_argument("--layers", type=count(0), nargs="+", help="critical layers (memit, pmet)")
+    ev.add_argument(
+        "--sequential", action="store_true",
+        help="lifelong editing: one stream of --batch batches, each on the model holding the earlier ones "
+        "(rome, memit, pmet, alphaedit); writes lifelong.json",
+    )  # fmt: skip
+    ev.add_argument("--probe-every", type=count(1), default=1, help="batches between probes (--sequential)")
+    ev.add_argument(
+        "--held-out", help="plain text whose perplexity is probed (--sequential; e.g. WikiText-2 test)"
+    )
+    ev.add_argument("--known", help="known_1000-style facts whose accuracy is probed (--sequential)")
+    ev.add_argument("--layers", type=count(0), nargs="+", help="critical layers (memit, pmet, alphaedit)")
     ev.add_argument(
         "--hparams", help="hyperparameter JSON (copy one from jaxedit/hparams/<method>/) or an EasyEdit YAML"
     )

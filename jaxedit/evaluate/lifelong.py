@@ -105,7 +105,9 @@ class LifelongProbe:
             summary = summarise(rows)
             if self.generation_tokens and self.fluency_cases:
                 picked = np.unique(np.linspace(0, len(cf) - 1, min(self.fluency_cases, len(cf))).astype(int))
-                sampled = score_cases(model, [cf[i] for i in picked], generation_tokens=self.generation_tokens)
+                sampled = score_cases(
+                    model, [cf[i] for i in picked], generation_tokens=self.generation_tokens
+                )
                 summary["fluency"] = summarise(sampled)["fluency"]
             out["counterfact"] = summary
         zs = [self.zsre[r] for r in edited if r in self.zsre]

@@ -1,0 +1,170 @@
+"""Lifelong editing on SmolLM2: how long a model survives a stream of edits (issue 39; AlphaEdit,
+Fang et al., 2025, §4's sequential protocol: 2,000 CounterFact / zsRE edits in batches of 100).
+
+The first N records of `counterfact_easyedit/counterfact-edit.json` (or `zsre/zsre_mend_edit.json`)
+are edited as one stream in batches of B, each batch on the model holding the earlier ones
+(`jaxedit.edit.sequential`): MEMIT and PMET with the earlier batches' `K_pᵀK_p` in their solves,
+AlphaEdit with its null-space projection, ROME one edit after another. After every `--probe-every`
+batches the edits made so far are scored together (ES / PS / NS, and fluency on 32 of them), with
+two probes of general ability that need no network: the perplexity of 64 WikiText-2 test passages
+(text the statistics never read) and the accuracy on the `known_1000` facts the unedited model got
+right. Writes `experiments/results/lifelong_<benchmark>.{json,md,png}`; methods not run by an
+invocation keep their results in that file when its settings are the same.
+
+    python experiments/lifelong.py [--n 2000] [--batch 100] [--methods memit,pmet,alphaedit,rome]
+        [--benchmark counterfact|zsre] [--probe-every 1] [--stats-samples 1000] [--render]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+
+from common import RESULTS, cpu_model, machine, shared_data, wikipedia_statistics, write_text
+
+import jaxedit
+from jaxedit.data.records import read_records
+from jaxedit.edit.sequential import default_hparams, sequential
+from jaxedit.evaluate import read_counterfact
+from jaxedit.evaluate.lifelong import LifelongProbe, held_out_passages, known_facts
+from jaxedit.evaluate.zsre import read_zsre
+
+PANELS = (("ES", "efficacy ES"), ("PS", "generalization PS"), ("NS", "specificity NS"),
+          ("fluency", "fluency"), ("perplexity", "held-out perplexity"), ("known_accuracy", "known facts (%)"))  # fmt: skip
+# What the AlphaEdit paper states in its text: its PDF is not in ../shared/papers, so no number is
+# quoted here; the trend it reports (MEMIT's specificity and fluency collapsing over 2,000 sequential
+# CounterFact edits on GPT-J / Llama3 while AlphaEdit's hold) is the one to compare with.
+
+
+def layers_of(hp) -> list[int]:
+    return [hp.layer] if hasattr(hp, "layer") else list(hp.layers)
+
+
+def run_method(model, method: str, cases, benchmark: str, probe: LifelongProbe, args) -> dict:
+    hp = default_hparams(model, method)
+    stats = wikipedia_statistics(model, layers_of(hp), args.stats_samples)
+    start = time.perf_counter()
+    run = sequential(
+        model, [c.request for c in cases], method, args.batch, stats, hp, probe=probe,
+        probe_every=args.probe_every,
+    )  # fmt: skip
+    return {"probes": run.probes, "batches": run.batches, "seconds": round(time.perf_counter() - start, 1)}
+
+
+def value(probe: dict, key: str, benchmark: str):
+    if key in ("perplexity", "known_accuracy"):
+        return probe.get(key)
+    return probe.get(benchmark, {}).get(key)
+
+
+def render(results: dict, benchmark: str) -> None:
+    settings = results["settings"]
+    methods = [m for m in results if m != "settings"]
+    keys = [
+        k
+        for k, _ in PANELS
+        if any(value(p, k, benchmark) is not None for m in methods for p in results[m]["probes"])
+    ]
+    lines = [
+        f"# Lifelong editing on {benchmark}: SmolLM2-135M, {settings['n']} edits in batches of {settings['batch']}",
+        "",
+        f"Command: `python experiments/lifelong.py --n {settings['n']} --batch {settings['batch']} "
+        f"--benchmark {benchmark} --probe-every {settings['probe_every']} --stats-samples {settings['stats_samples']}`. "
+        f"Machine: {settings['machine']}; CPU {settings['cpu']}.",
+        "",
+        "Each row: the model after that many edits (every batch computed on the model holding the earlier "
+        "ones), scored on all edits so far; perplexity of 64 WikiText-2 test passages; accuracy on the "
+        f"{settings['known']} `known_1000` facts the unedited model answered right (100 before any edit). "
+        "Fluency is the generation entropy of 32 of the edited cases. `edit s`: editing seconds so far.",
+        "",
+    ]
+    for method in methods:
+        lines += [f"## {method} ({results[method]['seconds']:.0f} s in all)", ""]
+        lines.append("| edits | " + " | ".join(keys) + " | edit s |")
+        lines.append("|---" * (len(keys) + 2) + "|")
+        for p in results[method]["probes"]:
+            cells = [str(value(p, k, benchmark)) for k in keys]
+            lines.append(f"| {p['edits']} | " + " | ".join(cells) + f" | {p['edit_seconds']} |")
+        lines.append("")
+    lines += [
+        "AlphaEdit's paper (Fang et al., 2025) is not in `../shared/papers`, so none of its figures is quoted; "
+        "its reported trend is that MEMIT's specificity and fluency fall over 2,000 sequential edits while "
+        "AlphaEdit's stay near the unedited model's.",
+    ]
+    write_text(RESULTS / f"lifelong_{benchmark}.md", "\n".join(lines) + "\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for ax, (key, title) in zip(axes.flat, PANELS, strict=True):
+        for method in methods:
+            points = [(p["edits"], value(p, key, benchmark)) for p in results[method]["probes"]]
+            points = [(x, y) for x, y in points if y is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=method)
+        ax.set_title(title)
+        ax.set_xlabel("edits")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend()
+    figure.suptitle(f"SmolLM2-135M, sequential {benchmark} edits in batches of {settings['batch']}")
+    figure.tight_layout()
+    figure.savefig(RESULTS / f"lifelong_{benchmark}.png", dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument("--methods", default="memit,pmet,alphaedit,rome")
+    parser.add_argument("--benchmark", choices=("counterfact", "zsre"), default="counterfact")
+    parser.add_argument("--probe-every", type=int, default=1)
+    parser.add_argument(
+        "--stats-samples", type=int, default=1000, help="Wikipedia articles (128 tokens each)"
+    )
+    parser.add_argument("--generation-tokens", type=int, default=50)
+    parser.add_argument("--render", action="store_true", help="only rewrite the md / png from the json")
+    args = parser.parse_args()
+    logging.getLogger("jaxedit").setLevel(logging.WARNING)
+    path = RESULTS / f"lifelong_{args.benchmark}.json"
+    if args.render:
+        render(json.loads(path.read_text()), args.benchmark)
+        return
+    model = jaxedit.load_model("smollm2")
+    if args.benchmark == "zsre":
+        cases, _ = read_zsre(shared_data("zsre", "zsre_mend_edit.json"))
+    else:
+        cases = read_counterfact(shared_data("counterfact_easyedit", "counterfact-edit.json"))
+    cases = cases[: args.n]
+    known = known_facts(model, read_records(shared_data("rets", "known_1000.json")))
+    passages = held_out_passages(shared_data("corpus", "wikitext-2", "wiki.test.raw"))
+    probe = LifelongProbe(
+        counterfact=cases if args.benchmark == "counterfact" else (), zsre=cases if args.benchmark == "zsre" else (),
+        passages=passages, known=known, generation_tokens=args.generation_tokens,
+    )  # fmt: skip
+    settings = {"n": len(cases), "batch": args.batch, "probe_every": args.probe_every,
+                "stats_samples": args.stats_samples, "generation_tokens": args.generation_tokens,
+                "known": len(known), "machine": machine(), "cpu": cpu_model()}  # fmt: skip
+    results = json.loads(path.read_text()) if path.exists() else {}
+    same = {k: v for k, v in results.get("settings", {}).items() if k not in ("machine", "cpu")} == {
+        k: v for k, v in settings.items() if k not in ("machine", "cpu")
+    }
+    if not same:
+        results = {}
+    results["settings"] = settings
+    for method in args.methods.split(","):
+        print(f"{method}: {len(cases)} edits in batches of {args.batch}", flush=True)
+        results[method] = run_method(model, method, cases, args.benchmark, probe, args)
+        write_text(path, json.dumps(results, indent=1))
+        render(results, args.benchmark)
+        print(
+            f"{method}: {results[method]['seconds']:.0f} s; last probe {results[method]['probes'][-1]}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
