@@ -39,7 +39,7 @@ def edit_lines(text: str) -> tuple[str, str]:
 
 @requires_smollm2
 def test_quickstart_executes_and_moves_paris_to_rome() -> None:
-    values = {"TRACE_SAMPLES": 2, "LAYER_FACTS": 1, "STATS_TEXTS": 60}
+    values = {"TRACE_SAMPLES": 2, "LAYER_FACTS": 3, "STATS_TEXTS": 60}
     notebook = runner().execute(ROOT / "notebooks" / "quickstart.ipynb", values, timeout=600)
     text = printed(notebook)
     before, after = edit_lines(text)
