@@ -10,7 +10,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import requires_smollm2
+from conftest import requires_smollm2, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -38,7 +38,10 @@ def edit_lines(text: str) -> tuple[str, str]:
 
 
 @requires_smollm2
-def test_quickstart_executes_and_moves_paris_to_rome() -> None:
+def test_quickstart_executes_and_moves_paris_to_rome(monkeypatch) -> None:
+    # the kernel inherits this environment: optimised XLA, since the notebook's traces and edit on
+    # SmolLM2 run longer than they compile
+    monkeypatch.setenv("XLA_FLAGS", subprocess_env(optimised=True)["XLA_FLAGS"])
     values = {"TRACE_SAMPLES": 2, "LAYER_FACTS": 3, "STATS_TEXTS": 60}
     notebook = runner().execute(ROOT / "notebooks" / "quickstart.ipynb", values, timeout=600)
     text = printed(notebook)

@@ -106,3 +106,18 @@ def test_metric_and_rets_score(tiny_dirs, pararel) -> None:
     summary = summarise([row])
     parts = [summary[k] for k in ("ES", "PS", "NS", "RS_spec")]
     assert summary["score_rets"] == pytest.approx(np.mean(parts), abs=0.01)
+
+
+def test_pararel_files_in_other_formats_read_alike(pararel, tmp_path) -> None:
+    """The same ParaRel folder with its relation files as parquet reads to the same patterns and facts."""
+    import datasets
+
+    from jaxedit.data.records import read_records
+    from jaxedit.evaluate.rspec import read_patterns, read_trex
+
+    for sub in ("patterns", "trex_lms_vocab"):
+        (tmp_path / sub).mkdir()
+        for path in sorted((pararel / sub).glob("P*.jsonl")):
+            datasets.Dataset.from_list(read_records(path)).to_parquet(tmp_path / sub / f"{path.stem}.parquet")
+    assert read_patterns(tmp_path) == read_patterns(pararel)
+    assert read_trex(tmp_path) == read_trex(pararel)

@@ -11,8 +11,8 @@ KnowEdit, the lens facts) takes what `read_records` takes:
 - the name of a dataset in the local Hugging Face cache (`NAME`, `NAME:CONFIG`, `NAME:CONFIG:SPLIT`),
   read offline.
 
-Nothing is downloaded. A JSON list is parsed directly (the common case, and the only layout that keeps
-CounterFact's nested records as they are written); the other formats go through `datasets`.
+Nothing is downloaded. A JSON list and JSON lines are parsed directly (the common cases, and the layouts
+that keep CounterFact's nested records as they are written); the other formats go through `datasets`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 from jaxedit.errors import InputError
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+RECORD_SUFFIXES = (*BUILDERS, ".arrow")  # the files `read_records` reads
 
 
 def single_split(dataset: Any, where: str) -> Any:
@@ -52,6 +53,11 @@ def _from_path(path: Path) -> list[dict[str, Any]]:
         except FileNotFoundError as err:
             raise InputError(f"{path} is a folder but not a saved dataset ({err})") from err
     suffix = path.suffix.lower()
+    if suffix == ".jsonl":  # JSON lines, parsed directly (nested records kept as written, no cache)
+        try:
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except json.JSONDecodeError as err:
+            raise InputError(f"cannot read records from {path}: {err}") from err
     if suffix == ".json":
         try:
             data = json.loads(path.read_text())

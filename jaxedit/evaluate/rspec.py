@@ -18,14 +18,13 @@ the edited relation is never asked. The metric: on the edited model, `P(o2') > P
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from jaxedit.data.records import read_records
+from jaxedit.data.records import RECORD_SUFFIXES, read_records
 from jaxedit.evaluate.metrics import target_scores
 from jaxedit.loading import Model
 from jaxedit.predict import next_tokens
@@ -51,19 +50,23 @@ class RelationPatterns:
         return self.relations_by_prefix.get(wording_key(prompt.replace(subject, "[X]", 1)), frozenset())
 
 
+def relation_files(folder: Path) -> list[Path]:
+    """ParaRel's per-relation files `P<id>.<ext>` in `folder`, in any format `read_records` reads."""
+    return sorted(p for p in folder.glob("P*") if p.suffix.lower() in RECORD_SUFFIXES or p.is_dir())
+
+
 def read_patterns(pararel_dir: str | Path, known: str | Path | None = None) -> RelationPatterns:
-    """ParaRel patterns (`patterns/P*.jsonl`) and optionally `known_1000.json` templates (`{}` subject)."""
+    """ParaRel patterns (`patterns/P*.jsonl`, or the same records as json / parquet / csv / arrow files or
+    saved datasets) and optionally `known_1000.json` templates (`{}` subject)."""
     by_prefix: dict[str, set[str]] = {}
     prompts: dict[str, list[str]] = {}
-    files = sorted(Path(pararel_dir, "patterns").glob("P*.jsonl"))
+    files = relation_files(Path(pararel_dir, "patterns"))
     if not files:
         raise FileNotFoundError(f"no ParaRel pattern files under {Path(pararel_dir, 'patterns')}")
     for path in files:
         relation = path.stem
-        for line in path.read_text().splitlines():
-            if not line.strip():
-                continue
-            pattern = json.loads(line)["pattern"]
+        for record in read_records(path):
+            pattern = record["pattern"]
             head, _, tail = pattern.partition("[Y]")
             if "[X]" not in head or tail.strip(" .") != "":
                 continue  # the object must end the sentence and the subject come before it
@@ -82,11 +85,9 @@ def read_patterns(pararel_dir: str | Path, known: str | Path | None = None) -> R
 def read_trex(pararel_dir: str | Path) -> dict[str, list[tuple[str, str]]]:
     """T-REx facts by subject: `subject -> [(relation, object)]`."""
     facts: dict[str, list[tuple[str, str]]] = {}
-    for path in sorted(Path(pararel_dir, "trex_lms_vocab").glob("P*.jsonl")):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                fact = json.loads(line)
-                facts.setdefault(fact["sub_label"], []).append((path.stem, fact["obj_label"]))
+    for path in relation_files(Path(pararel_dir, "trex_lms_vocab")):
+        for fact in read_records(path):
+            facts.setdefault(fact["sub_label"], []).append((path.stem, fact["obj_label"]))
     return facts
 
 
