@@ -26,7 +26,7 @@ from jaxedit import tokens as tok
 from jaxedit.config import ModelConfig
 from jaxedit.errors import InputError
 from jaxedit.layout import Params
-from jaxedit.loading import Model
+from jaxedit.model_value import Model
 
 KVCache = tuple[jax.Array, jax.Array]  # ([L, B, S, K, E], [L, B, S, K, E])
 

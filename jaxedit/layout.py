@@ -158,3 +158,8 @@ def init_params(config: ModelConfig, seed: int = 0, scale: float = 0.02) -> Para
         else:
             out[path] = (scale * jax.random.normal(key, spec.shape)).astype(dtype)
     return unflatten(out)
+
+
+def logical_axes(config: ModelConfig) -> dict:
+    """Logical axis names of every param, keyed by its flattened path (see `param_specs`)."""
+    return {path: spec.axes for path, spec in flatten(param_specs(config)).items()}

@@ -10,8 +10,8 @@ import numpy as np
 
 from jaxedit import tokens as tok
 from jaxedit.errors import InputError
-from jaxedit.loading import Model
 from jaxedit.model import forward
+from jaxedit.model_value import Model
 
 
 @dataclasses.dataclass(frozen=True)

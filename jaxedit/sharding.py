@@ -20,7 +20,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxedit import layout
 from jaxedit.config import ModelConfig
 from jaxedit.errors import InputError
-from jaxedit.families import partition_specs
 from jaxedit.layout import Params
 
 DEFAULT_RULES: dict[str, str | None] = {
@@ -59,7 +58,7 @@ def mesh_axes(
     rules = dict(DEFAULT_RULES if rules is None else rules)
     shapes = layout.flatten(layout.param_specs(config))
     out = {}
-    for path, axes in partition_specs(config).items():
+    for path, axes in layout.logical_axes(config).items():
         chosen: list[str | None] = []
         for dim, axis in zip(shapes[path].shape, axes, strict=True):
             target = rules.get(axis) if axis is not None else None

@@ -143,7 +143,7 @@ def config_from_hf(hf: dict) -> ModelConfig:
 
 
 def partition_specs(config: ModelConfig) -> dict:
-    """Logical axis names of every param of this family (see `jaxedit.layout`)."""
+    """Logical axis names of every param of this family (`jaxedit.layout.logical_axes`)."""
     from jaxedit import layout
 
-    return {path: spec.axes for path, spec in layout.flatten(layout.param_specs(config)).items()}
+    return layout.logical_axes(config)
