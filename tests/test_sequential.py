@@ -4,13 +4,11 @@ exact, the earlier batches' keys reach later solves, and the probes along the wa
 from __future__ import annotations
 
 import chex
-import jax
 import numpy as np
 import pytest
 from conftest import full_rank_texts
 from test_memit import REQUESTS, TEMPLATES, TEXTS
 
-import jaxedit
 from jaxedit.edit import apply, key_statistics
 from jaxedit.edit.alphaedit import AlphaEditHparams
 from jaxedit.edit.memit import MemitHparams, memit_layers
@@ -26,12 +24,6 @@ MORE = [
 STREAM = [*REQUESTS, *MORE]  # five requests
 TARGETS = TargetHparams(steps=6, reference="resid_post")
 MEMIT = MemitHparams(layers=(0, 1), mom2_weight=5.0, targets=TARGETS)
-
-
-@pytest.fixture(scope="module")
-def model(tiny_dirs):
-    tiny = jaxedit.load_model(tiny_dirs["llama_gqa_untied"])
-    return tiny.replace(params=jax.tree.map(lambda a: a * 3 if a.ndim >= 2 else a, tiny.params))
 
 
 @pytest.fixture(scope="module")
