@@ -4,14 +4,15 @@ Fang et al., 2025, §4's sequential protocol: 2,000 CounterFact / zsRE edits in 
 The first N records of `counterfact_easyedit/counterfact-edit.json` (or `zsre/zsre_mend_edit.json`)
 are edited as one stream in batches of B, each batch on the model holding the earlier ones
 (`jaxedit.edit.sequential`): MEMIT and PMET with the earlier batches' `K_pᵀK_p` in their solves,
-AlphaEdit with its null-space projection, ROME one edit after another. After every `--probe-every`
+AlphaEdit with its null-space projection, ROME one edit after another; `memit-plain` is MEMIT without
+the earlier batches' keys, as the papers run MEMIT in sequence. After every `--probe-every`
 batches the edits made so far are scored together (ES / PS / NS, and fluency on 32 of them), with
 two probes of general ability that need no network: the perplexity of 64 WikiText-2 test passages
 (text the statistics never read) and the accuracy on the `known_1000` facts the unedited model got
 right. Writes `experiments/results/lifelong_<benchmark>.{json,md,png}`; methods not run by an
 invocation keep their results in that file when its settings are the same.
 
-    python experiments/lifelong.py [--n 2000] [--batch 100] [--methods memit,pmet,alphaedit,rome]
+    python experiments/lifelong.py [--n 2000] [--batch 100] [--methods memit,pmet,alphaedit,rome,memit-plain]
         [--benchmark counterfact|zsre] [--probe-every 1] [--stats-samples 1000] [--render]
 """
 
@@ -42,13 +43,16 @@ def layers_of(hp) -> list[int]:
     return [hp.layer] if hasattr(hp, "layer") else list(hp.layers)
 
 
-def run_method(model, method: str, cases, benchmark: str, probe: LifelongProbe, args) -> dict:
+def run_method(model, name: str, cases, benchmark: str, probe: LifelongProbe, args) -> dict:
+    """One method's sequential run; `<method>-plain` runs it without the earlier batches' `K_pᵀK_p`
+    (MEMIT / PMET as the papers run them in sequence)."""
+    method, plain = name.removesuffix("-plain"), name.endswith("-plain")
     hp = default_hparams(model, method)
     stats = wikipedia_statistics(model, layers_of(hp), args.stats_samples)
     start = time.perf_counter()
     run = sequential(
         model, [c.request for c in cases], method, args.batch, stats, hp, probe=probe,
-        probe_every=args.probe_every,
+        probe_every=args.probe_every, keep_keys=not plain,
     )  # fmt: skip
     return {"probes": run.probes, "batches": run.batches, "seconds": round(time.perf_counter() - start, 1)}
 
@@ -61,7 +65,7 @@ def value(probe: dict, key: str, benchmark: str):
 
 def render(results: dict, benchmark: str) -> None:
     settings = results["settings"]
-    methods = [m for m in results if m != "settings"]
+    methods = [m for m in results if m not in ("settings", "unedited")]
     keys = [
         k
         for k, _ in PANELS
@@ -77,9 +81,19 @@ def render(results: dict, benchmark: str) -> None:
         "Each row: the model after that many edits (every batch computed on the model holding the earlier "
         "ones), scored on all edits so far; perplexity of 64 WikiText-2 test passages; accuracy on the "
         f"{settings['known']} `known_1000` facts the unedited model answered right (100 before any edit). "
-        "Fluency is the generation entropy of 32 of the edited cases. `edit s`: editing seconds so far.",
+        "Fluency is the generation entropy of 32 of the edited cases. `edit s`: editing seconds so far. "
+        "`memit` and `pmet` keep the earlier batches' keys in their solves (`K_pᵀK_p`, as AlphaEdit does); "
+        "`memit-plain` is MEMIT without them, as the papers run it in sequence.",
         "",
     ]
+    if "unedited" in results:
+        base = results["unedited"]
+        cells = [str(value(base, k, benchmark)) for k in keys]
+        lines += [
+            f"Unedited model, all {settings['n']} cases: "
+            + ", ".join(f"{k} {c}" for k, c in zip(keys, cells, strict=True)),
+            "",
+        ]
     for method in methods:
         lines += [f"## {method} ({results[method]['seconds']:.0f} s in all)", ""]
         lines.append("| edits | " + " | ".join(keys) + " | edit s |")
@@ -155,6 +169,8 @@ def main() -> None:
     if not same:
         results = {}
     results["settings"] = settings
+    if "unedited" not in results:  # the unedited model on every case: the reference each curve starts from
+        results["unedited"] = dict(probe(model, [c.request for c in cases], 0))
     for method in args.methods.split(","):
         print(f"{method}: {len(cases)} edits in batches of {args.batch}", flush=True)
         results[method] = run_method(model, method, cases, args.benchmark, probe, args)
