@@ -106,6 +106,9 @@ def render(results: dict, benchmark: str) -> None:
         "AlphaEdit's paper (Fang et al., 2025) is not in `../shared/papers`, so none of its figures is quoted; "
         "its reported trend is that MEMIT's specificity and fluency fall over 2,000 sequential edits while "
         "AlphaEdit's stay near the unedited model's.",
+        "",
+        "Timing: editing seconds are wall time on the machine above; a run that shared the CPU with other jobs "
+        "(the alphaedit run of this file: its first batch includes a 12-minute pause) reads slower than it is.",
     ]
     write_text(RESULTS / f"lifelong_{benchmark}.md", "\n".join(lines) + "\n")
     import matplotlib
