@@ -42,7 +42,7 @@ def full_rank_texts(model, texts: list[str], extra: int = 60, seed: int = 0) -> 
 def subprocess_env(devices: int | None = None, optimised: bool = False) -> dict[str, str]:
     """The environment for a test's subprocess: this run's XLA flags and cache, on the CPU, with
     `devices` simulated host devices when given. `optimised`: without `TEST_XLA_FLAGS`, for a process
-    whose running time outweighs its compiles (SmolLM2 edits and traces run ~20% slower unoptimised)."""
+    whose running time outweighs its compiles (SmolLM2 edits and traces)."""
     flags = "" if optimised else TEST_XLA_FLAGS
     flags += f" --xla_force_host_platform_device_count={devices}" if devices else ""
     return dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")

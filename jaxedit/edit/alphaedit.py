@@ -117,6 +117,27 @@ def layer_projector(stats: KeyStats | np.ndarray, threshold: float, *, cache: bo
     return projector
 
 
+def critical_layers(model: Model, hp: AlphaEditHparams) -> tuple[int, ...]:
+    """`hp.layers` (default: MEMIT's critical layers), ascending."""
+    return tuple(sorted(hp.layers if hp.layers is not None else default_layers(model)))
+
+
+def layer_projectors(
+    model: Model, stats: Mapping[int, KeyStats | np.ndarray], hp: AlphaEditHparams
+) -> dict[int, Projector]:
+    """`layer_projector` of every critical layer's statistics (checked against the model), computed once
+    for a whole sequence of batches."""
+    projectors = {}
+    for layer in critical_layers(model, hp):
+        entry = stats.get(layer)
+        if entry is None:
+            raise StatsError(f"no statistics for critical layer {layer} (mlp_key)")
+        if isinstance(entry, KeyStats):
+            entry.check(model, layer, "mlp_key")
+        projectors[layer] = layer_projector(entry, hp.threshold)
+    return projectors
+
+
 def alphaedit_update(
     projector: np.ndarray, keys: np.ndarray, l2: float, earlier: np.ndarray | None = None
 ) -> np.ndarray:
@@ -155,16 +176,9 @@ def alphaedit_layers(
       targets: `memit_targets` of the same requests with `hp.memit()`, to reuse them.
     """
     hp = default_hparams(model) if hp is None else hp
-    layers = tuple(sorted(hp.layers if hp.layers is not None else default_layers(model)))
+    layers = critical_layers(model, hp)
     if projectors is None:
-        projectors = {}
-        for layer in layers:
-            entry = stats.get(layer)
-            if entry is None:
-                raise StatsError(f"no statistics for critical layer {layer} (mlp_key)")
-            if isinstance(entry, KeyStats):
-                entry.check(model, layer, "mlp_key")
-            projectors[layer] = layer_projector(entry, hp.threshold)
+        projectors = layer_projectors(model, stats, hp)
     missing = [layer for layer in layers if layer not in projectors]
     if missing:
         raise StatsError(f"no null-space projector for critical layers {missing}")

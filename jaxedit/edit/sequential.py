@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxedit.edit.alphaedit import alphaedit_layers, layer_projector
+from jaxedit.edit.alphaedit import alphaedit_layers, layer_projectors
 from jaxedit.edit.alphaedit import default_hparams as alphaedit_defaults
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.journal import EditJournal
 from jaxedit.edit.memit import default_hparams as memit_defaults
-from jaxedit.edit.memit import default_layers, memit_layers
+from jaxedit.edit.memit import memit_layers
 from jaxedit.edit.rome import default_hparams as rome_defaults
 from jaxedit.edit.rome import default_layer, rome_sequence
 from jaxedit.edit.stats import KeyStats
@@ -121,17 +121,7 @@ def sequential(
         templates = context_templates(model, hp.prefixes, seed=hp.seed)
     journal = EditJournal(model)
     earlier: dict[int, np.ndarray] = {}
-    projectors = None
-    if method == "alphaedit":
-        layers = tuple(sorted(hp.layers if hp.layers is not None else default_layers(model)))
-        projectors = {}
-        for layer in layers:
-            entry = stats.get(layer)
-            if isinstance(entry, KeyStats):
-                entry.check(model, layer, "mlp_key")
-            if entry is None:
-                raise InputError(f"no statistics for critical layer {layer}")
-            projectors[layer] = layer_projector(entry, hp.threshold)
+    projectors = layer_projectors(model, stats, hp) if method == "alphaedit" else None
     if method == "rome":
         layer = default_layer(model) if hp.layer is None else hp.layer
         if layer not in stats:

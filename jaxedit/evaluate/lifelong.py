@@ -101,15 +101,14 @@ class LifelongProbe:
         out: dict[str, Any] = {}
         cf = [self.counterfact[r] for r in edited if r in self.counterfact]
         if cf:
-            rows = score_cases(model, cf, generation_tokens=0)
-            summary = summarise(rows)
-            if self.generation_tokens and self.fluency_cases:
-                picked = np.unique(np.linspace(0, len(cf) - 1, min(self.fluency_cases, len(cf))).astype(int))
-                sampled = score_cases(
-                    model, [cf[i] for i in picked], generation_tokens=self.generation_tokens
-                )
-                summary["fluency"] = summarise(sampled)["fluency"]
-            out["counterfact"] = summary
+            sample = min(self.fluency_cases, len(cf)) if self.generation_tokens else 0
+            picked = set(np.linspace(0, len(cf) - 1, sample).astype(int).tolist()) if sample else set()
+            rest = [c for i, c in enumerate(cf) if i not in picked]
+            rows = score_cases(model, rest, generation_tokens=0) if rest else []
+            if picked:  # fluency (generations) only on the sampled cases; each case scored once
+                sampled = [cf[i] for i in sorted(picked)]
+                rows += score_cases(model, sampled, generation_tokens=self.generation_tokens)
+            out["counterfact"] = summarise(rows)
         zs = [self.zsre[r] for r in edited if r in self.zsre]
         if zs:
             out["zsre"] = summarise_zsre(score_zsre_cases(model, zs))
