@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import time
 from collections.abc import Callable
@@ -31,6 +32,12 @@ def timings(fn: Callable[[], object], repeats: int) -> list[float]:
         fn()
         times.append(time.perf_counter() - start)
     return times
+
+
+def timing_summary(times: list[float]) -> dict[str, float | int]:
+    """Median, fastest, slowest and count of `times` (seconds), for the JSON the docs page reads."""
+    ordered = sorted(times)
+    return {"median_s": statistics.median(ordered), "min_s": ordered[0], "max_s": ordered[-1], "runs": len(ordered)}
 
 
 def cold_start() -> None:
