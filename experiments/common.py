@@ -47,13 +47,15 @@ def trace_parser(doc: str) -> argparse.ArgumentParser:
 
 def dataset_options(args: argparse.Namespace) -> dict:
     """`trace_dataset` keyword arguments from `trace_parser` options."""
+    from jaxedit.execution import Execution
+    from jaxedit.trace import Noise
+
     return {
         "n": args.n,
-        "samples": args.samples,
-        "bucket": args.bucket,
-        "workers": args.workers,
-        "segments": args.segments,
-        "shapes": args.shapes,
+        "noise": Noise(samples=args.samples),
+        "execution": Execution(
+            bucket=args.bucket, workers=args.workers, segments=args.segments, shapes=args.shapes
+        ),
         "max_seconds": None if args.max_minutes is None else 60 * args.max_minutes,
     }
 

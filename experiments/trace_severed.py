@@ -12,6 +12,7 @@ of the restored state's effect flows through that sublayer. Writes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -35,10 +36,12 @@ def main() -> None:
     records = read_records(shared_data("rets", "known_1000.json"))
     options = dataset_options(args)
     budget = options.pop("max_seconds")
+    base_noise = options.pop("noise")
 
-    def run(sever: str | None, n: int, noise: str | float, seconds: float | None) -> DatasetTrace:
+    def run(sever: str | None, n: int, scale: str | float, seconds: float | None) -> DatasetTrace:
         return trace_dataset(
-            model, records, corrupt=args.corrupt, kinds=("hidden",), sever=sever, noise=noise,
+            model, records, corrupt=args.corrupt, kinds=("hidden",), sever=sever,
+            noise=dataclasses.replace(base_noise, scale=scale),
             max_seconds=seconds, out_dir=CACHE / f"{NAME}-{args.corrupt}-{sever or 'none'}",
             **{**options, "n": n},
         )  # fmt: skip

@@ -174,7 +174,8 @@ def _shapes(text: str) -> str | int:
 def cmd_trace(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from jaxedit.trace import suggest_edit_layer, trace, trace_dataset
+    from jaxedit.execution import Execution
+    from jaxedit.trace import Noise, suggest_edit_layer, trace, trace_dataset
 
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     noise = args.noise if args.noise == "3sigma" else float(args.noise)
@@ -183,21 +184,15 @@ def cmd_trace(args: argparse.Namespace) -> int:
         raise InputError("give either --prompt (with --subject) or --dataset")
     model = _load(args.model)
     out = Path(args.out)
-    segments = _segments(args.segments)
-    common = dict(
-        kinds=kinds,
-        samples=args.samples,
-        noise=noise,
-        window=args.window,
-        sever=args.sever,
-        segments=segments,
-    )
+    execution = Execution(segments=_segments(args.segments))
+    common = dict(kinds=kinds, noise=Noise(noise, samples=args.samples), window=args.window, sever=args.sever)
     if args.prompt is not None:
         if not args.subject:
             raise InputError("--prompt needs --subject")
         result = trace(
-            model, args.prompt, subject=args.subject, corrupt=corrupt, answer=args.answer, **common
-        )
+            model, args.prompt, subject=args.subject, corrupt=corrupt, answer=args.answer, execution=execution,
+            **common,
+        )  # fmt: skip
         result.save_json(out / "trace.json")
         result.plot(out / "trace.png")
         print(
@@ -214,8 +209,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
     budget = None if args.max_minutes is None else 60 * args.max_minutes
     summary = trace_dataset(
-        model, read_records(args.dataset), n=args.n, corrupt=corrupt, out_dir=out, workers=args.workers,
-        shapes=args.shapes, max_seconds=budget, **common,
+        model, read_records(args.dataset), n=args.n, corrupt=corrupt, out_dir=out, max_seconds=budget,
+        execution=dataclasses.replace(execution, workers=args.workers, shapes=args.shapes), **common,
     )  # fmt: skip
     untraced = (
         f"; {summary.n_untraced} known facts left untraced by the time budget" if summary.n_untraced else ""

@@ -24,7 +24,7 @@ from jaxedit.evaluate import evaluate_counterfact, read_counterfact
 from jaxedit.generate import generate_text
 from jaxedit.loading import Model
 from jaxedit.predict import next_tokens
-from jaxedit.trace import trace
+from jaxedit.trace import Execution, Noise, trace
 
 EDIT = Request(prompt="{} is located in the city of", subject="The Eiffel Tower", target="Rome")
 PARAPHRASE = "The Eiffel Tower, a famous landmark, is in the city of"
@@ -54,7 +54,13 @@ def run_demo(
             print(f"    {token!r:<14} {prob:6.3f}")
 
     print(f"\n2. Causal trace of {EDIT.text!r} (subject corrupted, {trace_samples} noise samples)")
-    result = trace(model, EDIT.text, subject=EDIT.subject, samples=trace_samples, segments=4)
+    result = trace(
+        model,
+        EDIT.text,
+        subject=EDIT.subject,
+        noise=Noise(samples=trace_samples),
+        execution=Execution(segments=4),
+    )
     result.plot(out / "trace.png")
     result.save_json(out / "trace.json")
     first, end = result.subject_span

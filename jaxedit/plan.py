@@ -37,6 +37,7 @@ from jaxedit.config import ModelConfig
 from jaxedit.edit.contexts import MEMIT_PREFIXES, ROME_PREFIXES
 from jaxedit.edit.targets import TargetHparams, optimise_batch, rows_for_budget
 from jaxedit.errors import InputError
+from jaxedit.execution import Execution
 from jaxedit.flops import matmul_flops
 from jaxedit.presets import per_device_param_bytes
 from jaxedit.sharding import param_shardings
@@ -201,9 +202,16 @@ def plan_forward(
 
 
 def plan_trace(
-    config: ModelConfig, mesh: Mesh, params: dict, tokens: int = 16, samples: int = 10
+    config: ModelConfig,
+    mesh: Mesh,
+    params: dict,
+    tokens: int = 16,
+    samples: int = 10,
+    execution: Execution = Execution(),
 ) -> ProgramPlan:
-    """The clean / corrupted runs and the hidden-kind grid of one `tokens`-token prompt."""
+    """The clean / corrupted runs and the hidden-kind grid of one `tokens`-token prompt, with
+    `execution`'s settings resolved for an accelerator (whole-array rows, scanned layer segments)."""
+    ex = execution.resolved("gpu")
     rep = _replicator(mesh)
     ids, mask = rep((tokens,), jnp.int32), rep((tokens,), jnp.bool_)
     noise = rep((samples, tokens, config.d_model), jnp.float32)
@@ -212,12 +220,14 @@ def plan_trace(
     clean, corrupt, _, _ = jax.eval_shape(
         lambda p, i, m, n, a: clean_and_corrupted(p, config, i, m, n, a), params, ids, mask, noise, answer
     )
-    grid_plan = engine.build_plan("hidden", config.n_layers, tokens, tokens, samples, 10, "code", None, 4)
+    grid_plan = engine.build_plan(
+        "hidden", config.n_layers, tokens, tokens, samples, 10, "code", None, ex.segments
+    )
     clean = jax.tree.map(lambda s: rep(s.shape, s.dtype), clean)
     chunks = jax.tree.map(lambda s: rep((1, *s.shape), s.dtype), corrupt)
-    grid = _part(  # an accelerator's program: no CPU row blocks
+    grid = _part(
         engine.grid_program, params, config, grid_plan, mask, rep((tokens,), jnp.int32), clean, chunks, answer,
-        None, static=(1, 2, 8),
+        ex.row_block, static=(1, 2, 8),
     )  # fmt: skip
     return _combine(mesh, (runs, 1), (grid, 1))
 
@@ -260,14 +270,16 @@ def plan_rome(config: ModelConfig, mesh: Mesh, params: dict, hp: TargetHparams |
 
 
 def plan_mass(
-    config: ModelConfig, mesh: Mesh, params: dict, edits: int, memory_budget: float = 2 * 2**30
+    config: ModelConfig, mesh: Mesh, params: dict, edits: int, execution: Execution = Execution()
 ) -> ProgramPlan:
     """A MEMIT / PMET batch of `edits` over 5 layers ending at the middle: target loops in chunks of
-    `rows_for_budget` rows (25 steps), one solve per layer with a column per edit."""
+    `rows_for_budget` rows (25 steps; `execution.memory_budget`), one solve per layer with a column per
+    edit."""
     layers = 5
     top = config.n_layers // 2
     contexts = sum(count for _, count in MEMIT_PREFIXES) + 1
-    per_chunk = max(1, rows_for_budget(config, top, memory_budget) // (contexts + 1))
+    rows = execution.max_rows or rows_for_budget(config, top, execution.memory_budget)
+    per_chunk = max(1, rows // (contexts + 1))
     n = min(per_chunk, edits)
     hp = TargetHparams(reference="resid_post", steps=25)
     loop = _part(
@@ -285,6 +297,7 @@ def plan(
     edits: int = 1000,
     programs: tuple[str, ...] = PROGRAMS,
     progress: Callable[[str], None] | None = print,
+    execution: Execution = Execution(),
 ) -> Plan:
     """Compile `programs` for `config` on `mesh` without weights; see the module docstring."""
     unknown = set(programs) - set(PROGRAMS)
@@ -295,9 +308,9 @@ def plan(
     params = abstract_sharded_params(config, mesh)
     builders = {
         "forward": lambda: plan_forward(config, mesh, params),
-        "trace": lambda: plan_trace(config, mesh, params),
+        "trace": lambda: plan_trace(config, mesh, params, execution=execution),
         "rome": lambda: plan_rome(config, mesh, params),
-        "mass": lambda: plan_mass(config, mesh, params, edits),
+        "mass": lambda: plan_mass(config, mesh, params, edits, execution),
     }
     results = {}
     with mesh:

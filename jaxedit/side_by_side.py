@@ -7,12 +7,12 @@ grid of SmolLM2 split into two half-sample programs run at once took less time t
 all samples (`tools/bench_trace.py --threads 1` against the default prints both). An accelerator runs
 one program at a time per device, so there the default is one thread. So is it with several devices or
 processes: programs with collectives must start in the same order on every process (under
-`jax.distributed`, threads that race to launch them mismatch the collectives and crash the run).
+`jax.distributed`, threads that race to launch them mismatch the collectives and crash the run). The
+number of threads is `jaxedit.execution.Execution.threads`, chosen per backend there.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -22,36 +22,6 @@ import jax
 from jaxedit.errors import InputError
 
 T = TypeVar("T")
-
-CPU_THREADS = 2  # programs at once on a multi-core CPU: two fill the gaps; more only split the work finer
-
-
-def cpu_cores() -> int:
-    """Cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def default_threads() -> int:
-    """Programs to run at once: `CPU_THREADS` on a single-device CPU with that many cores, else 1."""
-    if jax.default_backend() != "cpu" or jax.device_count() > 1:
-        return 1
-    return max(1, min(CPU_THREADS, cpu_cores()))
-
-
-def resolve_threads(threads: int | str) -> int:
-    """`threads` checked (a positive int; 1 when several processes run), `"auto"`: `default_threads()`."""
-    if threads == "auto":
-        return default_threads()
-    if type(threads) is not int or threads < 1:
-        raise InputError(f"threads must be 'auto' or a positive int, got {threads!r}")
-    if threads > 1 and jax.process_count() > 1:
-        raise InputError(
-            f"threads={threads} needs a single process: under jax.distributed every process must launch "
-            "its programs in the same order; use threads=1"
-        )
-    return threads
 
 
 def run_side_by_side(calls: Sequence[Callable[[], T]], threads: int) -> list[T]:

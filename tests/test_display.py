@@ -13,7 +13,7 @@ import pytest
 import jaxedit
 from jaxedit.edit import Delta, EditJournal
 from jaxedit.evaluate.report import Report
-from jaxedit.trace import trace
+from jaxedit.trace import Noise, trace
 from jaxedit.trace.api import TraceResult
 
 
@@ -47,8 +47,8 @@ def cells(markup: str) -> list[str]:
 
 def test_trace_result_renders_as_png(tiny_dirs) -> None:
     model = jaxedit.load_model(tiny_dirs["llama_gqa_untied"])
-    result = trace(model, "the eiffel tower is located in", subject="the eiffel tower", samples=2,
-                   noise=0.5, window=2, kinds=("mlp",))  # fmt: skip
+    result = trace(model, "the eiffel tower is located in", subject="the eiffel tower",
+                   noise=Noise(0.5, samples=2), window=2, kinds=("mlp",))  # fmt: skip
     png = result._repr_png_()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
 

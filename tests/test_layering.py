@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "jaxedit"
 CORE = {
     "config", "layout", "model", "model_value", "interventions", "tokens", "generate", "predict", "readout",
     "sharding", "adaptor", "errors", "files", "fingerprint", "display", "row_blocks", "side_by_side",
-    "compile_log", "compile_cache", "cache",
+    "compile_log", "compile_cache", "cache", "execution",
 }  # fmt: skip
 IO = {"loading", "checkpoints", "gguf_io", "families", "flax_export"}
 METHODS = {"trace", "edit", "evaluate", "lens", "cli", "demo", "plan", "data"}

@@ -18,6 +18,7 @@ from jaxedit.edit import Delta, RomeHparams, apply, revert, rome
 from jaxedit.edit.rome import rank_one_update
 from jaxedit.edit.stats import StatsError, key_statistics
 from jaxedit.edit.targets import Request, TargetHparams, build_batch, chunk_order, optimise_targets
+from jaxedit.execution import Execution
 
 REQUEST = Request(prompt="the mother tongue of {} is", subject="danielle darrieux", target="english")
 TEXTS = [
@@ -161,7 +162,9 @@ def test_batched_target_optimisation_equals_separate_runs(model) -> None:
     other = Request(prompt="the eiffel tower is located in the city of {}", subject="paris", target="rome")
     hp = TargetHparams(steps=6)
     both = optimise_targets(model, [REQUEST, other], 1, TEMPLATES, hp)
-    chunked = optimise_targets(model, [REQUEST, other], 1, TEMPLATES, hp, max_rows=4)  # one request per loop
+    chunked = optimise_targets(
+        model, [REQUEST, other], 1, TEMPLATES, hp, execution=Execution(max_rows=4)
+    )  # one request per loop
     np.testing.assert_allclose(chunked.delta, both.delta, rtol=1e-3, atol=1e-4)
     for i, request in enumerate([REQUEST, other]):
         alone = optimise_targets(model, [request], 1, TEMPLATES, hp)
@@ -179,7 +182,7 @@ def test_chunks_of_similar_length_return_targets_in_request_order(model) -> None
     assert order.tolist() == [2, 1, 0]  # fewest tokens from the key token to the last target token first
     hp = TargetHparams(steps=4)
     rows = 2 * (len(TEMPLATES) + 1)  # two requests per loop: chunks {short, REQUEST} and {long}
-    chunked = optimise_targets(model, requests, 1, TEMPLATES, hp, max_rows=rows)
+    chunked = optimise_targets(model, requests, 1, TEMPLATES, hp, execution=Execution(max_rows=rows))
     for i, request in enumerate(requests):
         alone = optimise_targets(model, [request], 1, TEMPLATES, hp)
         np.testing.assert_allclose(chunked.delta[i], alone.delta[0], rtol=1e-3, atol=1e-4)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 from conftest import subprocess_env
 
-from jaxedit import side_by_side
+from jaxedit import execution, side_by_side
 
 
 def test_results_come_back_in_call_order() -> None:
@@ -45,20 +45,20 @@ def test_an_exception_in_a_call_reaches_the_caller() -> None:
 
 def test_thread_counts() -> None:
     single = jax.device_count() == 1
-    expected = min(side_by_side.CPU_THREADS, side_by_side.cpu_cores()) if single else 1
-    assert side_by_side.default_threads() == expected
-    assert side_by_side.resolve_threads("auto") == side_by_side.default_threads()
-    assert side_by_side.resolve_threads(3) == 3
+    expected = min(execution.CPU_THREADS, execution.cpu_cores()) if single else 1
+    assert execution.default_threads() == expected
+    assert execution.resolve_threads("auto") == execution.default_threads()
+    assert execution.resolve_threads(3) == 3
     for bad in (0, -1, 1.5, "2", True):
         with pytest.raises(ValueError, match="threads"):
-            side_by_side.resolve_threads(bad)
+            execution.resolve_threads(bad)
     with pytest.raises(ValueError, match="threads"):
         side_by_side.run_side_by_side([], threads=0)
 
 
 def test_several_devices_default_to_one_thread() -> None:
     # programs over several devices carry collectives: they run one at a time
-    code = "from jaxedit import side_by_side; print(side_by_side.default_threads())"
+    code = "from jaxedit import execution; print(execution.default_threads())"
     env = subprocess_env(devices=4)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -67,6 +67,6 @@ def test_several_devices_default_to_one_thread() -> None:
 
 def test_several_threads_under_several_processes_are_refused(monkeypatch) -> None:
     monkeypatch.setattr(jax, "process_count", lambda: 2)
-    assert side_by_side.resolve_threads(1) == 1
+    assert execution.resolve_threads(1) == 1
     with pytest.raises(ValueError, match="single process"):
-        side_by_side.resolve_threads(2)
+        execution.resolve_threads(2)

@@ -12,8 +12,9 @@ import pytest
 
 import jaxedit
 from jaxedit import interventions as iv
+from jaxedit.execution import ROW_BLOCK_CPU
 from jaxedit.layout import init_params
-from jaxedit.trace import engine, trace
+from jaxedit.trace import Execution, Noise, engine, trace
 from jaxedit.trace.runs import clean_and_corrupted, make_noise
 
 PROMPT = "the mother tongue of danielle darrieux is"  # subject "danielle darrieux": tokens 4-5 of 7
@@ -70,7 +71,7 @@ def reference_grid(model, ids, corrupt_mask, noise, answer, kind, window=2, conv
 
 def engine_grid(
     model, ids, corrupt_mask, noise, answer, kind, window=2, convention="code", sever=None, chunk=None,
-    segments=None, row_block="auto",
+    segments=None, row_block=ROW_BLOCK_CPU,
 ):  # fmt: skip
     c = model.config
     t_len = len(ids)
@@ -233,14 +234,16 @@ def test_restoring_everything_gives_clean_and_nothing_gives_corrupt(model) -> No
 
 
 def test_trace_api_on_tiny_model(model, tmp_path) -> None:
-    result = trace(model, PROMPT, subject="danielle darrieux", samples=3, noise=0.5, window=2, answer="paris")
+    result = trace(
+        model, PROMPT, subject="danielle darrieux", noise=Noise(0.5, samples=3), window=2, answer="paris"
+    )
     assert set(result.grids) == {"hidden", "mlp", "attn"}
     assert all(g.shape == (model.config.n_layers, 7) for g in result.grids.values())
     assert result.corrupted == [False] * 4 + [True] * 2 + [False]
     assert result.subject_span == (4, 6) and result.answer == "paris"
     assert result.grids["hidden"][-1, -1] == pytest.approx(result.p_clean, abs=1e-6)
     relation = trace(
-        model, PROMPT, subject="danielle darrieux", corrupt="relation", samples=2, noise=0.5, window=2
+        model, PROMPT, subject="danielle darrieux", corrupt="relation", noise=Noise(0.5, samples=2), window=2
     )
     assert relation.corrupted == [True] * 4 + [False] * 2 + [True]
     result.save_json(tmp_path / "t.json")
@@ -249,10 +252,10 @@ def test_trace_api_on_tiny_model(model, tmp_path) -> None:
 
 
 def test_padding_bucket_does_not_change_the_grid(model) -> None:
-    kwargs = dict(subject="danielle darrieux", samples=2, noise=0.5, window=2, kinds=("mlp", "hidden"))
+    kwargs = dict(subject="danielle darrieux", noise=Noise(0.5, samples=2), window=2, kinds=("mlp", "hidden"))
     exact = trace(model, PROMPT, **kwargs)
     for bucket in (5, 8):  # 7 tokens padded to 10 and to 8
-        padded = trace(model, PROMPT, bucket=bucket, **kwargs)
+        padded = trace(model, PROMPT, execution=Execution(bucket=bucket), **kwargs)
         for kind in kwargs["kinds"]:
             np.testing.assert_allclose(padded.grids[kind], exact.grids[kind], atol=1e-5)
 
@@ -260,9 +263,9 @@ def test_padding_bucket_does_not_change_the_grid(model) -> None:
 @pytest.mark.parametrize(("threads", "chunk_samples"), [(2, None), (3, 1), (2, 1)])
 def test_programs_side_by_side_give_the_one_program_grid(model, threads, chunk_samples) -> None:
     # 3 samples as 2 chunks of 2 (one padded), 3 chunks of 1, and 4 chunks of 1 in two groups of two
-    kwargs = dict(subject="danielle darrieux", samples=3, noise=0.5, window=2)
-    one = trace(model, PROMPT, threads=1, **kwargs)
-    split = trace(model, PROMPT, threads=threads, chunk_samples=chunk_samples, **kwargs)
+    kwargs = dict(subject="danielle darrieux", noise=Noise(0.5, samples=3), window=2)
+    one = trace(model, PROMPT, execution=Execution(threads=1), **kwargs)
+    split = trace(model, PROMPT, execution=Execution(threads=threads, chunk_samples=chunk_samples), **kwargs)
     for kind in one.grids:
         np.testing.assert_allclose(split.grids[kind], one.grids[kind], atol=1e-6)
 
@@ -281,9 +284,33 @@ def test_programs_side_by_side_give_the_one_program_grid(model, threads, chunk_s
         (dict(prompt=PROMPT, subject="danielle darrieux", sever="ffn"), "sever"),
         (dict(prompt=PROMPT, subject="danielle darrieux", corrupt=(3, 99)), "not inside"),
         (dict(prompt=PROMPT, subject="danielle darrieux", noise=-1.0), "non-negative"),
-        (dict(prompt=PROMPT, subject="danielle darrieux", threads=0), "threads"),
     ],
 )
 def test_bad_input_raises_clear_errors(model, kwargs, message) -> None:
     with pytest.raises(ValueError, match=message):
-        trace(model, **{"window": 2, "samples": 2, **kwargs})
+        trace(model, **{"window": 2, "noise": Noise(samples=2), **kwargs})
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: Execution(threads=0), "threads"),
+        (lambda: Execution(segments="many"), "segments"),
+        (lambda: Execution(shapes="round"), "shapes"),
+        (lambda: Execution(pad_to=(4,)), "pad_to"),
+        (lambda: Noise(samples=0), "samples"),
+        (lambda: Noise("4sigma"), "scale"),
+    ],
+)
+def test_bad_settings_raise_clear_errors(make, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_execution_resolves_every_auto_field_per_backend() -> None:
+    cpu, gpu = Execution().resolved("cpu"), Execution().resolved("gpu")
+    assert (cpu.row_block, cpu.shapes, cpu.segments) == (512, "bucket", 6)
+    assert (gpu.row_block, gpu.shapes, gpu.threads, gpu.segments) == (None, "single", 1, 6)
+    assert isinstance(cpu.threads, int) and cpu.threads >= 1
+    fixed = Execution(threads=3, row_block=64, segments=None, shapes=2).resolved("gpu")
+    assert (fixed.threads, fixed.row_block, fixed.segments, fixed.shapes) == (3, 64, None, 2)

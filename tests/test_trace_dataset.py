@@ -10,13 +10,15 @@ import pytest
 
 import jaxedit
 from jaxedit import cli
-from jaxedit.trace import dataset, suggest_edit_layer, trace, trace_dataset
+from jaxedit.trace import Execution, Noise, dataset, suggest_edit_layer, trace, trace_dataset
 
 PROMPTS = [
     ("the mother tongue of danielle darrieux is", "danielle darrieux"),
     ("the eiffel tower is located in the city of", "the eiffel tower"),
     ("paris is the capital of", "paris"),
 ]
+
+QUIET = Execution(progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +54,8 @@ def test_token_classes_by_hand() -> None:
 
 
 def test_average_matches_per_fact_traces_and_filters_wrong_facts(model, records, tmp_path) -> None:
-    kwargs = dict(kinds=("hidden", "mlp"), samples=2, noise=0.7, window=2)
-    summary = trace_dataset(model, records, out_dir=tmp_path, progress=False, **kwargs)
+    kwargs = dict(kinds=("hidden", "mlp"), noise=Noise(0.7, samples=2), window=2)
+    summary = trace_dataset(model, records, out_dir=tmp_path, execution=QUIET, **kwargs)
     assert (summary.n_facts, summary.n_filtered, summary.n_considered) == (3, 1, 4)
     expected = np.zeros((model.config.n_layers, len(summary.classes)))
     counts = np.zeros(len(summary.classes))
@@ -75,7 +77,7 @@ def test_average_matches_per_fact_traces_and_filters_wrong_facts(model, records,
 
 
 def test_rerun_resumes_from_cached_facts(model, records, tmp_path, monkeypatch) -> None:
-    kwargs = dict(kinds=("mlp",), samples=2, noise=0.7, window=2, corrupt="relation", progress=False)
+    kwargs = dict(kinds=("mlp",), noise=Noise(0.7, samples=2), window=2, corrupt="relation", execution=QUIET)
     first = trace_dataset(model, records, out_dir=tmp_path, **kwargs)
 
     def fail(*args, **kw):
@@ -90,7 +92,7 @@ def test_rerun_resumes_from_cached_facts(model, records, tmp_path, monkeypatch) 
 
 def test_suggest_edit_layer_needs_matching_trace(model, records) -> None:
     summary = trace_dataset(
-        model, records[:1], kinds=("hidden",), samples=1, noise=0.5, window=2, progress=False
+        model, records[:1], kinds=("hidden",), noise=Noise(0.5, samples=1), window=2, execution=QUIET
     )
     with pytest.raises(ValueError, match="mlp"):
         suggest_edit_layer(model, summary)
@@ -98,7 +100,7 @@ def test_suggest_edit_layer_needs_matching_trace(model, records) -> None:
 
 def test_nothing_known_is_an_error(model, records) -> None:
     with pytest.raises(ValueError, match="none of the given facts"):
-        trace_dataset(model, [records[2]], samples=1, noise=0.5, window=2, progress=False)
+        trace_dataset(model, [records[2]], noise=Noise(0.5, samples=1), window=2, execution=QUIET)
 
 
 def test_cli_trace_prompt_and_dataset(model, records, tmp_path, capsys) -> None:
@@ -138,8 +140,12 @@ def test_cli_trace_prompt_and_dataset(model, records, tmp_path, capsys) -> None:
 def test_single_shape_runs_one_program_per_kind_with_the_same_averages(model, records, monkeypatch) -> None:
     from jaxedit.trace import engine
 
-    kwargs = dict(kinds=("hidden", "mlp"), samples=2, noise=0.7, window=2, progress=False, bucket=2)
+    kwargs = dict(kinds=("hidden", "mlp"), noise=Noise(0.7, samples=2), window=2)
     shapes = set()
+
+    def padded(shapes: str | int) -> Execution:
+        return Execution(progress=False, bucket=2, shapes=shapes)
+
     run_grid = engine.run_grid
 
     def recording(params, config, plan, *args):
@@ -147,21 +153,21 @@ def test_single_shape_runs_one_program_per_kind_with_the_same_averages(model, re
         return run_grid(params, config, plan, *args)
 
     monkeypatch.setattr(engine, "run_grid", recording)
-    bucketed = trace_dataset(model, records, shapes="bucket", **kwargs)
+    bucketed = trace_dataset(model, records, execution=padded("bucket"), **kwargs)
     assert len(shapes) > 2  # the prompts' shapes differ
     shapes.clear()
-    single = trace_dataset(model, records, shapes="single", **kwargs)
+    single = trace_dataset(model, records, execution=padded("single"), **kwargs)
     assert len(shapes) == 2 and {kind for kind, *_ in shapes} == {"hidden", "mlp"}
     for kind in kwargs["kinds"]:
         np.testing.assert_allclose(single.aie[kind], bucketed.aie[kind], atol=1e-5)
     shapes.clear()
-    grouped = trace_dataset(model, records, shapes=2, **kwargs)
+    grouped = trace_dataset(model, records, execution=padded(2), **kwargs)
     assert len(shapes) == 4  # two shape groups, two kinds
     for kind in kwargs["kinds"]:
         np.testing.assert_allclose(grouped.aie[kind], bucketed.aie[kind], atol=1e-5)
     for bad in ("ragged", 0, 1.5):
         with pytest.raises(ValueError, match="shapes must be"):
-            trace_dataset(model, records, shapes=bad, **kwargs)
+            trace_dataset(model, records, execution=padded(bad), **kwargs)
 
 
 def test_shape_groups_minimise_the_padded_work() -> None:
@@ -243,7 +249,7 @@ def test_known_facts_stop_at_the_record_that_completes_n(model, records) -> None
 
 
 def test_time_budget_averages_the_first_facts_only(model, records, tmp_path) -> None:
-    kwargs = dict(kinds=("mlp",), samples=2, noise=0.7, window=2, progress=False, out_dir=tmp_path)
+    kwargs = dict(kinds=("mlp",), noise=Noise(0.7, samples=2), window=2, execution=QUIET, out_dir=tmp_path)
     full = trace_dataset(model, records, **kwargs)
     assert full.n_untraced == 0
     order = [r["prompt"] for r in records if r is not records[2]]  # the known facts, in order
@@ -269,9 +275,11 @@ def test_time_budget_averages_the_first_facts_only(model, records, tmp_path) -> 
 
 
 def test_concurrent_workers_compile_kinds_together_with_the_same_averages(model, records) -> None:
-    kwargs = dict(kinds=("hidden", "attn"), samples=2, noise=0.7, window=2, progress=False, shapes="single")
-    one = trace_dataset(model, records, **kwargs)
-    three = trace_dataset(model, records, workers=3, **kwargs)
+    kwargs = dict(kinds=("hidden", "attn"), noise=Noise(0.7, samples=2), window=2)
+    one = trace_dataset(model, records, execution=Execution(progress=False, shapes="single"), **kwargs)
+    three = trace_dataset(
+        model, records, execution=Execution(progress=False, shapes="single", workers=3), **kwargs
+    )
     for kind in kwargs["kinds"]:
         np.testing.assert_allclose(three.aie[kind], one.aie[kind], atol=1e-6)
 

@@ -37,7 +37,12 @@ def timings(fn: Callable[[], object], repeats: int) -> list[float]:
 def timing_summary(times: list[float]) -> dict[str, float | int]:
     """Median, fastest, slowest and count of `times` (seconds), for the JSON the docs page reads."""
     ordered = sorted(times)
-    return {"median_s": statistics.median(ordered), "min_s": ordered[0], "max_s": ordered[-1], "runs": len(ordered)}
+    return {
+        "median_s": statistics.median(ordered),
+        "min_s": ordered[0],
+        "max_s": ordered[-1],
+        "runs": len(ordered),
+    }
 
 
 def cold_start() -> None:

@@ -34,9 +34,9 @@ from reference_model import reference_model
 
 import jaxedit
 from jaxedit.compile_log import compile_log
+from jaxedit.execution import Execution
 from jaxedit.loading import embedded_gguf_path
-from jaxedit.side_by_side import resolve_threads
-from jaxedit.trace import engine, trace
+from jaxedit.trace import Noise, engine, trace
 from jaxedit.trace.api import corrupted_tokens, noise_scale_for, sample_chunks
 from jaxedit.trace.runs import make_noise
 
@@ -166,12 +166,16 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures as JSON here")
     args = parser.parse_args()
     cold_start()
-    threads = resolve_threads(args.threads if args.threads == "auto" else int(args.threads))
     kinds = tuple(args.kinds.split(","))
-    if args.segments == "auto":
-        segments = engine.DEFAULT_SEGMENTS
-    else:
-        segments = None if args.segments == "none" else int(args.segments)
+    execution = Execution(
+        threads=args.threads if args.threads == "auto" else int(args.threads),
+        segments=args.segments
+        if args.segments == "auto"
+        else None
+        if args.segments == "none"
+        else int(args.segments),
+    ).resolved()
+    threads, segments = execution.threads, execution.segments
 
     # the reference runs where torch finds an accelerator, like jax; float32 without TF32 on both sides
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -198,10 +202,9 @@ def main() -> None:
             args.prompt,
             subject=args.subject,
             kinds=kinds,
-            samples=args.samples,
+            noise=Noise(samples=args.samples),
             window=args.window,
-            segments=segments,
-            threads=threads,
+            execution=execution,
         )
 
     start = time.perf_counter()

@@ -45,7 +45,7 @@ def main() -> int:
     from jaxedit.edit.memit import MemitHparams
     from jaxedit.edit.stats import key_statistics
     from jaxedit.edit.targets import TargetHparams
-    from jaxedit.trace import trace
+    from jaxedit.trace import Noise, trace
 
     n = jax.device_count()
     assert jax.process_count() == args.num_processes and n > jax.local_device_count(), jax.devices()
@@ -67,7 +67,7 @@ def main() -> int:
     logits = distributed.gather(jaxedit.forward(sharded.params, model.config, ids).logits)
     check("forward", logits, jaxedit.forward(model.params, model.config, ids).logits, 1e-4)
 
-    kwargs = dict(subject="the eiffel tower", samples=2, noise=0.5, window=2, kinds=("hidden", "mlp"))
+    kwargs = dict(subject="the eiffel tower", noise=Noise(0.5, samples=2), window=2, kinds=("hidden", "mlp"))
     prompt = "the eiffel tower is located in the city of"
     a, b = trace(sharded, prompt, **kwargs), trace(model, prompt, **kwargs)
     check(

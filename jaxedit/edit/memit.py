@@ -45,6 +45,7 @@ from jaxedit.edit.targets import (
 )
 from jaxedit.edit.walk import LayerWalk
 from jaxedit.errors import InputError, NumericsError
+from jaxedit.execution import Execution
 from jaxedit.layout import Params
 from jaxedit.loading import Model
 
@@ -162,7 +163,9 @@ def memit_targets(
     if templates is None:
         templates = context_templates(model, hp.prefixes, seed=hp.seed)
     requests = [as_request(r) for r in requests]
-    return optimise_targets(model, requests, max(layers), templates, hp.targets, progress=progress)
+    return optimise_targets(
+        model, requests, max(layers), templates, hp.targets, execution=Execution(progress=progress)
+    )
 
 
 def check_conflicts(requests: Sequence[Request]) -> None:
@@ -289,7 +292,9 @@ def memit_layers(
         list(templates) if templates is not None else context_templates(model, hp.prefixes, seed=hp.seed)
     )
     if targets is None:
-        targets = optimise_targets(model, requests, last, templates, hp.targets, progress=progress)
+        targets = optimise_targets(
+            model, requests, last, templates, hp.targets, execution=Execution(progress=progress)
+        )
     elif len(targets.delta) != len(requests):
         raise InputError(f"targets hold {len(targets.delta)} edits, but {len(requests)} requests were given")
     z = targets.value.astype(np.float64)  # [n, D]: h[lL] + δ (MEMIT) or m0 + δm (PMET; δa is dropped)

@@ -39,6 +39,7 @@ from jaxedit.config import ModelConfig
 from jaxedit.edit.checks import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_fields
 from jaxedit.edit.precision import working_params
 from jaxedit.errors import InputError, NumericsError
+from jaxedit.execution import Execution
 from jaxedit.layout import Params
 from jaxedit.loading import Model
 
@@ -549,18 +550,17 @@ def optimise_targets(
     templates: Sequence[str],
     hp: TargetHparams = TargetHparams(),
     *,
-    max_rows: int | None = None,
-    memory_budget: float = 2 * 2**30,
-    progress: bool = False,
+    execution: Execution = Execution(),
 ) -> Targets:
     """Optimise `δ` for every request at `layer` in jitted loops (see the module docstring).
 
-    Requests are optimised together in chunks of at most `max_rows` batch rows (contexts + 1 per request),
-    which bounds memory for thousands of edits; requests share no parameters, so chunking changes
-    nothing but the memory and the number of loops (`progress` shows them). Chunks are cut from
+    Requests are optimised together in chunks of at most `execution.max_rows` batch rows (contexts + 1
+    per request), which bounds memory for thousands of edits; requests share no parameters, so chunking
+    changes nothing but the memory and the number of loops (a progress bar shows them when there are
+    several and `execution.progress`). Chunks are cut from
     `chunk_order` (requests of similar length together, less padding); results come back in the order
     of `requests`. By default the chunk is what
-    `memory_budget` bytes of activations allow (`rows_for_budget`).
+    `execution.memory_budget` bytes of activations allow (`rows_for_budget`).
     """
     if model.tokenizer is None:
         raise InputError(f"model {model.source!r} has no tokenizer")
@@ -573,14 +573,15 @@ def optimise_targets(
     requests = [as_request(r) for r in requests]
     if not requests:
         raise InputError("no edit requests")
-    if max_rows is None:
-        max_rows = rows_for_budget(model.config, layer, memory_budget)
+    max_rows = execution.max_rows or rows_for_budget(model.config, layer, execution.memory_budget)
     per_chunk = max(1, max_rows // (len(templates) + 1))
     order = chunk_order(build_batch(model, requests, templates, hp.kl_prompt, hp.key_token), len(requests))
     chunks = [order[i : i + per_chunk] for i in range(0, len(requests), per_chunk)]
     params = working_params(model)
     parts = []
-    for chunk in tqdm(chunks, desc=f"targets at layer {layer}", disable=not progress or len(chunks) == 1):
+    for chunk in tqdm(
+        chunks, desc=f"targets at layer {layer}", disable=not execution.progress or len(chunks) == 1
+    ):
         batch = build_batch(model, [requests[i] for i in chunk], templates, hp.kl_prompt, hp.key_token)
         out = optimise_batch(
             params, model.config, layer, len(chunk), hp, suffix_window(batch),

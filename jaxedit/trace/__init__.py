@@ -5,7 +5,16 @@ reads the MLP peak for editing defaults. The restore grids run as one compiled p
 (`engine`).
 """
 
-from jaxedit.trace.api import TraceResult, trace
+from jaxedit.execution import Execution
+from jaxedit.trace.api import Noise, TraceResult, trace
 from jaxedit.trace.dataset import DatasetTrace, suggest_edit_layer, trace_dataset
 
-__all__ = ["DatasetTrace", "TraceResult", "suggest_edit_layer", "trace", "trace_dataset"]
+__all__ = [
+    "DatasetTrace",
+    "Execution",
+    "Noise",
+    "TraceResult",
+    "suggest_edit_layer",
+    "trace",
+    "trace_dataset",
+]

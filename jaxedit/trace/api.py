@@ -21,15 +21,48 @@ import numpy as np
 from jaxedit import tokens as tok
 from jaxedit.config import ModelConfig
 from jaxedit.errors import InputError
+from jaxedit.execution import Execution
 from jaxedit.files import write_output
 from jaxedit.loading import Model
-from jaxedit.side_by_side import resolve_threads, run_side_by_side
+from jaxedit.side_by_side import run_side_by_side
 from jaxedit.trace import engine
 from jaxedit.trace.runs import clean_and_corrupted, make_noise
 
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 256 * 2**20  # residual buffer budget per chunk of noise samples
+
+
+@dataclasses.dataclass(frozen=True)
+class Noise:
+    """The corruption of causal tracing (Meng et al., 2022, §2.1): Gaussian noise added to the corrupted
+    tokens' embeddings, the same `samples` draws (from `seed`) for every restored cell.
+
+    Attributes:
+      scale: the standard deviation: a number, or `"3sigma"`: 3 x the std of the corrupted tokens'
+        embedding values over the prompt (or the dataset's prompts), the published rule.
+      samples: noise draws averaged per cell.
+      seed: the draws' seed.
+    """
+
+    scale: str | float = "3sigma"
+    samples: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.scale, bool) or not (
+            self.scale == "3sigma" or isinstance(self.scale, int | float)
+        ):
+            raise InputError(f"noise scale must be '3sigma' or a number, got {self.scale!r}")
+        if isinstance(self.scale, int | float) and self.scale < 0:
+            raise InputError(f"noise scale must be non-negative, got {self.scale}")
+        if type(self.samples) is not int or self.samples < 1:
+            raise InputError(f"noise samples must be a positive int, got {self.samples!r}")
+
+    @classmethod
+    def of(cls, noise: Noise | str | float) -> Noise:
+        """`noise` as a `Noise`: a bare scale (`"3sigma"` or a number) keeps the default samples and seed."""
+        return noise if isinstance(noise, Noise) else cls(scale=noise)
 
 
 @dataclasses.dataclass
@@ -211,18 +244,12 @@ def trace(
     subject: str | None = None,
     corrupt: str | tuple[int, int] = "subject",
     kinds: Sequence[str] = ("hidden", "mlp", "attn"),
-    samples: int = 10,
-    noise: str | float = "3sigma",
+    noise: Noise | str | float = Noise(),
     window: int = 10,
     window_convention: str = "code",
     answer: str | None = None,
     sever: str | None = None,
-    seed: int = 0,
-    chunk_samples: int | None = None,
-    bucket: int = 1,
-    pad_to: tuple[int, int] | None = None,
-    segments: int | str | None = "auto",
-    threads: int | str = "auto",
+    execution: Execution = Execution(),
 ) -> TraceResult:
     """Causal trace of one prompt: restore grids for each kind (METHODS.md §1).
 
@@ -232,29 +259,14 @@ def trace(
       subject: the subject inside the prompt (needed for subject and relation corruption).
       corrupt: `"subject"` (ROME), `"relation"` (papers 000, 004) or a `(start, end)` token span.
       kinds: any of `hidden`, `mlp`, `attn`.
-      samples: noise samples (the same noise for every cell).
-      noise: `"3sigma"` (3 x std of the corrupted tokens' embedding values) or an absolute std.
+      noise: a `Noise` (scale, samples, seed), or a bare scale (`"3sigma"` or an absolute std) with 10
+        samples from seed 0.
       window: layers restored around l for `mlp` / `attn` (`window_convention` `code`: [l-5, l+4]).
       answer: the answer whose first token is read out (default: the model's greedy prediction).
       sever: `mlp`, `attn` or `both`: in the `hidden` grid, pin that sublayer at later layers of the
         restored token to its corrupted value (paper 003 appendix, paper 004).
-      seed: noise seed.
-      chunk_samples: noise samples per chunk of the compiled grid (default: as many as fit 256 MiB).
-      bucket: pad the prompt length, and the span of token rows that carry cells, to multiples of this
-        so prompts of nearby shapes share compiled programs (dataset runs; compiling one grid takes
-        tens of seconds for a 30-layer model). 1 (single prompts) runs exactly the cells needed.
-      pad_to: `(length, live)`: pad to at least this prompt length and this many cell-carrying rows,
-        so that every prompt of a set runs the same compiled programs (`trace_dataset` on
-        accelerators, where one grid program compiles for minutes).
-      segments: how the program runs the layers below the last: None unrolls them (each layer at its
-        own shapes: the least work, a compile that grows with depth), k scans them in at most k ranges
-        padded to shared shapes. `"auto"`: `engine.DEFAULT_SEGMENTS` (6) on every backend: on SmolLM2
-        (30 layers) the first call takes half the unrolled one's time, for 9% more recomputed rows, and
-        runs as fast (docs/performance.md; `tools/bench_trace.py --segments none|K`).
-      threads: grid programs run at once from host threads (`jaxedit.side_by_side`): the noise samples
-        are split into this many groups of chunks, each run as its own call, every kind's calls side by
-        side. `"auto"`: 2 on a multi-core CPU (cores otherwise idle between a program's operations),
-        1 on accelerators. The grids do not depend on it beyond float rounding.
+      execution: speed and memory settings (`jaxedit.execution.Execution`: threads, segments, row
+        blocks, sample chunks, length buckets); the grids do not depend on them beyond float rounding.
 
     Returns:
       A `TraceResult`; `params` are untouched.
@@ -272,25 +284,20 @@ def trace(
         raise InputError(f"window must lie in [1, {config.n_layers}] (the model's layers), got {window}")
     if sever not in (None, "mlp", "attn", "both"):
         raise InputError(f"sever must be None, 'mlp', 'attn' or 'both', got {sever!r}")
-    if samples < 1:
-        raise InputError(f"samples must be at least 1, got {samples}")
-    if pad_to is not None and (len(pad_to) != 2 or min(pad_to) < 0):
-        raise InputError(f"pad_to must be a (length, live) pair of non-negative ints, got {pad_to!r}")
-    threads = resolve_threads(threads)
-    if segments == "auto":
-        segments = engine.DEFAULT_SEGMENTS
-    elif segments is not None and (not isinstance(segments, int) or segments < 1):
-        raise InputError(f"segments must be 'auto', None or a positive int, got {segments!r}")
+    noise = Noise.of(noise)
+    samples, seed = noise.samples, noise.seed
+    ex = execution.resolved()
+    bucket = ex.bucket_or(1)
     ids = tok.encode_one(model.tokenizer, prompt)
     if len(ids) > config.max_positions:
         raise InputError(f"prompt of {len(ids)} tokens is longer than the context of {config.max_positions}")
     mask, span = corrupted_tokens(model, prompt, ids, subject, corrupt)
-    scale = noise_scale_for(model, [(ids, mask)], noise)
+    scale = noise_scale_for(model, [(ids, mask)], noise.scale)
     start_time = time.perf_counter()
 
     # left-pad to a length bucket; only rows from the first corrupted token on carry cells
     n = len(ids)
-    min_length, min_live = pad_to or (0, 0)
+    min_length, min_live = ex.pad_to or (0, 0)
     length = min(max(_bucket(n, bucket), min_length), config.max_positions)
     pad = length - n
     first_live = pad + int(np.argmax(mask))
@@ -324,7 +331,7 @@ def trace(
     )
     p_corrupt_mean = float(jnp.mean(p_corrupt))
 
-    groups, n_chunks, chunk = sample_chunks(config, samples, length, live, chunk_samples, threads)
+    groups, n_chunks, chunk = sample_chunks(config, samples, length, live, ex.chunk_samples, ex.threads)
     order = np.arange(n_chunks * chunk) % samples  # pad the last chunk with repeats, dropped later
     chunks = jax.tree.map(lambda a: a[order].reshape(n_chunks, chunk, *a.shape[1:]), corrupt_states)
     per_group = n_chunks // groups
@@ -342,7 +349,7 @@ def trace(
             window,
             window_convention,
             sever if kind == "hidden" else None,
-            segments,
+            ex.segments,
         )
         for kind in kinds
     }
@@ -357,11 +364,12 @@ def trace(
             clean,
             group,
             jnp.int32(answer_id),
+            ex.row_block,
         )
 
     # group-major order: the first calls are of different kinds, so their programs compile side by side
     jobs = [(kind, group) for group in grouped for kind in kinds]
-    outputs = run_side_by_side([grid_call(kind, group) for kind, group in jobs], threads)
+    outputs = run_side_by_side([grid_call(kind, group) for kind, group in jobs], ex.threads)
     grids = {}
     for kind in kinds:
         probs = np.concatenate(

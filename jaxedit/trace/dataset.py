@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
@@ -34,11 +33,12 @@ from tqdm.auto import tqdm
 from jaxedit import tokens as tok
 from jaxedit.cache import digest
 from jaxedit.errors import InputError
+from jaxedit.execution import Execution
 from jaxedit.files import atomic_write_bytes, write_output
 from jaxedit.loading import Model
 from jaxedit.model import logits_at
 from jaxedit.trace import engine
-from jaxedit.trace.api import TraceResult, answer_token, corrupted_tokens, noise_scale_for, trace
+from jaxedit.trace.api import Noise, TraceResult, answer_token, corrupted_tokens, noise_scale_for, trace
 
 log = logging.getLogger(__name__)
 
@@ -303,18 +303,12 @@ def trace_dataset(
     n: int | None = None,
     corrupt: str = "subject",
     kinds: Sequence[str] = ("hidden", "mlp", "attn"),
-    samples: int = 10,
-    noise: str | float = "3sigma",
+    noise: Noise | str | float = Noise(),
     window: int = 10,
     sever: str | None = None,
-    seed: int = 0,
-    bucket: int = 4,
     out_dir: str | Path | None = None,
-    progress: bool = True,
-    workers: int = 1,
-    segments: int | str | None = "auto",
-    shapes: str | int = "auto",
     max_seconds: float | None = None,
+    execution: Execution = Execution(),
 ) -> DatasetTrace:
     """Trace facts the model knows and average the indirect effects by token class.
 
@@ -324,19 +318,17 @@ def trace_dataset(
       n: stop after this many correctly predicted facts (default: all).
       corrupt: `subject` or `relation`.
       out_dir: where per-fact traces are cached (resumable) and the summary is written.
-      workers: facts traced concurrently by threads. On an accelerator, compiling the grid programs of
-        new prompt shapes dominates and XLA compiles in parallel on the host's cores; on a CPU keep 1
-        (each fact's trace already runs two programs at once there: `trace`'s `threads`).
-      shapes: `bucket` pads each prompt to multiples of `bucket` (the least work: a CPU's choice);
-        `single` pads every prompt to the set's largest bucketed shape, so each kind compiles one grid
-        program (on an H200 one SmolLM2 grid program compiles in 1-3 minutes and then traces a fact
-        in a fraction of a second); an int k groups the prompts by length into at most k shapes
-        (`shape_groups`: k programs per kind, less padding than `single`); `auto`: `bucket` on a
-        CPU, `single` on accelerators.
       max_seconds: a time budget from the call: facts not started by then are left untraced and the
         averages cover the first `n_facts` known facts (`n_untraced` says how many were left; facts
         already in `out_dir`'s cache are always used). For runs whose compile time is unknown, such as
         a first run on an accelerator: ask for many facts and average what fits.
+      execution: speed and memory settings (`jaxedit.execution.Execution`); for a dataset also
+        `workers` (facts traced at once by threads: on an accelerator compiles of new prompt shapes run
+        in parallel on the host's cores; on a CPU keep 1) and `shapes` (`bucket` pads each prompt to
+        multiples of `bucket`, 4 here by default: the least work, a CPU's choice; `single` pads every
+        prompt to the set's largest shape, so each kind compiles one grid program: on an H200 one
+        SmolLM2 grid program compiles in 1-3 minutes and then traces a fact in a fraction of a second;
+        an int k groups prompts by length into at most k shapes, `shape_groups`).
       Other arguments as in `trace`.
 
     Returns:
@@ -347,10 +339,10 @@ def trace_dataset(
     records = list(records)
     if not records:
         raise InputError("no records to trace")
-    if workers < 1:
-        raise InputError(f"workers must be at least 1, got {workers}")
-    if not (shapes in ("auto", "bucket", "single") or (type(shapes) is int and shapes >= 1)):
-        raise InputError(f"shapes must be 'auto', 'bucket', 'single' or a positive int, got {shapes!r}")
+    noise = Noise.of(noise)
+    samples, seed = noise.samples, noise.seed
+    ex = execution.resolved()
+    bucket, shapes, workers = ex.bucket_or(4), ex.shapes, ex.workers
     if max_seconds is not None and not max_seconds > 0:
         raise InputError(f"max_seconds must be a positive number of seconds, got {max_seconds!r}")
     start = time.perf_counter()
@@ -359,14 +351,12 @@ def trace_dataset(
     log.info("tracing %d facts; %d of %d considered were filtered out", len(kept), filtered, considered)
     if not kept:
         raise InputError("the model predicts none of the given facts correctly: nothing to trace")
-    if shapes == "auto":
-        shapes = "bucket" if jax.default_backend() == "cpu" else "single"
     pads: list[tuple[int, int] | None] = [None] * len(kept)
     if shapes != "bucket":
         groups = 1 if shapes == "single" else shapes
         starts = [(len(ids), int(np.argmax(mask))) for *_, ids, mask, _ in kept]
         pads = list(shape_groups(starts, bucket, groups, model.config.n_layers, window))
-    scale = noise_scale_for(model, [(ids, mask) for *_, ids, mask, _ in kept], noise)
+    scale = noise_scale_for(model, [(ids, mask) for *_, ids, mask, _ in kept], noise.scale)
     filter_seconds = time.perf_counter() - start
 
     cache = Path(out_dir) / "facts" if out_dir is not None else None
@@ -388,10 +378,12 @@ def trace_dataset(
 
     def run(index: int, run_kinds: Sequence[str]) -> TraceResult:
         prompt, subject, answer, *_ = kept[index]
+        fact_execution = dataclasses.replace(
+            ex, bucket=bucket, pad_to=pads[index], threads=1 if workers > 1 else ex.threads
+        )  # facts side by side fill the cores
         return trace(
-            model, prompt, subject=subject, corrupt=corrupt, kinds=run_kinds, samples=samples, noise=scale,
-            window=window, answer=answer, sever=sever, seed=seed, bucket=bucket, pad_to=pads[index],
-            segments=segments, threads=1 if workers > 1 else "auto",  # facts side by side fill the cores
+            model, prompt, subject=subject, corrupt=corrupt, kinds=run_kinds, noise=Noise(scale, samples, seed),
+            window=window, answer=answer, sever=sever, execution=fact_execution,
         )  # fmt: skip
 
     def traced(index: int) -> tuple[dict[str, np.ndarray], float, float, float] | None:
@@ -422,7 +414,7 @@ def trace_dataset(
                 pool.map(traced, range(len(kept))),
                 total=len(kept),
                 desc=f"tracing ({corrupt})",
-                disable=not progress,
+                disable=not ex.progress,
             )
         )
     done = next((i for i, r in enumerate(results) if r is None), len(results))

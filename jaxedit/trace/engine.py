@@ -58,10 +58,8 @@ from jaxedit.row_blocks import map_row_blocks
 Kind = Literal["hidden", "mlp", "attn"]
 Sever = Literal["mlp", "attn", "both"] | None
 KINDS: tuple[str, ...] = ("hidden", "mlp", "attn")
-ROW_BLOCK_CPU = 512  # rows per block of the row-wise work on a CPU (`default_row_block`)
 READOUT_ROW_BLOCK = 256  # rows per block of the answer-probability readout off a CPU
 VOCAB_BLOCK = 4096  # vocabulary entries per streamed block of the readout on a CPU
-DEFAULT_SEGMENTS = 6  # scanned layer ranges per grid program: compile time independent of depth
 
 
 def window_bounds(layer: int, n_layers: int, window: int, convention: str = "code") -> tuple[int, int]:
@@ -561,15 +559,6 @@ def run_units(
     return token_probability(c, params, last, answer, vocab_block=VOCAB_BLOCK, row_block=row_block)
 
 
-def default_row_block() -> int | None:
-    """Rows per block of the row-wise work (`jaxedit.row_blocks`): 512 on a CPU, whole arrays elsewhere.
-
-    On a CPU, blocks keep the MLP's intermediates in cache; an accelerator is better served by the
-    largest matmuls.
-    """
-    return ROW_BLOCK_CPU if jax.default_backend() == "cpu" else None
-
-
 def run_grid(
     params: Params,
     config: ModelConfig,
@@ -579,14 +568,12 @@ def run_grid(
     clean: dict[str, jax.Array],
     corrupt_chunks: dict[str, jax.Array],
     answer: jax.Array,
-    row_block: int | Literal["auto"] | None = "auto",
+    row_block: int | None,
 ) -> jax.Array:
     """`run_units` over chunks of noise samples (`[n_chunks, S_chunk, ...]` arrays): `[n_chunks, U]`.
 
-    `row_block`: rows per block of the row-wise work; `auto`: `default_row_block()`.
+    `row_block`: rows per block of the row-wise work (`Execution.row_block`, resolved); None: all at once.
     """
-    if row_block == "auto":
-        row_block = default_row_block()
     return grid_program(params, config, plan, key_mask, positions, clean, corrupt_chunks, answer, row_block)
 
 
