@@ -201,13 +201,17 @@ def plan_forward(
     return _combine(mesh, (_part(fn, params, ids, mask), 1))
 
 
+# the trace grid as the committed tables (experiments/results/plan_presets.md) planned it: 4 layer segments
+PLAN_EXECUTION = Execution(segments=4)
+
+
 def plan_trace(
     config: ModelConfig,
     mesh: Mesh,
     params: dict,
     tokens: int = 16,
     samples: int = 10,
-    execution: Execution = Execution(),
+    execution: Execution = PLAN_EXECUTION,
 ) -> ProgramPlan:
     """The clean / corrupted runs and the hidden-kind grid of one `tokens`-token prompt, with
     `execution`'s settings resolved for an accelerator (whole-array rows, scanned layer segments)."""
@@ -297,7 +301,7 @@ def plan(
     edits: int = 1000,
     programs: tuple[str, ...] = PROGRAMS,
     progress: Callable[[str], None] | None = print,
-    execution: Execution = Execution(),
+    execution: Execution = PLAN_EXECUTION,
 ) -> Plan:
     """Compile `programs` for `config` on `mesh` without weights; see the module docstring."""
     unknown = set(programs) - set(PROGRAMS)
