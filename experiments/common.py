@@ -47,7 +47,7 @@ def trace_parser(doc: str) -> argparse.ArgumentParser:
 
 def dataset_options(args: argparse.Namespace) -> dict:
     """`trace_dataset` keyword arguments from `trace_parser` options."""
-    from jaxedit.execution import Execution
+    from jaxedit.runtime.execution import Execution
     from jaxedit.trace import Noise
 
     return {
@@ -90,7 +90,7 @@ def run_cache(name: str, model, args: argparse.Namespace, **extra: object) -> Pa
     run with another model, data slice or setting never reads another run's points."""
     import json
 
-    from jaxedit.cache import digest
+    from jaxedit.io.cache import digest
 
     key = {"fingerprint": model.fingerprint, "model": model.source, "args": vars(args), **extra}
     key = json.loads(json.dumps(key, default=str))
@@ -104,7 +104,7 @@ def run_cache(name: str, model, args: argparse.Namespace, **extra: object) -> Pa
 
 def write_text(path: Path, text: str) -> None:
     """Write a results file atomically."""
-    from jaxedit.files import atomic_write_bytes
+    from jaxedit.io.files import atomic_write_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, text.encode())

@@ -31,6 +31,7 @@ from common import RESULTS, machine, run_cache, shared_data, write_text
 import jaxedit
 from jaxedit.edit import apply
 from jaxedit.edit.adaptors import fired
+from jaxedit.edit.gate import adaptor_of, with_adaptor
 from jaxedit.edit.ireva import IrevaHparams, ireva
 from jaxedit.evaluate.zsre import read_zsre, score_zsre_cases, summarise_zsre
 
@@ -65,8 +66,8 @@ def main() -> None:
             hp = IrevaHparams(retrofit=False, alpha=alpha, normalise=normalise, score=score)
             edited = apply(model, ireva(model, [c.request for c in cases], hp, progress=False))
             for theta in thetas:
-                state = edited.params["adaptor"].replace(theta=jnp.float32(theta))
-                at = edited.replace(params={**edited.params, "adaptor": state})
+                state = adaptor_of(edited.params).replace(theta=jnp.float32(theta))
+                at = edited.replace(params=with_adaptor(edited.params, state))
                 row = summarise_zsre(score_zsre_cases(at, cases))
                 row["locality_fired"] = round(100 * float(np.mean([f.fired for f in fired(at, locality)])), 2)
                 point = {"normalise": normalise, "similarity": score, "alpha": alpha, "theta": theta, **row}

@@ -44,6 +44,7 @@ from common import (
 import jaxedit
 from jaxedit.edit import FT_L, apply, finetune, memit, rome_sequence
 from jaxedit.edit.contexts import context_templates
+from jaxedit.edit.gate import adaptor_of, with_adaptor
 from jaxedit.edit.ireva import default_hparams, ireva
 from jaxedit.edit.rome import default_hparams as rome_hparams
 from jaxedit.evaluate.withdrawal import withdrawal_metrics
@@ -155,8 +156,8 @@ def main() -> None:
         if method == "ireva":
             sweep = []
             for theta in (float(t) for t in args.thetas.split(",")):
-                state = edited.params["adaptor"].replace(theta=jnp.float32(theta))
-                at = edited.replace(params={**edited.params, "adaptor": state})
+                state = adaptor_of(edited.params).replace(theta=jnp.float32(theta))
+                at = edited.replace(params=with_adaptor(edited.params, state))
                 sweep.append({"theta": theta, **summarise_zsre(score_zsre_cases(at, first))})
             record["theta_sweep"] = sweep
         record["seconds"] = round(time.perf_counter() - began)

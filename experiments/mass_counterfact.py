@@ -34,13 +34,13 @@ from common import (
 )
 
 import jaxedit
-from jaxedit.cache import digest
 from jaxedit.edit import rome_sequence
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.memit import memit
 from jaxedit.edit.rome import default_hparams as rome_hparams
 from jaxedit.edit.target_store import stored_targets
 from jaxedit.evaluate import evaluate_counterfact, read_counterfact
+from jaxedit.io.cache import digest
 
 NAME = "mass_counterfact"
 PAPER = {  # paper 002 Table 1, GPT-J, 10,000 CounterFact edits (fluency there is x100)

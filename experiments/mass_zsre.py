@@ -33,10 +33,10 @@ from common import (
 )
 
 import jaxedit
-from jaxedit.cache import digest
 from jaxedit.edit.memit import memit
 from jaxedit.edit.target_store import stored_targets, stored_time
 from jaxedit.evaluate.zsre import PROTOCOL, evaluate_zsre, read_zsre
+from jaxedit.io.cache import digest
 
 NAME = "mass_zsre"
 TARGETS = RESULTS / f"{NAME}_targets"

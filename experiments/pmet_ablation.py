@@ -33,10 +33,10 @@ from common import (
 )
 
 import jaxedit
-from jaxedit.cache import digest
 from jaxedit.edit.memit import memit
 from jaxedit.edit.target_store import stored_targets
 from jaxedit.evaluate import evaluate_counterfact, read_counterfact
+from jaxedit.io.cache import digest
 
 NAME = "pmet_ablation"
 KEYS = ("ES", "PS", "NS", "fluency", "score", "n", "weight_change")

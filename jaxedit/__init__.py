@@ -7,16 +7,16 @@ Quick start::
     jaxedit.generate_text(model, "The Eiffel Tower is located in the city of")
 """
 
-from jaxedit import tokens
-from jaxedit.compile_cache import enable_compile_cache
-from jaxedit.config import ConfigError, ModelConfig
-from jaxedit.flax_export import save_flax
-from jaxedit.generate import generate, generate_text
-from jaxedit.interventions import SiteEdit
-from jaxedit.loading import Model, load_model, save_hf
-from jaxedit.model import Output, forward
-from jaxedit.predict import next_tokens
-from jaxedit.sharding import make_mesh, shard
+from jaxedit.core import tokens
+from jaxedit.core.config import ConfigError, ModelConfig
+from jaxedit.core.decoder import Output, forward
+from jaxedit.core.generate import generate, generate_text
+from jaxedit.core.interventions import SiteEdit
+from jaxedit.core.predict import next_tokens
+from jaxedit.core.sharding import make_mesh, shard
+from jaxedit.io.flax_export import save_flax
+from jaxedit.io.loading import Model, load_model, save_hf
+from jaxedit.runtime.compile_cache import enable_compile_cache
 
 __all__ = [
     "ConfigError",

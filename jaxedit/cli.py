@@ -53,7 +53,7 @@ def positive_float(text: str) -> float:
 
 
 def _load(spec: str):
-    from jaxedit.loading import load_model
+    from jaxedit.io.loading import load_model
 
     start = time.perf_counter()
     model = load_model(spec)
@@ -85,10 +85,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.devices}".strip()
     import jax
 
-    from jaxedit import presets
-    from jaxedit.files import write_output
-    from jaxedit.plan import plan
-    from jaxedit.sharding import make_mesh
+    from jaxedit.core.sharding import make_mesh
+    from jaxedit.io.files import write_output
+    from jaxedit.scale import presets
+    from jaxedit.scale.plan import plan
 
     shape = _mesh_shape(args.mesh, args.devices)
     config = presets.config(args.model, dtype=args.dtype)
@@ -107,7 +107,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from jaxedit.layout import param_count
+    from jaxedit.core.layout import param_count
 
     model = _load(args.model)
     c = model.config
@@ -139,7 +139,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from jaxedit.generate import generate_text
+    from jaxedit.core.generate import generate_text
 
     model = _load(args.model)
     (text,) = generate_text(
@@ -174,7 +174,7 @@ def _shapes(text: str) -> str | int:
 def cmd_trace(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from jaxedit.execution import Execution
+    from jaxedit.runtime.execution import Execution
     from jaxedit.trace import Noise, suggest_edit_layer, trace, trace_dataset
 
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
@@ -325,7 +325,7 @@ def cmd_lens(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from jaxedit.files import write_output
+    from jaxedit.io.files import write_output
     from jaxedit.lens import (
         attribute_rate,
         component_probes,
@@ -385,11 +385,11 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_edit(args: argparse.Namespace) -> int:
+    from jaxedit.core.generate import generate_text
     from jaxedit.edit import EditJournal
     from jaxedit.edit.health import check_edit
     from jaxedit.edit.targets import Request, as_request
-    from jaxedit.generate import generate_text
-    from jaxedit.loading import check_save_target
+    from jaxedit.io.loading import check_save_target
 
     model = _load(args.model)
     request = as_request(Request(prompt=args.prompt, subject=args.subject, target=args.target))
@@ -520,7 +520,7 @@ def _eval_sequential(args: argparse.Namespace, model, cases, benchmark: str) -> 
     from jaxedit.edit.sequential import METHODS, sequential
     from jaxedit.evaluate.lifelong import LifelongProbe, held_out_passages, known_facts
     from jaxedit.evaluate.runner import claim_directory, run_key
-    from jaxedit.files import write_output
+    from jaxedit.io.files import write_output
 
     if args.method not in METHODS:
         raise InputError(f"--sequential runs {', '.join(METHODS)}, not {args.method!r}")
@@ -750,7 +750,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
-        from jaxedit.compile_cache import enable_compile_cache
+        from jaxedit.runtime.compile_cache import enable_compile_cache
 
         try:
             cache = enable_compile_cache(args.compile_cache)
@@ -760,7 +760,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cache = None  # the default place is not writable here: run without the cache
             log.warning("jaxedit: %s; running without a compile cache", err)
         log.info("compile cache: %s", cache or "off")
-        from jaxedit.compile_log import compile_log
+        from jaxedit.runtime.compile_log import compile_log
 
         with compile_log() as compiled:
             code = args.func(args)

@@ -15,15 +15,15 @@ import dataclasses
 import time
 from pathlib import Path
 
+from jaxedit.core.generate import generate_text
+from jaxedit.core.predict import next_tokens
 from jaxedit.data import demo_counterfact_path, demo_facts
 from jaxedit.edit import RomeHparams, apply, default_layer, revert, rome
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.stats import corpus_or_samples, key_statistics
 from jaxedit.edit.targets import Request
 from jaxedit.evaluate import evaluate_counterfact, read_counterfact
-from jaxedit.generate import generate_text
-from jaxedit.loading import Model
-from jaxedit.predict import next_tokens
+from jaxedit.io.loading import Model
 from jaxedit.trace import Execution, Noise, trace
 
 EDIT = Request(prompt="{} is located in the city of", subject="The Eiffel Tower", target="Rome")

@@ -13,8 +13,10 @@ import sys
 import jax
 import numpy as np
 
-from jaxedit import forward, layout, presets, sharding
-from jaxedit.plan import PROGRAMS, plan
+from jaxedit import forward
+from jaxedit.core import layout, sharding
+from jaxedit.scale import presets
+from jaxedit.scale.plan import PROGRAMS, plan
 
 assert jax.device_count() == 8, jax.devices()
 mesh = sharding.make_mesh({"data": 1, "model": 8})

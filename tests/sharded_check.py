@@ -11,8 +11,9 @@ import sys
 import jax
 import numpy as np
 
-from jaxedit import forward, generate, layout, sharding
-from jaxedit.config import ModelConfig
+from jaxedit import forward, generate
+from jaxedit.core import layout, sharding
+from jaxedit.core.config import ModelConfig
 
 assert jax.device_count() == 8, jax.devices()
 

@@ -23,9 +23,9 @@ import jax
 import numpy as np
 
 import jaxedit
-from jaxedit import sharding
-from jaxedit.files import owned_files
-from jaxedit.sharded_checkpoint import (
+from jaxedit.core import sharding
+from jaxedit.io.files import owned_files
+from jaxedit.scale.sharded_checkpoint import (
     restore_sharded,
     restore_statistics_sharded,
     save_sharded,

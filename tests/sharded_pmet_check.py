@@ -16,11 +16,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from hf_tiny import tiny_tokenizer
 
-from jaxedit import forward, layout, sharding
-from jaxedit.config import ModelConfig
+from jaxedit import forward
+from jaxedit.core import layout, sharding
+from jaxedit.core.config import ModelConfig
 from jaxedit.edit import Request, apply, key_statistics
 from jaxedit.edit.memit import memit, pmet_hparams
-from jaxedit.loading import Model
+from jaxedit.io.loading import Model
 
 assert jax.device_count() == 8, jax.devices()
 

@@ -15,10 +15,11 @@ import jax
 import numpy as np
 from hf_tiny import TINY_CONFIGS, save_tiny
 
-from jaxedit import forward, layout, load_model, sharding
-from jaxedit.checkpoints import directory_source
-from jaxedit.families import family_module
-from jaxedit.loading import params_from_source
+from jaxedit import forward, load_model
+from jaxedit.core import layout, sharding
+from jaxedit.io.checkpoints import directory_source
+from jaxedit.io.families import family_module
+from jaxedit.io.loading import params_from_source
 
 assert jax.device_count() == 8, jax.devices()
 

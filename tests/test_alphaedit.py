@@ -72,7 +72,7 @@ def preserved(model):
     for layer in (0, 1):
         rows = []
         for text in texts:
-            ids = np.asarray([jaxedit.tokens.encode_one(model.tokenizer, text)])
+            ids = np.asarray([jaxedit.core.tokens.encode_one(model.tokenizer, text)])
             taps = jaxedit.forward(model.params, model.config, ids, taps=("mlp_key",)).taps["mlp_key"]
             rows.append(np.asarray(taps[0, layer], np.float64))
         keys[layer] = np.concatenate(rows)

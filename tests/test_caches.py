@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import jaxedit
-from jaxedit.cache import save_npz
 from jaxedit.edit import stats as stats_lib
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.stats import key_statistics
+from jaxedit.io.cache import save_npz
 
 TEXTS = [f"text number {i} about the eiffel tower and rome" for i in range(24)]
 

@@ -10,12 +10,13 @@ import jax
 import pytest
 from conftest import subprocess_env
 
-from jaxedit import cli, compile_cache
+from jaxedit import cli
+from jaxedit.runtime import compile_cache
 
 PROGRAM = """
 import sys
 import jax, jax.numpy as jnp
-from jaxedit.compile_cache import enable_compile_cache
+from jaxedit.runtime.compile_cache import enable_compile_cache
 
 hits = []
 jax.monitoring.register_event_listener(

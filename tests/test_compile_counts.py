@@ -7,9 +7,9 @@ import jax
 import pytest
 
 import jaxedit
-from jaxedit.compile_log import compile_log
 from jaxedit.edit.targets import Request, TargetHparams, optimise_targets
 from jaxedit.evaluate.counterfact import CounterfactCase, score_cases
+from jaxedit.runtime.compile_log import compile_log
 
 WORDS = ["w40", "w41", "w42", "w43", "w44", "w45", "w46", "w47", "w48"]
 

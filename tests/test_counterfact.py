@@ -66,7 +66,7 @@ def test_reads_both_layouts(tmp_path) -> None:
 
 def probability(model, prompt: str, target: str) -> float:
     """Length-normalised P(target | prompt), one token at a time with full forwards."""
-    ids = jaxedit.tokens.encode_one(model.tokenizer, prompt)
+    ids = jaxedit.core.tokens.encode_one(model.tokenizer, prompt)
     targets = model.tokenizer(" " + target, add_special_tokens=False)["input_ids"]
     nll = []
     for token in targets:

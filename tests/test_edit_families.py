@@ -22,7 +22,7 @@ import pytest
 from conftest import full_rank_texts
 
 import jaxedit
-from jaxedit import tokens as tok
+from jaxedit.core import tokens as tok
 from jaxedit.edit import EditJournal, RomeHparams, TargetHparams, apply, key_statistics, memit, rome
 from jaxedit.edit.adaptors import fired
 from jaxedit.edit.finetune import FinetuneHparams, finetune

@@ -15,7 +15,7 @@ from conftest import subprocess_env
 from fault_work import WORK
 
 import jaxedit
-from jaxedit.cache import load_npz
+from jaxedit.io.cache import load_npz
 
 HERE = Path(__file__).parent
 

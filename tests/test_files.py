@@ -15,7 +15,7 @@ from jaxedit import cli
 from jaxedit.edit import EditJournal
 from jaxedit.edit.delta import Delta
 from jaxedit.errors import FilesError
-from jaxedit.files import MANIFEST, write_output
+from jaxedit.io.files import MANIFEST, write_output
 
 
 def snapshot(directory: Path) -> dict[str, str]:

@@ -12,10 +12,10 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 import jaxedit
+from jaxedit.core.fingerprint import weights_fingerprint
 from jaxedit.edit import EditJournal, apply, revert
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.stats import key_statistics
-from jaxedit.fingerprint import weights_fingerprint
 
 
 @pytest.fixture(scope="module")

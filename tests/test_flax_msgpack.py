@@ -22,8 +22,8 @@ from hf_tiny import VOCAB, save_tiny
 from safetensors.numpy import load_file
 
 import jaxedit
-from jaxedit.checkpoints import WeightsError
 from jaxedit.errors import FilesError, InputError
+from jaxedit.io.checkpoints import WeightsError
 
 FLAX_FAMILIES = ["gpt2", "gptj", "llama_gqa_untied"]
 IDS = np.random.default_rng(0).integers(0, VOCAB, size=(2, 7))

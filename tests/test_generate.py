@@ -26,7 +26,7 @@ def test_batched_left_padded_equals_unbatched(tiny_dirs) -> None:
     model = jaxedit.load_model(tiny_dirs["llama_tied"])
     rng = np.random.default_rng(1)
     rows = [rng.integers(0, VOCAB, size=n).tolist() for n in (3, 9, 6)]
-    ids, mask = jaxedit.tokens.pad(rows, 0, side="left")
+    ids, mask = jaxedit.core.tokens.pad(rows, 0, side="left")
     batched = generate(model.params, model.config, ids, mask, max_new_tokens=5)
     for i, row in enumerate(rows):
         alone = generate(model.params, model.config, np.asarray([row]), max_new_tokens=5)

@@ -9,8 +9,8 @@ import pytest
 from hf_tiny import VOCAB
 
 import jaxedit
-import jaxedit.model
-from jaxedit import interventions as iv
+import jaxedit.core.decoder
+from jaxedit.core import interventions as iv
 
 SITES = iv.LAYER_SITES
 assert "attn_heads" in SITES
@@ -41,7 +41,7 @@ def test_delta_changes_only_later_tokens_and_later_layers(model, ids, site) -> N
     layer, token = 1, 4
     taps = ("resid_pre", "resid_post", "mlp_key")
     clean = jaxedit.forward(model.params, c, ids, taps=taps)
-    width = jaxedit.model.site_widths(c)[site]
+    width = jaxedit.core.decoder.site_widths(c)[site]
     delta = jnp.zeros((c.n_layers, ids.shape[1], width)).at[layer, token].set(3.0)
     out = jaxedit.forward(model.params, c, ids, taps=taps, interventions={site: iv.add(delta)})
     before = slice(0, token)

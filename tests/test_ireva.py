@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 import jaxedit
-from jaxedit import tokens as tok
+from jaxedit.core import tokens as tok
 from jaxedit.edit import EditJournal, apply
 from jaxedit.edit.adaptors import CapacityError, fired, list_facts, withdraw_fact
+from jaxedit.edit.gate import adaptor_of
 from jaxedit.edit.ireva import IrevaHparams, ireva
 from jaxedit.evaluate.metrics import target_scores
 from jaxedit.evaluate.withdrawal import withdrawal_metrics
@@ -86,8 +87,8 @@ def test_capacity_growth_preserves_every_edit(model) -> None:
         part = facts[start : start + 3]
         ids = [str(i) for i in range(start, start + len(part))]
         grown = apply(grown, ireva(grown, part, INIT, facts=ids, progress=False))
-    assert grown.params["adaptor"].capacity == 32 and at_once.params["adaptor"].capacity == 32
-    grown_state, once_state = grown.params["adaptor"], at_once.params["adaptor"]
+    assert adaptor_of(grown.params).capacity == 32 and adaptor_of(at_once.params).capacity == 32
+    grown_state, once_state = adaptor_of(grown.params), adaptor_of(at_once.params)
     for name in ("values", "active", "fact", "token"):
         np.testing.assert_array_equal(
             np.asarray(getattr(grown_state, name)), np.asarray(getattr(once_state, name))
@@ -164,8 +165,8 @@ def test_journal_round_trip_keeps_neurons_and_withdrawals(model, tmp_path) -> No
     assert [f["withdrawal"] for f in list_facts(loaded.model)] == [None, "mute", "remove"]
     for name in ("active", "muted"):
         np.testing.assert_array_equal(
-            np.asarray(getattr(loaded.model.params["adaptor"], name)),
-            np.asarray(getattr(journal.model.params["adaptor"], name)),
+            np.asarray(getattr(adaptor_of(loaded.model.params), name)),
+            np.asarray(getattr(adaptor_of(journal.model.params), name)),
         )
     loaded.withdraw(loaded.model.edits[0].id)  # the whole batch
     np.testing.assert_array_equal(last_logits(loaded.model, prompts), last_logits(model, prompts))
@@ -237,7 +238,7 @@ def test_exclusive_floors_keep_other_facts_neurons_quiet_after_a_withdrawal(mode
     journal.apply(edit)
     journal.save(tmp_path / "j")
     exclusive = EditJournal.load(tmp_path / "j", model).model
-    np.testing.assert_array_equal(np.asarray(exclusive.params["adaptor"].floor[: len(keys)]), edit.floor)
+    np.testing.assert_array_equal(np.asarray(adaptor_of(exclusive.params).floor[: len(keys)]), edit.floor)
     firing = fired(exclusive, texts(facts))
     assert [f.fact for f in firing] == ids and all(f.fired for f in firing)  # each edit still fires
     # removed (the paper's withdrawal): the floors keep the neighbours' neurons quiet

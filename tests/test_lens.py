@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import jaxedit
-from jaxedit import interventions as iv
-from jaxedit import tokens as tok
+from jaxedit.core import interventions as iv
+from jaxedit.core import tokens as tok
 from jaxedit.lens import (
     LensFact,
     attribute_rate,

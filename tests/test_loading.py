@@ -15,10 +15,10 @@ import transformers
 from hf_tiny import VOCAB, build_hf_model, save_tiny
 
 import jaxedit
-from jaxedit.checkpoints import WeightsError
-from jaxedit.config import ConfigError
+from jaxedit.core.config import ConfigError
 from jaxedit.errors import FilesError
-from jaxedit.gguf_io import unpermute_rotary
+from jaxedit.io.checkpoints import WeightsError
+from jaxedit.io.gguf import unpermute_rotary
 
 IDS = np.random.default_rng(0).integers(0, VOCAB, size=(2, 9))
 
@@ -151,7 +151,7 @@ def test_unsupported_model_type_lists_supported(tmp_path: Path) -> None:
 
 def test_unsupported_rope_scaling(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="yarn"):
-        jaxedit.families.config_from_hf(
+        jaxedit.io.families.config_from_hf(
             {"model_type": "llama", "rope_scaling": {"rope_type": "yarn", "factor": 2}}
         )
 

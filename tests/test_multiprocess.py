@@ -48,7 +48,7 @@ def test_checkpoint_saved_by_two_processes_restores_on_other_meshes(two_processe
 
 
 def test_bad_process_id_is_refused() -> None:
-    from jaxedit import distributed
+    from jaxedit.scale import distributed
 
     with pytest.raises(ValueError, match="process_id"):
         distributed.initialize("localhost:1", 2, 2)

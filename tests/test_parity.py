@@ -8,7 +8,7 @@ import torch
 from hf_tiny import TINY_CONFIGS, VOCAB, build_hf_model
 
 import jaxedit
-from jaxedit import model as core
+from jaxedit.core import decoder
 
 
 @pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
@@ -25,7 +25,7 @@ def test_logits_and_hidden_states_match_transformers(name: str, tiny_dirs) -> No
     for layer in range(n - 1):
         np.testing.assert_allclose(resid[:, layer], ref.hidden_states[layer + 1].numpy(), atol=1e-5)
     # transformers applies the final norm to its last hidden state
-    last = core.norm(model.config, model.params["final_norm"], resid[:, n - 1])
+    last = decoder.norm(model.config, model.params["final_norm"], resid[:, n - 1])
     np.testing.assert_allclose(np.asarray(last), ref.hidden_states[n].numpy(), atol=1e-5)
 
 
@@ -34,12 +34,14 @@ def test_scan_equals_unrolled_blocks(tiny_dirs) -> None:
     c, p = model.config, model.params
     ids = np.random.default_rng(1).integers(0, VOCAB, size=(1, 9))
     mask = np.ones_like(ids)
-    positions = core.positions_from_mask(mask)
-    x = core.residual_input(c, p, core.embed_tokens(p, ids), positions)
+    positions = decoder.positions_from_mask(mask)
+    x = decoder.residual_input(c, p, decoder.embed_tokens(p, ids), positions)
     for layer in range(c.n_layers):
         layer_params = {k: v for k, v in _index(p["layers"], layer).items()}
-        x = core.block(c, layer_params, x, core.rotary_for(c, positions), core.causal_mask(mask), {}).resid
-    unrolled = core.unembed(c, p, x)
+        x = decoder.block(
+            c, layer_params, x, decoder.rotary_for(c, positions), decoder.causal_mask(mask), {}
+        ).resid
+    unrolled = decoder.unembed(c, p, x)
     np.testing.assert_allclose(np.asarray(unrolled), np.asarray(jaxedit.forward(p, c, ids).logits), atol=1e-5)
 
 
@@ -56,7 +58,7 @@ def test_padding_left_and_right_gives_per_prompt_logits(name: str, tiny_dirs) ->
         np.asarray(jaxedit.forward(model.params, model.config, np.asarray([r])).logits[0]) for r in rows
     ]
     for side in ("left", "right"):
-        ids, mask = jaxedit.tokens.pad(rows, 0, side=side, multiple=8)
+        ids, mask = jaxedit.core.tokens.pad(rows, 0, side=side, multiple=8)
         logits = np.asarray(jaxedit.forward(model.params, model.config, ids, mask).logits)
         for i, row in enumerate(rows):
             n = len(row)

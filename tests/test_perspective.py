@@ -77,7 +77,7 @@ def model(tiny_dirs):
 
 
 def greedy(model, prompt: str) -> str:
-    ids = np.asarray([jaxedit.tokens.encode_one(model.tokenizer, prompt)])
+    ids = np.asarray([jaxedit.core.tokens.encode_one(model.tokenizer, prompt)])
     return model.tokenizer.decode(
         [int(jax.numpy.argmax(jaxedit.forward(model.params, model.config, ids).logits[0, -1]))]
     )

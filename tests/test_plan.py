@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import pytest
 from conftest import subprocess_env
 
-from jaxedit import cli, presets
-from jaxedit.flops import matmul_flops
+from jaxedit import cli
+from jaxedit.scale import presets
+from jaxedit.scale.flops import matmul_flops
 
 
 def run_check(*presets_: str) -> str:

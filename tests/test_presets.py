@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from jaxedit import layout, presets
-from jaxedit.config import ConfigError
+from jaxedit.core import layout
+from jaxedit.core.config import ConfigError
+from jaxedit.scale import presets
 
 
 @pytest.mark.parametrize("name", sorted(presets.HF_CONFIGS))

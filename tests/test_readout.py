@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import jaxedit
-from jaxedit import model as core
-from jaxedit.readout import token_probability
-from jaxedit.row_blocks import block_size, map_row_blocks
+from jaxedit.core import decoder
+from jaxedit.core.readout import token_probability
+from jaxedit.runtime.row_blocks import block_size, map_row_blocks
 
 
 @pytest.mark.parametrize("name", ["llama_gqa_untied", "gptj", "gpt2"])  # untied, untied with bias, tied
@@ -18,7 +18,7 @@ def test_token_probability_equals_softmax_of_full_logits(tiny_dirs, name) -> Non
     model = jaxedit.load_model(tiny_dirs[name])
     c = model.config
     x = 4.0 * jax.random.normal(jax.random.key(0), (37, c.d_model))  # confident, varied predictions
-    logits = core.unembed(c, model.params, x)
+    logits = decoder.unembed(c, model.params, x)
     for token in (0, 5, c.vocab_size - 1):
         expected = np.asarray(jax.nn.softmax(logits, axis=-1)[:, token])
         # blocks that divide the vocabulary, blocks that leave a remainder, one block; rows in padded blocks

@@ -10,7 +10,7 @@ import pytest
 from conftest import full_rank_texts
 
 import jaxedit
-from jaxedit import tokens as tok
+from jaxedit.core import tokens as tok
 from jaxedit.edit import apply, rome
 from jaxedit.edit.reads import last_token_taps
 from jaxedit.edit.rets import RetsHparams, last_token_keys, rets, subject_constraint
@@ -60,7 +60,7 @@ def test_update_maps_the_mean_relation_key_to_the_target_value(model, stats) -> 
         model, [REQUEST], LAYER, TEMPLATES, dataclasses.replace(HP.targets, key_token="subject")
     )
     assert not np.allclose(subject_targets.key[0], targets.key[0])
-    ids = jaxedit.tokens.encode_one(model.tokenizer, REQUEST.text)
+    ids = jaxedit.core.tokens.encode_one(model.tokenizer, REQUEST.text)
     np.testing.assert_allclose(last_token_keys(model, LAYER, [REQUEST.text])[0], targets.key[0], atol=1e-4)
     assert len(ids) > 1
 
@@ -109,9 +109,11 @@ def test_kl_prompt_variants_and_key_positions() -> None:
 
     paper = build_batch(Stub, [REQUEST], ["{}"], "{} is a", "last")
     reference = build_batch(Stub, [REQUEST], ["{}"], "{prompt} is a", "last")
-    n_prompt = len(jaxedit.tokens.encode_one(Stub.tokenizer, REQUEST.text))
+    n_prompt = len(jaxedit.core.tokens.encode_one(Stub.tokenizer, REQUEST.text))
     assert paper.key_pos[0] == reference.key_pos[0] == n_prompt - 1  # the last relation token
-    assert paper.key_pos[1] == len(jaxedit.tokens.encode_one(Stub.tokenizer, "danielle darrieux is a")) - 1
+    assert (
+        paper.key_pos[1] == len(jaxedit.core.tokens.encode_one(Stub.tokenizer, "danielle darrieux is a")) - 1
+    )
     assert reference.key_pos[1] == n_prompt + 2 - 1  # "<prompt> is a": read at its last token
     subject = build_batch(Stub, [REQUEST], ["{}"], "{} is a", "subject")
     assert subject.key_pos[0] == n_prompt - 2  # "... danielle darrieux is": the subject's last token

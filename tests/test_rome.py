@@ -18,7 +18,7 @@ from jaxedit.edit import Delta, RomeHparams, apply, revert, rome
 from jaxedit.edit.rome import rank_one_update
 from jaxedit.edit.stats import StatsError, key_statistics
 from jaxedit.edit.targets import Request, TargetHparams, build_batch, chunk_order, optimise_targets
-from jaxedit.execution import Execution
+from jaxedit.runtime.execution import Execution
 
 REQUEST = Request(prompt="the mother tongue of {} is", subject="danielle darrieux", target="english")
 TEXTS = [
@@ -130,7 +130,7 @@ def test_delta_errors(model) -> None:
 
 def test_statistics_equal_the_mean_outer_product_of_keys(model) -> None:
     stats = key_statistics(model, [1], TEXTS, cache=False, progress=False)[1]
-    ids, mask = jaxedit.tokens.encode(model.tokenizer, TEXTS[:5], side="right")
+    ids, mask = jaxedit.core.tokens.encode(model.tokenizer, TEXTS[:5], side="right")
     keys = np.asarray(
         jaxedit.forward(model.params, model.config, ids, mask, taps=("mlp_key",)).taps["mlp_key"]
     )
@@ -194,13 +194,13 @@ def test_rome_writes_v_star_and_raises_the_target(model, stats) -> None:
     hp = RomeHparams(layer=1)
     delta = rome(model, REQUEST, stats, hp, templates=TEMPLATES)
     edited = apply(model, delta)
-    ids = np.asarray([jaxedit.tokens.encode_one(model.tokenizer, REQUEST.text)])
+    ids = np.asarray([jaxedit.core.tokens.encode_one(model.tokenizer, REQUEST.text)])
     target = model.tokenizer.convert_tokens_to_ids("english")
     before = jax.nn.softmax(jaxedit.forward(model.params, model.config, ids).logits[0, -1])
     after = jax.nn.softmax(jaxedit.forward(edited.params, edited.config, ids).logits[0, -1])
     assert float(after[target]) > 2 * float(before[target])  # the flip itself: tests/test_smollm2.py
     # the rank-one edit writes v* exactly at the bare prompt's key (the last subject token)
-    pos = jaxedit.tokens.token_span(model.tokenizer, REQUEST.text, REQUEST.subject)[1] - 1
+    pos = jaxedit.core.tokens.token_span(model.tokenizer, REQUEST.text, REQUEST.subject)[1] - 1
     key = jaxedit.forward(model.params, model.config, ids, taps=("mlp_key", "mlp_out")).taps
     k = np.asarray(key["mlp_key"][0, 1, pos])
     taps_after = jaxedit.forward(edited.params, edited.config, ids, taps=("mlp_out",)).taps
@@ -263,7 +263,7 @@ def test_fine_tuning_baselines_lower_the_nll_and_ft_l_respects_its_bound(model) 
     dense_l = ft_l.dense()[0]
     assert np.abs(dense_l).max() <= 5e-4 + 1e-9
     assert np.abs(ft.dense()[0]).max() > 5e-4
-    ids = np.asarray([jaxedit.tokens.encode_one(model.tokenizer, REQUEST.text)])
+    ids = np.asarray([jaxedit.core.tokens.encode_one(model.tokenizer, REQUEST.text)])
     target = model.tokenizer.convert_tokens_to_ids("english")
 
     def p_target(m) -> float:
@@ -278,7 +278,7 @@ def test_fine_tuning_baselines_lower_the_nll_and_ft_l_respects_its_bound(model) 
 def test_target_nll_equals_a_plain_forward_with_the_delta_added(model) -> None:
     """The optimisation recomputes only the tokens from the key on (cached prefix keys / values);
     its NLL must equal full forwards of every context with δ added at the key token."""
-    from jaxedit import interventions as iv
+    from jaxedit.core import interventions as iv
     from jaxedit.edit.targets import build_batch
 
     layer = 1
@@ -323,7 +323,7 @@ def test_attention_projection_deltas_and_statistics(model) -> None:
         Delta(layers=(0,), left=np.ones((1, 1, 4)), right=np.ones((1, 1, 4)), method="x", site="embed")
 
     stats = key_statistics(model, [1], TEXTS[:5], cache=False, progress=False, site="attn_heads")[1]
-    ids, mask = jaxedit.tokens.encode(model.tokenizer, TEXTS[:5], side="right")
+    ids, mask = jaxedit.core.tokens.encode(model.tokenizer, TEXTS[:5], side="right")
     heads = np.asarray(jaxedit.forward(model.params, c, ids, mask, taps=("attn_heads",)).taps["attn_heads"])
     rows = heads[:, 1][np.asarray(mask, bool)]
     np.testing.assert_allclose(stats.matrix, rows.T @ rows / len(rows), rtol=1e-4, atol=1e-6)

@@ -115,7 +115,7 @@ def test_alphaedit_and_rome_sequences_and_probes(model, stats, tmp_path) -> None
 
 
 def test_known_facts_are_those_the_model_gets_right(model) -> None:
-    from jaxedit.predict import next_tokens
+    from jaxedit.core.predict import next_tokens
 
     tops = next_tokens(model, [r.text for r in STREAM], k=2)
     first = [(t.prompt, t.tokens[0].strip()) for t in tops]  # the model's own top-1 answers

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 import jaxedit
-from jaxedit import layout
-from jaxedit.config import ModelConfig
+from jaxedit.core import layout
+from jaxedit.core.config import ModelConfig
 from jaxedit.edit import Delta, EditJournal, apply
 from jaxedit.edit.stats import KeyStats
 from jaxedit.errors import FilesError, InputError
-from jaxedit.sharded_checkpoint import (
+from jaxedit.scale.sharded_checkpoint import (
     restore_sharded,
     restore_statistics_sharded,
     save_sharded,

@@ -1,4 +1,4 @@
-"""`jaxedit.side_by_side`: independent calls run at once from host threads, results in order."""
+"""`jaxedit.runtime.side_by_side`: independent calls run at once from host threads, results in order."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import pytest
 from conftest import subprocess_env
 
-from jaxedit import execution, side_by_side
+from jaxedit.runtime import execution, side_by_side
 
 
 def test_results_come_back_in_call_order() -> None:
@@ -58,7 +58,7 @@ def test_thread_counts() -> None:
 
 def test_several_devices_default_to_one_thread() -> None:
     # programs over several devices carry collectives: they run one at a time
-    code = "from jaxedit import execution; print(execution.default_threads())"
+    code = "from jaxedit.runtime import execution; print(execution.default_threads())"
     env = subprocess_env(devices=4)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -12,7 +12,7 @@ from conftest import requires_smollm2
 
 import jaxedit
 from jaxedit import cli
-from jaxedit.loading import embedded_gguf_path
+from jaxedit.io.loading import embedded_gguf_path
 
 pytestmark = [requires_smollm2, pytest.mark.slow]
 
@@ -37,11 +37,11 @@ def test_config_is_smollm2(smollm2) -> None:
         3,
         49152,
     )
-    assert c.tie_embeddings and jaxedit.layout.param_count(c) == 134_515_008
+    assert c.tie_embeddings and jaxedit.core.layout.param_count(c) == 134_515_008
 
 
 def test_logits_match_transformers_on_the_same_gguf(smollm2, hf_smollm2) -> None:
-    ids, mask = jaxedit.tokens.encode(smollm2.tokenizer, PROMPTS, side="left")
+    ids, mask = jaxedit.core.tokens.encode(smollm2.tokenizer, PROMPTS, side="left")
     ours = np.asarray(jaxedit.forward(smollm2.params, smollm2.config, ids, mask).logits)
     for i, prompt in enumerate(PROMPTS):
         single = smollm2.tokenizer(prompt, return_tensors="pt")["input_ids"]

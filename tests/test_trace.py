@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import jaxedit
-from jaxedit import interventions as iv
-from jaxedit.execution import ROW_BLOCK_CPU
-from jaxedit.layout import init_params
+from jaxedit.core import interventions as iv
+from jaxedit.core.layout import init_params
+from jaxedit.runtime.execution import ROW_BLOCK_CPU
 from jaxedit.trace import Execution, Noise, engine, trace
 from jaxedit.trace.runs import clean_and_corrupted, make_noise
 
@@ -117,7 +117,7 @@ FAMILY_CASES = [("llama_gqa_untied", *case) for case in CASES] + [
 @pytest.mark.parametrize(("name", "kind", "corruption", "sever"), FAMILY_CASES)
 def test_compiled_grid_equals_cell_by_cell_loop(tiny_dirs, name, kind, corruption, sever) -> None:
     model = sharpened(jaxedit.load_model(tiny_dirs[name]))
-    ids = jaxedit.tokens.encode_one(model.tokenizer, PROMPT)
+    ids = jaxedit.core.tokens.encode_one(model.tokenizer, PROMPT)
     mask, _ = jaxedit.trace.api.corrupted_tokens(model, PROMPT, ids, "danielle darrieux", corruption)
     noise = make_noise(3, 3, jnp.asarray(mask), model.config.d_model, 2.0)
     answer = top1(model, ids)
@@ -141,7 +141,7 @@ def test_scanned_segments_equal_the_unrolled_grid(tiny_dirs, kind, corruption, s
     base = jaxedit.load_model(tiny_dirs["llama_gqa_untied"])
     config = dataclasses.replace(base.config, n_layers=8)  # deep enough for ranges of several layers
     model = base.replace(config=config, params=init_params(config, seed=2, scale=0.3))
-    ids = jaxedit.tokens.encode_one(model.tokenizer, PROMPT)
+    ids = jaxedit.core.tokens.encode_one(model.tokenizer, PROMPT)
     mask, _ = jaxedit.trace.api.corrupted_tokens(model, PROMPT, ids, "danielle darrieux", corruption)
     noise = make_noise(1, 3, jnp.asarray(mask), model.config.d_model, 2.0)
     answer = top1(model, ids)
@@ -186,7 +186,7 @@ def test_clipped_windows_fork_from_the_cell_below(kind) -> None:
 
 
 def test_paper_window_convention_matches_loop(model) -> None:
-    ids = jaxedit.tokens.encode_one(model.tokenizer, PROMPT)
+    ids = jaxedit.core.tokens.encode_one(model.tokenizer, PROMPT)
     mask, _ = jaxedit.trace.api.corrupted_tokens(model, PROMPT, ids, "danielle darrieux", "subject")
     noise = make_noise(0, 2, jnp.asarray(mask), model.config.d_model, 0.5)
     expected = reference_grid(model, ids, mask, noise, 5, "mlp", window=3, convention="paper")
@@ -203,7 +203,7 @@ def test_window_bounds() -> None:
 
 def test_restoring_everything_gives_clean_and_nothing_gives_corrupt(model) -> None:
     c = model.config
-    ids = np.asarray(jaxedit.tokens.encode_one(model.tokenizer, PROMPT))
+    ids = np.asarray(jaxedit.core.tokens.encode_one(model.tokenizer, PROMPT))
     mask, _ = jaxedit.trace.api.corrupted_tokens(model, PROMPT, ids.tolist(), "danielle darrieux", "subject")
     noise = make_noise(1, 4, jnp.asarray(mask), c.d_model, 1.0)
     clean, _, p_clean, p_corrupt = clean_and_corrupted(

@@ -32,7 +32,7 @@ def model(tiny_dirs):
 def records(model):
     out = []
     for prompt, subject in PROMPTS:
-        ids = np.asarray([jaxedit.tokens.encode_one(model.tokenizer, prompt)])
+        ids = np.asarray([jaxedit.core.tokens.encode_one(model.tokenizer, prompt)])
         top = int(jnp.argmax(jaxedit.forward(model.params, model.config, ids).logits[0, -1]))
         out.append({"prompt": prompt, "subject": subject, "attribute": model.tokenizer.decode([top])})
     wrong = dict(out[0], attribute="english" if out[0]["attribute"] != "english" else "french")
@@ -228,7 +228,7 @@ def test_common_shape_covers_every_prompt() -> None:
 
 def test_batched_predictions_equal_each_prompt_alone(model) -> None:
     prompts = [p for p, _ in PROMPTS] + ["a", "the capital of the country where the river flows is"]
-    rows = [jaxedit.tokens.encode_one(model.tokenizer, p) for p in prompts]
+    rows = [jaxedit.core.tokens.encode_one(model.tokenizer, p) for p in prompts]
     alone = [
         int(jnp.argmax(jaxedit.forward(model.params, model.config, np.asarray([r])).logits[0, -1]))
         for r in rows

@@ -7,11 +7,11 @@ import json
 import pytest
 
 from jaxedit import cli
-from jaxedit.config import ConfigError
+from jaxedit.core.config import ConfigError
 from jaxedit.edit.memit import default_hparams as memit_hparams
 from jaxedit.edit.rome import default_hparams as rome_hparams
 from jaxedit.errors import InputError
-from jaxedit.families import rope_settings
+from jaxedit.io.families import rope_settings
 
 
 @pytest.fixture(scope="module")

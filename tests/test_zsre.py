@@ -39,7 +39,7 @@ def model(tiny_dirs):
 
 def accuracy(model, prompt: str, answer: str) -> float:
     """Fraction of answer tokens that are the top-1 prediction given the prompt and earlier answer tokens."""
-    ids = jaxedit.tokens.encode_one(model.tokenizer, prompt)
+    ids = jaxedit.core.tokens.encode_one(model.tokenizer, prompt)
     hits = []
     for token in model.tokenizer(" " + answer, add_special_tokens=False)["input_ids"]:
         logits = jaxedit.forward(model.params, model.config, np.asarray([ids])).logits[0, -1]

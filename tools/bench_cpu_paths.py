@@ -78,7 +78,7 @@ def worker(args: argparse.Namespace) -> None:
     import jax.numpy as jnp
 
     import jaxedit
-    from jaxedit.flops import matmul_flops
+    from jaxedit.scale.flops import matmul_flops
 
     jax.config.update("jax_compilation_cache_dir", None)  # every program compiled here
     model = jaxedit.load_model("smollm2")

@@ -32,10 +32,10 @@ from bench_report import cold_start, cpu_name, report_compiles, write_figures
 from reference_model import reference_model
 
 import jaxedit
-from jaxedit.compile_log import compile_log
 from jaxedit.edit.targets import target_ids
 from jaxedit.evaluate import read_counterfact
 from jaxedit.evaluate.counterfact import CounterfactCase, score_cases
+from jaxedit.runtime.compile_log import compile_log
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared/data/counterfact_easyedit/counterfact-edit.json"
 
@@ -46,13 +46,13 @@ def reference_case(hf, model: jaxedit.Model, case: CounterfactCase, tokens: int)
     prompts = [case.request.text, *case.paraphrases, *case.neighborhood]
     rows, spans = [], []
     for prompt in prompts:
-        ids = jaxedit.tokens.encode_one(model.tokenizer, prompt)
+        ids = jaxedit.core.tokens.encode_one(model.tokenizer, prompt)
         for target in (new, true):
             answer = target_ids(model, target)
             rows.append(ids + answer)
             spans.append((len(ids), answer))
     width = max(len(r) for r in rows)
-    pad = jaxedit.tokens.pad_id(model.tokenizer)
+    pad = jaxedit.core.tokens.pad_id(model.tokenizer)
     ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
     with torch.inference_mode():
@@ -82,14 +82,14 @@ def reference_case(hf, model: jaxedit.Model, case: CounterfactCase, tokens: int)
         ]
         out["token_acc_locality"] = float(np.mean(hits))
     if tokens and case.generation_prompts:
-        prompt_ids, prompt_mask = jaxedit.tokens.encode(
+        prompt_ids, prompt_mask = jaxedit.core.tokens.encode(
             model.tokenizer, case.generation_prompts
         )  # left-padded
         with torch.inference_mode():
             hf.generate(
                 input_ids=torch.tensor(prompt_ids),
                 attention_mask=torch.tensor(prompt_mask),
-                pad_token_id=jaxedit.tokens.pad_id(model.tokenizer),
+                pad_token_id=jaxedit.core.tokens.pad_id(model.tokenizer),
                 do_sample=True,
                 top_k=5,
                 max_new_tokens=tokens,

@@ -72,7 +72,7 @@ from jaxedit.edit.memit import MemitHparams, default_hparams, memit, memit_targe
 from jaxedit.edit.stats import model_samples
 from jaxedit.edit.targets import Batch, Request, TargetHparams, build_batch, target_ids
 from jaxedit.evaluate import read_counterfact
-from jaxedit.loading import Model, embedded_gguf_path
+from jaxedit.io.loading import Model, embedded_gguf_path
 
 SHARED = Path(os.environ.get("JAXEDIT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 DATA = SHARED / "data" / "counterfact_easyedit" / "counterfact-edit.json"
@@ -297,8 +297,8 @@ def reference_memit(
 
 def prompt_batch(model: Model, requests: list[Request]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Right-padded edit prompts: ids, mask and each prompt's last position."""
-    rows = [jaxedit.tokens.encode_one(model.tokenizer, r.text) for r in requests]
-    ids, mask = jaxedit.tokens.pad(rows, jaxedit.tokens.pad_id(model.tokenizer), side="right")
+    rows = [jaxedit.core.tokens.encode_one(model.tokenizer, r.text) for r in requests]
+    ids, mask = jaxedit.core.tokens.pad(rows, jaxedit.core.tokens.pad_id(model.tokenizer), side="right")
     return ids, mask, np.asarray([len(r) - 1 for r in rows])
 
 

@@ -16,11 +16,11 @@ import time
 from bench_report import cold_start, cpu_name
 
 import jaxedit
-from jaxedit.compile_log import compile_log
 from jaxedit.edit import RomeHparams, default_layer, key_statistics, rome, targets
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.stats import model_samples
 from jaxedit.edit.targets import Request
+from jaxedit.runtime.compile_log import compile_log
 from jaxedit.trace import trace
 
 PROMPTS = (
@@ -59,7 +59,7 @@ def main() -> None:
     model = jaxedit.load_model("smollm2")
     print(f"cpu: {cpu_name()}; SmolLM2-135M (float32)")
     for prompt, _ in PROMPTS:
-        print(f"prompt of {len(jaxedit.tokens.encode_one(model.tokenizer, prompt))} tokens: {prompt!r}")
+        print(f"prompt of {len(jaxedit.core.tokens.encode_one(model.tokenizer, prompt))} tokens: {prompt!r}")
 
     if args.only != "rome":
         first_then_new_shape(

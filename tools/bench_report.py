@@ -20,8 +20,8 @@ from pathlib import Path
 
 import jax
 
-from jaxedit.compile_log import CompileLog
-from jaxedit.files import atomic_write_bytes
+from jaxedit.io.files import atomic_write_bytes
+from jaxedit.runtime.compile_log import CompileLog
 
 
 def timings(fn: Callable[[], object], repeats: int) -> list[float]:

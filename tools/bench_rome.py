@@ -32,12 +32,12 @@ from reference_model import reference_model
 from torch.nn import functional
 
 import jaxedit
-from jaxedit.compile_log import compile_log
 from jaxedit.edit import RomeHparams, TargetHparams, apply, default_layer, key_statistics, rome
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.stats import model_samples
 from jaxedit.edit.targets import Request, build_batch, optimise_batch, suffix_window
-from jaxedit.flops import matmul_flops
+from jaxedit.runtime.compile_log import compile_log
+from jaxedit.scale.flops import matmul_flops
 
 REQUEST = Request(prompt="{} is located in the city of", subject="The Eiffel Tower", target="Rome")
 
@@ -163,9 +163,11 @@ def main() -> None:
     start = time.perf_counter()
     stats = key_statistics(model, [layer], texts, cache=False, progress=False)[layer]
     jax_stats_s = time.perf_counter() - start
-    ids = [jaxedit.tokens.encode_one(model.tokenizer, t)[:128] for t in texts]
+    ids = [jaxedit.core.tokens.encode_one(model.tokenizer, t)[:128] for t in texts]
     batches = [
-        jaxedit.tokens.pad(ids[i : i + 16], jaxedit.tokens.pad_id(model.tokenizer), side="right", length=128)
+        jaxedit.core.tokens.pad(
+            ids[i : i + 16], jaxedit.core.tokens.pad_id(model.tokenizer), side="right", length=128
+        )
         for i in range(0, len(ids), 16)
     ]
     start = time.perf_counter()
@@ -197,7 +199,7 @@ def main() -> None:
     ref_s = min(ref_times)
     delta_diff = float(np.linalg.norm(ref_delta - delta.right[0, 0]) / np.linalg.norm(ref_delta))
 
-    prompt_ids = np.asarray([jaxedit.tokens.encode_one(model.tokenizer, REQUEST.text)])
+    prompt_ids = np.asarray([jaxedit.core.tokens.encode_one(model.tokenizer, REQUEST.text)])
     edited = apply(model, delta)
     ours = np.asarray(jaxedit.forward(edited.params, model.config, prompt_ids).logits[0, -1])
     with torch.no_grad():

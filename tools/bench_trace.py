@@ -33,9 +33,9 @@ from bench_report import cold_start, cpu_name, report_compiles, write_figures
 from reference_model import reference_model
 
 import jaxedit
-from jaxedit.compile_log import compile_log
-from jaxedit.execution import Execution
-from jaxedit.loading import embedded_gguf_path
+from jaxedit.io.loading import embedded_gguf_path
+from jaxedit.runtime.compile_log import compile_log
+from jaxedit.runtime.execution import Execution
 from jaxedit.trace import Noise, engine, trace
 from jaxedit.trace.api import corrupted_tokens, noise_scale_for, sample_chunks
 from jaxedit.trace.runs import make_noise
@@ -219,7 +219,7 @@ def main() -> None:
         times.append(time.perf_counter() - start)
     jax_s = min(times)
 
-    ids = jaxedit.tokens.encode_one(model.tokenizer, args.prompt)
+    ids = jaxedit.core.tokens.encode_one(model.tokenizer, args.prompt)
     mask, _ = corrupted_tokens(model, args.prompt, ids, args.subject, "subject")
     scale = noise_scale_for(model, [(ids, mask)], "3sigma")
     noise = make_noise(0, args.samples, jnp.asarray(mask), c.d_model, scale)  # what trace() used (seed 0)

@@ -1,7 +1,7 @@
 """Start a multi-process jaxedit run on this machine: N processes of one script, on localhost.
 
 Each process gets `--coordinator localhost:PORT --num-processes N --process-id I` appended to the given
-arguments (the script passes them to `jaxedit.distributed.initialize`, with `--cpu-devices K` for
+arguments (the script passes them to `jaxedit.scale.distributed.initialize`, with `--cpu-devices K` for
 simulated CPU devices). Output lines are prefixed with the process id; the launcher exits non-zero if
 any process does. On a GPU or TPU cluster the same script runs once per host with the coordinator's
 address instead (see docs/scale.md).

@@ -4,7 +4,7 @@ On a mesh over every process's devices (`data` × `model`: 2 × 4 for 2 processe
 devices) it runs, with params sharded across the processes: the forward pass, a causal-trace sweep and
 a MEMIT batch, and compares each with the same computation on unsharded params in this process.
 With `--save DIR`, every process then saves the MEMIT-edited sharded model as one orbax checkpoint
-(`jaxedit.sharded_checkpoint.save_sharded`, into `DIR/checkpoint`) and the key statistics of the
+(`jaxedit.scale.sharded_checkpoint.save_sharded`, into `DIR/checkpoint`) and the key statistics of the
 MEMIT layers (`DIR/statistics`), and process 0 writes the edited model's logits on the check's token ids
 and the statistics matrices to `DIR/expected.npz` (`ids`, `logits`, `stats_<layer>`), for a restore
 elsewhere (tests/sharded_checkpoint_check.py).
@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxedit import distributed
+from jaxedit.scale import distributed
 
 
 def main() -> int:
@@ -40,7 +40,7 @@ def main() -> int:
     import numpy as np
 
     import jaxedit
-    from jaxedit import sharding
+    from jaxedit.core import sharding
     from jaxedit.edit import apply, memit
     from jaxedit.edit.memit import MemitHparams
     from jaxedit.edit.stats import key_statistics
@@ -109,7 +109,7 @@ def main() -> int:
     dense = [d.dense() for d in deltas]
     check("memit", dense[0] / np.abs(dense[1]).max(), dense[1] / np.abs(dense[1]).max(), 1e-3)
     if args.save:
-        from jaxedit.sharded_checkpoint import save_sharded, save_statistics_sharded
+        from jaxedit.scale.sharded_checkpoint import save_sharded, save_statistics_sharded
 
         edited, local = apply(sharded, deltas[0]), apply(model, deltas[0])
         edited_logits = distributed.gather(jaxedit.forward(edited.params, model.config, ids).logits)

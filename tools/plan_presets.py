@@ -22,10 +22,10 @@ os.environ["XLA_FLAGS"] = (
 
 import jax
 
-from jaxedit import presets
-from jaxedit.files import atomic_write_bytes
-from jaxedit.plan import PEAKS, plan
-from jaxedit.sharding import make_mesh
+from jaxedit.core.sharding import make_mesh
+from jaxedit.io.files import atomic_write_bytes
+from jaxedit.scale import presets
+from jaxedit.scale.plan import PEAKS, plan
 
 RESULTS = Path(__file__).resolve().parents[1] / "experiments" / "results"
 GIB = 2.0**30

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from jaxedit.loading import embedded_gguf_path
+from jaxedit.io.loading import embedded_gguf_path
 
 
 def reference_model(path: str | Path | None = None) -> transformers.PreTrainedModel:

@@ -2,7 +2,7 @@
 (METHODS.md §9; paper 001 §4.3 and §6.2).
 
 An `AdaptorEdit` holds the neurons of a batch of facts (one neuron per answer token). Applying it
-appends them to the fixed-capacity arrays of `params["adaptor"]` (`jaxedit.adaptor.Adaptor`), doubling
+appends them to the fixed-capacity arrays of the model's adaptor (`jaxedit.edit.gate.Adaptor`), doubling
 the capacity when full; the unedited params never change, so withdrawing the whole entry replays the
 other edits on the base exactly like a weight delta (`jaxedit.edit.delta.revert`). Withdrawing one fact
 switches its neurons off in one of two ways (`WITHDRAWAL_MODES`):
@@ -27,12 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxedit import adaptor as adaptor_lib
-from jaxedit import tokens as tok
+from jaxedit.core import tokens as tok
+from jaxedit.core.decoder import forward
+from jaxedit.core.layout import Params
+from jaxedit.edit.gate import Adaptor, adaptor_of, top_neuron, with_adaptor, writes
 from jaxedit.errors import InputError, NotAppliedError
-from jaxedit.layout import Params
-from jaxedit.loading import Model
-from jaxedit.model import forward
+from jaxedit.io.loading import Model
 
 GATE_FIELDS = ("layer", "normalise", "score", "activation")
 
@@ -163,15 +163,15 @@ def _capacity(needed: int, current: int) -> int:
     return capacity
 
 
-def used_slots(adaptor: adaptor_lib.Adaptor) -> int:
+def used_slots(adaptor: Adaptor) -> int:
     """Number of filled neuron slots (they are filled from the front)."""
     return int(np.count_nonzero(np.asarray(adaptor.fact) >= 0))
 
 
 def add_neurons(params: Params, edit: AdaptorEdit) -> Params:
-    """Append `edit`'s neurons to `params["adaptor"]`, growing its capacity by doubling; a new pytree."""
+    """Append `edit`'s neurons to the params' adaptor (`adaptor_of`), growing its capacity by doubling; a new pytree."""
     gate = edit.gate
-    current = params.get("adaptor")
+    current = adaptor_of(params)
     if current is not None:
         have = {name: getattr(current, name) for name in GATE_FIELDS}
         have.update(theta=float(current.theta), alpha=float(current.alpha))
@@ -196,7 +196,7 @@ def add_neurons(params: Params, edit: AdaptorEdit) -> Params:
         )
     capacity = _capacity(filled + n, 0 if current is None else current.capacity)
     if current is None:
-        current = adaptor_lib.Adaptor(
+        current = Adaptor(
             keys=jnp.zeros((capacity, width), jnp.float32), values=jnp.zeros((capacity, width), jnp.float32),
             active=jnp.zeros((capacity,), bool), muted=jnp.zeros((capacity,), bool), fact=jnp.full((capacity,), -1, jnp.int32),
             token=jnp.zeros((capacity,), jnp.int32), floor=jnp.full((capacity,), -jnp.inf, jnp.float32),
@@ -226,7 +226,7 @@ def add_neurons(params: Params, edit: AdaptorEdit) -> Params:
         active=current.active.at[rows].set(~removed), muted=current.muted.at[rows].set(muted), fact=current.fact.at[rows].set(first_fact + edit.owner),
         token=current.token.at[rows].set(edit.token),
     )  # fmt: skip
-    return {**params, "adaptor": current}
+    return with_adaptor(params, current)
 
 
 def adaptor_edits(model: Model) -> list[AdaptorEdit]:
@@ -259,7 +259,7 @@ def list_facts(model: Model) -> list[dict[str, Any]]:
 WITHDRAWAL_MODES = ("mute", "remove")
 
 
-def switch_off(adaptor: adaptor_lib.Adaptor, slots: Sequence[int], mode: str = "mute") -> adaptor_lib.Adaptor:
+def switch_off(adaptor: Adaptor, slots: Sequence[int], mode: str = "mute") -> Adaptor:
     """`adaptor` with the neurons in `slots` muted (in the top-1, adding nothing) or removed from the gate."""
     if mode not in WITHDRAWAL_MODES:
         raise InputError(f"unknown withdrawal mode {mode!r}; choose from {', '.join(WITHDRAWAL_MODES)}")
@@ -280,8 +280,8 @@ def withdraw_fact(model: Model, fact: str, mode: str = "mute") -> Model:
             removed = edit.removed | {fact} if mode == "remove" else edit.removed
             edits[position] = dataclasses.replace(edit, withdrawn=edit.withdrawn | {fact}, removed=removed)
             slots = [i for i, (f, _) in enumerate(neuron_facts(model)) if f == fact]
-            adaptor = switch_off(model.params["adaptor"], slots, mode)
-            return model.replace(params={**model.params, "adaptor": adaptor}, edits=tuple(edits))
+            adaptor = switch_off(adaptor_of(model.params), slots, mode)
+            return model.replace(params=with_adaptor(model.params, adaptor), edits=tuple(edits))
     known = [f for e in adaptor_edits(model) for f in e.facts]
     shown = ", ".join(known[:10]) + (f" ... ({len(known)} in all)" if len(known) > 10 else "")
     raise NotAppliedError(f"no adaptor fact {fact!r} in this model (facts: {shown or 'none'})")
@@ -304,7 +304,7 @@ class Firing:
 def fired(model: Model, prompts: Sequence[str] | str) -> list[Firing]:
     """For each prompt, the adaptor neuron with the highest score at its last token (iReVa eq. 12), its
     fact and score, and whether it changed the output (score past the neuron's threshold, not muted)."""
-    adaptor = model.params.get("adaptor")
+    adaptor = adaptor_of(model.params)
     if adaptor is None:
         raise InputError("this model has no adaptor neurons (no iReVa edit applied)")
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -320,6 +320,6 @@ def fired(model: Model, prompts: Sequence[str] | str) -> list[Firing]:
 
 
 @jax.jit
-def _winners(adaptor: adaptor_lib.Adaptor, m_in: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    _, winner, best = adaptor_lib.gate(adaptor, m_in)
-    return winner, best, adaptor_lib.writes(adaptor, winner, best)
+def _winners(adaptor: Adaptor, m_in: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    _, winner, best = top_neuron(adaptor, m_in)
+    return winner, best, writes(adaptor, winner, best)

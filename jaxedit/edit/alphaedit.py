@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxedit.cache import cache_root, digest, load_npz, save_npz
 from jaxedit.edit.checks import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_fields, check_prefixes
 from jaxedit.edit.contexts import MEMIT_PREFIXES
 from jaxedit.edit.delta import Delta
@@ -34,7 +33,8 @@ from jaxedit.edit.memit import LayerSolve, MemitHparams, default_layers, memit_l
 from jaxedit.edit.stats import KeyStats, StatsError
 from jaxedit.edit.targets import Request, TargetHparams, Targets
 from jaxedit.errors import InputError, NumericsError
-from jaxedit.loading import Model
+from jaxedit.io.cache import cache_root, digest, load_npz, save_npz
+from jaxedit.io.loading import Model
 
 
 @dataclasses.dataclass(frozen=True)

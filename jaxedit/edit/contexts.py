@@ -3,17 +3,17 @@
 
 ROME uses 10 prefixes of 5 tokens and 10 of 10 tokens; MEMIT / PMET 5 of 10. Prefixes are sampled once
 per (model, spec, seed) from the unedited model (top-k 5, starting words as in the MEMIT code) and cached
-as JSON under `$JAXEDIT_CACHE/contexts` (`jaxedit.cache`), keyed by the weights' fingerprint, spec and seed. A template is `"<prefix>. {}"`; the first is `"{}"`.
+as JSON under `$JAXEDIT_CACHE/contexts` (`jaxedit.io.cache`), keyed by the weights' fingerprint, spec and seed. A template is `"<prefix>. {}"`; the first is `"{}"`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from jaxedit.cache import cache_root, digest, load_json, save_json
+from jaxedit.core.generate import generate_text
 from jaxedit.errors import InputError
-from jaxedit.generate import generate_text
-from jaxedit.loading import Model
+from jaxedit.io.cache import cache_root, digest, load_json, save_json
+from jaxedit.io.loading import Model
 
 ROME_PREFIXES = ((5, 10), (10, 10))
 MEMIT_PREFIXES = ((10, 5),)

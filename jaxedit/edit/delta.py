@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxedit.core.layout import Params
 from jaxedit.errors import InputError, NotAppliedError
-from jaxedit.layout import Params
-from jaxedit.loading import Model
+from jaxedit.io.loading import Model
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

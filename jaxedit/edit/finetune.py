@@ -20,16 +20,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxedit import model as core
-from jaxedit.config import ModelConfig
+from jaxedit.core import decoder
+from jaxedit.core.config import ModelConfig
+from jaxedit.core.layout import Params
 from jaxedit.edit.checks import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_fields
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.precision import working_params
 from jaxedit.edit.rome import default_layer
 from jaxedit.edit.targets import Request, as_request, build_batch
 from jaxedit.errors import InputError, NumericsError
-from jaxedit.layout import Params
-from jaxedit.loading import Model
+from jaxedit.io.loading import Model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,11 +72,11 @@ def _finetune(
     weights: jax.Array,
     rows_used: jax.Array,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    positions = core.positions_from_mask(mask)
-    rotary = core.rotary_for(config, positions)
-    causal = core.causal_mask(mask)
-    x = core.residual_input(config, params, core.embed_tokens(params, ids), positions)
-    x, _ = core.run_layers(config, jax.tree.map(lambda a: a[:layer], params["layers"]), x, rotary, causal)
+    positions = decoder.positions_from_mask(mask)
+    rotary = decoder.rotary_for(config, positions)
+    causal = decoder.causal_mask(mask)
+    x = decoder.residual_input(config, params, decoder.embed_tokens(params, ids), positions)
+    x, _ = decoder.run_layers(config, jax.tree.map(lambda a: a[:layer], params["layers"]), x, rotary, causal)
     x = jax.lax.stop_gradient(x)
     p_layer = jax.tree.map(lambda a: a[layer], params["layers"])
     above = jax.tree.map(lambda a: a[layer + 1 :], params["layers"])
@@ -85,9 +85,9 @@ def _finetune(
     def nll(change: jax.Array) -> jax.Array:
         kernel = p_layer["mlp"]["out"]["kernel"] + change.astype(p_layer["mlp"]["out"]["kernel"].dtype)
         tuned = {**p_layer, "mlp": {**p_layer["mlp"], "out": {**p_layer["mlp"]["out"], "kernel": kernel}}}
-        out = core.block(config, tuned, x, rotary, causal, {})
-        h, _ = core.run_layers(config, above, out.resid, rotary, causal)
-        logp = jax.nn.log_softmax(core.unembed(config, params, h[rows[:, None], read_pos]), axis=-1)
+        out = decoder.block(config, tuned, x, rotary, causal, {})
+        h, _ = decoder.run_layers(config, above, out.resid, rotary, causal)
+        logp = jax.nn.log_softmax(decoder.unembed(config, params, h[rows[:, None], read_pos]), axis=-1)
         picked = jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
         per_row = -(picked * weights).sum(-1)
         return (per_row * rows_used).sum() / rows_used.sum()

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from jaxedit import tokens as tok
+from jaxedit.core import tokens as tok
+from jaxedit.core.decoder import forward
 from jaxedit.edit.targets import Request, as_request, target_ids
-from jaxedit.loading import Model
-from jaxedit.model import forward
+from jaxedit.io.loading import Model
 
 log = logging.getLogger(__name__)
 

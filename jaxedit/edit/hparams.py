@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from jaxedit.config import ModelConfig
+from jaxedit.core.config import ModelConfig
 from jaxedit.edit.targets import TargetHparams
 from jaxedit.errors import InputError
 

@@ -11,7 +11,7 @@ App. 9.5) is added to the MLP of one layer (default: the second-to-last, as the 
   from the fact's subject, and other facts' inputs of the same batch (the printed sign of eq. 10 is
   wrong; METHODS.md §9).
 
-The gate at inference is `jaxedit.adaptor` (top-1 over active neurons, `act(score − θ)`, scale α).
+The gate at inference is `jaxedit.edit.gate` (top-1 over active neurons, `act(score − θ)`, scale α).
 
 Not in the paper, off by default (`exclusive`): after the retrofit, each neuron's firing threshold is
 raised to just above the highest score it reaches on the inputs of the batch's other facts (its floor,
@@ -42,10 +42,12 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxedit import adaptor as adaptor_lib
-from jaxedit import model as core
-from jaxedit import tokens as tok
-from jaxedit.config import ModelConfig
+from jaxedit.core import decoder
+from jaxedit.core import tokens as tok
+from jaxedit.core.config import ModelConfig
+from jaxedit.core.generate import generate
+from jaxedit.core.layout import Params
+from jaxedit.edit import gate
 from jaxedit.edit.adaptors import AdaptorEdit, CapacityError, adaptor_edits, used_slots
 from jaxedit.edit.checks import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_fields
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
@@ -53,9 +55,7 @@ from jaxedit.edit.precision import working_params
 from jaxedit.edit.reads import last_token_taps
 from jaxedit.edit.targets import Request, as_request, target_ids
 from jaxedit.errors import InputError
-from jaxedit.generate import generate
-from jaxedit.layout import Params
-from jaxedit.loading import Model
+from jaxedit.io.loading import Model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +68,7 @@ class IrevaHparams:
     Attributes:
       layer: layer whose MLP gets the neurons (None: the second-to-last).
       theta, alpha: the gate's margin θ and scale α.
-      normalise, score: how `ĩ` is formed and compared with keys (`jaxedit.adaptor`).
+      normalise, score: how `ĩ` is formed and compared with keys (`jaxedit.edit.gate`).
       retrofit: run the Adam retrofit (False: initialisation only).
       steps, lr, rec_weight (a), irr_weight (b): the retrofit.
       random_prompts, subject_prompts, other_prompts: out-of-scope prompts per fact (App. 9.4: 2, 2, 6);
@@ -108,7 +108,7 @@ class IrevaHparams:
              "rec_weight": NON_NEGATIVE, "irr_weight": NON_NEGATIVE, "random_prompts": NON_NEGATIVE,
              "subject_prompts": NON_NEGATIVE, "other_prompts": NON_NEGATIVE, "sample_tokens": AT_LEAST_ONE,
              "exclusive_margin": NON_NEGATIVE, "max_neurons": AT_LEAST_ONE, "chunk": AT_LEAST_ONE},
-            {"normalise": adaptor_lib.NORMALISATIONS, "score": adaptor_lib.SCORES},
+            {"normalise": gate.NORMALISATIONS, "score": gate.SCORES},
         )  # fmt: skip
 
     def resolve_layer(self, config: ModelConfig) -> int:
@@ -170,19 +170,19 @@ def _layer_states(
 ) -> tuple[jax.Array, jax.Array]:
     """Residual output of `layer` `[B, T, D]` (with the model's own adaptor) and its MLP input at each
     row's last real token `[B, D]`."""
-    positions = core.positions_from_mask(mask)
-    x = core.residual_input(config, params, core.embed_tokens(params, ids), positions)
-    rotary = core.rotary_for(config, positions)
-    attend = core.causal_mask(mask)
+    positions = decoder.positions_from_mask(mask)
+    x = decoder.residual_input(config, params, decoder.embed_tokens(params, ids), positions)
+    rotary = decoder.rotary_for(config, positions)
+    attend = decoder.causal_mask(mask)
     below = jax.tree.map(lambda a: a[:layer], params["layers"])
-    x, _ = core.run_layers(config, below, x, rotary, attend)
-    last = adaptor_lib.last_positions(mask)
-    adaptor = params.get("adaptor")
+    x, _ = decoder.run_layers(config, below, x, rotary, attend)
+    last = decoder.last_positions(mask)
+    adaptor = gate.adaptor_of(params)
     extra = None
     if adaptor is not None:
-        extra = functools.partial(adaptor_lib.mlp_addition, adaptor, jnp.int32(layer), last=last)
+        extra = functools.partial(gate.mlp_addition, adaptor, jnp.int32(layer), last=last)
     here = jax.tree.map(lambda a: a[layer], params["layers"])
-    out = core.block(config, here, x, rotary, attend, {}, ("mlp_in",), mlp_extra=extra)
+    out = decoder.block(config, here, x, rotary, attend, {}, ("mlp_in",), mlp_extra=extra)
     rows = jnp.arange(ids.shape[0])
     return out.resid, out.taps["mlp_in"][rows, last]
 
@@ -257,12 +257,12 @@ def out_of_scope_prompts(
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("config", "layer", "gate", "hp"))
+@functools.partial(jax.jit, static_argnames=("config", "layer", "scoring", "hp"))
 def _retrofit(
     params: Params,
     config: ModelConfig,
     layer: int,
-    gate: tuple[str, str],
+    scoring: tuple[str, str],
     hp: IrevaHparams,
     resid: jax.Array,
     mask: jax.Array,
@@ -284,24 +284,24 @@ def _retrofit(
     Returns:
       The retrofitted keys and values and the edit NLL per neuron after the last step `[n]`.
     """
-    score, act = gate
-    positions = core.positions_from_mask(mask)
-    rotary = core.rotary_for(config, positions)
-    attend = core.causal_mask(mask)
+    score, act = scoring
+    positions = decoder.positions_from_mask(mask)
+    rotary = decoder.rotary_for(config, positions)
+    attend = decoder.causal_mask(mask)
     above = jax.tree.map(lambda a: a[layer + 1 :], params["layers"])
-    last = adaptor_lib.last_positions(mask)
+    last = decoder.last_positions(mask)
     rows = jnp.arange(resid.shape[0])
     keys0 = keys
 
     def losses(neurons: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
         k, v = neurons
-        strength = hp.alpha * core.activation(act, adaptor_lib.matched_scores(k, inputs, score) - hp.theta)
+        strength = hp.alpha * decoder.activation(act, gate.matched_scores(k, inputs, score) - hp.theta)
         x = resid.at[rows, last].add((strength[:, None] * v).astype(resid.dtype))
-        h, _ = core.run_layers(config, above, x, rotary, attend)
-        logits = core.unembed(config, params, h[rows, last])
+        h, _ = decoder.run_layers(config, above, x, rotary, attend)
+        logits = decoder.unembed(config, params, h[rows, last])
         edit = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1), labels[:, None], -1)[:, 0]
         rec = jnp.square(jnp.sum((keys0 - k) * inputs, -1))
-        out_scores = adaptor_lib.matched_scores(k[:, None], outside, score)
+        out_scores = gate.matched_scores(k[:, None], outside, score)
         irr = jnp.sum(jax.nn.relu(out_scores - hp.theta) * outside_mask, -1) / jnp.maximum(
             outside_mask.sum(-1), 1
         )
@@ -335,7 +335,7 @@ def exclusive_floors(
     inputs_j, owner_j = jnp.asarray(inputs), jnp.asarray(owner)
     for start in range(0, len(keys), chunk):
         part = slice(start, start + chunk)
-        scores = adaptor_lib.key_scores(jnp.asarray(keys[part]), inputs_j, score)  # [n inputs, chunk]
+        scores = gate.key_scores(jnp.asarray(keys[part]), inputs_j, score)  # [n inputs, chunk]
         other = owner_j[:, None] != jnp.asarray(owner[part])[None, :]
         floors[part] = np.asarray(jnp.max(jnp.where(other, scores, -jnp.inf), axis=0)) + margin
     return floors
@@ -367,25 +367,25 @@ def ireva(
     clash = sorted(set(facts) & known) + sorted({f for f in facts if facts.count(f) > 1})
     if clash:
         raise InputError(f"fact ids already used: {', '.join(clash[:10])}")
-    for name, options in (("normalise", adaptor_lib.NORMALISATIONS), ("score", adaptor_lib.SCORES)):
+    for name, options in (("normalise", gate.NORMALISATIONS), ("score", gate.SCORES)):
         if getattr(hp, name) not in options:
             raise InputError(f"iReVa {name} must be one of {', '.join(options)}, got {getattr(hp, name)!r}")
     config = model.config
     layer = hp.resolve_layer(config)
     pairs = answer_pairs(model, requests)
     n = len(pairs.labels)
-    present = 0 if model.params.get("adaptor") is None else used_slots(model.params["adaptor"])
+    present = 0 if gate.adaptor_of(model.params) is None else used_slots(gate.adaptor_of(model.params))
     if hp.max_neurons is not None and present + n > hp.max_neurons:
         raise CapacityError(
             f"{len(requests)} facts need {n} adaptor neurons; with the {present} present that exceeds the "
             f"limit of {hp.max_neurons} (raise IrevaHparams.max_neurons)"
         )
-    gate = {
+    settings = {
         "layer": layer, "normalise": hp.normalise, "score": hp.score, "activation": config.activation,
         "theta": hp.theta, "alpha": hp.alpha,
     }  # fmt: skip
     values = unembedding_rows(model.params, config, pairs.labels)
-    existing = model.params.get("adaptor")
+    existing = gate.adaptor_of(model.params)
     reuse = existing is not None and existing.normalise == "center"
     pool: list[str] = []
     if hp.retrofit or (hp.normalise == "center" and not reuse):
@@ -401,9 +401,7 @@ def ireva(
     if hp.retrofit:  # the out-of-scope inputs repeat across facts (pool, other facts' inputs): read each once
         outside_texts = out_of_scope_prompts(model, requests, hp, pool)
         unique = sorted({t for texts in outside_texts for t in texts})
-        vectors = adaptor_lib.normalise_input(
-            jnp.asarray(last_inputs(model, unique, layer)), hp.normalise, mean
-        )
+        vectors = gate.normalise_input(jnp.asarray(last_inputs(model, unique, layer)), hp.normalise, mean)
         encoded = dict(zip(unique, np.asarray(vectors), strict=True))
     nll = np.full(n, np.nan, np.float32)
     params = working_params(model)
@@ -411,7 +409,7 @@ def ireva(
         part = slice(start, start + hp.chunk)
         ids, mask = tok.pad(pairs.rows[part], tok.pad_id(model.tokenizer), side="right", multiple=8)
         resid, m_in = _layer_states(params, config, layer, ids, mask)
-        inputs = adaptor_lib.normalise_input(m_in, hp.normalise, mean)
+        inputs = gate.normalise_input(m_in, hp.normalise, mean)
         keys[part] = edit_inputs[part] = np.asarray(inputs)
         if hp.retrofit:
             owners = pairs.owner[part]
@@ -436,10 +434,10 @@ def ireva(
     floor = None
     if hp.exclusive:
         floor = exclusive_floors(keys, edit_inputs, pairs.owner, hp.score, hp.exclusive_margin)
-        own = np.asarray(adaptor_lib.matched_scores(jnp.asarray(keys), jnp.asarray(edit_inputs), hp.score))
+        own = np.asarray(gate.matched_scores(jnp.asarray(keys), jnp.asarray(edit_inputs), hp.score))
         info["floor_above_own_score"] = int(np.count_nonzero(floor >= own))
     return AdaptorEdit(
-        facts=tuple(facts), keys=keys, values=values, owner=pairs.owner, token=pairs.token, gate=gate,
+        facts=tuple(facts), keys=keys, values=values, owner=pairs.owner, token=pairs.token, gate=settings,
         method="ireva" if hp.retrofit else "ireva-init", requests=tuple(r.to_dict() for r in requests),
         info=info, max_neurons=hp.max_neurons, center=center, floor=floor,
     )  # fmt: skip

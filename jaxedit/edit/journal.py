@@ -6,7 +6,7 @@ unedited `base` plus the applied deltas, so withdrawing is exact). On disk a jou
 model's source, the SHA-256 of the deltas file, the entries' summaries in order) and
 `deltas.safetensors` (`<id>.left`, `<id>.right` factors and `<id>.layers`; iReVa entries `<id>.keys`,
 `.values`, `.owner`, `.token`), each written atomically as jaxedit's own files in that directory
-(`jaxedit.files.write_owned`).
+(`jaxedit.io.files.write_owned`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from jaxedit.display import html_table, notebook_html, request_text, treescope_f
 from jaxedit.edit.adaptors import AdaptorEdit, adaptor_edits, withdraw_fact
 from jaxedit.edit.delta import Delta, apply, revert
 from jaxedit.errors import InputError, NotAppliedError
-from jaxedit.files import write_owned
-from jaxedit.loading import Model, save_hf
+from jaxedit.io.files import write_owned
+from jaxedit.io.loading import Model, save_hf
 
 FORMAT = 2
 DELTAS = "deltas.safetensors"
@@ -121,7 +121,7 @@ class EditJournal:
 
     def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
         """Write `journal.json` and `deltas.safetensors` into `directory`, as jaxedit's own files there
-        (`jaxedit.files.write_owned`: other files are kept; a same-named file jaxedit did not write
+        (`jaxedit.io.files.write_owned`: other files are kept; a same-named file jaxedit did not write
         refuses the save unless `overwrite`). The record holds the fingerprints of the unedited and the
         edited weights and a SHA-256 of the deltas file, all checked by `load`."""
         tensors: dict[str, np.ndarray] = {}

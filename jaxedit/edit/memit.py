@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxedit.core.layout import Params
 from jaxedit.edit.checks import AT_LEAST_ONE, NON_NEGATIVE, check_fields, check_prefixes
 from jaxedit.edit.contexts import MEMIT_PREFIXES, context_templates
 from jaxedit.edit.delta import Delta, add_to_params
@@ -45,9 +46,8 @@ from jaxedit.edit.targets import (
 )
 from jaxedit.edit.walk import LayerWalk
 from jaxedit.errors import InputError, NumericsError
-from jaxedit.execution import Execution
-from jaxedit.layout import Params
-from jaxedit.loading import Model
+from jaxedit.io.loading import Model
+from jaxedit.runtime.execution import Execution
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxedit.layout import Params
-from jaxedit.loading import Model
+from jaxedit.core.layout import Params
+from jaxedit.io.loading import Model
 
 
 def working_params(model: Model) -> Params:

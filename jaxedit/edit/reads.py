@@ -14,13 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxedit import model as core
-from jaxedit import tokens as tok
-from jaxedit.config import ModelConfig
+from jaxedit.core import decoder
+from jaxedit.core import tokens as tok
+from jaxedit.core.config import ModelConfig
+from jaxedit.core.layout import Params
 from jaxedit.edit.precision import working_params
 from jaxedit.errors import InputError
-from jaxedit.layout import Params
-from jaxedit.loading import Model
+from jaxedit.io.loading import Model
 
 VECTOR_TAPS = ("resid_pre", "attn_out", "mlp_in", "mlp_key", "mlp_out", "resid_post")  # one vector a token
 
@@ -29,18 +29,18 @@ VECTOR_TAPS = ("resid_pre", "attn_out", "mlp_in", "mlp_key", "mlp_out", "resid_p
 def _last_token_tap(
     params: Params, config: ModelConfig, layer: int, tap: str, ids: jax.Array, mask: jax.Array
 ) -> jax.Array:
-    positions = core.positions_from_mask(mask)
-    x = core.residual_input(config, params, core.embed_tokens(params, ids), positions)
+    positions = decoder.positions_from_mask(mask)
+    x = decoder.residual_input(config, params, decoder.embed_tokens(params, ids), positions)
     stack = jax.tree.map(lambda a: a[: layer + 1], params["layers"])
-    _, taps = core.run_layers(
-        config, stack, x, core.rotary_for(config, positions), core.causal_mask(mask), (tap,)
+    _, taps = decoder.run_layers(
+        config, stack, x, decoder.rotary_for(config, positions), decoder.causal_mask(mask), (tap,)
     )
     last = mask.sum(-1) - 1
     return taps[tap][layer, jnp.arange(ids.shape[0]), last].astype(jnp.float32)
 
 
 def last_token_taps(model: Model, layer: int, texts: Sequence[str], tap: str, batch: int = 64) -> np.ndarray:
-    """`[n, width]` float32: the `tap` (`jaxedit.interventions`, e.g. `mlp_key`, `mlp_in`) of `layer` at
+    """`[n, width]` float32: the `tap` (`jaxedit.core.interventions`, e.g. `mlp_key`, `mlp_in`) of `layer` at
     the last token of each text."""
     if tap not in VECTOR_TAPS:
         raise InputError(f"tap must be one of {', '.join(VECTOR_TAPS)}, got {tap!r}")

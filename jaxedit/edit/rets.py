@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxedit import tokens as tok
-from jaxedit.cache import digest, load_npz, save_npz
+from jaxedit.core import tokens as tok
 from jaxedit.edit.checks import NON_NEGATIVE, check_fields, check_prefixes
 from jaxedit.edit.contexts import ROME_PREFIXES, context_templates
 from jaxedit.edit.delta import Delta
@@ -34,7 +33,8 @@ from jaxedit.edit.rome import statistics_matrix
 from jaxedit.edit.stats import KeyStats, StatsError, _cache_dir, _texts_id
 from jaxedit.edit.targets import Request, TargetHparams, as_request, optimise_targets
 from jaxedit.errors import InputError, NumericsError
-from jaxedit.loading import Model
+from jaxedit.io.cache import digest, load_npz, save_npz
+from jaxedit.io.loading import Model
 
 RETS_TARGETS = TargetHparams(key_token="last", kl_prompt="{prompt} is a")
 

@@ -30,7 +30,7 @@ from jaxedit.edit.hparams import build, packaged_file, read_hparams
 from jaxedit.edit.stats import KeyStats, StatsError
 from jaxedit.edit.targets import Request, TargetHparams, as_request, optimise_targets
 from jaxedit.errors import InputError, NumericsError
-from jaxedit.loading import Model
+from jaxedit.io.loading import Model
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,7 +32,7 @@ from jaxedit.edit.rome import default_layer, rome_sequence
 from jaxedit.edit.stats import KeyStats
 from jaxedit.edit.targets import Request, as_request
 from jaxedit.errors import InputError
-from jaxedit.loading import Model
+from jaxedit.io.loading import Model
 
 METHODS = ("rome", "memit", "pmet", "alphaedit")
 

@@ -6,7 +6,7 @@ Hugging Face `datasets`), one batch of texts at a time: tokenized, truncated to 
 in batches of at most `batch_tokens` tokens through a jitted forward that stops after the deepest
 requested layer, so memory does not grow with the corpus. A first pass over the texts (no model, no
 tokenizer) hashes and counts them. Results are cached on disk (`$JAXEDIT_CACHE/stats`, default
-`~/.cache/jaxedit/stats`, see `jaxedit.cache`) under a key made of the fingerprint of every weight, layer,
+`~/.cache/jaxedit/stats`, see `jaxedit.io.cache`) under a key made of the fingerprint of every weight, layer,
 site, the corpus id, a hash of the texts themselves, their count, maximum length and dtype, as
 `<key>.npz` holding the matrix and the metadata (a readable copy of the metadata beside it as
 `<key>.json`); an interrupted run resumes from its last checkpoint (`<run>.partial.npz`, keyed by the
@@ -30,16 +30,16 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxedit import model as core
-from jaxedit import tokens as tok
-from jaxedit.cache import cache_root, digest, load_npz, save_npz
-from jaxedit.config import ModelConfig
+from jaxedit.core import decoder
+from jaxedit.core import tokens as tok
+from jaxedit.core.config import ModelConfig
+from jaxedit.core.layout import Params
 from jaxedit.data.corpus import Corpus, open_corpus
 from jaxedit.edit.precision import working_params
 from jaxedit.errors import InputError
-from jaxedit.files import atomic_write_bytes
-from jaxedit.layout import Params
-from jaxedit.loading import Model
+from jaxedit.io.cache import cache_root, digest, load_npz, save_npz
+from jaxedit.io.files import atomic_write_bytes
+from jaxedit.io.loading import Model
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +100,13 @@ def _accumulate(
     acc: jax.Array,
 ) -> jax.Array:
     """`acc [n_layers, F, F]` plus the sum of `k kᵀ` of `site` over the real tokens of one batch."""
-    positions = core.positions_from_mask(mask)
-    x = core.residual_input(config, params, core.embed_tokens(params, ids), positions)
-    rotary = core.rotary_for(config, positions)
-    causal = core.causal_mask(mask)
+    positions = decoder.positions_from_mask(mask)
+    x = decoder.residual_input(config, params, decoder.embed_tokens(params, ids), positions)
+    rotary = decoder.rotary_for(config, positions)
+    causal = decoder.causal_mask(mask)
     deepest = max(layers) + 1
     stack = jax.tree.map(lambda a: a[:deepest], params["layers"])
-    _, taps = core.run_layers(config, stack, x, rotary, causal, (site,))
+    _, taps = decoder.run_layers(config, stack, x, rotary, causal, (site,))
     keys = taps[site]  # [deepest, B, T, F]
     keys = keys[jnp.asarray(layers)].astype(jnp.float32) * mask[None, :, :, None]
     return acc + jnp.einsum("lbtf,lbtg->lfg", keys, keys)
@@ -182,7 +182,7 @@ def key_statistics(
         fingerprint, or "texts"); the cache key also holds a hash of the texts themselves, so a changed
         corpus is never served from the cache.
       text_field: the field / column holding the texts of a structured corpus.
-      cache: read and write the on-disk cache (`$JAXEDIT_CACHE/stats`, see `jaxedit.cache`): entries
+      cache: read and write the on-disk cache (`$JAXEDIT_CACHE/stats`, see `jaxedit.io.cache`): entries
         keyed by the weights' fingerprint, layer, site, corpus id, texts, `max_len` and dtype; an
         unreadable or mismatched entry is computed again. An interrupted run resumes from its last
         checkpoint (every `checkpoint_every` batches), which is used only if it belongs to this very run.
@@ -241,7 +241,7 @@ def key_statistics(
 
     params = working_params(model)
     per_batch = max(1, batch_tokens // max_len)
-    width = core.site_widths(config)[site]
+    width = decoder.site_widths(config)[site]
     run = digest({**meta_base, "layers": list(todo), "per_batch": per_batch})
     partial = _cache_dir() / f"{run}.partial.npz"
     acc = jnp.zeros((len(todo), width, width), jnp.float32)
@@ -310,7 +310,7 @@ def key_statistics(
 
 def model_samples(model: Model, n: int, *, length: int = 64, seed: int = 0) -> list[str]:
     """Texts sampled from the model itself (top-k 40) for when no corpus is given; label them as such."""
-    from jaxedit.generate import generate_text
+    from jaxedit.core.generate import generate_text
 
     length = max(1, min(length, model.config.max_positions - 8))  # room for the start word in small contexts
     starts = ["The", "In", "A", "It", "When", "This", "There", "After", "One", "Many"]

@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxedit.cache import cache_root, digest, load_npz, save_npz
 from jaxedit.edit.memit import MemitHparams, default_layers, memit_targets
 from jaxedit.edit.targets import Request, Targets, as_request, build_batch, chunk_order
 from jaxedit.errors import InputError
-from jaxedit.files import atomic_write_bytes
-from jaxedit.loading import Model
+from jaxedit.io.cache import cache_root, digest, load_npz, save_npz
+from jaxedit.io.files import atomic_write_bytes
+from jaxedit.io.loading import Model
 
 log = logging.getLogger(__name__)
 

@@ -32,16 +32,16 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxedit import interventions as iv
-from jaxedit import model as core
-from jaxedit import tokens as tok
-from jaxedit.config import ModelConfig
+from jaxedit.core import decoder
+from jaxedit.core import interventions as iv
+from jaxedit.core import tokens as tok
+from jaxedit.core.config import ModelConfig
+from jaxedit.core.layout import Params
 from jaxedit.edit.checks import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_fields
 from jaxedit.edit.precision import working_params
 from jaxedit.errors import InputError, NumericsError
-from jaxedit.execution import Execution
-from jaxedit.layout import Params
-from jaxedit.loading import Model
+from jaxedit.io.loading import Model
+from jaxedit.runtime.execution import Execution
 
 
 @dataclasses.dataclass(frozen=True)
@@ -322,23 +322,23 @@ def target_prepass(
     edited one up, the original distribution at each row's first read (`first_read`, `[R]`) and `m0`
     and the keys. Its shapes are the batch's rows and token length, not the suffix window or the read
     width, so requests of a new window or target length compile only `target_loop`."""
-    positions = core.positions_from_mask(mask)
-    rotary = core.rotary_for(config, positions)
-    causal = core.causal_mask(mask)
-    x = core.residual_input(config, params, core.embed_tokens(params, ids), positions)
+    positions = decoder.positions_from_mask(mask)
+    rotary = decoder.rotary_for(config, positions)
+    causal = decoder.causal_mask(mask)
+    x = decoder.residual_input(config, params, decoder.embed_tokens(params, ids), positions)
     below = jax.tree.map(lambda a: a[:layer], params["layers"])
-    x, _ = core.run_layers(config, below, x, rotary, causal)  # input of the edited layer: fixed
+    x, _ = decoder.run_layers(config, below, x, rotary, causal)  # input of the edited layer: fixed
     p_layer = jax.tree.map(lambda a: a[layer], params["layers"])
     above = jax.tree.map(lambda a: a[layer + 1 :], params["layers"])
     rows = jnp.arange(ids.shape[0])
-    out0 = core.block(config, p_layer, x, rotary, causal, {}, ("mlp_key", "attn_out", hp.reference))
-    h0, taps_above = core.run_layers(config, above, out0.resid, rotary, causal, ("resid_pre",))
+    out0 = decoder.block(config, p_layer, x, rotary, causal, {}, ("mlp_key", "attn_out", hp.reference))
+    h0, taps_above = decoder.run_layers(config, above, out0.resid, rotary, causal, ("resid_pre",))
     # only the first read of a row is compared with the original (the KL rows read one position)
-    kl_base = jax.nn.log_softmax(core.unembed(config, params, h0[rows, first_read]), axis=-1)
+    kl_base = jax.nn.log_softmax(decoder.unembed(config, params, h0[rows, first_read]), axis=-1)
     inputs = jnp.concatenate([x[None], taps_above["resid_pre"]])  # [n_from, R, T, D]
 
     def keys_values(p: Params, h: jax.Array) -> tuple[jax.Array, jax.Array]:
-        return core.project_keys_values(config, p["attn"], core.norm(config, p["ln1"], h), rotary)
+        return decoder.project_keys_values(config, p["attn"], decoder.norm(config, p["ln1"], h), rotary)
 
     from_layer = jax.tree.map(lambda a: a[layer:], params["layers"])
     cached_k, cached_v = jax.vmap(keys_values)(from_layer, inputs)  # [n_from, R, T, K, E]
@@ -390,7 +390,7 @@ def target_loop(
     valid = index <= last_read[:, None]
     index = jnp.minimum(index, t - 1)
     x_suffix = x[rows[:, None], index]  # [R, W, D]
-    rotary_suffix = core.rotary_for(config, pre.positions[rows[:, None], index])
+    rotary_suffix = decoder.rotary_for(config, pre.positions[rows[:, None], index])
     before_key = (jnp.arange(t)[None, :] < key_pos[:, None]) & mask.astype(bool)  # [R, T]
     causal_suffix = (offsets[:, None] >= offsets[None, :])[None] & (
         valid[:, None, :] | jnp.eye(window, dtype=bool)
@@ -406,15 +406,15 @@ def target_loop(
             f"{site}_out": iv.add(at_key * d[row_request][:, None, :]) for site, d in delta.items()
         }  # [R, W, D]
         cache = (cached_k[0], cached_v[0])
-        h = core.block(config, p_layer, x_suffix, rotary_suffix, suffix_mask, edit, (), cache, t).resid
+        h = decoder.block(config, p_layer, x_suffix, rotary_suffix, suffix_mask, edit, (), cache, t).resid
 
         def step(h: jax.Array, layer_xs: tuple) -> tuple[jax.Array, None]:
             p, k, v = layer_xs
-            return core.block(config, p, h, rotary_suffix, suffix_mask, {}, (), (k, v), t).resid, None
+            return decoder.block(config, p, h, rotary_suffix, suffix_mask, {}, (), (k, v), t).resid, None
 
         h, _ = jax.lax.scan(step, h, (above, cached_k[1:], cached_v[1:]))
         read = h[rows[:, None], read_suffix]  # [R, M, D]
-        return jax.nn.log_softmax(core.unembed(config, params, read), axis=-1)  # [R, M, V]
+        return jax.nn.log_softmax(decoder.unembed(config, params, read), axis=-1)  # [R, M, V]
 
     context = (~is_kl).astype(jnp.float32)
     per_request = jax.ops.segment_sum(context, row_request, n_requests)

@@ -17,10 +17,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxedit import model as core
-from jaxedit.config import ModelConfig
+from jaxedit.core import decoder
+from jaxedit.core.config import ModelConfig
+from jaxedit.core.layout import Params
 from jaxedit.errors import InputError
-from jaxedit.layout import Params
 
 
 def _layers(params: Params, start: int, stop: int) -> Params:
@@ -30,20 +30,20 @@ def _layers(params: Params, start: int, stop: int) -> Params:
 @functools.partial(jax.jit, static_argnames=("config", "layer"))
 def _input_of(params: Params, config: ModelConfig, layer: int, ids: jax.Array, mask: jax.Array) -> jax.Array:
     """Residual input of `layer`: `[R, T, D]`."""
-    positions = core.positions_from_mask(mask)
-    x = core.residual_input(config, params, core.embed_tokens(params, ids), positions)
+    positions = decoder.positions_from_mask(mask)
+    x = decoder.residual_input(config, params, decoder.embed_tokens(params, ids), positions)
     if layer == 0:
         return x
-    rotary, causal = core.rotary_for(config, positions), core.causal_mask(mask)
-    return core.run_layers(config, _layers(params, 0, layer), x, rotary, causal)[0]
+    rotary, causal = decoder.rotary_for(config, positions), decoder.causal_mask(mask)
+    return decoder.run_layers(config, _layers(params, 0, layer), x, rotary, causal)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("config", "start", "stop"))
 def _advance(params: Params, config: ModelConfig, start: int, stop: int, h: jax.Array, mask: jax.Array):
     """The input of layer `stop` from the input `h` of layer `start`."""
-    positions = core.positions_from_mask(mask)
-    rotary, causal = core.rotary_for(config, positions), core.causal_mask(mask)
-    return core.run_layers(config, _layers(params, start, stop), h, rotary, causal)[0]
+    positions = decoder.positions_from_mask(mask)
+    rotary, causal = decoder.rotary_for(config, positions), decoder.causal_mask(mask)
+    return decoder.run_layers(config, _layers(params, start, stop), h, rotary, causal)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("config", "layer", "z_layer", "key_site", "z_site"))
@@ -59,13 +59,13 @@ def _read_from(
     key_pos: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
     """From the input `h` of `layer`: `key_site` of `layer` and `z_site` of `z_layer` at the key positions."""
-    positions = core.positions_from_mask(mask)
-    rotary, causal = core.rotary_for(config, positions), core.causal_mask(mask)
+    positions = decoder.positions_from_mask(mask)
+    rotary, causal = decoder.rotary_for(config, positions), decoder.causal_mask(mask)
     p_layer = jax.tree.map(lambda a: a[layer], params["layers"])
-    out = core.block(config, p_layer, h, rotary, causal, {}, (key_site, z_site))
+    out = decoder.block(config, p_layer, h, rotary, causal, {}, (key_site, z_site))
     z = out.taps[z_site]
     if z_layer > layer:
-        _, taps = core.run_layers(
+        _, taps = decoder.run_layers(
             config, _layers(params, layer + 1, z_layer + 1), out.resid, rotary, causal, (z_site,)
         )
         z = taps[z_site][-1]

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxedit.core.generate import generate_text
 from jaxedit.data.records import read_records
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.targets import Request, as_request
@@ -37,9 +38,8 @@ from jaxedit.errors import InputError
 from jaxedit.evaluate.metrics import generation_entropy, harmonic_mean, target_scores
 from jaxedit.evaluate.report import Report
 from jaxedit.evaluate.runner import run_edits, run_key
-from jaxedit.files import write_output
-from jaxedit.generate import generate_text
-from jaxedit.loading import Model
+from jaxedit.io.files import write_output
+from jaxedit.io.loading import Model
 
 TOKEN_PROTOCOL = "EasyEdit teacher-forced token accuracy (rewrite / rephrase / locality vs unedited top-1)"
 

@@ -28,7 +28,7 @@ from jaxedit.edit.delta import Delta, apply
 from jaxedit.edit.targets import Request, as_request
 from jaxedit.errors import InputError
 from jaxedit.evaluate.metrics import target_scores
-from jaxedit.loading import Model
+from jaxedit.io.loading import Model
 
 PROTOCOL = (
     "EasyEdit names, sequential_edit=False: each request edited alone on the unedited model; "

@@ -22,7 +22,7 @@ from jaxedit.errors import InputError
 from jaxedit.evaluate.counterfact import CounterfactCase, score_cases, summarise
 from jaxedit.evaluate.metrics import target_scores
 from jaxedit.evaluate.zsre import ZsreCase, score_zsre_cases, summarise_zsre
-from jaxedit.loading import Model
+from jaxedit.io.loading import Model
 
 
 def held_out_passages(

@@ -10,10 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxedit import tokens as tok
+from jaxedit.core import tokens as tok
+from jaxedit.core.decoder import logits_at
+from jaxedit.edit.gate import adaptor_of
 from jaxedit.errors import InputError
-from jaxedit.loading import Model
-from jaxedit.model import logits_at
+from jaxedit.io.loading import Model
 
 
 @jax.jit
@@ -37,7 +38,7 @@ def target_scores(
     """
     from jaxedit.edit.targets import target_ids
 
-    per_prefix = "adaptor" in model.params
+    per_prefix = adaptor_of(model.params) is not None
     rows, reads, labels, owner = [], [], [], []
     for index, (prompt, target) in enumerate(pairs):
         ids = tok.encode_one(model.tokenizer, prompt)

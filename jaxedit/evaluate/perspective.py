@@ -37,8 +37,8 @@ from jaxedit.errors import InputError
 from jaxedit.evaluate.metrics import target_scores
 from jaxedit.evaluate.report import Report
 from jaxedit.evaluate.rspec import RelationPatterns, wording_key
-from jaxedit.files import atomic_write_bytes
-from jaxedit.loading import Model
+from jaxedit.io.files import atomic_write_bytes
+from jaxedit.io.loading import Model
 
 METRICS = ("entity_reliability", "entity_generality", "relation_reliability", "relation_generality")
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxedit.core.predict import next_tokens
 from jaxedit.data.records import RECORD_SUFFIXES, read_records
 from jaxedit.evaluate.metrics import target_scores
-from jaxedit.loading import Model
-from jaxedit.predict import next_tokens
+from jaxedit.io.loading import Model
 
 
 def wording_key(text: str) -> str:

@@ -19,11 +19,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from jaxedit.cache import digest
 from jaxedit.edit.delta import Delta, apply
 from jaxedit.errors import InputError
-from jaxedit.files import atomic_write_bytes, write_output
-from jaxedit.loading import Model
+from jaxedit.io.cache import digest
+from jaxedit.io.files import atomic_write_bytes, write_output
+from jaxedit.io.loading import Model
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxedit.edit.adaptors import neuron_facts, switch_off
+from jaxedit.edit.gate import adaptor_of, with_adaptor
 from jaxedit.errors import InputError, NotAppliedError
 from jaxedit.evaluate.metrics import target_scores
-from jaxedit.loading import Model
+from jaxedit.io.loading import Model
 
 
 def withdrawal_metrics(
@@ -42,7 +43,7 @@ def withdrawal_metrics(
     withdrawal `mode` (`mute` or `remove`)."""
     if len(pairs) != len(facts):
         raise InputError(f"{len(pairs)} questions for {len(facts)} facts")
-    adaptor = edited.params.get("adaptor")
+    adaptor = adaptor_of(edited.params)
     if adaptor is None:
         raise InputError("the edited model has no adaptor neurons to withdraw")
     slots: dict[str, list[int]] = {}
@@ -56,7 +57,7 @@ def withdrawal_metrics(
     rows: dict[str, list[float]] = {k: [] for k in ("RS", "Con", "RS_token", "Con_token", "changed")}
     for index, fact in enumerate(tqdm(facts, desc="withdrawal", disable=not progress)):
         off = switch_off(adaptor, slots[fact], mode)
-        withdrawn = edited.replace(params={**edited.params, "adaptor": off})
+        withdrawn = edited.replace(params=with_adaptor(edited.params, off))
         _, _, (top,) = target_scores(withdrawn, [pairs[index]])
         differs, same = top != edited_top[index], top == base_top[index]
         rows["RS"].append(float(differs.any()))

@@ -29,8 +29,8 @@ from jaxedit.errors import InputError
 from jaxedit.evaluate.metrics import target_scores
 from jaxedit.evaluate.report import Report
 from jaxedit.evaluate.runner import run_edits, run_key
-from jaxedit.files import write_output
-from jaxedit.loading import Model
+from jaxedit.io.files import write_output
+from jaxedit.io.loading import Model
 
 PROTOCOL = "zsRE: teacher-forced token top-1 accuracy x100 (ES question, PS rephrase, NS locality answer)"
 

@@ -16,14 +16,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxedit import interventions as iv
-from jaxedit import model as core
-from jaxedit import tokens as tok
-from jaxedit.adaptor import last_positions
-from jaxedit.config import ModelConfig
+from jaxedit.core import decoder
+from jaxedit.core import interventions as iv
+from jaxedit.core import tokens as tok
+from jaxedit.core.config import ModelConfig
+from jaxedit.core.decoder import last_positions
+from jaxedit.core.layout import Params
 from jaxedit.errors import InputError
-from jaxedit.layout import Params
-from jaxedit.loading import Model
+from jaxedit.io.loading import Model
 
 STATES = ("resid_post", "resid_pre", "resid_mid")
 
@@ -65,7 +65,7 @@ def _readout(
         where = blocked[None, :, None] & (jnp.arange(ids.shape[1])[None, None, :] == last[:, None, None])
         edits[blocked_site] = iv.replace(where, jnp.zeros((*where.shape, config.d_model), jnp.float32))
     taps = ("resid_pre", "attn_out", "resid_post")
-    out = core.forward(params, config, ids, mask, taps=taps, interventions=edits)
+    out = decoder.forward(params, config, ids, mask, taps=taps, interventions=edits)
     at = {name: out.taps[name][rows, :, last].astype(jnp.float32) for name in taps}  # [B, L, D]
     values = {
         "resid_post": at["resid_post"],
@@ -74,7 +74,7 @@ def _readout(
     }
     top, kept = {}, {}
     for name in states:
-        logits = core.unembed(config, params, values[name])  # [B, L, V]
+        logits = decoder.unembed(config, params, values[name])  # [B, L, V]
         top[name] = jax.lax.top_k(logits, k)[1]
         kept[name] = values[name]
         if name == "resid_post":

@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from jaxedit.files import write_output
+from jaxedit.io.files import write_output
 
 
 def _save(fig: Any, path: str | Path) -> Path:

@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxedit.io.loading import Model
 from jaxedit.lens.core import lens_readout
-from jaxedit.loading import Model
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from jaxedit.data.records import read_records
 from jaxedit.errors import InputError
+from jaxedit.io.loading import Model
 from jaxedit.lens.core import lens_readout
-from jaxedit.loading import Model
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,7 @@ reads the MLP peak for editing defaults. The restore grids run as one compiled p
 (`engine`).
 """
 
-from jaxedit.execution import Execution
+from jaxedit.runtime.execution import Execution
 from jaxedit.trace.api import Noise, TraceResult, trace
 from jaxedit.trace.dataset import DatasetTrace, suggest_edit_layer, trace_dataset
 

@@ -18,13 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxedit import tokens as tok
-from jaxedit.config import ModelConfig
+from jaxedit.core import tokens as tok
+from jaxedit.core.config import ModelConfig
 from jaxedit.errors import InputError
-from jaxedit.execution import Execution
-from jaxedit.files import write_output
-from jaxedit.loading import Model
-from jaxedit.side_by_side import run_side_by_side
+from jaxedit.io.files import write_output
+from jaxedit.io.loading import Model
+from jaxedit.runtime.execution import Execution
+from jaxedit.runtime.side_by_side import run_side_by_side
 from jaxedit.trace import engine
 from jaxedit.trace.runs import clean_and_corrupted, make_noise
 
@@ -265,7 +265,7 @@ def trace(
       answer: the answer whose first token is read out (default: the model's greedy prediction).
       sever: `mlp`, `attn` or `both`: in the `hidden` grid, pin that sublayer at later layers of the
         restored token to its corrupted value (paper 003 appendix, paper 004).
-      execution: speed and memory settings (`jaxedit.execution.Execution`: threads, segments, row
+      execution: speed and memory settings (`jaxedit.runtime.execution.Execution`: threads, segments, row
         blocks, sample chunks, length buckets); the grids do not depend on them beyond float rounding.
 
     Returns:
@@ -315,7 +315,7 @@ def trace(
     noise_values = make_noise(seed, samples, jnp.asarray(mask), config.d_model, scale)
     noise_values = jnp.pad(noise_values, ((0, 0), (pad, 0), (0, 0)))
     if answer is None:
-        from jaxedit.model import forward
+        from jaxedit.core.decoder import forward
 
         logits = forward(model.params, config, padded_ids[None], key_mask[None]).logits[0, -1]
         answer_id = int(jnp.argmax(logits))

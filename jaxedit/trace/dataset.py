@@ -30,13 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxedit import tokens as tok
-from jaxedit.cache import digest
+from jaxedit.core import tokens as tok
+from jaxedit.core.decoder import logits_at
 from jaxedit.errors import InputError
-from jaxedit.execution import Execution
-from jaxedit.files import atomic_write_bytes, write_output
-from jaxedit.loading import Model
-from jaxedit.model import logits_at
+from jaxedit.io.cache import digest
+from jaxedit.io.files import atomic_write_bytes, write_output
+from jaxedit.io.loading import Model
+from jaxedit.runtime.execution import Execution
 from jaxedit.trace import engine
 from jaxedit.trace.api import Noise, TraceResult, answer_token, corrupted_tokens, noise_scale_for, trace
 
@@ -322,7 +322,7 @@ def trace_dataset(
         averages cover the first `n_facts` known facts (`n_untraced` says how many were left; facts
         already in `out_dir`'s cache are always used). For runs whose compile time is unknown, such as
         a first run on an accelerator: ask for many facts and average what fits.
-      execution: speed and memory settings (`jaxedit.execution.Execution`); for a dataset also
+      execution: speed and memory settings (`jaxedit.runtime.execution.Execution`); for a dataset also
         `workers` (facts traced at once by threads: on an accelerator compiles of new prompt shapes run
         in parallel on the host's cores; on a CPU keep 1) and `shapes` (`bucket` pads each prompt to
         multiples of `bucket`, 4 here by default: the least work, a CPU's choice; `single` pads every

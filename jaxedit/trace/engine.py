@@ -29,8 +29,8 @@ At each layer the rows to recompute are gathered into one flat batch (`items`) f
 the MLP (the bulk of the FLOPs); attention runs per unit over the full prompt, with the recomputed keys
 scattered over the cached corrupted ones. Noise samples are split into chunks run with `lax.map` to
 bound memory. On a CPU the row-wise work (norm and projections; output projection and MLP) runs over
-blocks of 512 rows so that each block's intermediates stay in cache (`jaxedit.row_blocks`), and the
-answer's probability is read out by streaming the vocabulary (`jaxedit.readout`).
+blocks of 512 rows so that each block's intermediates stay in cache (`jaxedit.runtime.row_blocks`), and the
+answer's probability is read out by streaming the vocabulary (`jaxedit.core.readout`).
 
 Batch rows, for the record: every unit is a corrupted run (one noise sample) with one restoration; the
 clean run and the plain corrupted runs happen once, before the grid, in `jaxedit.trace.runs`.
@@ -48,12 +48,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxedit import model as core
-from jaxedit.config import ModelConfig
+from jaxedit.core import decoder
+from jaxedit.core.config import ModelConfig
+from jaxedit.core.layout import Params
+from jaxedit.core.readout import token_probability
 from jaxedit.errors import InputError
-from jaxedit.layout import Params
-from jaxedit.readout import token_probability
-from jaxedit.row_blocks import map_row_blocks
+from jaxedit.runtime.row_blocks import map_row_blocks
 
 Kind = Literal["hidden", "mlp", "attn"]
 Sever = Literal["mlp", "attn", "both"] | None
@@ -345,10 +345,10 @@ def _sources(per_layer: Sequence[np.ndarray], size: int) -> np.ndarray | None:
 def _mlp_out(c: ModelConfig, p: Params, rows: jax.Array, attn: jax.Array) -> jax.Array:
     """One layer's MLP output `[N, D]` for block inputs `rows` and attention outputs `attn` (§0 wiring)."""
     if c.parallel_residual:
-        m_in = core.norm(c, p["ln1"] if c.shared_block_norm else p["ln2"], rows)
+        m_in = decoder.norm(c, p["ln1"] if c.shared_block_norm else p["ln2"], rows)
     else:
-        m_in = core.norm(c, p["ln2"], rows + attn)
-    return core.linear(p["mlp"]["out"], core.mlp_key(c, p["mlp"], m_in))
+        m_in = decoder.norm(c, p["ln2"], rows + attn)
+    return decoder.linear(p["mlp"]["out"], decoder.mlp_key(c, p["mlp"], m_in))
 
 
 def first_window_rows(
@@ -413,7 +413,7 @@ def run_units(
     c = config
     t = plan.length
     d = c.d_model
-    rotary = core.rotary_for(c, positions[None])  # [1, T, R] each, or None
+    rotary = decoder.rotary_for(c, positions[None])  # [1, T, R] each, or None
     mask = jnp.tril(jnp.ones((t, t), bool)) & key_mask[None, :]  # [T, T]
     samples = corrupt["stream"].shape[0]
 
@@ -439,10 +439,10 @@ def run_units(
         item_rotary = () if rotary is None else tuple(r[0, plan.item_row[:n_items]] for r in rotary)
 
         def rowwise(rows, *rotary_rows):
-            normed = core.norm(c, p["ln1"], rows)[None]  # [1, N, D]
+            normed = decoder.norm(c, p["ln1"], rows)[None]  # [1, N, D]
             rows_rotary = tuple(r[None] for r in rotary_rows) or None
-            k, v = (a[0] for a in core.project_keys_values(c, p["attn"], normed, rows_rotary))
-            q = core.project_queries(c, p["attn"], normed, rows_rotary)[0] if queries else None
+            k, v = (a[0] for a in decoder.project_keys_values(c, p["attn"], normed, rows_rotary))
+            q = decoder.project_queries(c, p["attn"], normed, rows_rotary)[0] if queries else None
             return q, k, v
 
         return map_row_blocks(rowwise, (rows, *item_rotary), row_block)
@@ -450,8 +450,8 @@ def run_units(
     def gather_keys(p: Params, k: jax.Array, v: jax.Array, stream: jax.Array, n_units: int):
         """Keys and values `[C, T, K, E]` of the first `n_units` units at one layer (`stream`: its input):
         the items' own rows over the cached corrupted rows before each unit's token."""
-        cached = core.norm(c, p["ln1"], stream)  # [S, T, D]
-        cached_k, cached_v = core.project_keys_values(c, p["attn"], cached, cached_rotary)  # [S, T, K, E]
+        cached = decoder.norm(c, p["ln1"], stream)  # [S, T, D]
+        cached_k, cached_v = decoder.project_keys_values(c, p["attn"], cached, cached_rotary)  # [S, T, K, E]
         keys = jnp.concatenate([cached_k.reshape(-1, *kv_shape), k])[plan.key_index[:n_units]]
         values = jnp.concatenate([cached_v.reshape(-1, *kv_shape), v])[plan.key_index[:n_units]]
         return keys, values
@@ -460,7 +460,7 @@ def run_units(
         """Output projection, restored / severed sublayer outputs, MLP: the block's output rows.
 
         `rows` `[N, D]` are the block's inputs, `heads` `[N, H*E]` their attention heads. Row-wise, so it
-        runs over blocks of `row_block` rows (`jaxedit.row_blocks`).
+        runs over blocks of `row_block` rows (`jaxedit.runtime.row_blocks`).
         """
         tables = tuple(
             None if source is None else _table(clean_j[site], corrupt_j[site])
@@ -471,7 +471,7 @@ def run_units(
         def rowwise(rows, heads, *given):
             given = iter(given)
             attn_source, mlp_source = (None if source is None else next(given) for source in sources)
-            attn = _overwrite(core.linear(p["attn"]["o"], heads), attn_source, tables[0])
+            attn = _overwrite(decoder.linear(p["attn"]["o"], heads), attn_source, tables[0])
             mlp = _overwrite(_mlp_out(c, p, rows, attn), mlp_source, tables[1])  # [N, D]
             return rows + attn + mlp
 
@@ -487,7 +487,7 @@ def run_units(
         keys, values = gather_keys(p, k, v, corrupt_j["stream"], n_units)
         zero = jnp.zeros((1, c.n_heads, c.head_dim), item_queries.dtype)
         queries = jnp.concatenate([zero, item_queries])[plan.query_index[:n_units]]  # [C, T, H, E]
-        heads = core.attend(c, queries, keys, values, jnp.broadcast_to(mask, (n_units, t, t)))  # [C,T,H*E]
+        heads = decoder.attend(c, queries, keys, values, jnp.broadcast_to(mask, (n_units, t, t)))  # [C,T,H*E]
         item_heads = heads.reshape(n_units * t, -1)[plan.head_index[:n_items]]  # [N, H*E]
         out = finish(p, rows, item_heads, sources, clean_j, corrupt_j)
         if j is not None:  # a scanned range: units starting above j are padding here
@@ -538,10 +538,10 @@ def run_units(
         keys, values = gather_keys(p, k, v, corrupt["stream"][:, j], n_units)
         pick = plan.last_item[:n_units]
         rows = y[pick]  # [C, D]
-        normed = core.norm(c, p["ln1"], rows)
+        normed = decoder.norm(c, p["ln1"], rows)
         last_rotary = None if rotary is None else tuple(r[:, plan.item_row[pick]] for r in rotary)
-        queries = core.project_queries(c, p["attn"], normed[None], last_rotary)[0][:, None]  # [C, 1, H, E]
-        heads = core.attend(c, queries, keys, values, jnp.broadcast_to(mask[-1:], (n_units, 1, t)))
+        queries = decoder.project_queries(c, p["attn"], normed[None], last_rotary)[0][:, None]  # [C, 1, H, E]
+        heads = decoder.attend(c, queries, keys, values, jnp.broadcast_to(mask[-1:], (n_units, 1, t)))
         sources = tuple(
             a[j][pick] if (a[j] >= 0).any() else None for a in (plan.replace_attn, plan.replace_mlp)
         )

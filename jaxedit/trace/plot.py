@@ -68,7 +68,7 @@ def plot_trace(result: Any, path: str | Path | None = None):
 def _save(fig: Any, path: Path) -> None:
     import io
 
-    from jaxedit.files import write_output
+    from jaxedit.io.files import write_output
 
     buffer = io.BytesIO()
     fig.savefig(buffer, format=path.suffix.lstrip(".") or "png", dpi=110, bbox_inches="tight")

@@ -13,10 +13,10 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxedit import interventions as iv
-from jaxedit import model as core
-from jaxedit.config import ModelConfig
-from jaxedit.layout import Params
+from jaxedit.core import decoder
+from jaxedit.core import interventions as iv
+from jaxedit.core.config import ModelConfig
+from jaxedit.core.layout import Params
 
 TAPS = ("resid_pre", "attn_out", "mlp_out", "resid_post")
 
@@ -27,7 +27,7 @@ def make_noise(seed: int, samples: int, corrupt_mask: jax.Array, width: int, sca
     return scale * noise * corrupt_mask[None, :, None]
 
 
-def _states(out: core.Output) -> dict[str, jax.Array]:
+def _states(out: decoder.Output) -> dict[str, jax.Array]:
     taps = out.taps  # [B, L, T, W]
     stream = jnp.concatenate([taps["resid_pre"], taps["resid_post"][:, -1:]], axis=1)  # [B, L+1, T, D]
     return {"stream": stream, "attn": taps["attn_out"], "mlp": taps["mlp_out"]}
@@ -54,10 +54,10 @@ def clean_and_corrupted(
       leading `[S]`), `P_clean` (scalar) and the per-sample corrupted probabilities `[S]`.
     """
     samples = noise.shape[0]
-    clean = core.forward(params, config, ids[None], key_mask[None], taps=TAPS)
+    clean = decoder.forward(params, config, ids[None], key_mask[None], taps=TAPS)
     batch_ids = jnp.broadcast_to(ids, (samples, ids.shape[0]))
     batch_mask = jnp.broadcast_to(key_mask, (samples, ids.shape[0]))
-    corrupt = core.forward(
+    corrupt = decoder.forward(
         params, config, batch_ids, batch_mask, taps=TAPS, interventions={"embed": iv.add(noise)}
     )
     p_clean = jax.nn.softmax(clean.logits[0, -1])[answer]

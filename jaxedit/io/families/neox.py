@@ -1,0 +1,135 @@
+"""GPT-NeoX (`model_type: gpt_neox`): partial rotate-half rotary, LayerNorm, parallel or sequential blocks.
+
+HF fields handled: vocab_size, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size,
+max_position_embeddings, layer_norm_eps, hidden_act, use_parallel_residual, attention_bias,
+tie_word_embeddings, rotary_pct / rotary_emb_base (older configs) or rope_parameters
+(`partial_rotary_factor`, `rope_theta`; transformers 5), bos/eos/pad_token_id. Ignored: dropouts,
+initializer_range, use_cache, classifier_dropout, is_decoder.
+
+`query_key_value` is one `[3D, D]` Linear whose output axis is laid out per head as
+`[H, (q, k, v), E]`; it is split into three `[D, H*E]` kernels. `dense_4h_to_h` is the edited W_out.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from jaxedit.core.config import ModelConfig
+from jaxedit.io.families import (
+    Rule,
+    first_id,
+    linear_rules,
+    norm_rules,
+    rope_hf,
+    rope_settings,
+    transposed,
+)
+
+MODEL_TYPE = "gpt_neox"
+BASE_PREFIX = "gpt_neox."
+# transformers 5 saves the LM head as `lm_head.weight`; original checkpoints call it `embed_out.weight`.
+ALIASES = {"embed_out.weight": "lm_head.weight"}
+IGNORED = (r".*attention\.bias$", r".*attention\.masked_bias$", r".*rotary_emb\.inv_freq$")
+
+
+def config_from_hf(hf: dict) -> ModelConfig:
+    d = int(hf.get("hidden_size", 6144))
+    n_heads = int(hf.get("num_attention_heads", 64))
+    head_dim = d // n_heads
+    rope_params = hf.get("rope_parameters") or {}
+    pct = float(rope_params.get("partial_rotary_factor", hf.get("rotary_pct", 0.25)))
+    theta, scaling = rope_settings(hf, 10000.0, theta_key="rotary_emb_base")
+    return ModelConfig(
+        family=MODEL_TYPE,
+        vocab_size=int(hf.get("vocab_size", 50432)),
+        d_model=d,
+        n_layers=int(hf.get("num_hidden_layers", 44)),
+        n_heads=n_heads,
+        n_kv_heads=n_heads,
+        head_dim=head_dim,
+        d_mlp=int(hf.get("intermediate_size", 4 * d)),
+        max_positions=int(hf.get("max_position_embeddings", 2048)),
+        norm="layernorm",
+        norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
+        activation=hf.get("hidden_act", "gelu"),
+        gated_mlp=False,
+        positions="rotary",
+        rotary_dim=int(head_dim * pct),
+        rotary_style="half",
+        rope_theta=theta,
+        rope_scaling=scaling,
+        parallel_residual=bool(hf.get("use_parallel_residual", True)),
+        qkv_bias=bool(hf.get("attention_bias", True)),
+        attn_out_bias=bool(hf.get("attention_bias", True)),
+        mlp_bias=True,
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        bos_token_id=first_id(hf.get("bos_token_id", 0)),
+        eos_token_id=first_id(hf.get("eos_token_id", 2)),
+        pad_token_id=first_id(hf.get("pad_token_id")),
+    )
+
+
+def hf_config(config: ModelConfig) -> dict:
+    rope = rope_hf(config)
+    rope["partial_rotary_factor"] = config.rotary_dim / config.head_dim
+    return {
+        "model_type": MODEL_TYPE,
+        "architectures": ["GPTNeoXForCausalLM"],
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.d_model,
+        "num_hidden_layers": config.n_layers,
+        "num_attention_heads": config.n_heads,
+        "intermediate_size": config.d_mlp,
+        "max_position_embeddings": config.max_positions,
+        "layer_norm_eps": config.norm_eps,
+        "hidden_act": config.activation,
+        "use_parallel_residual": config.parallel_residual,
+        "attention_bias": config.qkv_bias,
+        "rope_parameters": rope,
+        "rotary_pct": config.rotary_dim / config.head_dim,
+        "rotary_emb_base": config.rope_theta,
+        "tie_word_embeddings": config.tie_embeddings,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.pad_token_id,
+    }
+
+
+def _qkv_rules(config: ModelConfig) -> list[Rule]:
+    h, e, d = config.n_heads, config.head_dim, config.d_model
+
+    def load_w(a: np.ndarray) -> tuple[np.ndarray, ...]:
+        per_head = a.reshape(h, 3, e, d)  # [H, (q,k,v), E, D]
+        return tuple(per_head[:, j].reshape(h * e, d).T for j in range(3))  # 3 x [D, H*E]
+
+    def save_w(ps: tuple[np.ndarray, ...]) -> np.ndarray:
+        return np.stack([p.T.reshape(h, e, d) for p in ps], axis=1).reshape(3 * h * e, d)
+
+    def load_b(a: np.ndarray) -> tuple[np.ndarray, ...]:
+        per_head = a.reshape(h, 3, e)
+        return tuple(per_head[:, j].reshape(h * e) for j in range(3))
+
+    def save_b(ps: tuple[np.ndarray, ...]) -> np.ndarray:
+        return np.stack([p.reshape(h, e) for p in ps], axis=1).reshape(3 * h * e)
+
+    name = "gpt_neox.layers.{i}.attention.query_key_value"
+    out = [Rule(f"{name}.weight", ("attn/q/kernel", "attn/k/kernel", "attn/v/kernel"), load_w, save_w)]
+    if config.qkv_bias:
+        out.append(Rule(f"{name}.bias", ("attn/q/bias", "attn/k/bias", "attn/v/bias"), load_b, save_b))
+    return out
+
+
+def rules(config: ModelConfig) -> list[Rule]:
+    out = [
+        Rule("gpt_neox.embed_in.weight", ("embed/tokens",), lambda a: (a,), lambda ps: ps[0]),
+        *norm_rules("gpt_neox.final_layer_norm", "final_norm", config),
+        *norm_rules("gpt_neox.layers.{i}.input_layernorm", "ln1", config),
+        *norm_rules("gpt_neox.layers.{i}.post_attention_layernorm", "ln2", config),
+        *_qkv_rules(config),
+        *linear_rules("gpt_neox.layers.{i}.attention.dense", "attn/o", config.attn_out_bias),
+        *linear_rules("gpt_neox.layers.{i}.mlp.dense_h_to_4h", "mlp/in", True),
+        *linear_rules("gpt_neox.layers.{i}.mlp.dense_4h_to_h", "mlp/out", True),
+    ]
+    if not config.tie_embeddings:
+        out.append(transposed("embed_out.weight", "unembed/kernel"))
+    return out
