@@ -241,7 +241,7 @@ zsRE questions share templates and answers share tokens (years split into digits
 of different facts are close. Almost every removed fact has at least one answer token where a neighbour
 takes over: Con (remove) stays near zero. A muted neuron keeps winning exactly the inputs it won while
 active and adds nothing there, so those inputs get the unedited output and every other input keeps its
-edited output (`tests/test_ireva.py`): withdrawal undoes one fact and nothing else."""
+edited output (`tests/edit/test_ireva.py`): withdrawal undoes one fact and nothing else."""
         if "ireva-exclusive" in results:
             x = results["ireva-exclusive"]
             findings += f"""

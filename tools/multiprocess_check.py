@@ -7,7 +7,7 @@ With `--save DIR`, every process then saves the MEMIT-edited sharded model as on
 (`jaxedit.scale.sharded_checkpoint.save_sharded`, into `DIR/checkpoint`) and the key statistics of the
 MEMIT layers (`DIR/statistics`), and process 0 writes the edited model's logits on the check's token ids
 and the statistics matrices to `DIR/expected.npz` (`ids`, `logits`, `stats_<layer>`), for a restore
-elsewhere (tests/sharded_checkpoint_check.py).
+elsewhere (tests/scale/sharded_checkpoint_check.py).
 Prints `OK <what> <max difference>` per check; exits non-zero on a mismatch.
 
     python tools/launch_local.py --processes 2 tools/multiprocess_check.py --cpu-devices 4 MODEL_DIR

@@ -6,7 +6,7 @@ the layers below `l`. An edit at a layer changes nothing beneath it, so the inpu
 of the previous critical layer pushed through the layers in between with the updated weights: the walk
 keeps that input for every row and moves it up once per layer, instead of running each read from the
 embeddings (PMET at layers 2-6: 7 layer passes of the context rows instead of 25). The results equal
-reads from scratch up to float rounding (`tests/test_memit.py`).
+reads from scratch up to float rounding (`tests/edit/test_memit.py`).
 """
 
 from __future__ import annotations

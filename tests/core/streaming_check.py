@@ -1,6 +1,6 @@
 """Run under XLA_FLAGS=--xla_force_host_platform_device_count=8 (see test_sharding.py).
 
-`python tests/streaming_check.py WORKDIR`: for a tiny model of every family saved as sharded safetensors
+`python tests/core/streaming_check.py WORKDIR`: for a tiny model of every family saved as sharded safetensors
 (several files and an index), `load_model(..., mesh=...)` must put every parameter into its target
 sharding as soon as its tensors are read (placements interleave with reads), and give the unsharded
 logits. Exits non-zero with a message on any failure; prints OK at the end.
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import jax
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: hf_tiny
 from hf_tiny import TINY_CONFIGS, save_tiny
 
 from jaxedit import forward, load_model

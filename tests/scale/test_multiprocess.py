@@ -1,7 +1,7 @@
 """Two processes × 4 simulated CPU devices under `jax.distributed`: sharded forward, trace sweep and a
 MEMIT batch equal the single-process results (tools/launch_local.py + tools/multiprocess_check.py), and
 the edited model and its statistics, saved as orbax checkpoints from both processes, restore in one
-process on other meshes (tests/sharded_checkpoint_check.py)."""
+process on other meshes (tests/scale/sharded_checkpoint_check.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import subprocess_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

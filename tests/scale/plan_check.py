@@ -1,6 +1,6 @@
 """Run under XLA_FLAGS=--xla_force_host_platform_device_count=8 (see test_plan.py).
 
-`python tests/plan_check.py PRESET...`: plans each preset at bfloat16 on an 8-device mesh and checks the
+`python tests/scale/plan_check.py PRESET...`: plans each preset at bfloat16 on an 8-device mesh and checks the
 parameter count against the published one, the per-device parameter bytes against total / 8 and that
 every program compiled; then plans a small GPT-J-shaped model and runs the compiled forward on real
 sharded params, which must give the unsharded logits. Exits non-zero with a message on any failure.

@@ -198,7 +198,7 @@ def test_rome_writes_v_star_and_raises_the_target(model, stats) -> None:
     target = model.tokenizer.convert_tokens_to_ids("english")
     before = jax.nn.softmax(jaxedit.forward(model.params, model.config, ids).logits[0, -1])
     after = jax.nn.softmax(jaxedit.forward(edited.params, edited.config, ids).logits[0, -1])
-    assert float(after[target]) > 2 * float(before[target])  # the flip itself: tests/test_smollm2.py
+    assert float(after[target]) > 2 * float(before[target])  # the flip itself: tests/app/test_smollm2.py
     # the rank-one edit writes v* exactly at the bare prompt's key (the last subject token)
     pos = jaxedit.core.tokens.token_span(model.tokenizer, REQUEST.text, REQUEST.subject)[1] - 1
     key = jaxedit.forward(model.params, model.config, ids, taps=("mlp_key", "mlp_out")).taps

@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: hf_tiny
 from hf_tiny import tiny_tokenizer
 
 from jaxedit import forward

@@ -12,7 +12,7 @@ import nbformat
 import pytest
 from conftest import requires_smollm2, subprocess_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 

@@ -1,6 +1,6 @@
 """Three resumable workloads on a tiny model, shared by `test_faults.py` and its killed subprocesses.
 
-`python tests/fault_work.py KIND MODEL_DIR PLACE` runs workload KIND (`stats`, `targets` or `eval`) with
+`python tests/io/fault_work.py KIND MODEL_DIR PLACE` runs workload KIND (`stats`, `targets` or `eval`) with
 its persistent state under PLACE, each unit of work slowed by a sleep so that a test can kill the
 process between or inside units; in the test process the same functions run without the sleep.
 """

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import requires_smollm2, subprocess_env
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
