@@ -227,96 +227,25 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
-def _statistics(model, layers, corpus: str | None, samples: int, max_len: int, site: str = "mlp_key"):
-    from jaxedit.edit.stats import corpus_or_samples, key_statistics
+def _statistics_source(args: argparse.Namespace, samples: int | None = None):
+    """The key statistics' source from `--corpus`, `--stats-samples` (or `samples`) and `--max-len`."""
+    from jaxedit.edit.registry import Statistics
 
-    if corpus is not None:  # streamed, never held in memory whole
-        return key_statistics(model, layers, corpus=corpus, samples=samples, max_len=max_len, site=site)
-    texts, corpus_id = corpus_or_samples(model, None, samples)
-    print(f"statistics: no --corpus given, using {len(texts)} texts sampled from the model itself")
-    return key_statistics(
-        model, layers, texts, samples=samples, corpus_id=corpus_id, max_len=max_len, site=site
-    )
+    if args.corpus is None:
+        print("statistics: no --corpus given, using texts sampled from the model itself")
+    samples = args.stats_samples if samples is None else samples
+    return Statistics(corpus=args.corpus, samples=samples, max_len=args.max_len)
 
 
 def _editor(model, args: argparse.Namespace):
-    """`(edit, settings)`: `edit(model, request) -> Delta` for `args.method` (MEMIT / PMET / iReVa:
-    `(model, [requests]) -> Delta`), with statistics and contexts prepared once, and the settings it
-    runs with (hyperparameters, statistics source) for the run's record."""
-    from jaxedit.edit import rome
-    from jaxedit.edit.contexts import context_templates
-    from jaxedit.edit.finetune import FT, FT_L, finetune
-    from jaxedit.edit.memit import default_hparams as mass_hparams
-    from jaxedit.edit.memit import memit
-    from jaxedit.edit.rome import default_hparams, default_layer
+    """`args.method` prepared by the registry (`jaxedit.edit.registry.make_editor`)."""
+    from jaxedit.edit.registry import Statistics, make_editor
 
-    path = getattr(args, "hparams", None)
-    statistics = {"corpus": args.corpus, "samples": args.stats_samples, "max_len": args.max_len}
-    easyedit = None
-    if path is not None and str(path).endswith((".yaml", ".yml")):  # an EasyEdit hyperparameter file
-        from jaxedit.edit.easyedit import read_easyedit_hparams
-
-        easyedit = read_easyedit_hparams(path, model)
-        if easyedit.method != args.method:
-            raise InputError(
-                f"{path} is EasyEdit's {easyedit.method.upper()} file; run with --method {easyedit.method}"
-            )
-    if args.method in ("ireva", "ireva-init"):
-        from jaxedit.edit.ireva import default_hparams as ireva_hparams
-        from jaxedit.edit.ireva import ireva
-
-        hp = dataclasses.replace(ireva_hparams(model, path), retrofit=args.method == "ireva")
-        if args.layer is not None:
-            hp = dataclasses.replace(hp, layer=args.layer)
-
-        def edit(m, requests):
-            return ireva(m, requests if isinstance(requests, list) else [requests], hp)
-
-        return edit, {"hparams": dataclasses.asdict(hp)}
-    if args.method in ("memit", "pmet"):
-        hp = easyedit.hparams if easyedit else mass_hparams(model, args.method, path)
-        if getattr(args, "layers", None):
-            hp = dataclasses.replace(hp, layers=tuple(args.layers))
-        stats = _statistics(model, list(hp.layers), args.corpus, args.stats_samples, args.max_len)
-        attn = None
-        if hp.update_attn:  # PMET's ablation in a user's hyperparameter file
-            attn = _statistics(
-                model, list(hp.layers), args.corpus, args.stats_samples, args.max_len, "attn_heads"
-            )
-        templates = context_templates(model, hp.prefixes)
-
-        def edit(m, requests):
-            return memit(m, requests, stats, hp, templates=templates, attn_stats=attn)
-
-        return edit, {"hparams": dataclasses.asdict(hp), "statistics": statistics}
-    if args.method == "alphaedit":
-        from jaxedit.edit.alphaedit import alphaedit
-        from jaxedit.edit.alphaedit import default_hparams as alphaedit_hparams
-
-        hp = alphaedit_hparams(model, path)
-        if getattr(args, "layers", None):
-            hp = dataclasses.replace(hp, layers=tuple(args.layers))
-        stats = _statistics(model, list(hp.layers), args.corpus, args.stats_samples, args.max_len)
-        templates = context_templates(model, hp.prefixes)
-
-        def edit(m, requests):
-            return alphaedit(m, requests, stats, hp, templates=templates)
-
-        return edit, {"hparams": dataclasses.asdict(hp), "statistics": statistics}
-    if args.method in ("ft", "ft-l"):
-        layer = default_layer(model) if args.layer is None else args.layer
-        ft = dataclasses.replace(FT if args.method == "ft" else FT_L, layer=layer)
-        return (lambda m, request: finetune(m, request, ft)), {"hparams": dataclasses.asdict(ft)}
-    hp = easyedit.hparams if easyedit else default_hparams(model, path)
-    if args.layer is not None:
-        hp = dataclasses.replace(hp, layer=args.layer)
-    if easyedit and easyedit.identity_statistics:  # ROME with mom2_adjustment: false (C = I)
-        stats, statistics = easyedit.statistics(model), {"identity": True}
-    else:
-        stats = _statistics(model, [hp.layer], args.corpus, args.stats_samples, args.max_len)[hp.layer]
-    templates = context_templates(model, hp.prefixes)
-    settings = {"hparams": dataclasses.asdict(hp), "statistics": statistics}
-    return (lambda m, request: rome(m, request, stats, hp, templates=templates)), settings
+    uses_statistics = args.method not in ("ft", "ft-l", "ireva", "ireva-init")
+    statistics = _statistics_source(args) if uses_statistics else Statistics()
+    hparams = getattr(args, "hparams", None)
+    layers = getattr(args, "layers", None)
+    return make_editor(args.method, model, hparams, statistics, layer=args.layer, layers=layers)
 
 
 def cmd_lens(args: argparse.Namespace) -> int:
@@ -374,7 +303,7 @@ def cmd_lens(args: argparse.Namespace) -> int:
 
 def cmd_stats(args: argparse.Namespace) -> int:
     model = _load(args.model)
-    stats = _statistics(model, args.layers, args.corpus, args.samples, args.max_len)
+    stats = _statistics_source(args, args.samples).compute(model, args.layers)
     for layer, s in sorted(stats.items()):
         trace = float(s.matrix.trace())
         print(
@@ -395,7 +324,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     request = as_request(Request(prompt=args.prompt, subject=args.subject, target=args.target))
     if args.save:  # refused now, not after the edit
         check_save_target(model, args.save, overwrite=args.overwrite)
-    edit, _ = _editor(model, args)
+    edit = _editor(model, args)
     start = time.perf_counter()
     delta = edit(model, request)
     journal = EditJournal(model)
@@ -465,9 +394,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cases = cases[: args.n]
     if args.sequential:
         return _eval_sequential(args, model, cases, benchmark)
-    edit, settings = (None, {}) if args.method == "none" else _editor(model, args)
-    settings = {**settings, "dataset": str(Path(args.dataset).resolve())}
-    batch = args.batch if args.method in ("memit", "pmet", "alphaedit", "ireva", "ireva-init") else 1
+    edit = None if args.method == "none" else _editor(model, args)
+    settings = {**(edit.settings if edit else {}), "dataset": str(Path(args.dataset).resolve())}
+    batch = args.batch if edit is not None and edit.batched else 1
     if benchmark == "zsre":
         summary = evaluate_zsre(
             model, cases, edit, method=args.method, batch=batch, out_dir=args.out, settings=settings
@@ -494,22 +423,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sequential_hparams(model, method: str, path: str | None, layers: list[int] | None, layer: int | None):
-    """The method's settings for a sequential run (packaged file, or `--hparams`), with `--layers` /
-    `--layer`, and the layers whose statistics it needs."""
-    from jaxedit.edit.alphaedit import default_hparams as alphaedit_hparams
-    from jaxedit.edit.memit import default_hparams as mass_hparams
-    from jaxedit.edit.rome import default_hparams as rome_hparams
-
-    if method == "rome":
-        hp = rome_hparams(model, path)
-        hp = hp if layer is None else dataclasses.replace(hp, layer=layer)
-        return hp, [hp.layer]
-    hp = alphaedit_hparams(model, path) if method == "alphaedit" else mass_hparams(model, method, path)
-    hp = hp if not layers else dataclasses.replace(hp, layers=tuple(layers))
-    return hp, list(hp.layers)
-
-
 def _eval_sequential(args: argparse.Namespace, model, cases, benchmark: str) -> int:
     """`eval --sequential`: the cases edited as one stream in batches of `--batch`, each batch on the
     model holding the earlier ones (`jaxedit.edit.sequential`), probed every `--probe-every` batches
@@ -517,6 +430,7 @@ def _eval_sequential(args: argparse.Namespace, model, cases, benchmark: str) -> 
     import json
 
     from jaxedit.data.records import read_records
+    from jaxedit.edit.registry import method_hparams
     from jaxedit.edit.sequential import METHODS, sequential
     from jaxedit.evaluate.lifelong import LifelongProbe, held_out_passages, known_facts
     from jaxedit.evaluate.runner import claim_directory, run_key
@@ -524,7 +438,8 @@ def _eval_sequential(args: argparse.Namespace, model, cases, benchmark: str) -> 
 
     if args.method not in METHODS:
         raise InputError(f"--sequential runs {', '.join(METHODS)}, not {args.method!r}")
-    hp, layers = _sequential_hparams(model, args.method, args.hparams, args.layers, args.layer)
+    hp = method_hparams(args.method, model, args.hparams, layer=args.layer, layers=args.layers)
+    layers = [hp.layer] if args.method == "rome" else list(hp.layers)
     settings = {
         "hparams": dataclasses.asdict(hp), "sequential": True, "probe_every": args.probe_every,
         "statistics": {"corpus": args.corpus, "samples": args.stats_samples, "max_len": args.max_len},
@@ -536,7 +451,7 @@ def _eval_sequential(args: argparse.Namespace, model, cases, benchmark: str) -> 
     known = known_facts(model, read_records(args.known)) if args.known else ()
     out = Path(args.out)
     claim_directory(out, run_key(model, args.method, batch=args.batch, settings=settings))
-    stats = _statistics(model, layers, args.corpus, args.stats_samples, args.max_len)
+    stats = _statistics_source(args).compute(model, layers)
     probe = LifelongProbe(
         counterfact=cases if benchmark == "counterfact" else (), zsre=cases if benchmark == "zsre" else (),
         passages=passages, known=known, generation_tokens=args.generation_tokens,

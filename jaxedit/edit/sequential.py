@@ -21,13 +21,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxedit.edit.alphaedit import alphaedit_layers, layer_projectors
-from jaxedit.edit.alphaedit import default_hparams as alphaedit_defaults
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.journal import EditJournal
-from jaxedit.edit.memit import default_hparams as memit_defaults
 from jaxedit.edit.memit import memit_layers
-from jaxedit.edit.rome import default_hparams as rome_defaults
+from jaxedit.edit.registry import method_hparams
 from jaxedit.edit.rome import default_layer, rome_sequence
 from jaxedit.edit.stats import KeyStats
 from jaxedit.edit.targets import Request, as_request
@@ -63,12 +61,8 @@ class SequentialRun:
 
 def default_hparams(model: Model, method: str) -> Any:
     """The packaged settings of `method` for this model."""
-    if method == "rome":
-        return rome_defaults(model)
-    if method in ("memit", "pmet"):
-        return memit_defaults(model, method)
-    if method == "alphaedit":
-        return alphaedit_defaults(model)
+    if method in METHODS:
+        return method_hparams(method, model)
     raise InputError(f"sequential editing supports {', '.join(METHODS)}, not {method!r}")
 
 
