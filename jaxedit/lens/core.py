@@ -101,7 +101,8 @@ def lens_readout(
 
     Args:
       watch: `[n, m]` token ids whose `resid_post` lens ranks to report (default: none).
-      blocked_layers, blocked_site: zero `mlp_out` or `attn_out` at the last token of these layers.
+      blocked_layers: zero `blocked_site` at the last token of these layers.
+      blocked_site: `mlp_out` or `attn_out`.
     """
     unknown = set(states) - set(STATES)
     if unknown or "resid_post" not in states:

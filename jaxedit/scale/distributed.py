@@ -28,7 +28,8 @@ def initialize(
 
     Args:
       coordinator_address: `host:port` of process 0 (reachable by every process).
-      num_processes / process_id: the run's size and this process's rank.
+      num_processes: the run's size.
+      process_id: this process's rank.
       cpu_devices: simulate this many CPU devices in this process (tests and laptops); None on
         accelerators.
     """

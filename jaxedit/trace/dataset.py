@@ -329,7 +329,8 @@ def trace_dataset(
         prompt to the set's largest shape, so each kind compiles one grid program: on an H200 one
         SmolLM2 grid program compiles in 1-3 minutes and then traces a fact in a fraction of a second;
         an int k groups prompts by length into at most k shapes, `shape_groups`).
-      Other arguments as in `trace`.
+
+    The other arguments are as in `trace`.
 
     Returns:
       A `DatasetTrace`.

@@ -45,7 +45,8 @@ def clean_and_corrupted(
     """Run the clean prompt once and the corrupted prompt once per noise sample.
 
     Args:
-      ids, key_mask: `[T]` token ids and real-token mask of one (left-padded) prompt.
+      ids: `[T]` token ids of one (left-padded) prompt.
+      key_mask: `[T]` its real-token mask.
       noise: `[S, T, D]` added to the token embeddings in the corrupted runs.
       answer: scalar token id read out at the last position.
 
