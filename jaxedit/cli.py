@@ -317,7 +317,7 @@ def cmd_edit(args: argparse.Namespace) -> int:
     from jaxedit.core.generate import generate_text
     from jaxedit.edit import EditJournal
     from jaxedit.edit.health import check_edit
-    from jaxedit.edit.targets import Request, as_request
+    from jaxedit.edit.requests import Request, as_request
     from jaxedit.io.loading import check_save_target
 
     model = _load(args.model)

@@ -20,8 +20,8 @@ from jaxedit.core.predict import next_tokens
 from jaxedit.data import demo_counterfact_path, demo_facts
 from jaxedit.edit import RomeHparams, apply, default_layer, revert, rome
 from jaxedit.edit.contexts import context_templates
+from jaxedit.edit.requests import Request
 from jaxedit.edit.stats import corpus_or_samples, key_statistics
-from jaxedit.edit.targets import Request
 from jaxedit.evaluate import evaluate_counterfact, read_counterfact
 from jaxedit.io.loading import Model
 from jaxedit.trace import Execution, Noise, trace

@@ -103,8 +103,9 @@ def worker(args: argparse.Namespace) -> None:
               "matmuls": {name: matmul_rate(run_dot, shape) for name, shape in shapes.items()}}  # fmt: skip
     if args.rome:
         from jaxedit.edit import default_layer
+        from jaxedit.edit.requests import Request
         from jaxedit.edit.rome import default_hparams
-        from jaxedit.edit.targets import Request, optimise_targets
+        from jaxedit.edit.targets import optimise_targets
 
         request = Request(prompt="The mother tongue of {} is", subject="Danielle Darrieux", target="English")
         templates = ["{}", "Today, {}", "It is known that {}"]

@@ -69,8 +69,9 @@ import jaxedit
 from jaxedit.edit import apply, key_statistics
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.memit import MemitHparams, default_hparams, memit, memit_targets
+from jaxedit.edit.requests import Request
 from jaxedit.edit.stats import model_samples
-from jaxedit.edit.targets import Batch, Request, TargetHparams, build_batch, target_ids
+from jaxedit.edit.targets import Batch, TargetHparams, build_batch, target_ids
 from jaxedit.evaluate import read_counterfact
 from jaxedit.io.loading import Model, embedded_gguf_path
 

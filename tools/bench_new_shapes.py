@@ -18,8 +18,8 @@ from bench_report import cold_start, cpu_name
 import jaxedit
 from jaxedit.edit import RomeHparams, default_layer, key_statistics, rome, targets
 from jaxedit.edit.contexts import context_templates
+from jaxedit.edit.requests import Request
 from jaxedit.edit.stats import model_samples
-from jaxedit.edit.targets import Request
 from jaxedit.runtime.compile_log import compile_log
 from jaxedit.trace import trace
 

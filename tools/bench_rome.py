@@ -34,8 +34,9 @@ from torch.nn import functional
 import jaxedit
 from jaxedit.edit import RomeHparams, TargetHparams, apply, default_layer, key_statistics, rome
 from jaxedit.edit.contexts import context_templates
+from jaxedit.edit.requests import Request
 from jaxedit.edit.stats import model_samples
-from jaxedit.edit.targets import Request, build_batch, optimise_batch, suffix_window
+from jaxedit.edit.targets import build_batch, optimise_batch, suffix_window
 from jaxedit.runtime.compile_log import compile_log
 from jaxedit.scale.flops import matmul_flops
 

@@ -36,7 +36,7 @@ import jaxedit
 from jaxedit.io.loading import embedded_gguf_path
 from jaxedit.runtime.compile_log import compile_log
 from jaxedit.runtime.execution import Execution
-from jaxedit.trace import Noise, engine, trace
+from jaxedit.trace import Noise, schedule, trace
 from jaxedit.trace.api import corrupted_tokens, noise_scale_for, sample_chunks
 from jaxedit.trace.runs import make_noise
 
@@ -65,7 +65,7 @@ def row_layer_flops(c: jaxedit.ModelConfig) -> float:
     return 2.0 * (c.d_model * q + 2 * c.d_model * kv + q * c.d_model + mlp)
 
 
-def grid_flops(plan: engine.Plan, c: jaxedit.ModelConfig) -> float:
+def grid_flops(plan: schedule.Plan, c: jaxedit.ModelConfig) -> float:
     """FLOPs of one grid program's projections, MLPs and readout (attention scores are extra).
 
     Rows below the last layer are full rows (padding of scanned ranges included); at the last layer the
@@ -113,7 +113,7 @@ def reference_trace(hf, ids, corrupt_mask, noise, answer, kind, window, conventi
                     if kind == "hidden":
                         modules = [layers[layer]]
                     else:
-                        lo, hi = engine.window_bounds(layer, n_layers, window, convention)
+                        lo, hi = schedule.window_bounds(layer, n_layers, window, convention)
                         modules = [
                             getattr(layers[j], "mlp" if kind == "mlp" else "self_attn")
                             for j in range(lo, hi + 1)
@@ -234,7 +234,7 @@ def main() -> None:
     _, n_chunks, chunk = sample_chunks(c, args.samples, t_len, live, None, threads)
     ours_flops = n_chunks * sum(
         grid_flops(
-            engine.build_plan(k, c.n_layers, t_len, live, chunk, args.window, "code", None, segments), c
+            schedule.build_plan(k, c.n_layers, t_len, live, chunk, args.window, "code", None, segments), c
         )
         for k in kinds
     )

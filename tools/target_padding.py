@@ -26,7 +26,8 @@ from common import shared_data  # noqa: E402
 import jaxedit  # noqa: E402
 from jaxedit.edit.contexts import context_templates  # noqa: E402
 from jaxedit.edit.memit import default_hparams  # noqa: E402
-from jaxedit.edit.targets import as_request, build_batch, chunk_order, rows_for_budget, suffix_window  # noqa: E402
+from jaxedit.edit.requests import as_request  # noqa: E402
+from jaxedit.edit.targets import build_batch, chunk_order, rows_for_budget, suffix_window  # noqa: E402
 from jaxedit.evaluate.zsre import read_zsre  # noqa: E402
 
 

@@ -25,7 +25,7 @@ from common import shared_data  # noqa: E402
 
 import jaxedit  # noqa: E402
 from jaxedit.data import read_records  # noqa: E402
-from jaxedit.trace import dataset, engine  # noqa: E402
+from jaxedit.trace import dataset, schedule  # noqa: E402
 
 KINDS = ("hidden", "mlp", "attn")
 
@@ -33,7 +33,8 @@ KINDS = ("hidden", "mlp", "attn")
 def grid_rows(n_layers: int, shape: tuple[int, int]) -> int:
     """Rows recomputed by the three grid programs of one prompt padded to `shape` = (length, live)."""
     return sum(
-        engine.build_plan(kind, n_layers, *shape, 10, 10, "code", None, 4).recomputed_rows() for kind in KINDS
+        schedule.build_plan(kind, n_layers, *shape, 10, 10, "code", None, 4).recomputed_rows()
+        for kind in KINDS
     )
 
 

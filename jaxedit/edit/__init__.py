@@ -7,9 +7,10 @@ from jaxedit.edit.finetune import FT, FT_L, FinetuneHparams, finetune
 from jaxedit.edit.ireva import IrevaHparams, ireva
 from jaxedit.edit.journal import EditJournal
 from jaxedit.edit.memit import MemitHparams, memit, pmet_hparams
+from jaxedit.edit.requests import Request
 from jaxedit.edit.rome import RomeHparams, default_layer, rome, rome_sequence
 from jaxedit.edit.stats import KeyStats, StatsError, key_statistics
-from jaxedit.edit.targets import Request, TargetHparams
+from jaxedit.edit.targets import TargetHparams
 
 __all__ = [
     "FT",

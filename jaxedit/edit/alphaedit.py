@@ -30,8 +30,9 @@ from jaxedit.edit.contexts import MEMIT_PREFIXES
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
 from jaxedit.edit.memit import LayerSolve, MemitHparams, default_layers, memit_layers
+from jaxedit.edit.requests import Request
 from jaxedit.edit.stats import KeyStats, StatsError
-from jaxedit.edit.targets import Request, TargetHparams, Targets
+from jaxedit.edit.targets import TargetHparams, Targets
 from jaxedit.errors import InputError, NumericsError
 from jaxedit.io.cache import cache_root, digest, load_npz, save_npz
 from jaxedit.io.loading import Model

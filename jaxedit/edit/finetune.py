@@ -26,8 +26,9 @@ from jaxedit.core.layout import Params
 from jaxedit.edit.checks import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_fields
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.precision import working_params
+from jaxedit.edit.requests import Request, as_request
 from jaxedit.edit.rome import default_layer
-from jaxedit.edit.targets import Request, as_request, build_batch
+from jaxedit.edit.targets import build_batch
 from jaxedit.errors import InputError, NumericsError
 from jaxedit.io.loading import Model
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from jaxedit.core import tokens as tok
 from jaxedit.core.decoder import forward
-from jaxedit.edit.targets import Request, as_request, target_ids
+from jaxedit.edit.requests import Request, as_request
+from jaxedit.edit.targets import target_ids
 from jaxedit.io.loading import Model
 
 log = logging.getLogger(__name__)

@@ -53,7 +53,8 @@ from jaxedit.edit.checks import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_fiel
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
 from jaxedit.edit.precision import working_params
 from jaxedit.edit.reads import last_token_taps
-from jaxedit.edit.targets import Request, as_request, target_ids
+from jaxedit.edit.requests import Request, as_request
+from jaxedit.edit.targets import target_ids
 from jaxedit.errors import InputError
 from jaxedit.io.loading import Model
 

@@ -34,16 +34,10 @@ from jaxedit.edit.contexts import MEMIT_PREFIXES, context_templates
 from jaxedit.edit.delta import Delta, add_to_params
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
 from jaxedit.edit.precision import working_params
+from jaxedit.edit.requests import Request, as_request
 from jaxedit.edit.rome import default_layer
 from jaxedit.edit.stats import KeyStats, StatsError
-from jaxedit.edit.targets import (
-    Request,
-    TargetHparams,
-    Targets,
-    as_request,
-    build_batch,
-    optimise_targets,
-)
+from jaxedit.edit.targets import TargetHparams, Targets, build_batch, optimise_targets
 from jaxedit.edit.walk import LayerWalk
 from jaxedit.errors import InputError, NumericsError
 from jaxedit.io.loading import Model

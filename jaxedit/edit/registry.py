@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from jaxedit.core.model import Model
+from jaxedit.edit.requests import Request
 from jaxedit.edit.stats import KeyStats, corpus_or_samples, key_statistics
-from jaxedit.edit.targets import Request
 from jaxedit.errors import InputError
 
 SINGLE = ("rome", "ft", "ft-l", "rets")  # one request per call

@@ -29,9 +29,10 @@ from jaxedit.edit.contexts import ROME_PREFIXES, context_templates
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
 from jaxedit.edit.reads import last_token_taps
+from jaxedit.edit.requests import Request, as_request
 from jaxedit.edit.rome import statistics_matrix
 from jaxedit.edit.stats import KeyStats, StatsError, _cache_dir, _texts_id
-from jaxedit.edit.targets import Request, TargetHparams, as_request, optimise_targets
+from jaxedit.edit.targets import TargetHparams, optimise_targets
 from jaxedit.errors import InputError, NumericsError
 from jaxedit.io.cache import digest, load_npz, save_npz
 from jaxedit.io.loading import Model

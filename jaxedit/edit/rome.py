@@ -27,8 +27,9 @@ from jaxedit.edit.checks import NON_NEGATIVE, check_fields, check_prefixes
 from jaxedit.edit.contexts import ROME_PREFIXES, context_templates
 from jaxedit.edit.delta import Delta, apply
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
+from jaxedit.edit.requests import Request, as_request
 from jaxedit.edit.stats import KeyStats, StatsError
-from jaxedit.edit.targets import Request, TargetHparams, as_request, optimise_targets
+from jaxedit.edit.targets import TargetHparams, optimise_targets
 from jaxedit.errors import InputError, NumericsError
 from jaxedit.io.loading import Model
 

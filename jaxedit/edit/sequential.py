@@ -26,9 +26,9 @@ from jaxedit.edit.delta import Delta
 from jaxedit.edit.journal import EditJournal
 from jaxedit.edit.memit import memit_layers
 from jaxedit.edit.registry import method_hparams
+from jaxedit.edit.requests import Request, as_request
 from jaxedit.edit.rome import default_layer, rome_sequence
 from jaxedit.edit.stats import KeyStats
-from jaxedit.edit.targets import Request, as_request
 from jaxedit.errors import InputError
 from jaxedit.io.loading import Model
 

@@ -28,7 +28,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxedit.edit.memit import MemitHparams, default_layers, memit_targets
-from jaxedit.edit.targets import Request, Targets, as_request, build_batch, chunk_order
+from jaxedit.edit.requests import Request, as_request
+from jaxedit.edit.targets import Targets, build_batch, chunk_order
 from jaxedit.errors import InputError
 from jaxedit.io.cache import cache_root, digest, load_npz, save_npz
 from jaxedit.io.files import atomic_write_bytes

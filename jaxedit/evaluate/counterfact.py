@@ -33,7 +33,7 @@ import numpy as np
 from jaxedit.core.generate import generate_text
 from jaxedit.data.records import read_records
 from jaxedit.edit.delta import Delta
-from jaxedit.edit.targets import Request, as_request
+from jaxedit.edit.requests import Request, as_request
 from jaxedit.errors import InputError
 from jaxedit.evaluate.metrics import generation_entropy, harmonic_mean, target_scores
 from jaxedit.evaluate.report import Report

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxedit.edit.delta import Delta, apply
-from jaxedit.edit.targets import Request, as_request
+from jaxedit.edit.requests import Request, as_request
 from jaxedit.errors import InputError
 from jaxedit.evaluate.metrics import target_scores
 from jaxedit.io.loading import Model

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxedit.edit.targets import Request, target_ids
+from jaxedit.edit.requests import Request
+from jaxedit.edit.targets import target_ids
 from jaxedit.errors import InputError
 from jaxedit.evaluate.counterfact import CounterfactCase, score_cases, summarise
 from jaxedit.evaluate.metrics import target_scores

@@ -32,7 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxedit.edit.delta import Delta
-from jaxedit.edit.targets import Request
+from jaxedit.edit.requests import Request
 from jaxedit.errors import InputError
 from jaxedit.evaluate.metrics import target_scores
 from jaxedit.evaluate.report import Report

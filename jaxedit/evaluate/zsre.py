@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxedit.data.records import read_records
 from jaxedit.edit.delta import Delta
-from jaxedit.edit.targets import Request, as_request
+from jaxedit.edit.requests import Request, as_request
 from jaxedit.errors import InputError
 from jaxedit.evaluate.metrics import target_scores
 from jaxedit.evaluate.report import Report

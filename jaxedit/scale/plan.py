@@ -40,7 +40,7 @@ from jaxedit.errors import InputError
 from jaxedit.runtime.execution import Execution
 from jaxedit.scale.flops import matmul_flops
 from jaxedit.scale.presets import per_device_param_bytes
-from jaxedit.trace import engine
+from jaxedit.trace import program, schedule
 from jaxedit.trace.runs import clean_and_corrupted
 
 # dense tensor-core peaks, FLOP/s per device (NVIDIA data sheets; float32 runs as TF32)
@@ -223,13 +223,13 @@ def plan_trace(
     clean, corrupt, _, _ = jax.eval_shape(
         lambda p, i, m, n, a: clean_and_corrupted(p, config, i, m, n, a), params, ids, mask, noise, answer
     )
-    grid_plan = engine.build_plan(
+    grid_plan = schedule.build_plan(
         "hidden", config.n_layers, tokens, tokens, samples, 10, "code", None, ex.segments
     )
     clean = jax.tree.map(lambda s: rep(s.shape, s.dtype), clean)
     chunks = jax.tree.map(lambda s: rep((1, *s.shape), s.dtype), corrupt)
     grid = _part(
-        engine.grid_program, params, config, grid_plan, mask, rep((tokens,), jnp.int32), clean, chunks, answer,
+        program.grid_program, params, config, grid_plan, mask, rep((tokens,), jnp.int32), clean, chunks, answer,
         ex.row_block, static=(1, 2, 8),
     )  # fmt: skip
     return _combine(mesh, (runs, 1), (grid, 1))

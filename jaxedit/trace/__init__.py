@@ -1,8 +1,8 @@
 """Causal tracing (METHODS.md §1): where a model recalls a fact.
 
 `trace` runs one prompt; `trace_dataset` averages over a prompt set by token class; `suggest_edit_layer`
-reads the MLP peak for editing defaults. The restore grids run as one compiled program per kind
-(`engine`).
+reads the MLP peak for editing defaults. The restore grids are planned on the host
+(`schedule`) and run as one compiled program per kind (`program`).
 """
 
 from jaxedit.runtime.execution import Execution

@@ -1,7 +1,7 @@
 """`trace`: causal tracing of one fact (METHODS.md §1; papers 003 §2, 000 §3, 004 §3) and its result.
 
 `trace(model, prompt, subject=...)` runs the clean prompt, the corrupted prompt (noise on the subject,
-the relation tokens, or a given span) and then one compiled restore grid per kind (`engine.py`).
+the relation tokens, or a given span) and then one compiled restore grid per kind (`schedule.py` plans it, `program.py` runs it).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from jaxedit.io.files import write_output
 from jaxedit.io.loading import Model
 from jaxedit.runtime.execution import Execution
 from jaxedit.runtime.side_by_side import run_side_by_side
-from jaxedit.trace import engine
+from jaxedit.trace import program, schedule
 from jaxedit.trace.runs import clean_and_corrupted, make_noise
 
 log = logging.getLogger(__name__)
@@ -276,8 +276,8 @@ def trace(
     config = model.config
     kinds = tuple(kinds)
     for kind in kinds:
-        if kind not in engine.KINDS:
-            raise InputError(f"unknown kind {kind!r}; kinds are {', '.join(engine.KINDS)}")
+        if kind not in schedule.KINDS:
+            raise InputError(f"unknown kind {kind!r}; kinds are {', '.join(schedule.KINDS)}")
     if not kinds:
         raise InputError("kinds is empty")
     if not 1 <= window <= config.n_layers:
@@ -340,7 +340,7 @@ def trace(
     ]
 
     plans = {
-        kind: engine.build_plan(
+        kind: schedule.build_plan(
             kind,
             config.n_layers,
             length,
@@ -355,7 +355,7 @@ def trace(
     }
 
     def grid_call(kind: str, group: dict[str, jax.Array]) -> Callable[[], jax.Array]:
-        return lambda: engine.run_grid(
+        return lambda: program.run_grid(
             model.params,
             config,
             plans[kind],
@@ -375,7 +375,7 @@ def trace(
         probs = np.concatenate(
             [np.asarray(out) for (k, _), out in zip(jobs, outputs, strict=True) if k == kind]
         )
-        grid = engine.grid_from_units(plans[kind], probs, samples, p_corrupt_mean, first_live)
+        grid = program.grid_from_units(plans[kind], probs, samples, p_corrupt_mean, first_live)
         grids[kind] = grid[:, pad:]
     labels = [model.tokenizer.decode([i]) for i in ids]
     return TraceResult(

@@ -37,7 +37,7 @@ from jaxedit.io.cache import digest
 from jaxedit.io.files import atomic_write_bytes, write_output
 from jaxedit.io.loading import Model
 from jaxedit.runtime.execution import Execution
-from jaxedit.trace import engine
+from jaxedit.trace import schedule
 from jaxedit.trace.api import Noise, TraceResult, answer_token, corrupted_tokens, noise_scale_for, trace
 
 log = logging.getLogger(__name__)
@@ -249,7 +249,7 @@ def shape_groups(
 
     Prompts are grouped by bucketed length into contiguous ranges, each padded to its `common_shape`;
     the ranges minimise the total recomputed rows of the hidden-state grid programs (the work measure
-    of `engine.Plan`), by dynamic programming over the distinct bucketed lengths. One group is
+    of `schedule.Plan`), by dynamic programming over the distinct bucketed lengths. One group is
     `common_shape` for every prompt; as many groups as distinct lengths is close to per-prompt buckets.
     """
     if groups < 1:
@@ -266,7 +266,9 @@ def shape_groups(
         length, live = common_shape(prompts, bucket)
         # uncached plan: these work estimates must not evict the plans (and so the compiled programs)
         # that tracing keeps in build_plan's cache
-        plan = engine.build_plan.__wrapped__("hidden", n_layers, length, live, 1, window, "code", None, None)
+        plan = schedule.build_plan.__wrapped__(
+            "hidden", n_layers, length, live, 1, window, "code", None, None
+        )
         return len(prompts) * plan.recomputed_rows()
 
     # best[g][j]: least cost of lengths[0..j] in at most g + 1 groups; start[g][j]: where its last

@@ -13,7 +13,8 @@ import jaxedit
 from jaxedit.edit import apply, rome
 from jaxedit.edit.easyedit import read_easyedit_hparams
 from jaxedit.edit.memit import MemitHparams
-from jaxedit.edit.targets import Request, optimise_targets
+from jaxedit.edit.requests import Request
+from jaxedit.edit.targets import optimise_targets
 from jaxedit.errors import InputError
 
 MODULES = {

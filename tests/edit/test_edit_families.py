@@ -28,8 +28,9 @@ from jaxedit.edit.adaptors import fired
 from jaxedit.edit.finetune import FinetuneHparams, finetune
 from jaxedit.edit.ireva import IrevaHparams, ireva
 from jaxedit.edit.memit import MemitHparams, pmet_hparams
+from jaxedit.edit.requests import Request
 from jaxedit.edit.rets import RetsHparams, rets
-from jaxedit.edit.targets import Request, build_batch, optimise_targets
+from jaxedit.edit.targets import build_batch, optimise_targets
 
 FAMILIES = ["gpt2", "gptj", "neox_parallel", "neox_sequential", "llama_gqa_untied"]
 REQUEST = Request(prompt="the mother tongue of {} is", subject="danielle darrieux", target="english")

@@ -13,7 +13,8 @@ import pytest
 import jaxedit
 from jaxedit.edit import TargetHparams, apply, key_statistics, revert
 from jaxedit.edit.memit import MemitHparams, memit, solve_update, spread_factor
-from jaxedit.edit.targets import Request, build_batch, optimise_targets
+from jaxedit.edit.requests import Request
+from jaxedit.edit.targets import build_batch, optimise_targets
 
 REQUESTS = [
     Request(prompt="the mother tongue of {} is", subject="danielle darrieux", target="english"),

@@ -16,8 +16,9 @@ from jaxedit.edit.finetune import FT_L
 from jaxedit.edit.ireva import IrevaHparams
 from jaxedit.edit.memit import MemitHparams
 from jaxedit.edit.registry import METHODS, Statistics, make_editor, method_hparams
+from jaxedit.edit.requests import Request
 from jaxedit.edit.stats import key_statistics
-from jaxedit.edit.targets import Request, TargetHparams
+from jaxedit.edit.targets import TargetHparams
 from jaxedit.errors import InputError
 
 REQUESTS = [

@@ -13,10 +13,11 @@ import jaxedit
 from jaxedit.core import tokens as tok
 from jaxedit.edit import apply, rome
 from jaxedit.edit.reads import last_token_taps
+from jaxedit.edit.requests import Request
 from jaxedit.edit.rets import RetsHparams, last_token_keys, rets, subject_constraint
 from jaxedit.edit.rome import RomeHparams
 from jaxedit.edit.stats import key_statistics
-from jaxedit.edit.targets import Request, TargetHparams, build_batch, optimise_targets
+from jaxedit.edit.targets import TargetHparams, build_batch, optimise_targets
 
 REQUEST = Request(prompt="the mother tongue of {} is", subject="danielle darrieux", target="english")
 OTHERS = [

@@ -15,9 +15,10 @@ from conftest import full_rank_texts
 
 import jaxedit
 from jaxedit.edit import Delta, RomeHparams, apply, revert, rome
+from jaxedit.edit.requests import Request
 from jaxedit.edit.rome import rank_one_update
 from jaxedit.edit.stats import StatsError, key_statistics
-from jaxedit.edit.targets import Request, TargetHparams, build_batch, chunk_order, optimise_targets
+from jaxedit.edit.targets import TargetHparams, build_batch, chunk_order, optimise_targets
 from jaxedit.runtime.execution import Execution
 
 REQUEST = Request(prompt="the mother tongue of {} is", subject="danielle darrieux", target="english")

@@ -12,9 +12,10 @@ from test_memit import REQUESTS, TEMPLATES, TEXTS
 from jaxedit.edit import apply, key_statistics
 from jaxedit.edit.alphaedit import AlphaEditHparams
 from jaxedit.edit.memit import MemitHparams, memit_layers
+from jaxedit.edit.requests import Request
 from jaxedit.edit.rome import RomeHparams
 from jaxedit.edit.sequential import sequential
-from jaxedit.edit.targets import Request, TargetHparams
+from jaxedit.edit.targets import TargetHparams
 from jaxedit.evaluate.lifelong import LifelongProbe, fact_accuracy, known_facts, perplexity
 
 MORE = [

@@ -19,7 +19,8 @@ from jaxedit.edit import stats as stats_lib
 from jaxedit.edit import target_store
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.memit import MemitHparams
-from jaxedit.edit.targets import Request, TargetHparams
+from jaxedit.edit.requests import Request
+from jaxedit.edit.targets import TargetHparams
 from jaxedit.evaluate import evaluate_counterfact, read_counterfact
 
 TEXTS = [f"text {i} on the eiffel tower w{i % 50} and rome w{(3 * i) % 50}" for i in range(40)]

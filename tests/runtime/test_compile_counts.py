@@ -7,7 +7,8 @@ import jax
 import pytest
 
 import jaxedit
-from jaxedit.edit.targets import Request, TargetHparams, optimise_targets
+from jaxedit.edit.requests import Request
+from jaxedit.edit.targets import TargetHparams, optimise_targets
 from jaxedit.evaluate.counterfact import CounterfactCase, score_cases
 from jaxedit.runtime.compile_log import compile_log
 

@@ -14,7 +14,7 @@ import jaxedit
 from jaxedit.core import interventions as iv
 from jaxedit.core.layout import init_params
 from jaxedit.runtime.execution import ROW_BLOCK_CPU
-from jaxedit.trace import Execution, Noise, engine, trace
+from jaxedit.trace import Execution, Noise, program, schedule, trace
 from jaxedit.trace.runs import clean_and_corrupted, make_noise
 
 PROMPT = "the mother tongue of danielle darrieux is"  # subject "danielle darrieux": tokens 4-5 of 7
@@ -60,7 +60,7 @@ def reference_grid(model, ids, corrupt_mask, noise, answer, kind, window=2, conv
                     ]:
                         edits[site] = iv.freeze(pin, corrupt[site])
             else:
-                lo, hi = engine.window_bounds(layer, c.n_layers, window, convention)
+                lo, hi = schedule.window_bounds(layer, c.n_layers, window, convention)
                 mask[lo : hi + 1, token] = True
                 site = {"mlp": "mlp_out", "attn": "attn_out"}[kind]
                 edits[site] = iv.replace(mask, clean[site][0])
@@ -85,13 +85,13 @@ def engine_grid(
     n_chunks = -(-n // chunk)
     order = np.arange(n_chunks * chunk) % n
     chunks = jax.tree.map(lambda a: a[order].reshape(n_chunks, chunk, *a.shape[1:]), corrupt)
-    plan = engine.build_plan(
+    plan = schedule.build_plan(
         kind, c.n_layers, t_len, t_len - first, chunk, window, convention, sever, segments
     )
-    probs = engine.run_grid(
+    probs = program.run_grid(
         model.params, c, plan, key_mask, jnp.arange(t_len), clean, chunks, jnp.int32(answer), row_block
     )
-    return engine.grid_from_units(plan, np.asarray(probs), n, float(jnp.mean(p_corrupt)), first)
+    return program.grid_from_units(plan, np.asarray(probs), n, float(jnp.mean(p_corrupt)), first)
 
 
 CASES = [
@@ -157,7 +157,7 @@ def test_scanned_segments_equal_the_unrolled_grid(tiny_dirs, kind, corruption, s
 def test_layer_segments_cover_the_layers_at_least_padded_cost() -> None:
     items = (0, 0, 5, 9, 9, 20, 31, 40, 41, 60, 70)  # item counts per layer, the last layer apart
     for k in (1, 2, 3, 5):
-        segments = engine.layer_segments(items, k)
+        segments = schedule.layer_segments(items, k)
         assert len(segments) <= k
         assert segments[0][0] == 2 and segments[-1][1] == len(items) - 1
         assert all(a[1] == b[0] for a, b in itertools.pairwise(segments))
@@ -169,7 +169,7 @@ def test_layer_segments_cover_the_layers_at_least_padded_cost() -> None:
                 bounds = [2, *cuts, len(items) - 1]
                 other = sum((b - a) * items[b - 1] for a, b in itertools.pairwise(bounds))
                 assert cost <= other
-    assert engine.layer_segments(items, None) == tuple((j, j + 1) for j in range(2, 10))
+    assert schedule.layer_segments(items, None) == tuple((j, j + 1) for j in range(2, 10))
 
 
 @pytest.mark.parametrize("kind", ["mlp", "attn"])
@@ -177,7 +177,7 @@ def test_clipped_windows_fork_from_the_cell_below(kind) -> None:
     """Fact 5 of the engine: at 30 layers and window 10 (code convention), cell l = 1..5 has the window
     [0, l+4] and forks from cell l-1 (window [0, l+3]) at layer l+4; the others start above their
     first window layer (fact 4). Wrong schedules still pass the grid tests, only slower: this pins it."""
-    plan = engine.build_plan(kind, 30, 10, 4, 2, 10, "code", None)
+    plan = schedule.build_plan(kind, 30, 10, 4, 2, 10, "code", None)
     expected = {layer: layer + 4 if 1 <= layer <= 5 else max(layer - 5, 0) + 1 for layer in range(30)}
     assert all(plan.unit_start[u] == expected[plan.unit_layer[u]] for u in range(plan.n_units))
     forked_items = sum(int((f >= 0).sum()) for f in plan.fork)
@@ -195,10 +195,10 @@ def test_paper_window_convention_matches_loop(model) -> None:
 
 
 def test_window_bounds() -> None:
-    assert engine.window_bounds(10, 30, 10, "code") == (5, 14)
-    assert engine.window_bounds(10, 30, 10, "paper") == (6, 15)
-    assert engine.window_bounds(2, 30, 10, "code") == (0, 6)
-    assert engine.window_bounds(28, 30, 10, "code") == (23, 29)
+    assert schedule.window_bounds(10, 30, 10, "code") == (5, 14)
+    assert schedule.window_bounds(10, 30, 10, "paper") == (6, 15)
+    assert schedule.window_bounds(2, 30, 10, "code") == (0, 6)
+    assert schedule.window_bounds(28, 30, 10, "code") == (23, 29)
 
 
 def test_restoring_everything_gives_clean_and_nothing_gives_corrupt(model) -> None:

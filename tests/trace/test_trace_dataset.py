@@ -138,7 +138,7 @@ def test_cli_trace_prompt_and_dataset(model, records, tmp_path, capsys) -> None:
 
 
 def test_single_shape_runs_one_program_per_kind_with_the_same_averages(model, records, monkeypatch) -> None:
-    from jaxedit.trace import engine
+    from jaxedit.trace import program
 
     kwargs = dict(kinds=("hidden", "mlp"), noise=Noise(0.7, samples=2), window=2)
     shapes = set()
@@ -146,13 +146,13 @@ def test_single_shape_runs_one_program_per_kind_with_the_same_averages(model, re
     def padded(shapes: str | int) -> Execution:
         return Execution(progress=False, bucket=2, shapes=shapes)
 
-    run_grid = engine.run_grid
+    run_grid = program.run_grid
 
     def recording(params, config, plan, *args):
         shapes.add((plan.kind, plan.length, plan.live))
         return run_grid(params, config, plan, *args)
 
-    monkeypatch.setattr(engine, "run_grid", recording)
+    monkeypatch.setattr(program, "run_grid", recording)
     bucketed = trace_dataset(model, records, execution=padded("bucket"), **kwargs)
     assert len(shapes) > 2  # the prompts' shapes differ
     shapes.clear()
@@ -173,7 +173,7 @@ def test_single_shape_runs_one_program_per_kind_with_the_same_averages(model, re
 def test_shape_groups_minimise_the_padded_work() -> None:
     import itertools
 
-    from jaxedit.trace import engine
+    from jaxedit.trace import schedule
 
     rng = np.random.default_rng(0)
     prompts = [(int(n), int(rng.integers(0, n))) for n in rng.integers(3, 30, size=40)]
@@ -181,7 +181,7 @@ def test_shape_groups_minimise_the_padded_work() -> None:
 
     def work(pads):
         return sum(
-            engine.build_plan("hidden", layers, *pad, 1, window, "code", None, None).recomputed_rows()
+            schedule.build_plan("hidden", layers, *pad, 1, window, "code", None, None).recomputed_rows()
             for pad in pads
         )
 
