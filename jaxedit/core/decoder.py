@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -246,6 +246,14 @@ class BlockOut(struct.PyTreeNode):
     cache: tuple[jax.Array, jax.Array] | None
 
 
+def mlp_input(config: ModelConfig, p: Params, x: jax.Array, attn: jax.Array) -> jax.Array:
+    """The normed MLP input for block input `x` and attention output `attn` (the residual wiring of the
+    module docstring: `ln2(x + a)` sequential, `ln2(x)` or the shared `ln1(x)` parallel)."""
+    if config.parallel_residual:
+        return norm(config, p["ln1"] if config.shared_block_norm else p["ln2"], x)
+    return norm(config, p["ln2"], x + attn)
+
+
 MLP_EXTRA = "mlp_extra"  # the params entry holding an `MLPExtra`
 
 
@@ -296,11 +304,7 @@ def block(
     )
     heads = site("attn_heads", heads)
     a = site("attn_out", linear(p["attn"]["o"], heads))
-    if config.parallel_residual:
-        m_in = norm(config, p["ln1"] if config.shared_block_norm else p["ln2"], x)
-    else:
-        m_in = norm(config, p["ln2"], x + a)
-    m_in = site("mlp_in", m_in)
+    m_in = site("mlp_in", mlp_input(config, p, x, a))
     key = site("mlp_key", mlp_key(config, p["mlp"], m_in))
     m = linear(p["mlp"]["out"], key)
     if mlp_extra is not None:
@@ -361,6 +365,35 @@ def last_positions(attention_mask: jax.Array) -> jax.Array:
     return (t - 1 - jnp.argmax(jnp.flip(attention_mask.astype(bool), -1), axis=-1)).astype(jnp.int32)
 
 
+class Prepared(NamedTuple):
+    """What a forward from layer 0 needs, from token ids and their mask (`prepare`)."""
+
+    x: jax.Array  # layer 0's input [B, T, D]
+    positions: jax.Array  # [B, T], counting real tokens only
+    rotary: tuple[jax.Array, jax.Array] | None
+    causal: jax.Array  # [B, T, T]
+
+
+def attention_inputs(config: ModelConfig, attention_mask: jax.Array) -> tuple[tuple | None, jax.Array]:
+    """The rotary tables and the causal mask of a padded batch: what every block needs besides `x`."""
+    return rotary_for(config, positions_from_mask(attention_mask)), causal_mask(attention_mask)
+
+
+def prepare(
+    config: ModelConfig,
+    params: Params,
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    tokens: jax.Array | None = None,
+) -> Prepared:
+    """Layer 0's input, positions, rotary tables and causal mask: the setup of every forward, whole or
+    partial. `tokens`: token embeddings to use instead of looking up `input_ids` (an intervened embedding)."""
+    positions = positions_from_mask(attention_mask)
+    tokens = embed_tokens(params, input_ids) if tokens is None else tokens
+    x = residual_input(config, params, tokens, positions)
+    return Prepared(x, positions, rotary_for(config, positions), causal_mask(attention_mask))
+
+
 def causal_mask(attention_mask: jax.Array) -> jax.Array:
     """`[B, T, T]` true where query t may see key s: s <= t and s is a real token."""
     t = attention_mask.shape[-1]
@@ -399,11 +432,8 @@ def _final_residual(
     interventions: iv.Interventions,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The residual stream after the last layer `[B, T, D]` and the recorded taps."""
-    positions = positions_from_mask(attention_mask)
     tokens = iv.apply_edit(embed_tokens(params, input_ids), interventions.get("embed"))
-    x = residual_input(config, params, tokens, positions)
-    rotary = rotary_for(config, positions)
-    mask = causal_mask(attention_mask)
+    x, _, rotary, mask = prepare(config, params, input_ids, attention_mask, tokens)
     layer_taps = tuple(t for t in taps if t != "embed")
     last = last_positions(attention_mask)
 

@@ -73,10 +73,7 @@ def _finetune(
     weights: jax.Array,
     rows_used: jax.Array,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    positions = decoder.positions_from_mask(mask)
-    rotary = decoder.rotary_for(config, positions)
-    causal = decoder.causal_mask(mask)
-    x = decoder.residual_input(config, params, decoder.embed_tokens(params, ids), positions)
+    x, _, rotary, causal = decoder.prepare(config, params, ids, mask)
     x, _ = decoder.run_layers(config, jax.tree.map(lambda a: a[:layer], params["layers"]), x, rotary, causal)
     x = jax.lax.stop_gradient(x)
     p_layer = jax.tree.map(lambda a: a[layer], params["layers"])

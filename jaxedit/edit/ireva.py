@@ -171,10 +171,7 @@ def _layer_states(
 ) -> tuple[jax.Array, jax.Array]:
     """Residual output of `layer` `[B, T, D]` (with the model's own adaptor) and its MLP input at each
     row's last real token `[B, D]`."""
-    positions = decoder.positions_from_mask(mask)
-    x = decoder.residual_input(config, params, decoder.embed_tokens(params, ids), positions)
-    rotary = decoder.rotary_for(config, positions)
-    attend = decoder.causal_mask(mask)
+    x, _, rotary, attend = decoder.prepare(config, params, ids, mask)
     below = jax.tree.map(lambda a: a[:layer], params["layers"])
     x, _ = decoder.run_layers(config, below, x, rotary, attend)
     last = decoder.last_positions(mask)
@@ -286,9 +283,7 @@ def _retrofit(
       The retrofitted keys and values and the edit NLL per neuron after the last step `[n]`.
     """
     score, act = scoring
-    positions = decoder.positions_from_mask(mask)
-    rotary = decoder.rotary_for(config, positions)
-    attend = decoder.causal_mask(mask)
+    rotary, attend = decoder.attention_inputs(config, mask)
     above = jax.tree.map(lambda a: a[layer + 1 :], params["layers"])
     last = decoder.last_positions(mask)
     rows = jnp.arange(resid.shape[0])

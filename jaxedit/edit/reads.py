@@ -29,12 +29,9 @@ VECTOR_TAPS = ("resid_pre", "attn_out", "mlp_in", "mlp_key", "mlp_out", "resid_p
 def _last_token_tap(
     params: Params, config: ModelConfig, layer: int, tap: str, ids: jax.Array, mask: jax.Array
 ) -> jax.Array:
-    positions = decoder.positions_from_mask(mask)
-    x = decoder.residual_input(config, params, decoder.embed_tokens(params, ids), positions)
+    x, _, rotary, causal = decoder.prepare(config, params, ids, mask)
     stack = jax.tree.map(lambda a: a[: layer + 1], params["layers"])
-    _, taps = decoder.run_layers(
-        config, stack, x, decoder.rotary_for(config, positions), decoder.causal_mask(mask), (tap,)
-    )
+    _, taps = decoder.run_layers(config, stack, x, rotary, causal, (tap,))
     last = mask.sum(-1) - 1
     return taps[tap][layer, jnp.arange(ids.shape[0]), last].astype(jnp.float32)
 

@@ -100,10 +100,7 @@ def _accumulate(
     acc: jax.Array,
 ) -> jax.Array:
     """`acc [n_layers, F, F]` plus the sum of `k kᵀ` of `site` over the real tokens of one batch."""
-    positions = decoder.positions_from_mask(mask)
-    x = decoder.residual_input(config, params, decoder.embed_tokens(params, ids), positions)
-    rotary = decoder.rotary_for(config, positions)
-    causal = decoder.causal_mask(mask)
+    x, _, rotary, causal = decoder.prepare(config, params, ids, mask)
     deepest = max(layers) + 1
     stack = jax.tree.map(lambda a: a[:deepest], params["layers"])
     _, taps = decoder.run_layers(config, stack, x, rotary, causal, (site,))

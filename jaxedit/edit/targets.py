@@ -247,10 +247,7 @@ def target_prepass(
     edited one up, the original distribution at each row's first read (`first_read`, `[R]`) and `m0`
     and the keys. Its shapes are the batch's rows and token length, not the suffix window or the read
     width, so requests of a new window or target length compile only `target_loop`."""
-    positions = decoder.positions_from_mask(mask)
-    rotary = decoder.rotary_for(config, positions)
-    causal = decoder.causal_mask(mask)
-    x = decoder.residual_input(config, params, decoder.embed_tokens(params, ids), positions)
+    x, positions, rotary, causal = decoder.prepare(config, params, ids, mask)
     below = jax.tree.map(lambda a: a[:layer], params["layers"])
     x, _ = decoder.run_layers(config, below, x, rotary, causal)  # input of the edited layer: fixed
     p_layer = jax.tree.map(lambda a: a[layer], params["layers"])

@@ -30,19 +30,16 @@ def _layers(params: Params, start: int, stop: int) -> Params:
 @functools.partial(jax.jit, static_argnames=("config", "layer"))
 def _input_of(params: Params, config: ModelConfig, layer: int, ids: jax.Array, mask: jax.Array) -> jax.Array:
     """Residual input of `layer`: `[R, T, D]`."""
-    positions = decoder.positions_from_mask(mask)
-    x = decoder.residual_input(config, params, decoder.embed_tokens(params, ids), positions)
+    x, _, rotary, causal = decoder.prepare(config, params, ids, mask)
     if layer == 0:
         return x
-    rotary, causal = decoder.rotary_for(config, positions), decoder.causal_mask(mask)
     return decoder.run_layers(config, _layers(params, 0, layer), x, rotary, causal)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("config", "start", "stop"))
 def _advance(params: Params, config: ModelConfig, start: int, stop: int, h: jax.Array, mask: jax.Array):
     """The input of layer `stop` from the input `h` of layer `start`."""
-    positions = decoder.positions_from_mask(mask)
-    rotary, causal = decoder.rotary_for(config, positions), decoder.causal_mask(mask)
+    rotary, causal = decoder.attention_inputs(config, mask)
     return decoder.run_layers(config, _layers(params, start, stop), h, rotary, causal)[0]
 
 
@@ -59,8 +56,7 @@ def _read_from(
     key_pos: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
     """From the input `h` of `layer`: `key_site` of `layer` and `z_site` of `z_layer` at the key positions."""
-    positions = decoder.positions_from_mask(mask)
-    rotary, causal = decoder.rotary_for(config, positions), decoder.causal_mask(mask)
+    rotary, causal = decoder.attention_inputs(config, mask)
     p_layer = jax.tree.map(lambda a: a[layer], params["layers"])
     out = decoder.block(config, p_layer, h, rotary, causal, {}, (key_site, z_site))
     z = out.taps[z_site]

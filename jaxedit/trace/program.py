@@ -85,10 +85,7 @@ def _sources(per_layer: Sequence[np.ndarray], size: int) -> np.ndarray | None:
 
 def _mlp_out(c: ModelConfig, p: Params, rows: jax.Array, attn: jax.Array) -> jax.Array:
     """One layer's MLP output `[N, D]` for block inputs `rows` and attention outputs `attn` (§0 wiring)."""
-    if c.parallel_residual:
-        m_in = decoder.norm(c, p["ln1"] if c.shared_block_norm else p["ln2"], rows)
-    else:
-        m_in = decoder.norm(c, p["ln2"], rows + attn)
+    m_in = decoder.mlp_input(c, p, rows, attn)
     return decoder.linear(p["mlp"]["out"], decoder.mlp_key(c, p["mlp"], m_in))
 
 

@@ -110,6 +110,85 @@ class Plan:
         return rows + (len(self.patch_layer) if self.kind == "attn" else 0)
 
 
+def _cells(kind: str, n_layers: int, length: int, live: int, window: int, convention: str) -> list[list]:
+    """The grid's cells `[start, layer, token, bounds, parent layer or -1]`, sorted by start layer (units
+    active at layer j then form a prefix of the unit list)."""
+    cells = []
+    for layer in range(n_layers):
+        for token in range(length - live, length):
+            if kind == "hidden":
+                start, bounds = layer + 1, (layer + 1, n_layers - 1)
+            else:  # the first window layer only patches row t (fact 4): the unit starts above it
+                bounds = window_bounds(layer, n_layers, window, convention)
+                start = bounds[0] + 1
+            cells.append([start, layer, token, bounds, -1])
+    if kind != "hidden":  # fact 5: windows clipped to the same first layer share their lower layers
+        groups: dict[tuple[int, int], list] = {}
+        for cell in cells:
+            groups.setdefault((cell[3][0], cell[2]), []).append(cell)
+        for group in groups.values():
+            group.sort(key=lambda cell: cell[3][1])
+            for below, cell in itertools.pairwise(group):
+                if cell[3][1] > below[3][1]:  # same restorations up to below's last window layer
+                    cell[0], cell[4] = below[3][1] + 1, below[1]
+    cells.sort(key=lambda c: c[0])  # stable
+    return cells
+
+
+def _attention_indices(
+    units: list[tuple], first_item: list[int], t_len: int, samples: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit and row, where attention reads its key / value (a cached corrupted row before the unit's
+    token, a recomputed item from it on) and its query (0: none, else 1 + item index) `[n_units, T]`."""
+    key_index = np.zeros((len(units), t_len), np.int32)
+    query_index = np.zeros((len(units), t_len), np.int32)
+    rows = np.arange(t_len)
+    for index, (_, _, token, s, _) in enumerate(units):
+        mine = first_item[index] + rows - token  # item index of row p >= token
+        key_index[index] = np.where(rows < token, s * t_len + rows, samples * t_len + mine)
+        query_index[index] = np.where(rows < token, 0, 1 + mine)
+    return key_index, query_index
+
+
+def _fork_sources(
+    units: list[tuple], parents: list[int], first_item: list[int], items: tuple[int, ...], t_len: int
+) -> list[np.ndarray]:
+    """Per layer `[items[j]]`: the item a forked unit's row copies at its start layer (fact 5), or -1."""
+    unit_of = {(u[1], u[2], u[3]): index for index, u in enumerate(units)}
+    forks = [np.full(n, -1, np.int32) for n in items]
+    for index, (start, _, token, s, _) in enumerate(units):
+        if parents[index] >= 0:
+            source = unit_of[(parents[index], token, s)]
+            rows = np.arange(t_len - token)
+            forks[start][first_item[index] + rows] = first_item[source] + rows
+    return forks
+
+
+def _replacements(
+    units: list[tuple],
+    first_item: list[int],
+    active: tuple[int, ...],
+    items: tuple[int, ...],
+    kind: str,
+    site: str,
+    sever: str | None,
+    t_len: int,
+) -> tuple[np.ndarray, ...]:
+    """Per layer `[items[j]]`: the row of the clean (`< T`) or corrupted table a unit's `site` output
+    takes there (restoration in the window, or severing a hidden-state restoration), or -1."""
+    per_layer = []
+    for j, n in enumerate(items):
+        source = np.full(n, -1, np.int32)
+        for index in range(active[j]):
+            _, layer, token, s, (lo, hi) = units[index]
+            if kind == site and lo <= j <= hi:  # restore the clean sublayer output in the window
+                source[first_item[index]] = token
+            elif kind == "hidden" and sever in (site, "both") and j > layer:  # severing
+                source[first_item[index]] = t_len + s * t_len + token
+        per_layer.append(source)
+    return tuple(per_layer)
+
+
 @functools.lru_cache(maxsize=64)
 def build_plan(
     kind: str,
@@ -131,25 +210,7 @@ def build_plan(
     if kind not in KINDS:
         raise InputError(f"kind must be one of {KINDS}, got {kind!r}")
     t_len = length
-    cells = []  # (start, layer, token, bounds, parent layer or -1)
-    for layer in range(n_layers):
-        for token in range(length - live, length):
-            if kind == "hidden":
-                start, bounds = layer + 1, (layer + 1, n_layers - 1)
-            else:  # the first window layer only patches row t (fact 4): the unit starts above it
-                bounds = window_bounds(layer, n_layers, window, convention)
-                start = bounds[0] + 1
-            cells.append([start, layer, token, bounds, -1])
-    if kind != "hidden":  # fact 5: windows clipped to the same first layer share their lower layers
-        groups: dict[tuple[int, int], list] = {}
-        for cell in cells:
-            groups.setdefault((cell[3][0], cell[2]), []).append(cell)
-        for group in groups.values():
-            group.sort(key=lambda cell: cell[3][1])
-            for below, cell in itertools.pairwise(group):
-                if cell[3][1] > below[3][1]:  # same restorations up to below's last window layer
-                    cell[0], cell[4] = below[3][1] + 1, below[1]
-    cells.sort(key=lambda c: c[0])  # stable: units active at layer j form a prefix
+    cells = _cells(kind, n_layers, length, live, window, convention)
     units = [
         (start, layer, token, s, bounds) for start, layer, token, bounds, _ in cells for s in range(samples)
     ]
@@ -166,13 +227,7 @@ def build_plan(
     active = tuple(int((unit_start <= j).sum()) for j in range(n_layers))
     items = tuple(first_item[c] for c in active)
 
-    key_index = np.zeros((n_units, t_len), np.int32)
-    query_index = np.zeros((n_units, t_len), np.int32)
-    for index, (_, _, token, s, _) in enumerate(units):
-        rows = np.arange(t_len)
-        mine = first_item[index] + rows - token  # item index of row p >= token
-        key_index[index] = np.where(rows < token, s * t_len + rows, samples * t_len + mine)
-        query_index[index] = np.where(rows < token, 0, 1 + mine)
+    key_index, query_index = _attention_indices(units, first_item, t_len, samples)
     unit_sample_items = np.array([units[u][3] for u in item_unit], np.int32)
     unit_start_items = unit_start[item_unit_a]
     start_index = (unit_sample_items * (n_layers + 1) + unit_start_items) * t_len + item_row_a
@@ -188,26 +243,10 @@ def build_plan(
         keys = np.stack([unit_start - 1, unit_token, [u[3] for u in units]], axis=1)[roots]  # (lo, t, s)
         patches, which = np.unique(keys, axis=0, return_inverse=True)  # sorted by layer first
         start_patch[firsts[roots]] = which.reshape(-1)
-    unit_of = {(u[1], u[2], u[3]): index for index, u in enumerate(units)}
-    forks = [np.full(items[j], -1, np.int32) for j in range(n_layers)]
-    for index, (start, _, token, s, _) in enumerate(units):
-        if parents[index] >= 0:
-            source = unit_of[(parents[index], token, s)]
-            rows = np.arange(t_len - token)
-            forks[start][first_item[index] + rows] = first_item[source] + rows
+    forks = _fork_sources(units, parents, first_item, items, t_len)
 
     def replacements(site: str) -> tuple[np.ndarray, ...]:
-        per_layer = []
-        for j in range(n_layers):
-            source = np.full(items[j], -1, np.int32)
-            for index in range(active[j]):
-                _, layer, token, s, (lo, hi) = units[index]
-                if kind == site and lo <= j <= hi:  # restore the clean sublayer output in the window
-                    source[first_item[index]] = token
-                elif kind == "hidden" and sever in (site, "both") and j > layer:  # severing
-                    source[first_item[index]] = t_len + s * t_len + token
-            per_layer.append(source)
-        return tuple(per_layer)
+        return _replacements(units, first_item, active, items, kind, site, sever, t_len)
 
     return Plan(
         segments=layer_segments(items, segments),
