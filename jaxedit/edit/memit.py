@@ -33,6 +33,7 @@ from jaxedit.edit.checks import AT_LEAST_ONE, NON_NEGATIVE, check_fields, check_
 from jaxedit.edit.contexts import MEMIT_PREFIXES, context_templates
 from jaxedit.edit.delta import Delta, add_to_params
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
+from jaxedit.edit.linalg import solve_positive_definite
 from jaxedit.edit.precision import working_params
 from jaxedit.edit.requests import Request, as_request
 from jaxedit.edit.rome import default_layer
@@ -127,11 +128,7 @@ def solve_update(
     a = weight * np.asarray(stats, np.float64) + k.T @ k
     if earlier is not None:
         a = a + earlier
-    try:
-        factor = np.linalg.cholesky(a)
-    except np.linalg.LinAlgError as err:
-        raise StatsError(f"λC + KᵀK is not positive definite ({err}); check the statistics") from err
-    solved = np.linalg.solve(factor.T, np.linalg.solve(factor, k.T))  # [F, n]
+    solved = solve_positive_definite(a, k.T, "λC + KᵀK")  # [F, n]
     if not np.isfinite(solved).all() or not np.isfinite(residual).all():
         raise NumericsError("MEMIT solve is not finite")
     return solved.T

@@ -20,13 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy.linalg import cho_factor, cho_solve
+from scipy.linalg import cho_solve
 from tqdm.auto import tqdm
 
 from jaxedit.edit.checks import NON_NEGATIVE, check_fields, check_prefixes
 from jaxedit.edit.contexts import ROME_PREFIXES, context_templates
 from jaxedit.edit.delta import Delta, apply
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
+from jaxedit.edit.linalg import positive_definite_factor
 from jaxedit.edit.requests import Request, as_request
 from jaxedit.edit.stats import KeyStats, StatsError
 from jaxedit.edit.targets import TargetHparams, optimise_targets
@@ -74,21 +75,6 @@ def statistics_matrix(model: Model, stats: KeyStats | np.ndarray, layer: int) ->
     if matrix.shape != (width, width):
         raise StatsError(f"statistics of shape {matrix.shape} do not fit keys of width {width}")
     return matrix
-
-
-def positive_definite_factor(c: np.ndarray) -> tuple[np.ndarray, bool] | None:
-    """The Cholesky factor of `c` for `cho_solve`, or None when `c` is not numerically positive definite.
-
-    A second moment of keys is positive definite when its texts gave at least as many independent keys
-    as the key width; a rank-deficient one can still factor in floating point, with pivots at rounding
-    level, so a pivot whose square is within `width · eps` of the largest diagonal entry counts as zero.
-    """
-    try:
-        factor = cho_factor(c)
-    except np.linalg.LinAlgError:
-        return None
-    floor = c.shape[0] * np.finfo(c.dtype).eps * float(np.max(np.diag(c)))
-    return factor if float(np.min(np.diag(factor[0]))) ** 2 > floor else None
 
 
 def rank_one_update(
