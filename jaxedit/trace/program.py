@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -124,6 +125,17 @@ def first_window_rows(
     return jnp.concatenate(outputs)
 
 
+class _Grid(NamedTuple):
+    """What every layer of one chunk's program shares (`run_units`)."""
+
+    config: ModelConfig
+    plan: Plan
+    rotary: tuple[jax.Array, jax.Array] | None  # [1, T, R] each
+    cached_rotary: tuple[jax.Array, jax.Array] | None  # [S, T, R] each: the cached corrupted rows'
+    mask: jax.Array  # [T, T] causal over the real tokens
+    row_block: int | None
+
+
 def run_units(
     params: Params,
     config: ModelConfig,
@@ -148,153 +160,163 @@ def run_units(
     Returns:
       `[U]` probabilities in plan order.
     """
-    c = config
     t = plan.length
-    d = c.d_model
-    rotary = decoder.rotary_for(c, positions[None])  # [1, T, R] each, or None
-    mask = jnp.tril(jnp.ones((t, t), bool)) & key_mask[None, :]  # [T, T]
+    rotary = decoder.rotary_for(config, positions[None])  # [1, T, R] each, or None
     samples = corrupt["stream"].shape[0]
+    cached_rotary = (
+        None if rotary is None else tuple(jnp.broadcast_to(r, (samples, *r.shape[1:])) for r in rotary)
+    )
+    mask = jnp.tril(jnp.ones((t, t), bool)) & key_mask[None, :]
+    g = _Grid(config, plan, rotary, cached_rotary, mask, row_block)
+    y = _initial_items(params, g, clean, corrupt)
+    for first, end in plan.segments:
+        y = _run_segment(params, g, y, first, end, clean, corrupt)
+    final = _last_layer(params, g, y, clean, corrupt)
+    last = y[plan.last_item]  # [U, D]; units that never ran keep their start state
+    if final is not None:  # units are sorted by start layer: the ones that ran come first
+        last = jnp.concatenate([final, last[final.shape[0] :]])
+    if row_block is None:  # accelerators: whole logit tables per block of rows (a vocabulary sharded
+        # over devices stays sharded; streaming it in slices would gather it on every device)
+        return token_probability(config, params, last, answer, vocab_block=None, row_block=READOUT_ROW_BLOCK)
+    return token_probability(config, params, last, answer, vocab_block=VOCAB_BLOCK, row_block=row_block)
 
-    # initial state of every item: the corrupted stream at the unit's start layer (clean at a restored row)
+
+def _initial_items(params: Params, g: _Grid, clean: dict, corrupt: dict) -> jax.Array:
+    """Every item's state `[N, D]` before the layer loop: the corrupted stream at its unit's start layer,
+    the clean one at a restored hidden row, the patched row of a window's first layer (fact 4)."""
+    plan, d = g.plan, g.config.d_model
     y = corrupt["stream"].reshape(-1, d)[plan.start_index]  # [N, D]
     if (plan.start_clean >= 0).any():
         restored = clean["stream"].reshape(-1, d)[np.maximum(plan.start_clean, 0)]
         y = jnp.where((plan.start_clean >= 0)[:, None], restored, y)
     if (plan.start_patch >= 0).any():
-        patched = first_window_rows(params, c, plan, clean, corrupt)[np.maximum(plan.start_patch, 0)]
+        patched = first_window_rows(params, g.config, plan, clean, corrupt)[np.maximum(plan.start_patch, 0)]
         y = jnp.where((plan.start_patch >= 0)[:, None], patched, y)
+    return y
 
-    cached_rotary = (
-        None if rotary is None else tuple(jnp.broadcast_to(r, (samples, *r.shape[1:])) for r in rotary)
-    )
+
+def _project_items(g: _Grid, p: Params, rows: jax.Array, n_items: int, queries: bool = True):
+    """Queries `[N, H, E]` (None unless `queries`), keys and values `[N, K, E]` of the first items.
+
+    Row-wise (the norm, the projections and each item's rotation), so it runs over row blocks.
+    """
+    c = g.config
+    item_rotary = () if g.rotary is None else tuple(r[0, g.plan.item_row[:n_items]] for r in g.rotary)
+
+    def rowwise(rows, *rotary_rows):
+        normed = decoder.norm(c, p["ln1"], rows)[None]  # [1, N, D]
+        rows_rotary = tuple(r[None] for r in rotary_rows) or None
+        k, v = (a[0] for a in decoder.project_keys_values(c, p["attn"], normed, rows_rotary))
+        q = decoder.project_queries(c, p["attn"], normed, rows_rotary)[0] if queries else None
+        return q, k, v
+
+    return map_row_blocks(rowwise, (rows, *item_rotary), g.row_block)
+
+
+def _gather_keys(g: _Grid, p: Params, k: jax.Array, v: jax.Array, stream: jax.Array, n_units: int):
+    """Keys and values `[C, T, K, E]` of the first `n_units` units at one layer (`stream`: its input):
+    the items' own rows over the cached corrupted rows before each unit's token."""
+    c = g.config
     kv_shape = (c.n_kv_heads, c.head_dim)
+    cached = decoder.norm(c, p["ln1"], stream)  # [S, T, D]
+    cached_k, cached_v = decoder.project_keys_values(c, p["attn"], cached, g.cached_rotary)  # [S, T, K, E]
+    keys = jnp.concatenate([cached_k.reshape(-1, *kv_shape), k])[g.plan.key_index[:n_units]]
+    values = jnp.concatenate([cached_v.reshape(-1, *kv_shape), v])[g.plan.key_index[:n_units]]
+    return keys, values
 
-    def project_items(p: Params, rows: jax.Array, n_items: int, queries: bool = True):
-        """Queries `[N, H, E]` (None unless `queries`), keys and values `[N, K, E]` of the first items.
 
-        Row-wise (the norm, the projections and each item's rotation), so it runs over row blocks.
-        """
-        item_rotary = () if rotary is None else tuple(r[0, plan.item_row[:n_items]] for r in rotary)
+def _finish(g: _Grid, p: Params, rows, heads, sources, clean_j, corrupt_j) -> jax.Array:
+    """Output projection, restored / severed sublayer outputs, MLP: the block's output rows.
 
-        def rowwise(rows, *rotary_rows):
-            normed = decoder.norm(c, p["ln1"], rows)[None]  # [1, N, D]
-            rows_rotary = tuple(r[None] for r in rotary_rows) or None
-            k, v = (a[0] for a in decoder.project_keys_values(c, p["attn"], normed, rows_rotary))
-            q = decoder.project_queries(c, p["attn"], normed, rows_rotary)[0] if queries else None
-            return q, k, v
+    `rows` `[N, D]` are the block's inputs, `heads` `[N, H*E]` their attention heads. Row-wise, so it
+    runs over blocks of `row_block` rows (`jaxedit.runtime.row_blocks`).
+    """
+    tables = tuple(
+        None if source is None else _table(clean_j[site], corrupt_j[site])
+        for source, site in zip(sources, ("attn", "mlp"), strict=True)
+    )
+    present = tuple(jnp.asarray(source) for source in sources if source is not None)
 
-        return map_row_blocks(rowwise, (rows, *item_rotary), row_block)
+    def rowwise(rows, heads, *given):
+        given = iter(given)
+        attn_source, mlp_source = (None if source is None else next(given) for source in sources)
+        attn = _overwrite(decoder.linear(p["attn"]["o"], heads), attn_source, tables[0])
+        mlp = _overwrite(_mlp_out(g.config, p, rows, attn), mlp_source, tables[1])  # [N, D]
+        return rows + attn + mlp
 
-    def gather_keys(p: Params, k: jax.Array, v: jax.Array, stream: jax.Array, n_units: int):
-        """Keys and values `[C, T, K, E]` of the first `n_units` units at one layer (`stream`: its input):
-        the items' own rows over the cached corrupted rows before each unit's token."""
-        cached = decoder.norm(c, p["ln1"], stream)  # [S, T, D]
-        cached_k, cached_v = decoder.project_keys_values(c, p["attn"], cached, cached_rotary)  # [S, T, K, E]
-        keys = jnp.concatenate([cached_k.reshape(-1, *kv_shape), k])[plan.key_index[:n_units]]
-        values = jnp.concatenate([cached_v.reshape(-1, *kv_shape), v])[plan.key_index[:n_units]]
-        return keys, values
+    return map_row_blocks(rowwise, (rows, heads, *present), g.row_block)
 
-    def finish(p, rows, heads, sources, clean_j, corrupt_j):
-        """Output projection, restored / severed sublayer outputs, MLP: the block's output rows.
 
-        `rows` `[N, D]` are the block's inputs, `heads` `[N, H*E]` their attention heads. Row-wise, so it
-        runs over blocks of `row_block` rows (`jaxedit.runtime.row_blocks`).
-        """
-        tables = tuple(
-            None if source is None else _table(clean_j[site], corrupt_j[site])
-            for source, site in zip(sources, ("attn", "mlp"), strict=True)
-        )
-        present = tuple(jnp.asarray(source) for source in sources if source is not None)
+def _block(g: _Grid, y, p, j, sources, fork, clean_j, corrupt_j, n_units: int, n_items: int) -> jax.Array:
+    """One layer for every item of the first `n_units` units; items not started at j keep their row.
 
-        def rowwise(rows, heads, *given):
-            given = iter(given)
-            attn_source, mlp_source = (None if source is None else next(given) for source in sources)
-            attn = _overwrite(decoder.linear(p["attn"]["o"], heads), attn_source, tables[0])
-            mlp = _overwrite(_mlp_out(c, p, rows, attn), mlp_source, tables[1])  # [N, D]
-            return rows + attn + mlp
+    `fork`: `[N]` item whose row each item takes first (units forked at this layer), or None.
+    """
+    c, plan, t = g.config, g.plan, g.plan.length
+    rows = _overwrite(y[:n_items], fork, y)  # [N, D]
+    item_queries, k, v = _project_items(g, p, rows, n_items)  # [N, H, E], [N, K, E] x 2
+    keys, values = _gather_keys(g, p, k, v, corrupt_j["stream"], n_units)
+    zero = jnp.zeros((1, c.n_heads, c.head_dim), item_queries.dtype)
+    queries = jnp.concatenate([zero, item_queries])[plan.query_index[:n_units]]  # [C, T, H, E]
+    heads = decoder.attend(c, queries, keys, values, jnp.broadcast_to(g.mask, (n_units, t, t)))  # [C,T,H*E]
+    item_heads = heads.reshape(n_units * t, -1)[plan.head_index[:n_items]]  # [N, H*E]
+    out = _finish(g, p, rows, item_heads, sources, clean_j, corrupt_j)
+    if j is not None:  # a scanned range: units starting above j are padding here
+        started = plan.unit_start[plan.item_unit[:n_items]]
+        out = jnp.where((started <= j)[:, None], out, rows)
+    return jax.lax.dynamic_update_slice(y, out, (0, 0))
 
-        return map_row_blocks(rowwise, (rows, heads, *present), row_block)
 
-    def block(y, p, j, sources, fork, clean_j, corrupt_j, n_units: int, n_items: int):
-        """One layer for every item of the first `n_units` units; items not started at j keep their row.
+def _run_segment(params: Params, g: _Grid, y: jax.Array, first: int, end: int, clean, corrupt) -> jax.Array:
+    """Layers `[first, end)` at the item count of the last: one unrolled block, or a `lax.scan`."""
+    plan = g.plan
+    n_units, n_items = plan.active[end - 1], plan.items[end - 1]
+    sources = (
+        _sources(plan.replace_attn[first:end], n_items),
+        _sources(plan.replace_mlp[first:end], n_items),
+    )
+    fork = _sources(plan.fork[first:end], n_items)
+    clean_j = {k: clean[k][first:end] for k in ("attn", "mlp")}
+    corrupt_j = {k: jnp.moveaxis(corrupt[k][:, first:end], 1, 0) for k in ("stream", "attn", "mlp")}
+    if end - first == 1:
+        return _block(
+            g, y, _layer(params, first), None, tuple(None if a is None else a[0] for a in sources),
+            None if fork is None else fork[0], jax.tree.map(lambda a: a[0], clean_j),
+            jax.tree.map(lambda a: a[0], corrupt_j), n_units, n_items,
+        )  # fmt: skip
 
-        `fork`: `[N]` item whose row each item takes first (units forked at this layer), or None.
-        """
-        rows = _overwrite(y[:n_items], fork, y)  # [N, D]
-        item_queries, k, v = project_items(p, rows, n_items)  # [N, H, E], [N, K, E] x 2
-        keys, values = gather_keys(p, k, v, corrupt_j["stream"], n_units)
-        zero = jnp.zeros((1, c.n_heads, c.head_dim), item_queries.dtype)
-        queries = jnp.concatenate([zero, item_queries])[plan.query_index[:n_units]]  # [C, T, H, E]
-        heads = decoder.attend(c, queries, keys, values, jnp.broadcast_to(mask, (n_units, t, t)))  # [C,T,H*E]
-        item_heads = heads.reshape(n_units * t, -1)[plan.head_index[:n_items]]  # [N, H*E]
-        out = finish(p, rows, item_heads, sources, clean_j, corrupt_j)
-        if j is not None:  # a scanned range: units starting above j are padding here
-            started = plan.unit_start[plan.item_unit[:n_items]]
-            out = jnp.where((started <= j)[:, None], out, rows)
-        return jax.lax.dynamic_update_slice(y, out, (0, 0))
+    def step(y, xs):
+        p, j, sources, fork, clean_j, corrupt_j = xs
+        return _block(g, y, p, j, sources, fork, clean_j, corrupt_j, n_units, n_items), None
 
-    def layer_inputs(first: int, end: int):
-        """Per-layer arrays of a range of layers, stacked on a leading layer axis."""
-        clean_j = {k: clean[k][first:end] for k in ("attn", "mlp")}
-        corrupt_j = {k: jnp.moveaxis(corrupt[k][:, first:end], 1, 0) for k in ("stream", "attn", "mlp")}
-        return clean_j, corrupt_j
+    layer_params = jax.tree.map(lambda a: a[first:end], params["layers"])
+    xs = (layer_params, jnp.arange(first, end), sources, fork, clean_j, corrupt_j)
+    return jax.lax.scan(step, y, xs)[0]
 
-    for first, end in plan.segments:
-        n_units, n_items = plan.active[end - 1], plan.items[end - 1]
-        sources = (
-            _sources(plan.replace_attn[first:end], n_items),
-            _sources(plan.replace_mlp[first:end], n_items),
-        )
-        fork = _sources(plan.fork[first:end], n_items)
-        clean_j, corrupt_j = layer_inputs(first, end)
-        if end - first == 1:
-            y = block(
-                y, _layer(params, first), None, tuple(None if a is None else a[0] for a in sources),
-                None if fork is None else fork[0], jax.tree.map(lambda a: a[0], clean_j),
-                jax.tree.map(lambda a: a[0], corrupt_j), n_units, n_items,
-            )  # fmt: skip
-            continue
 
-        def step(y, xs, n_units=n_units, n_items=n_items):
-            p, j, sources, fork, clean_j, corrupt_j = xs
-            return block(y, p, j, sources, fork, clean_j, corrupt_j, n_units, n_items), None
-
-        layer_params = jax.tree.map(lambda a, first=first, end=end: a[first:end], params["layers"])
-        xs = (layer_params, jnp.arange(first, end), sources, fork, clean_j, corrupt_j)
-        y, _ = jax.lax.scan(step, y, xs)
-
-    # last layer: only the last token is read out: its query, attention output and MLP, one row per
-    # unit; the other rows contribute their keys and values
+def _last_layer(params: Params, g: _Grid, y: jax.Array, clean, corrupt) -> jax.Array | None:
+    """The last layer's output `[C, D]` at each running unit's last token (None when no unit runs there):
+    only that row needs a query, an attention output and an MLP; the other rows give keys and values."""
+    c, plan, t = g.config, g.plan, g.plan.length
     j = plan.n_layers - 1
-    final = None
     n_units, n_items = plan.active[j], plan.items[j]
-    if n_units:
-        p = _layer(params, j)
-        if (plan.fork[j] >= 0).any():
-            y = jnp.concatenate([_overwrite(y[:n_items], plan.fork[j], y), y[n_items:]])
-        _, k, v = project_items(p, y[:n_items], n_items, queries=False)
-        keys, values = gather_keys(p, k, v, corrupt["stream"][:, j], n_units)
-        pick = plan.last_item[:n_units]
-        rows = y[pick]  # [C, D]
-        normed = decoder.norm(c, p["ln1"], rows)
-        last_rotary = None if rotary is None else tuple(r[:, plan.item_row[pick]] for r in rotary)
-        queries = decoder.project_queries(c, p["attn"], normed[None], last_rotary)[0][:, None]  # [C, 1, H, E]
-        heads = decoder.attend(c, queries, keys, values, jnp.broadcast_to(mask[-1:], (n_units, 1, t)))
-        sources = tuple(
-            a[j][pick] if (a[j] >= 0).any() else None for a in (plan.replace_attn, plan.replace_mlp)
-        )
-        clean_j = {k: clean[k][j] for k in ("attn", "mlp")}
-        corrupt_j = {k: corrupt[k][:, j] for k in ("attn", "mlp")}
-        final = finish(p, rows, heads[:, 0], sources, clean_j, corrupt_j)  # [C, D]
-
-    last = y[plan.last_item]  # [U, D]; units that never ran keep their start state
-    if final is not None:  # units are sorted by start layer: the ones that ran come first
-        last = jnp.concatenate([final, last[final.shape[0] :]])
-
-    if row_block is None:  # accelerators: whole logit tables per block of rows (a vocabulary sharded
-        # over devices stays sharded; streaming it in slices would gather it on every device)
-        return token_probability(c, params, last, answer, vocab_block=None, row_block=READOUT_ROW_BLOCK)
-    return token_probability(c, params, last, answer, vocab_block=VOCAB_BLOCK, row_block=row_block)
+    if not n_units:
+        return None
+    p = _layer(params, j)
+    if (plan.fork[j] >= 0).any():
+        y = jnp.concatenate([_overwrite(y[:n_items], plan.fork[j], y), y[n_items:]])
+    _, k, v = _project_items(g, p, y[:n_items], n_items, queries=False)
+    keys, values = _gather_keys(g, p, k, v, corrupt["stream"][:, j], n_units)
+    pick = plan.last_item[:n_units]
+    rows = y[pick]  # [C, D]
+    normed = decoder.norm(c, p["ln1"], rows)
+    last_rotary = None if g.rotary is None else tuple(r[:, plan.item_row[pick]] for r in g.rotary)
+    queries = decoder.project_queries(c, p["attn"], normed[None], last_rotary)[0][:, None]  # [C, 1, H, E]
+    heads = decoder.attend(c, queries, keys, values, jnp.broadcast_to(g.mask[-1:], (n_units, 1, t)))
+    sources = tuple(a[j][pick] if (a[j] >= 0).any() else None for a in (plan.replace_attn, plan.replace_mlp))
+    clean_j = {k: clean[k][j] for k in ("attn", "mlp")}
+    corrupt_j = {k: corrupt[k][:, j] for k in ("attn", "mlp")}
+    return _finish(g, p, rows, heads[:, 0], sources, clean_j, corrupt_j)  # [C, D]
 
 
 def run_grid(
