@@ -231,9 +231,9 @@ def _statistics_source(args: argparse.Namespace, samples: int | None = None):
     """The key statistics' source from `--corpus`, `--stats-samples` (or `samples`) and `--max-len`."""
     from jaxedit.edit.registry import Statistics
 
-    if args.corpus is None:
-        print("statistics: no --corpus given, using texts sampled from the model itself")
     samples = args.stats_samples if samples is None else samples
+    if args.corpus is None:
+        print(f"statistics: no --corpus given, using {samples} texts sampled from the model itself")
     return Statistics(corpus=args.corpus, samples=samples, max_len=args.max_len)
 
 

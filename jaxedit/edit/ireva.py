@@ -175,10 +175,7 @@ def _layer_states(
     below = jax.tree.map(lambda a: a[:layer], params["layers"])
     x, _ = decoder.run_layers(config, below, x, rotary, attend)
     last = decoder.last_positions(mask)
-    adaptor = gate.adaptor_of(params)
-    extra = None
-    if adaptor is not None:
-        extra = functools.partial(gate.mlp_addition, adaptor, jnp.int32(layer), last=last)
+    extra = decoder.mlp_extra_at(params, jnp.int32(layer), last)  # the model's own adaptor, if any
     here = jax.tree.map(lambda a: a[layer], params["layers"])
     out = decoder.block(config, here, x, rotary, attend, {}, ("mlp_in",), mlp_extra=extra)
     rows = jnp.arange(ids.shape[0])

@@ -17,7 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from jaxedit.core.model import Model
+from jaxedit.edit.alphaedit import alphaedit
+from jaxedit.edit.alphaedit import default_hparams as alphaedit_hparams
+from jaxedit.edit.contexts import context_templates
+from jaxedit.edit.easyedit import read_easyedit_hparams
+from jaxedit.edit.finetune import FT, FT_L, finetune
+from jaxedit.edit.ireva import default_hparams as ireva_hparams
+from jaxedit.edit.ireva import ireva
+from jaxedit.edit.memit import default_hparams as mass_hparams
+from jaxedit.edit.memit import memit
 from jaxedit.edit.requests import Request
+from jaxedit.edit.rets import default_hparams as rets_hparams
+from jaxedit.edit.rets import rets
+from jaxedit.edit.rome import default_hparams as rome_hparams
+from jaxedit.edit.rome import default_layer, rome
 from jaxedit.edit.stats import KeyStats, corpus_or_samples, key_statistics
 from jaxedit.errors import InputError
 
@@ -82,14 +95,6 @@ def method_hparams(
     """The settings `method` runs with: the packaged file for this model, a JSON file of yours, or an
     hparams value (`RomeHparams`, `MemitHparams`, ...), with `layer` (single-layer methods) or `layers`
     (MEMIT, PMET, AlphaEdit) replaced when given. EasyEdit YAML files: `make_editor`."""
-    from jaxedit.edit.alphaedit import default_hparams as alphaedit_hparams
-    from jaxedit.edit.finetune import FT, FT_L
-    from jaxedit.edit.ireva import default_hparams as ireva_hparams
-    from jaxedit.edit.memit import default_hparams as mass_hparams
-    from jaxedit.edit.rets import default_hparams as rets_hparams
-    from jaxedit.edit.rome import default_hparams as rome_hparams
-    from jaxedit.edit.rome import default_layer
-
     if method not in METHODS:
         raise InputError(f"unknown editing method {method!r}; choose from {', '.join(METHODS)}")
     path = hparams if isinstance(hparams, str | Path) else None
@@ -122,12 +127,8 @@ def make_editor(
     """`method` prepared for `model`: settings (`method_hparams`, or an EasyEdit YAML file), key statistics
     from `statistics` and context templates, computed once. Raises `InputError` for an unknown method or
     an EasyEdit file of another method."""
-    from jaxedit.edit.contexts import context_templates
-
     easyedit = None
     if isinstance(hparams, str | Path) and str(hparams).endswith((".yaml", ".yml")):  # EasyEdit's file
-        from jaxedit.edit.easyedit import read_easyedit_hparams
-
         easyedit = read_easyedit_hparams(hparams, model)
         if easyedit.method != method:
             raise InputError(
@@ -137,12 +138,8 @@ def make_editor(
     hp = method_hparams(method, model, hparams, layer=layer, layers=layers)
     settings: dict[str, Any] = {"hparams": dataclasses.asdict(hp)}
     if method in ("ireva", "ireva-init"):
-        from jaxedit.edit.ireva import ireva
-
         return Editor(method, True, settings, lambda m, requests: ireva(m, _as_list(requests), hp))
     if method in ("ft", "ft-l"):
-        from jaxedit.edit.finetune import finetune
-
         return Editor(method, False, settings, lambda m, request: finetune(m, request, hp))
     settings["statistics"] = statistics.record()
     templates = context_templates(model, hp.prefixes)
@@ -153,13 +150,9 @@ def make_editor(
     else:
         stats = statistics.compute(model, [hp.layer])[hp.layer]
     if method == "rets":
-        from jaxedit.edit.rets import rets
-
         return Editor(
             method, False, settings, lambda m, request: rets(m, request, stats, hp, templates=templates)
         )
-    from jaxedit.edit.rome import rome
-
     return Editor(
         method, False, settings, lambda m, request: rome(m, request, stats, hp, templates=templates)
     )
@@ -170,13 +163,9 @@ def _mass_editor(
 ) -> Editor:
     stats = statistics.compute(model, hp.layers)
     if method == "alphaedit":
-        from jaxedit.edit.alphaedit import alphaedit
-
         return Editor(
             method, True, settings, lambda m, requests: alphaedit(m, requests, stats, hp, templates=templates)
         )
-    from jaxedit.edit.memit import memit
-
     attn = statistics.compute(model, hp.layers, "attn_heads") if hp.update_attn else None  # PMET's ablation
 
     def edit(m: Model, requests: Sequence[Request]) -> Any:

@@ -15,7 +15,7 @@ from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.finetune import FT_L
 from jaxedit.edit.ireva import IrevaHparams
 from jaxedit.edit.memit import MemitHparams
-from jaxedit.edit.registry import METHODS, Statistics, make_editor, method_hparams
+from jaxedit.edit.registry import Statistics, make_editor, method_hparams
 from jaxedit.edit.requests import Request
 from jaxedit.edit.stats import key_statistics
 from jaxedit.edit.targets import TargetHparams
@@ -70,7 +70,6 @@ def test_settings_take_the_layer_and_layers_given() -> None:
     assert method_hparams("ireva", None, IrevaHparams(layer=1), layer=2) == IrevaHparams(
         layer=2, retrofit=True
     )
-    assert set(METHODS) >= {"rome", "ft", "ft-l", "rets", "memit", "pmet", "alphaedit", "ireva", "ireva-init"}
 
 
 def test_an_unknown_method_is_refused_in_one_line(model) -> None:
