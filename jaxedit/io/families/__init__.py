@@ -3,6 +3,8 @@
 Each family module (`gpt2`, `gptj`, `neox`, `llama`) exposes:
 
 - `MODEL_TYPE`: the HF `model_type` it handles;
+- `FIELDS`: the `config.json` keys it maps one-to-one onto `ModelConfig` fields (`Field`), read by
+  `config_from_hf` and written back by `hf_config` from the same table;
 - `config_from_hf(hf: dict) -> ModelConfig`: reads the fields it handles, rejects settings it cannot run;
 - `hf_config(config) -> dict`: the `config.json` that `transformers` needs to open a saved model;
 - `rules(config) -> list[Rule]`: one entry per HF tensor, naming the params it fills and the exact
@@ -79,6 +81,56 @@ def first_id(value: Any) -> int | None:
     if isinstance(value, list | tuple):
         return int(value[0]) if value else None
     return None if value is None else int(value)
+
+
+_ABSENT = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One `config.json` key read into, and written back from, one `ModelConfig` field.
+
+    Attributes:
+      name: the `ModelConfig` field.
+      hf: the `config.json` key.
+      default: the value when the key is absent (an explicit null stays None).
+      cast: applied to a value that is not None.
+      derived: when given, the value for an absent or null key, computed from the fields read before
+        this one (transformers' own reading of `n_inner`, `head_dim`, `num_key_value_heads`, ...).
+    """
+
+    name: str
+    hf: str
+    default: Any = None
+    cast: Callable[[Any], Any] = int
+    derived: Callable[[dict[str, Any]], Any] | None = None
+
+
+def token_fields(bos: int | None, eos: int | None) -> tuple[Field, ...]:
+    """The special token ids, with the family's defaults for BOS and EOS (no default pad)."""
+    return (
+        Field("bos_token_id", "bos_token_id", bos, first_id),
+        Field("eos_token_id", "eos_token_id", eos, first_id),
+        Field("pad_token_id", "pad_token_id", None, first_id),
+    )
+
+
+def read_fields(hf: dict, fields: tuple[Field, ...]) -> dict[str, Any]:
+    """`ModelConfig` keyword arguments for `fields`, read from a `config.json` dict in table order."""
+    values: dict[str, Any] = {}
+    for field in fields:
+        raw = hf.get(field.hf, _ABSENT)
+        if field.derived is not None and (raw is _ABSENT or raw is None):
+            raw = field.derived(values)
+        elif raw is _ABSENT:
+            raw = field.default
+        values[field.name] = None if raw is None else field.cast(raw)
+    return values
+
+
+def write_fields(config: ModelConfig, fields: tuple[Field, ...]) -> dict[str, Any]:
+    """The `config.json` entries of `fields` (the inverse of `read_fields`)."""
+    return {field.hf: getattr(config, field.name) for field in fields}
 
 
 def rope_settings(

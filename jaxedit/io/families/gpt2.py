@@ -15,11 +15,34 @@ from __future__ import annotations
 import numpy as np
 
 from jaxedit.core.config import ConfigError, ModelConfig
-from jaxedit.io.families import Rule, copy, first_id, linear_rules, norm_rules
+from jaxedit.io.families import (
+    Field,
+    Rule,
+    copy,
+    linear_rules,
+    norm_rules,
+    read_fields,
+    token_fields,
+    write_fields,
+)
 
 MODEL_TYPE = "gpt2"
 BASE_PREFIX = "transformer."
 IGNORED = (r".*attn\.bias$", r".*attn\.masked_bias$")
+
+
+FIELDS = (
+    Field("vocab_size", "vocab_size", 50257),
+    Field("d_model", "n_embd", 768),
+    Field("n_layers", "n_layer", 12),
+    Field("n_heads", "n_head", 12),
+    Field("d_mlp", "n_inner", derived=lambda v: 4 * v["d_model"]),
+    Field("max_positions", "n_positions", 1024),
+    Field("norm_eps", "layer_norm_epsilon", 1e-5, float),
+    Field("activation", "activation_function", "gelu_new", str),
+    Field("tie_embeddings", "tie_word_embeddings", True, bool),
+    *token_fields(50256, 50256),
+)
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
@@ -28,50 +51,23 @@ def config_from_hf(hf: dict) -> ModelConfig:
     for flag in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
         if hf.get(flag, False):
             raise ConfigError(f"gpt2 with {flag}=true is not supported")
-    d = int(hf.get("n_embd", 768))
-    n_heads = int(hf.get("n_head", 12))
+    fields = read_fields(hf, FIELDS)
     return ModelConfig(
         family=MODEL_TYPE,
-        vocab_size=int(hf.get("vocab_size", 50257)),
-        d_model=d,
-        n_layers=int(hf.get("n_layer", 12)),
-        n_heads=n_heads,
-        n_kv_heads=n_heads,
-        head_dim=d // n_heads,
-        d_mlp=int(hf.get("n_inner") or 4 * d),
-        max_positions=int(hf.get("n_positions", 1024)),
+        **fields,
+        n_kv_heads=fields["n_heads"],
+        head_dim=fields["d_model"] // fields["n_heads"],
         norm="layernorm",
-        norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
-        activation=hf.get("activation_function", "gelu_new"),
         gated_mlp=False,
         positions="learned",
         qkv_bias=True,
         attn_out_bias=True,
         mlp_bias=True,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-        bos_token_id=first_id(hf.get("bos_token_id", 50256)),
-        eos_token_id=first_id(hf.get("eos_token_id", 50256)),
-        pad_token_id=first_id(hf.get("pad_token_id")),
     )
 
 
 def hf_config(config: ModelConfig) -> dict:
-    return {
-        "model_type": MODEL_TYPE,
-        "architectures": ["GPT2LMHeadModel"],
-        "vocab_size": config.vocab_size,
-        "n_embd": config.d_model,
-        "n_layer": config.n_layers,
-        "n_head": config.n_heads,
-        "n_inner": config.d_mlp,
-        "n_positions": config.max_positions,
-        "layer_norm_epsilon": config.norm_eps,
-        "activation_function": config.activation,
-        "tie_word_embeddings": config.tie_embeddings,
-        "bos_token_id": config.bos_token_id,
-        "eos_token_id": config.eos_token_id,
-        "pad_token_id": config.pad_token_id,
-    }
+    return {"model_type": MODEL_TYPE, "architectures": ["GPT2LMHeadModel"], **write_fields(config, FIELDS)}
 
 
 def rules(config: ModelConfig) -> list[Rule]:

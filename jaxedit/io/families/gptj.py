@@ -11,64 +11,59 @@ the MLP and the LM head do.
 from __future__ import annotations
 
 from jaxedit.core.config import ModelConfig
-from jaxedit.io.families import Rule, copy, first_id, linear_rules, norm_rules, transposed
+from jaxedit.io.families import (
+    Field,
+    Rule,
+    copy,
+    linear_rules,
+    norm_rules,
+    read_fields,
+    token_fields,
+    transposed,
+    write_fields,
+)
 
 MODEL_TYPE = "gptj"
 BASE_PREFIX = "transformer."
 IGNORED = (r".*attn\.bias$", r".*attn\.masked_bias$", r".*embed_positions$")
 
 
+FIELDS = (
+    Field("vocab_size", "vocab_size", 50400),
+    Field("d_model", "n_embd", 4096),
+    Field("n_layers", "n_layer", 28),
+    Field("n_heads", "n_head", 16),
+    Field("d_mlp", "n_inner", derived=lambda v: 4 * v["d_model"]),
+    Field("max_positions", "n_positions", 2048),
+    Field("rotary_dim", "rotary_dim", derived=lambda v: v["d_model"] // v["n_heads"]),
+    Field("norm_eps", "layer_norm_epsilon", 1e-5, float),
+    Field("activation", "activation_function", "gelu_new", str),
+    Field("tie_embeddings", "tie_word_embeddings", False, bool),
+    *token_fields(50256, 50256),
+)
+
+
 def config_from_hf(hf: dict) -> ModelConfig:
-    d = int(hf.get("n_embd", 4096))
-    n_heads = int(hf.get("n_head", 16))
-    head_dim = d // n_heads
+    fields = read_fields(hf, FIELDS)
     return ModelConfig(
         family=MODEL_TYPE,
-        vocab_size=int(hf.get("vocab_size", 50400)),
-        d_model=d,
-        n_layers=int(hf.get("n_layer", 28)),
-        n_heads=n_heads,
-        n_kv_heads=n_heads,
-        head_dim=head_dim,
-        d_mlp=int(hf.get("n_inner") or 4 * d),
-        max_positions=int(hf.get("n_positions", 2048)),
+        **fields,
+        n_kv_heads=fields["n_heads"],
+        head_dim=fields["d_model"] // fields["n_heads"],
         norm="layernorm",
-        norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
-        activation=hf.get("activation_function", "gelu_new"),
         gated_mlp=False,
         positions="rotary",
-        rotary_dim=int(hf.get("rotary_dim") or head_dim),
         rotary_style="interleaved",
         rope_theta=10000.0,
         parallel_residual=True,
         shared_block_norm=True,
         mlp_bias=True,
         lm_head_bias=True,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        bos_token_id=first_id(hf.get("bos_token_id", 50256)),
-        eos_token_id=first_id(hf.get("eos_token_id", 50256)),
-        pad_token_id=first_id(hf.get("pad_token_id")),
     )
 
 
 def hf_config(config: ModelConfig) -> dict:
-    return {
-        "model_type": MODEL_TYPE,
-        "architectures": ["GPTJForCausalLM"],
-        "vocab_size": config.vocab_size,
-        "n_embd": config.d_model,
-        "n_layer": config.n_layers,
-        "n_head": config.n_heads,
-        "n_inner": config.d_mlp,
-        "n_positions": config.max_positions,
-        "rotary_dim": config.rotary_dim,
-        "layer_norm_epsilon": config.norm_eps,
-        "activation_function": config.activation,
-        "tie_word_embeddings": config.tie_embeddings,
-        "bos_token_id": config.bos_token_id,
-        "eos_token_id": config.eos_token_id,
-        "pad_token_id": config.pad_token_id,
-    }
+    return {"model_type": MODEL_TYPE, "architectures": ["GPTJForCausalLM"], **write_fields(config, FIELDS)}
 
 
 def rules(config: ModelConfig) -> list[Rule]:

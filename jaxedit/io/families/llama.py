@@ -14,14 +14,17 @@ from __future__ import annotations
 
 from jaxedit.core.config import ConfigError, ModelConfig
 from jaxedit.io.families import (
+    Field,
     Rule,
     copy,
-    first_id,
     linear_rules,
     norm_rules,
+    read_fields,
     rope_hf,
     rope_settings,
+    token_fields,
     transposed,
+    write_fields,
 )
 
 MODEL_TYPE = "llama"
@@ -29,39 +32,40 @@ BASE_PREFIX = "model."
 IGNORED = (r".*rotary_emb\.inv_freq$",)
 
 
+FIELDS = (
+    Field("vocab_size", "vocab_size", 32000),
+    Field("d_model", "hidden_size", 4096),
+    Field("n_layers", "num_hidden_layers", 32),
+    Field("n_heads", "num_attention_heads", 32),
+    Field("n_kv_heads", "num_key_value_heads", derived=lambda v: v["n_heads"]),
+    Field("head_dim", "head_dim", derived=lambda v: v["d_model"] // v["n_heads"]),
+    Field("d_mlp", "intermediate_size", 11008),
+    Field("max_positions", "max_position_embeddings", 2048),
+    Field("norm_eps", "rms_norm_eps", 1e-6, float),
+    Field("activation", "hidden_act", "silu", str),
+    Field("qkv_bias", "attention_bias", False, bool),
+    Field("mlp_bias", "mlp_bias", False, bool),
+    Field("tie_embeddings", "tie_word_embeddings", False, bool),
+    *token_fields(1, 2),
+)
+
+
 def config_from_hf(hf: dict) -> ModelConfig:
     if int(hf.get("pretraining_tp") or 1) != 1:
         raise ConfigError("llama with pretraining_tp > 1 is not supported")
-    d = int(hf.get("hidden_size", 4096))
-    n_heads = int(hf.get("num_attention_heads", 32))
-    head_dim = int(hf.get("head_dim") or d // n_heads)
+    fields = read_fields(hf, FIELDS)
     theta, scaling = rope_settings(hf, 10000.0)
     return ModelConfig(
         family=MODEL_TYPE,
-        vocab_size=int(hf.get("vocab_size", 32000)),
-        d_model=d,
-        n_layers=int(hf.get("num_hidden_layers", 32)),
-        n_heads=n_heads,
-        n_kv_heads=int(hf.get("num_key_value_heads") or n_heads),
-        head_dim=head_dim,
-        d_mlp=int(hf.get("intermediate_size", 11008)),
-        max_positions=int(hf.get("max_position_embeddings", 2048)),
+        **fields,
         norm="rmsnorm",
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        activation=hf.get("hidden_act", "silu"),
         gated_mlp=True,
         positions="rotary",
-        rotary_dim=head_dim,
+        rotary_dim=fields["head_dim"],
         rotary_style="half",
         rope_theta=theta,
         rope_scaling=scaling,
-        qkv_bias=bool(hf.get("attention_bias", False)),
-        attn_out_bias=bool(hf.get("attention_bias", False)),
-        mlp_bias=bool(hf.get("mlp_bias", False)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        bos_token_id=first_id(hf.get("bos_token_id", 1)),
-        eos_token_id=first_id(hf.get("eos_token_id", 2)),
-        pad_token_id=first_id(hf.get("pad_token_id")),
+        attn_out_bias=fields["qkv_bias"],
     )
 
 
@@ -69,24 +73,9 @@ def hf_config(config: ModelConfig) -> dict:
     return {
         "model_type": MODEL_TYPE,
         "architectures": ["LlamaForCausalLM"],
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.d_model,
-        "num_hidden_layers": config.n_layers,
-        "num_attention_heads": config.n_heads,
-        "num_key_value_heads": config.n_kv_heads,
-        "head_dim": config.head_dim,
-        "intermediate_size": config.d_mlp,
-        "max_position_embeddings": config.max_positions,
-        "rms_norm_eps": config.norm_eps,
-        "hidden_act": config.activation,
+        **write_fields(config, FIELDS),
         "rope_parameters": rope_hf(config),
         "rope_theta": config.rope_theta,
-        "attention_bias": config.qkv_bias,
-        "mlp_bias": config.mlp_bias,
-        "tie_word_embeddings": config.tie_embeddings,
-        "bos_token_id": config.bos_token_id,
-        "eos_token_id": config.eos_token_id,
-        "pad_token_id": config.pad_token_id,
     }
 
 

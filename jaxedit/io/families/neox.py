@@ -16,13 +16,16 @@ import numpy as np
 
 from jaxedit.core.config import ModelConfig
 from jaxedit.io.families import (
+    Field,
     Rule,
-    first_id,
     linear_rules,
     norm_rules,
+    read_fields,
     rope_hf,
     rope_settings,
+    token_fields,
     transposed,
+    write_fields,
 )
 
 MODEL_TYPE = "gpt_neox"
@@ -32,40 +35,42 @@ ALIASES = {"embed_out.weight": "lm_head.weight"}
 IGNORED = (r".*attention\.bias$", r".*attention\.masked_bias$", r".*rotary_emb\.inv_freq$")
 
 
+FIELDS = (
+    Field("vocab_size", "vocab_size", 50432),
+    Field("d_model", "hidden_size", 6144),
+    Field("n_layers", "num_hidden_layers", 44),
+    Field("n_heads", "num_attention_heads", 64),
+    Field("d_mlp", "intermediate_size", derived=lambda v: 4 * v["d_model"]),
+    Field("max_positions", "max_position_embeddings", 2048),
+    Field("norm_eps", "layer_norm_eps", 1e-5, float),
+    Field("activation", "hidden_act", "gelu", str),
+    Field("parallel_residual", "use_parallel_residual", True, bool),
+    Field("qkv_bias", "attention_bias", True, bool),
+    Field("tie_embeddings", "tie_word_embeddings", False, bool),
+    *token_fields(0, 2),
+)
+
+
 def config_from_hf(hf: dict) -> ModelConfig:
-    d = int(hf.get("hidden_size", 6144))
-    n_heads = int(hf.get("num_attention_heads", 64))
-    head_dim = d // n_heads
+    fields = read_fields(hf, FIELDS)
+    head_dim = fields["d_model"] // fields["n_heads"]
     rope_params = hf.get("rope_parameters") or {}
     pct = float(rope_params.get("partial_rotary_factor", hf.get("rotary_pct", 0.25)))
     theta, scaling = rope_settings(hf, 10000.0, theta_key="rotary_emb_base")
     return ModelConfig(
         family=MODEL_TYPE,
-        vocab_size=int(hf.get("vocab_size", 50432)),
-        d_model=d,
-        n_layers=int(hf.get("num_hidden_layers", 44)),
-        n_heads=n_heads,
-        n_kv_heads=n_heads,
+        **fields,
+        n_kv_heads=fields["n_heads"],
         head_dim=head_dim,
-        d_mlp=int(hf.get("intermediate_size", 4 * d)),
-        max_positions=int(hf.get("max_position_embeddings", 2048)),
         norm="layernorm",
-        norm_eps=float(hf.get("layer_norm_eps", 1e-5)),
-        activation=hf.get("hidden_act", "gelu"),
         gated_mlp=False,
         positions="rotary",
         rotary_dim=int(head_dim * pct),
         rotary_style="half",
         rope_theta=theta,
         rope_scaling=scaling,
-        parallel_residual=bool(hf.get("use_parallel_residual", True)),
-        qkv_bias=bool(hf.get("attention_bias", True)),
-        attn_out_bias=bool(hf.get("attention_bias", True)),
+        attn_out_bias=fields["qkv_bias"],
         mlp_bias=True,
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        bos_token_id=first_id(hf.get("bos_token_id", 0)),
-        eos_token_id=first_id(hf.get("eos_token_id", 2)),
-        pad_token_id=first_id(hf.get("pad_token_id")),
     )
 
 
@@ -75,23 +80,10 @@ def hf_config(config: ModelConfig) -> dict:
     return {
         "model_type": MODEL_TYPE,
         "architectures": ["GPTNeoXForCausalLM"],
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.d_model,
-        "num_hidden_layers": config.n_layers,
-        "num_attention_heads": config.n_heads,
-        "intermediate_size": config.d_mlp,
-        "max_position_embeddings": config.max_positions,
-        "layer_norm_eps": config.norm_eps,
-        "hidden_act": config.activation,
-        "use_parallel_residual": config.parallel_residual,
-        "attention_bias": config.qkv_bias,
+        **write_fields(config, FIELDS),
         "rope_parameters": rope,
         "rotary_pct": config.rotary_dim / config.head_dim,
         "rotary_emb_base": config.rope_theta,
-        "tie_word_embeddings": config.tie_embeddings,
-        "bos_token_id": config.bos_token_id,
-        "eos_token_id": config.eos_token_id,
-        "pad_token_id": config.pad_token_id,
     }
 
 
