@@ -27,22 +27,39 @@ def _heatmap(fig: Any, ax: Any, grid: np.ndarray, cmap: str, vmin: float, labels
     return fig.colorbar(image, ax=ax, fraction=0.05)
 
 
+def _panels(n_panels: int, height: float) -> tuple[Any, Any]:
+    """A figure of `n_panels` side by side (matplotlib's file-only backend unless one is chosen)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, n_panels, figsize=(4.2 * n_panels, height), squeeze=False)
+    return fig, axes[0]
+
+
+def _finish(fig: Any, title: str, path: str | Path | None) -> Any:
+    """Title the figure and, when `path` is given, write it there atomically and release it."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    if path is not None:
+        _save(fig, Path(path))
+        plt.close(fig)
+    return fig
+
+
 def plot_trace(result: Any, path: str | Path | None = None):
     """Draw `result.grids` as heatmaps (tokens down, layers across); corrupted tokens get a `*`.
 
     Colour is the answer probability with the cell restored, from `P_corrupt` upwards. Saved to `path`
     (written atomically) when given; the matplotlib figure is returned.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     kinds = list(result.grids)
-    n_tokens = len(result.tokens)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 0.9 + 0.32 * n_tokens), squeeze=False)
+    fig, axes = _panels(len(kinds), 0.9 + 0.32 * len(result.tokens))
     labels = [f"{t!r}{'*' if c else ''}" for t, c in zip(result.tokens, result.corrupted, strict=True)]
-    for ax, kind in zip(axes[0], kinds, strict=True):
+    for ax, kind in zip(axes, kinds, strict=True):
         grid = np.asarray(result.grids[kind]).T  # [T, L]
         vmin = min(result.p_corrupt, grid.min())
         bar = _heatmap(fig, ax, grid, KIND_CMAPS.get(kind, "viridis"), vmin, labels)
@@ -53,16 +70,11 @@ def plot_trace(result: Any, path: str | Path | None = None):
             ax.axhline(lo, color="k", lw=0.6, ls="--")
             ax.axhline(hi, color="k", lw=0.6, ls="--")
         bar.set_label(f"p({result.answer.strip()!r})", fontsize=8)
-    fig.suptitle(
+    title = (
         f"{result.prompt!r} -> {result.answer!r}  (p clean {result.p_clean:.3f}, corrupted {result.p_corrupt:.3f}, "
-        f"{result.corruption} noised)",
-        fontsize=9,
+        f"{result.corruption} noised)"
     )
-    fig.tight_layout()
-    if path is not None:
-        _save(fig, Path(path))
-        plt.close(fig)
-    return fig
+    return _finish(fig, title, path)
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -77,27 +89,16 @@ def _save(fig: Any, path: Path) -> None:
 
 def plot_average(summary: Any, path: str | Path | None = None):
     """Average indirect effect heatmaps by token class (paper 003 Fig. 3 / paper 000 Fig. 3 style)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     kinds = list(summary.aie)
-    n_classes = len(summary.classes)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.2 * len(kinds), 1.2 + 0.35 * n_classes), squeeze=False)
-    for ax, kind in zip(axes[0], kinds, strict=True):
+    fig, axes = _panels(len(kinds), 1.2 + 0.35 * len(summary.classes))
+    for ax, kind in zip(axes, kinds, strict=True):
         grid = np.nan_to_num(np.asarray(summary.aie[kind], float).T)  # [classes, L]
         labels = [f"{c} ({n})" for c, n in zip(summary.classes, summary.counts, strict=True)]
         _heatmap(fig, ax, grid, KIND_CMAPS.get(kind, "viridis"), min(0.0, grid.min()), labels)
         sever = f", severed {summary.sever}" if summary.sever and kind == "hidden" else ""
         ax.set_title(f"average indirect effect: {KIND_TITLES.get(kind, kind)}{sever}", fontsize=9)
-    fig.suptitle(
+    title = (
         f"{summary.model}: {summary.n_facts} facts, {summary.corruption} corrupted, {summary.samples} samples "
-        f"(p clean {summary.p_clean:.3f}, corrupted {summary.p_corrupt:.3f})",
-        fontsize=9,
+        f"(p clean {summary.p_clean:.3f}, corrupted {summary.p_corrupt:.3f})"
     )
-    fig.tight_layout()
-    if path is not None:
-        _save(fig, Path(path))
-        plt.close(fig)
-    return fig
+    return _finish(fig, title, path)
