@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxedit.core import tokens as tok
 from jaxedit.core.config import ModelConfig
+from jaxedit.display import Rendered
 from jaxedit.errors import InputError
 from jaxedit.io.files import write_output
 from jaxedit.io.loading import Model
@@ -66,7 +67,7 @@ class Noise:
 
 
 @dataclasses.dataclass
-class TraceResult:
+class TraceResult(Rendered):
     """Restore grids of one prompt.
 
     Attributes:
@@ -118,20 +119,13 @@ class TraceResult:
 
         return plot_trace(self, path)
 
-    def _repr_html_(self) -> str | None:
-        """Treescope's rendering when it is installed (the heatmaps embedded under the fields), else
-        None: the notebook shows `_repr_png_`'s heatmaps, as it did before."""
-        from jaxedit.display import notebook_html
-
-        return notebook_html(self, lambda: None, self._heatmaps_html)
-
-    def __treescope_repr__(self, path: str | None, subtree_renderer: Any) -> Any:
-        """Treescope's rendering (`treescope.render_to_text(result)`): the prompt and answer, the kinds
-        traced, the grid shape (layers x tokens) and the scores (`P_restored`) per kind."""
-        from jaxedit.display import treescope_fields
-
+    def _display_fields(self) -> list[tuple[str, str | None, Any]]:
+        """Treescope's fields (`treescope.render_to_text(result)`): the prompt and answer, the kinds
+        traced, the grid shape (layers x tokens) and the scores (`P_restored`) per kind. Without
+        treescope the notebook shows `_repr_png_`'s heatmaps; inside its rendering they are embedded
+        under the fields (`_embedded_html`)."""
         shape = tuple(int(n) for n in np.shape(next(iter(self.grids.values())))) if self.grids else ()
-        fields = [
+        return [
             ("prompt", ".prompt", self.prompt), ("answer", ".answer", self.answer),
             ("kinds", None, tuple(self.grids)), ("shape", None, shape), ("tokens", ".tokens", self.tokens),
             ("subject_span", ".subject_span", self.subject_span), ("p_clean", ".p_clean", self.p_clean),
@@ -140,9 +134,8 @@ class TraceResult:
             ("window", ".window", self.window), ("sever", ".sever", self.sever),
             ("scores", ".grids", self.grids),
         ]  # fmt: skip
-        return treescope_fields(self, fields, path, subtree_renderer)
 
-    def _heatmaps_html(self) -> str:
+    def _embedded_html(self) -> str:
         import base64
 
         return f'<img alt="trace heatmaps" src="data:image/png;base64,{base64.b64encode(self._repr_png_()).decode()}">'
@@ -355,7 +348,7 @@ def trace(
     }
 
     def grid_call(kind: str, group: dict[str, jax.Array]) -> Callable[[], jax.Array]:
-        return lambda: program.run_grid(
+        return lambda: program.grid_program(
             model.params,
             config,
             plans[kind],

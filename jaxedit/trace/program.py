@@ -319,24 +319,6 @@ def _last_layer(params: Params, g: _Grid, y: jax.Array, clean, corrupt) -> jax.A
     return _finish(g, p, rows, heads[:, 0], sources, clean_j, corrupt_j)  # [C, D]
 
 
-def run_grid(
-    params: Params,
-    config: ModelConfig,
-    plan: Plan,
-    key_mask: jax.Array,
-    positions: jax.Array,
-    clean: dict[str, jax.Array],
-    corrupt_chunks: dict[str, jax.Array],
-    answer: jax.Array,
-    row_block: int | None,
-) -> jax.Array:
-    """`run_units` over chunks of noise samples (`[n_chunks, S_chunk, ...]` arrays): `[n_chunks, U]`.
-
-    `row_block`: rows per block of the row-wise work (`Execution.row_block`, resolved); None: all at once.
-    """
-    return grid_program(params, config, plan, key_mask, positions, clean, corrupt_chunks, answer, row_block)
-
-
 @functools.partial(jax.jit, static_argnames=("config", "plan", "row_block"))
 def grid_program(
     params: Params,
@@ -349,7 +331,12 @@ def grid_program(
     answer: jax.Array,
     row_block: int | None,
 ) -> jax.Array:
-    """The jitted program behind `run_grid` (`row_block` given explicitly: it is part of the program)."""
+    """`run_units` over chunks of noise samples (`[n_chunks, S_chunk, ...]` arrays): `[n_chunks, U]`, as one
+    jitted program.
+
+    `row_block`: rows per block of the row-wise work (`Execution.row_block`, resolved; part of the
+    program); None: all at once.
+    """
 
     def one(chunk: dict[str, jax.Array]) -> jax.Array:
         return run_units(params, config, plan, key_mask, positions, clean, chunk, answer, row_block)
@@ -363,7 +350,7 @@ def grid_from_units(
     """Mean over samples per cell, as a `[L, T]` grid; cells before `first_live` are `P_corrupt` exactly.
 
     Args:
-      probs: `[n_chunks, U]` from `run_grid`; samples past `n_samples` (chunk padding) are dropped.
+      probs: `[n_chunks, U]` from `grid_program`; samples past `n_samples` (chunk padding) are dropped.
       p_corrupt: mean corrupted-run probability.
       first_live: first token row whose restoration can change anything (first corrupted token).
     """

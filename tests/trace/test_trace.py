@@ -88,7 +88,7 @@ def engine_grid(
     plan = schedule.build_plan(
         kind, c.n_layers, t_len, t_len - first, chunk, window, convention, sever, segments
     )
-    probs = program.run_grid(
+    probs = program.grid_program(
         model.params, c, plan, key_mask, jnp.arange(t_len), clean, chunks, jnp.int32(answer), row_block
     )
     return program.grid_from_units(plan, np.asarray(probs), n, float(jnp.mean(p_corrupt)), first)

@@ -146,13 +146,13 @@ def test_single_shape_runs_one_program_per_kind_with_the_same_averages(model, re
     def padded(shapes: str | int) -> Execution:
         return Execution(progress=False, bucket=2, shapes=shapes)
 
-    run_grid = program.run_grid
+    grid_program = program.grid_program
 
     def recording(params, config, plan, *args):
         shapes.add((plan.kind, plan.length, plan.live))
-        return run_grid(params, config, plan, *args)
+        return grid_program(params, config, plan, *args)
 
-    monkeypatch.setattr(program, "run_grid", recording)
+    monkeypatch.setattr(program, "grid_program", recording)
     bucketed = trace_dataset(model, records, execution=padded("bucket"), **kwargs)
     assert len(shapes) > 2  # the prompts' shapes differ
     shapes.clear()
