@@ -217,20 +217,6 @@ def attention_heads(
     return attend(config, q, k, v, mask), cache
 
 
-def attention(
-    config: ModelConfig,
-    p: Params,
-    x: jax.Array,
-    rotary: tuple[jax.Array, jax.Array] | None,
-    mask: jax.Array,
-    cache: tuple[jax.Array, jax.Array] | None = None,
-    cache_index: jax.Array | None = None,
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-    """`attention_heads` then the output projection: `[B, T, D]` and the cache."""
-    heads, cache = attention_heads(config, p, x, rotary, mask, cache, cache_index)
-    return linear(p["o"], heads), cache
-
-
 def mlp_key(config: ModelConfig, p: Params, x: jax.Array) -> jax.Array:
     """The MLP key `[B, T, F]`: `act(W_in x)`, or `act(W_gate x) * (W_in x)` for gated MLPs (§0)."""
     if config.gated_mlp:
