@@ -25,51 +25,32 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxedit.edit.checks import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, check_fields, check_prefixes
-from jaxedit.edit.contexts import MEMIT_PREFIXES
+from jaxedit.edit.checks import NON_NEGATIVE, POSITIVE
 from jaxedit.edit.delta import Delta
 from jaxedit.edit.hparams import build, packaged_file, read_hparams
-from jaxedit.edit.memit import LayerSolve, MemitHparams, default_layers, memit_layers
+from jaxedit.edit.memit import LayerSolve, MassHparams, MemitHparams, default_layers, memit_layers
 from jaxedit.edit.requests import Request
 from jaxedit.edit.stats import KeyStats, StatsError
-from jaxedit.edit.targets import TargetHparams, Targets
+from jaxedit.edit.targets import Targets
 from jaxedit.errors import InputError, NumericsError
 from jaxedit.io.cache import cache_root, digest, load_npz, save_npz
 from jaxedit.io.loading import Model
 
 
 @dataclasses.dataclass(frozen=True)
-class AlphaEditHparams:
-    """AlphaEdit settings: MEMIT's layers, contexts and targets, the null-space `threshold` (on the
-    eigenvalues of `E[k kᵀ]`) and the ridge `l2`."""
+class AlphaEditHparams(MassHparams):
+    """AlphaEdit settings: MEMIT's layers, contexts and targets (`MassHparams`), the null-space
+    `threshold` (on the eigenvalues of `E[k kᵀ]`) and the ridge `l2`."""
 
-    layers: tuple[int, ...] | None = None
     threshold: float = 1e-2
     l2: float = 10.0
-    spread: str = "even"
-    prefixes: tuple[tuple[int, int], ...] = MEMIT_PREFIXES
-    targets: TargetHparams = dataclasses.field(
-        default_factory=lambda: TargetHparams(steps=25, clamp=0.75, reference="resid_post")
-    )
-    batch_rows: int = 256
-    seed: int = 0
 
-    def __post_init__(self) -> None:
-        check_fields(
-            self,
-            {"threshold": POSITIVE, "l2": NON_NEGATIVE, "batch_rows": AT_LEAST_ONE},
-            {"spread": ("even", "sqrt")},
-        )
-        check_prefixes("AlphaEditHparams", self.prefixes)
-        if self.layers is not None and (not self.layers or min(self.layers) < 0):
-            raise InputError(f"AlphaEditHparams.layers must be non-empty layer indices, got {self.layers}")
+    def _limits(self) -> tuple[dict[str, tuple[float, bool]], dict[str, tuple]]:
+        return {"threshold": POSITIVE, "l2": NON_NEGATIVE}, {}
 
     def memit(self) -> MemitHparams:
         """The MEMIT settings AlphaEdit shares (targets, contexts, spread, walk)."""
-        return MemitHparams(
-            layers=self.layers, spread=self.spread, prefixes=self.prefixes, targets=self.targets,
-            batch_rows=self.batch_rows, seed=self.seed,
-        )  # fmt: skip
+        return MemitHparams(**self.shared())
 
 
 def default_hparams(model: Model, path: str | Path | None = None) -> AlphaEditHparams:

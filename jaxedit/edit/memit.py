@@ -46,11 +46,12 @@ from jaxedit.runtime.execution import Execution
 
 
 @dataclasses.dataclass(frozen=True)
-class MemitHparams:
-    """MEMIT settings (`layers=None`: `default_layers`). `spread`: `"even"` (MEMIT) or `"sqrt"` (PMET)."""
+class MassHparams:
+    """The settings MEMIT, PMET and AlphaEdit share: the critical `layers` (None: `default_layers`), how
+    the residual is `spread` over them (`"even"`: MEMIT; `"sqrt"`: PMET), the context `prefixes`, the
+    target optimisation, rows per statistics batch and the seed."""
 
     layers: tuple[int, ...] | None = None
-    mom2_weight: float = 15000.0
     spread: str = "even"
     prefixes: tuple[tuple[int, int], ...] = MEMIT_PREFIXES
     targets: TargetHparams = dataclasses.field(
@@ -58,19 +59,36 @@ class MemitHparams:
     )
     batch_rows: int = 256
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        ranges, choices = self._limits()
+        check_fields(self, {"batch_rows": AT_LEAST_ONE, **ranges}, {"spread": ("even", "sqrt"), **choices})
+        name = type(self).__name__
+        check_prefixes(name, self.prefixes)
+        if self.layers is not None and (not self.layers or min(self.layers) < 0):
+            raise InputError(f"{name}.layers must be non-empty layer indices, got {self.layers}")
+
+    def _limits(self) -> tuple[dict[str, tuple[float, bool]], dict[str, tuple]]:
+        """The ranges and choices of a subclass's own fields (for `check_fields`)."""
+        return {}, {}
+
+    def shared(self) -> dict[str, object]:
+        """The `MassHparams` fields of these settings, by name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(MassHparams)}
+
+
+@dataclasses.dataclass(frozen=True)
+class MemitHparams(MassHparams):
+    """MEMIT settings: `MassHparams` with the covariance weight λ (`mom2_weight`), the `method` name
+    and PMET's ablation switch."""
+
+    mom2_weight: float = 15000.0
     method: str = "memit"
     # PMET's ablation (METHODS.md §7): also solve the attention output projections towards `a0 + δa`
     update_attn: bool = False
 
-    def __post_init__(self) -> None:
-        check_fields(
-            self,
-            {"mom2_weight": NON_NEGATIVE, "batch_rows": AT_LEAST_ONE},
-            {"spread": ("even", "sqrt"), "method": ("memit", "pmet")},
-        )
-        check_prefixes("MemitHparams", self.prefixes)
-        if self.layers is not None and (not self.layers or min(self.layers) < 0):
-            raise InputError(f"MemitHparams.layers must be non-empty layer indices, got {self.layers}")
+    def _limits(self) -> tuple[dict[str, tuple[float, bool]], dict[str, tuple]]:
+        return {"mom2_weight": NON_NEGATIVE}, {"method": ("memit", "pmet")}
 
 
 def pmet_hparams(layers: tuple[int, ...] | None = None, **changes: object) -> MemitHparams:
