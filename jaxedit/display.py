@@ -1,11 +1,12 @@
 """Notebook displays: treescope renderings of models, deltas, journals and traces when `treescope` is
 installed (the `notebook` extra), HTML tables otherwise (and for evaluation reports).
 
-`Model`, `Delta`, `EditJournal` and `TraceResult` implement treescope's `__treescope_repr__` protocol
-with `treescope_fields` (their fields as a foldable tree: `treescope.render_to_text(x)`,
-`treescope.show(x)`), and their `_repr_html_` is `notebook_html`: treescope's HTML when it can be
-imported, else the HTML of before (a table; a trace: none, so that its PNG heatmaps show). Inside a
-treescope rendering an object's own HTML (the table, a trace's heatmaps) is embedded under its tree.
+`Model`, `Delta`, `EditJournal` and `TraceResult` are `Rendered`: they implement treescope's
+`__treescope_repr__` protocol with `treescope_fields` (their fields as a foldable tree:
+`treescope.render_to_text(x)`, `treescope.show(x)`), and their `_repr_html_` is `notebook_html`:
+treescope's HTML when it can be imported, else the HTML of before (a table; a trace: none, so that its
+PNG heatmaps show). Inside a treescope rendering an object's own HTML (the table, a trace's heatmaps) is
+embedded under its tree.
 """
 
 from __future__ import annotations
@@ -108,3 +109,27 @@ def treescope_fields(
         suffix=parts.siblings(")", parts.roundtrip_condition(roundtrip=parts.text(">"))),
         path=path,
     )
+
+
+class Rendered:
+    """Notebook displays (`_repr_html_`, `__treescope_repr__`) from what a class defines:
+    `_display_fields()`, its `(label, accessor, value)` fields for `treescope_fields`; `_html_table()`,
+    its HTML without treescope (None: none); `_embedded_html()`, its HTML inside a treescope rendering
+    (default: `_html_table()`)."""
+
+    def _display_fields(self) -> Sequence[tuple[str, str | None, Any]]:
+        raise NotImplementedError
+
+    def _html_table(self) -> str | None:
+        return None
+
+    def _embedded_html(self) -> str | None:
+        return self._html_table()
+
+    def _repr_html_(self) -> str | None:
+        """Treescope's rendering when it is installed, else `_html_table()`."""
+        return notebook_html(self, self._html_table, self._embedded_html)
+
+    def __treescope_repr__(self, path: str | None, subtree_renderer: Callable[..., Any]) -> Any:
+        """Treescope's rendering (`treescope.render_to_text(obj)`) of `_display_fields()`."""
+        return treescope_fields(self, self._display_fields(), path, subtree_renderer)

@@ -11,10 +11,11 @@ from typing import Any
 from jaxedit.core.config import ModelConfig
 from jaxedit.core.fingerprint import weights_fingerprint
 from jaxedit.core.layout import Params
+from jaxedit.display import Rendered, html_table
 
 
 @dataclasses.dataclass(frozen=True)
-class Model:
+class Model(Rendered):
     """A loaded model: config, params pytree, tokenizer (or None) and where it came from.
 
     A value: editing functions return a new `Model` (`dataclasses.replace(model, params=...)`) and
@@ -62,19 +63,11 @@ class Model:
     def name(self) -> str:
         return Path(self.source).name or self.source
 
-    def _repr_html_(self) -> str | None:
-        """Treescope's rendering when it is installed, else a one-row table of what the model is."""
-        from jaxedit.display import notebook_html
-
-        return notebook_html(self, self._html_table)
-
-    def __treescope_repr__(self, path: str | None, subtree_renderer: Any) -> Any:
-        """Treescope's rendering (`treescope.render_to_text(model)`): family, sizes, fingerprint, edits
-        and the params pytree."""
-        from jaxedit.display import treescope_fields
-
+    def _display_fields(self) -> list[tuple[str, str | None, Any]]:
+        """Treescope's fields (`treescope.render_to_text(model)`): family, sizes, fingerprint, edits and
+        the params pytree."""
         c = self.config
-        fields = [
+        return [
             ("name", ".name", self.name), ("family", ".config.family", c.family),
             ("layers", ".config.n_layers", c.n_layers), ("width", ".config.d_model", c.d_model),
             ("mlp_width", ".config.d_mlp", c.d_mlp), ("heads", ".config.n_heads", c.n_heads),
@@ -82,11 +75,9 @@ class Model:
             ("fingerprint", ".fingerprint", self.fingerprint), ("edits", ".edits", self.edits),
             ("source", ".source", self.source), ("params", ".params", self.params),
         ]  # fmt: skip
-        return treescope_fields(self, fields, path, subtree_renderer)
 
     def _html_table(self) -> str:
-        from jaxedit.display import html_table
-
+        """A one-row table of what the model is."""
         c = self.config
         header = ("family", "layers", "width", "mlp width", "heads", "vocab", "dtype", "fingerprint", "edits")
         row = (c.family, c.n_layers, c.d_model, c.d_mlp, c.n_heads, c.vocab_size, c.dtype, self.fingerprint,

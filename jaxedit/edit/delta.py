@@ -21,12 +21,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxedit.core.layout import Params
+from jaxedit.display import Rendered, html_table, request_text
 from jaxedit.errors import InputError, NotAppliedError
 from jaxedit.io.loading import Model
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Delta:
+class Delta(Rendered):
     """A change of `W_out` at `layers`: `kernel[l] += left[i].T @ right[i]` for `l = layers[i]`.
 
     Attributes:
@@ -103,29 +104,18 @@ class Delta:
             **({"attached": [a.summary() for a in self.attached]} if self.attached else {}),
         }
 
-    def _repr_html_(self) -> str | None:
-        """Treescope's rendering when it is installed, else `html_table` (`jaxedit.display`)."""
-        from jaxedit.display import notebook_html
-
-        return notebook_html(self, self._html_table)
-
-    def __treescope_repr__(self, path: str | None, subtree_renderer: Any) -> Any:
-        """Treescope's rendering (`treescope.render_to_text(delta)`): what the delta edits, its norms
-        and requests, its factors as arrays."""
-        from jaxedit.display import treescope_fields
-
-        fields = [
+    def _display_fields(self) -> list[tuple[str, str | None, Any]]:
+        """Treescope's fields (`treescope.render_to_text(delta)`): what the delta edits, its norms and
+        requests, its factors as arrays."""
+        return [
             ("id", ".id", self.id), ("method", ".method", self.method), ("site", ".site", self.site),
             ("layers", ".layers", self.layers), ("rank", ".left.shape[1]", int(self.left.shape[1])),
             ("norms", ".norms()", self.norms()), ("requests", ".requests", self.requests),
             ("info", ".info", self.info), ("attached", ".attached", self.attached),
             ("left", ".left", self.left), ("right", ".right", self.right),
         ]  # fmt: skip
-        return treescope_fields(self, fields, path, subtree_renderer)
 
     def _html_table(self) -> str:
-        from jaxedit.display import html_table, request_text
-
         rows = [
             (part.site, layer, norm, part.left.shape[1])
             for part in (self, *self.attached)

@@ -20,7 +20,7 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from jaxedit.display import html_table, notebook_html, request_text, treescope_fields
+from jaxedit.display import Rendered, html_table, request_text
 from jaxedit.edit.adaptors import AdaptorEdit, adaptor_edits, withdraw_fact
 from jaxedit.edit.delta import Delta, apply, revert
 from jaxedit.errors import InputError, NotAppliedError
@@ -79,7 +79,7 @@ def _delta(entry: dict, tensors: dict[str, np.ndarray]) -> Delta:
     )  # fmt: skip
 
 
-class EditJournal:
+class EditJournal(Rendered):
     """Edits applied to a model, in order. `journal.model` is the edited model (a value)."""
 
     def __init__(self, model: Model) -> None:
@@ -195,20 +195,15 @@ class EditJournal:
         """Save the edited model as a Hugging Face checkpoint (`save_hf`)."""
         return save_hf(self.model, directory, overwrite=overwrite)
 
-    def _repr_html_(self) -> str | None:
-        """Treescope's rendering when it is installed, else `html_table` (`jaxedit.display`)."""
-        return notebook_html(self, self._html_table)
-
-    def __treescope_repr__(self, path: str | None, subtree_renderer: Any) -> Any:
-        """Treescope's rendering (`treescope.render_to_text(journal)`): the model, its fingerprints and
+    def _display_fields(self) -> list[tuple[str, str | None, Any]]:
+        """Treescope's fields (`treescope.render_to_text(journal)`): the model, its fingerprints and
         the entries in order."""
         model = self.model
-        fields = [
+        return [
             ("model", ".model.name", model.name), ("edits", None, len(self)),
             ("base_fingerprint", ".model.base_fingerprint", model.base_fingerprint),
             ("fingerprint", ".model.fingerprint", model.fingerprint), ("entries", ".entries()", self.entries()),
         ]  # fmt: skip
-        return treescope_fields(self, fields, path, subtree_renderer)
 
     def _html_table(self) -> str:
         rows = (
