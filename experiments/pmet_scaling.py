@@ -39,6 +39,7 @@ from jaxedit.edit.memit import memit
 from jaxedit.edit.target_store import stored_targets
 from jaxedit.evaluate import evaluate_counterfact, read_counterfact
 from jaxedit.io.cache import digest
+from jaxedit.runtime.execution import Execution
 
 NAME = "pmet_scaling"
 KEYS = ("ES", "PS", "NS", "score")
@@ -93,7 +94,7 @@ def main() -> None:
             summary = evaluate_counterfact(
                 model, cases, edit, method=method, batch=n, out_dir=CACHE / NAME / f"{method}-{n}-{digest(dataclasses.asdict(hp))}",
                 unedited_dir=CACHE / "unedited" / f"counterfact-g{args.generation_tokens}",
-                generation_tokens=args.generation_tokens, progress=False,
+                generation_tokens=args.generation_tokens, execution=Execution(progress=False),
                 settings={"hparams": dataclasses.asdict(hp), "stats_samples": args.stats_samples},
             )  # fmt: skip
             row = {k: summary[method][k] for k in (*KEYS, "fluency", "n")}

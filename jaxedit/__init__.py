@@ -17,9 +17,11 @@ from jaxedit.core.sharding import make_mesh, shard
 from jaxedit.io.flax_export import save_flax
 from jaxedit.io.loading import Model, load_model, save_hf
 from jaxedit.runtime.compile_cache import enable_compile_cache
+from jaxedit.runtime.execution import Execution
 
 __all__ = [
     "ConfigError",
+    "Execution",
     "Model",
     "ModelConfig",
     "Output",

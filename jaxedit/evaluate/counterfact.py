@@ -22,11 +22,9 @@ Runs are resumable: one JSON per case under `out_dir/cases/`, then `summary.json
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
@@ -37,8 +35,7 @@ from jaxedit.edit.requests import Request, as_request
 from jaxedit.errors import InputError
 from jaxedit.evaluate.metrics import generation_entropy, harmonic_mean, target_scores
 from jaxedit.evaluate.report import Report
-from jaxedit.evaluate.runner import run_edits, run_key
-from jaxedit.io.files import write_output
+from jaxedit.evaluate.runner import Benchmark, RunOptions, evaluate_edits
 from jaxedit.io.loading import Model
 
 TOKEN_PROTOCOL = "EasyEdit teacher-forced token accuracy (rewrite / rephrase / locality vs unedited top-1)"
@@ -240,73 +237,39 @@ def evaluate_counterfact(
     edit: Callable[[Model, Any], Delta] | None,
     *,
     method: str,
-    batch: int = 1,
-    out_dir: str | Path | None = None,
-    unedited_dir: str | Path | None = None,
     generation_tokens: int = 50,
-    progress: bool = True,
-    score_chunk: int = 64,
-    settings: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+    **options: Unpack[RunOptions],
+) -> Report:
     """Edit the cases on the unedited model, one at a time or `batch` together, score each before and
-    after, summarise.
+    after (`score_cases`: the scores equal those of one case at a time), summarise (`evaluate_edits`).
 
     Args:
       edit: `(model, request) -> Delta` (e.g. `lambda m, r: rome(m, r, stats)`); with `batch > 1`,
         `(model, [requests]) -> Delta` (MEMIT / PMET), applied once for the whole group; or None to score
         the unedited model only.
       method: the name the summary gives the edited rows.
-      batch: records edited together (each group on the unedited model).
-      out_dir: per-case JSON (`cases/<id>.json`, reused on rerun) and `summary.json`.
-      unedited_dir: per-case unedited scores shared across methods (see `run_edits`).
-      score_chunk: cases scored together (`score_cases`; the scores equal those of one case at a time).
+      generation_tokens: tokens sampled per generation prompt for fluency (0: no generation).
+      options: `batch`, `out_dir`, `unedited_dir`, `execution`, `settings` (`RunOptions`).
 
     Returns:
       `{"unedited": summary, method: summary, "protocol": ..., "seconds": ...}`.
     """
-    start = time.perf_counter()
-    scoring = {"benchmark": "counterfact", "generation_tokens": generation_tokens}
 
     def score(m: Model, chunk: Sequence[CounterfactCase], reference: Model | None) -> list[dict[str, Any]]:
         return score_cases(m, chunk, reference=reference, generation_tokens=generation_tokens)
 
-    pre_rows, post_rows = run_edits(
-        model,
-        cases,
-        edit,
-        score,
-        name=f"CounterFact ({method})",
-        batch=batch,
-        out_dir=out_dir,
-        unedited_dir=unedited_dir,
-        progress=progress,
-        score_chunk=score_chunk,
-        settings=settings,
-        scoring=scoring,
-    )
-    layouts = sorted({c.layout for c in cases})
-    summary = Report(unedited=summarise(pre_rows))
-    if post_rows:
-        summary[method] = summarise(post_rows)
-    summary["protocol"] = {
-        "ES/PS/NS": "ROME CounterFact: P(new) > P(true) (NS: P(true) > P(new)), length-normalised probabilities",
-        "token_acc": TOKEN_PROTOCOL,
-        "fluency": "generation entropy (2/3 H2 + 4/3 H3)/2 of top-k 5 samples"
-        + (
-            " of the rewrite and rephrase prompts (EasyEdit layout has no generation prompts)"
-            if "easyedit" in layouts
-            else ""
-        ),
-        "layouts": layouts,
-        "generation_tokens": generation_tokens,
-    }
-    summary["batch"] = batch
-    summary["run"] = {
-        **run_key(model, method, batch=batch, settings=settings, scoring=scoring),
-        "model": model.source,
-        "n": len(cases),
-    }
-    summary["seconds"] = round(time.perf_counter() - start, 1)
-    if out_dir is not None:
-        write_output(Path(out_dir) / "summary.json", json.dumps(summary, indent=1).encode())
-    return summary
+    def protocol(evaluated: Sequence[CounterfactCase]) -> dict[str, Any]:
+        layouts = sorted({c.layout for c in evaluated})
+        sources = " of the rewrite and rephrase prompts (EasyEdit layout has no generation prompts)"
+        return {
+            "ES/PS/NS": "ROME CounterFact: P(new) > P(true) (NS: P(true) > P(new)), length-normalised probabilities",
+            "token_acc": TOKEN_PROTOCOL,
+            "fluency": "generation entropy (2/3 H2 + 4/3 H3)/2 of top-k 5 samples"
+            + (sources if "easyedit" in layouts else ""),
+            "layouts": layouts,
+            "generation_tokens": generation_tokens,
+        }
+
+    scoring = {"benchmark": "counterfact", "generation_tokens": generation_tokens}
+    benchmark = Benchmark("CounterFact", score, summarise, scoring, protocol)
+    return evaluate_edits(model, cases, edit, benchmark, method=method, **options)

@@ -13,17 +13,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from tqdm.auto import tqdm
 
 from jaxedit.edit.delta import Delta, apply
 from jaxedit.errors import InputError
+from jaxedit.evaluate.report import Report
 from jaxedit.io.cache import digest
 from jaxedit.io.files import atomic_write_bytes, write_output
 from jaxedit.io.loading import Model
+from jaxedit.runtime.execution import Execution
 
 log = logging.getLogger(__name__)
 
@@ -104,129 +107,208 @@ def claim_directory(directory: Path, key: Mapping[str, Any]) -> None:
     write_output(record, json.dumps({"key": dict(key)}, indent=1).encode())
 
 
-def run_edits(
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+    """What one benchmark contributes to `evaluate_edits`: its name, how it scores and summarises cases.
+
+    Attributes:
+      name: shown in progress bars ("CounterFact", "zsRE").
+      score: `(model, [cases], reference) -> [metrics]`, one metrics dict per case, the cases sharing
+        forward batches; `reference` is the unedited model on edited runs.
+      summarise: per-case metric dicts -> one summary dict.
+      scoring: what `score` depends on: it enters the run key (`run_key`) that results directories are
+        claimed with, so unedited scores are shared only between runs scored alike.
+      protocol: the summary's `"protocol"` entry for the evaluated cases.
+    """
+
+    name: str
+    score: Score
+    summarise: Callable[[Sequence[dict[str, Any]]], dict[str, Any]]
+    scoring: Mapping[str, Any]
+    protocol: Callable[[Sequence[Any]], Any]
+
+
+class RunOptions(TypedDict, total=False):
+    """The keyword options every benchmark evaluation takes (`evaluate_edits`, `evaluate_counterfact`,
+    `evaluate_zsre`).
+
+    Attributes:
+      batch: cases edited together; each group starts from the unedited model (default 1).
+      out_dir: `cases/<case_id>.json` per case (reused when every case of a group is there) and
+        `summary.json`.
+      unedited_dir: `cases/<case_id>.json` of the unedited scores alone, shared by every method
+        evaluated on the same model, cases and scoring settings (so each unedited case is scored once).
+      execution: `score_cases`, the cases per `score` call (each chunk's files are written when it
+        finishes, so an interruption loses at most one chunk), and `progress`.
+      settings: what the edit depends on beyond the method's name (hyperparameters, statistics): it
+        enters the run key `out_dir` is claimed with.
+    """
+
+    batch: int
+    out_dir: str | Path | None
+    unedited_dir: str | Path | None
+    execution: Execution
+    settings: Mapping[str, Any] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Group:
+    """One group of cases edited together (`batch`: the run's batch size; the last group may hold fewer),
+    with their files and the rows saved by an earlier run."""
+
+    batch: int
+    cases: Sequence[Any]
+    paths: list[Path | None]
+    digest: str
+    saved: list[dict | None]
+
+
+def evaluate_edits(
     model: Model,
     cases: Sequence[Any],
     edit: Callable[[Model, Any], Delta] | None,
-    score: Score,
+    benchmark: Benchmark,
     *,
-    name: str,
-    batch: int = 1,
-    out_dir: str | Path | None = None,
-    unedited_dir: str | Path | None = None,
-    progress: bool = True,
-    score_chunk: int = 64,
-    settings: Mapping[str, Any] | None = None,
-    scoring: Mapping[str, Any] | None = None,
-) -> tuple[list[dict], list[dict]]:
+    method: str,
+    **options: Unpack[RunOptions],
+) -> Report:
     """Score every case on `model` ("pre") and, when `edit` is given, on the model edited for its group
-    ("post"); returns the two lists of per-case metric dicts.
+    ("post"); summarise both.
 
     Args:
       cases: objects with `case_id` and `request`.
-      edit: `(model, request) -> Delta`, or with `batch > 1` `(model, [requests]) -> Delta`.
-      score: `(model, [cases], reference) -> [metrics]`, one metrics dict per case, the cases sharing
-        forward batches; `reference` is the unedited model on edited runs.
-      batch: cases edited together; each group starts from the unedited model.
-      out_dir: `cases/<case_id>.json` per case (reused when every case of a group is there).
-      unedited_dir: `cases/<case_id>.json` of the unedited scores alone, shared by every method evaluated
-        on the same model, cases and scoring settings (so each unedited case is scored once).
-      score_chunk: cases per `score` call (each chunk's files are written when it finishes, so an
-        interruption loses at most one chunk).
-      settings: what the edit depends on beyond `name` (hyperparameters, statistics), and `scoring`,
-        what `score` depends on: both enter the run key (`run_key`) that `out_dir` and (`scoring` only)
-        `unedited_dir` are claimed with.
+      edit: `(model, request) -> Delta`, or with `batch > 1` `(model, [requests]) -> Delta`; None scores
+        the unedited model only.
+      method: the name the summary gives the edited rows.
+      options: see `RunOptions`.
+
+    Returns:
+      `{"unedited": summary, method: summary, "protocol", "batch", "run", "seconds"}`.
     """
+    start = time.perf_counter()
+    unknown = sorted(set(options) - RunOptions.__optional_keys__)
+    if unknown:
+        raise TypeError(
+            f"unknown evaluation options {unknown}; the options are {sorted(RunOptions.__optional_keys__)}"
+        )
+    batch, execution = options.get("batch", 1), options.get("execution", Execution())
+    settings, out_dir = options.get("settings"), options.get("out_dir")
     if not cases:
-        raise InputError(f"no {name} cases to evaluate")
+        raise InputError(f"no {benchmark.name} cases to evaluate")
     if batch < 1:
         raise InputError(f"batch must be at least 1, got {batch}")
-    if score_chunk < 1:
-        raise InputError(f"score_chunk must be at least 1, got {score_chunk}")
+    key = run_key(model, method, batch=batch, settings=settings, scoring=benchmark.scoring)
+    name = f"{benchmark.name} ({method})"  # the name results directories are claimed with
     directory = Path(out_dir) if out_dir is not None else None
-    unedited = Path(unedited_dir) if unedited_dir is not None else None
+    unedited = Path(options["unedited_dir"]) if options.get("unedited_dir") is not None else None
     if directory is not None:
-        claim_directory(directory, run_key(model, name, batch=batch, settings=settings, scoring=scoring))
+        claim_directory(directory, {**key, "method": name})
     if unedited is not None:
-        claim_directory(unedited, run_key(model, "unedited", scoring=scoring))
+        claim_directory(unedited, run_key(model, "unedited", scoring=benchmark.scoring))
     digests = {id(c): case_digest(c) for c in cases}
-
-    def score_chunked(m: Model, chunk_cases: Sequence[Any], reference: Model | None) -> list[dict]:
-        rows = score(m, chunk_cases, reference)
-        if len(rows) != len(chunk_cases):
-            raise InputError(f"score returned {len(rows)} rows for {len(chunk_cases)} cases")
-        return rows
-
-    def pre_scores(chunk_cases: Sequence[Any]) -> list[dict]:
-        """Unedited scores, read from `unedited_dir` where they were saved before."""
-        paths = [
-            unedited / "cases" / f"{c.case_id}.json" if unedited is not None else None for c in chunk_cases
-        ]
-        rows: list[dict | None] = [_read(p, digests[id(c)]) for p, c in zip(paths, chunk_cases, strict=True)]
-        rows = [None if row is None else row["scores"] for row in rows]
-        missing = [i for i, row in enumerate(rows) if row is None]
-        if missing:
-            for i, row in zip(
-                missing, score_chunked(model, [chunk_cases[i] for i in missing], None), strict=True
-            ):
-                rows[i] = row
-                _write(paths[i], {"case": digests[id(chunk_cases[i])], "scores": row})
-        return rows  # type: ignore[return-value]
-
-    groups = []  # (cases, their files, the group's digest, saved rows or None)
-    for start in range(0, len(cases), batch):
-        group = cases[start : start + batch]
-        paths = [directory / "cases" / f"{c.case_id}.json" if directory is not None else None for c in group]
-        group_digest = digest([digests[id(c)] for c in group], 16)
-        saved = [_read(p, digests[id(c)], group_digest) for p, c in zip(paths, group, strict=True)]
-        groups.append((group, paths, group_digest, saved))
-
-    # the unedited scores of every case still to score, in shared batches before any edit (one case per
-    # group would otherwise be scored alone, group after group)
-    todo_cases = [
-        c for group, _, _, saved in groups for c, row in zip(group, saved, strict=True) if row is None
+    groups = [
+        _saved_group(batch, cases[i : i + batch], directory, digests) for i in range(0, len(cases), batch)
     ]
-    unedited_rows: dict[int, dict] = {}
-    for first in tqdm(
-        range(0, len(todo_cases), score_chunk), desc=f"{name}: unedited scores", unit="chunk",
-        disable=not progress or len(todo_cases) <= score_chunk,
-    ):  # fmt: skip
-        chunk_cases = todo_cases[first : first + score_chunk]
-        unedited_rows.update(zip((id(c) for c in chunk_cases), pre_scores(chunk_cases), strict=True))
-
-    pre_rows: list[dict] = []
-    post_rows: list[dict] = []
-    bar = tqdm(total=len(cases), desc=f"{name} (batch {batch})", disable=not progress)
-    for group, paths, group_digest, saved_group in groups:
-        todo = [i for i, saved in enumerate(saved_group) if saved is None]  # scored before an interruption
-        bar.update(len(group) - len(todo))
-        if todo:
-            edited, edit_summary = None, None
-            if edit is not None:
-                delta = (
-                    edit(model, group[0].request) if batch == 1 else edit(model, [c.request for c in group])
-                )
-                edited, edit_summary = apply(model, delta), delta.summary()
-            for first in range(0, len(todo), score_chunk):
-                members = todo[first : first + score_chunk]
-                chunk_cases = [group[i] for i in members]
-                post = score_chunked(edited, chunk_cases, model) if edited is not None else None
-                for j, i in enumerate(members):
-                    case = group[i]
-                    saved = {
-                        "case_id": case.case_id, "case": digests[id(case)], "group": group_digest,
-                        "request": case.request.to_dict(), "pre": unedited_rows[id(case)],
-                    }  # fmt: skip
-                    if post is not None:
-                        saved["post"] = post[j]
-                        keep = ("id", "method", "layers", "rank")  # a batch's requests repeat in every case
-                        saved["edit"] = edit_summary if batch == 1 else {k: edit_summary[k] for k in keep}
-                    _write(paths[i], saved)
-                    saved_group[i] = saved
-                bar.update(len(members))  # per chunk: a batch of thousands shows its scoring progress
-        for saved in saved_group:
-            pre_rows.append(saved["pre"])
-            if "post" in saved:
-                post_rows.append(saved["post"])
+    todo = [c for g in groups for c, row in zip(g.cases, g.saved, strict=True) if row is None]
+    unedited_rows = _unedited_scores(model, todo, benchmark, unedited, digests, execution)
+    bar = tqdm(total=len(cases), desc=f"{name} (batch {batch})", disable=not execution.progress)
+    for group in groups:
+        _score_group(model, group, edit, benchmark, unedited_rows, digests, execution, bar)
     bar.close()
-    return pre_rows, post_rows
+    rows = [saved for group in groups for saved in group.saved]
+    summary = Report(unedited=benchmark.summarise([row["pre"] for row in rows]))
+    post = [row["post"] for row in rows if "post" in row]
+    if post:
+        summary[method] = benchmark.summarise(post)
+    summary["protocol"] = benchmark.protocol(cases)
+    summary["batch"] = batch
+    summary["run"] = {**key, "model": model.source, "n": len(cases)}
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    if directory is not None:
+        write_output(directory / "summary.json", json.dumps(summary, indent=1).encode())
+    return summary
+
+
+def _saved_group(batch: int, cases: Sequence[Any], directory: Path | None, digests: dict[int, str]) -> _Group:
+    paths = [directory / "cases" / f"{c.case_id}.json" if directory is not None else None for c in cases]
+    group_digest = digest([digests[id(c)] for c in cases], 16)
+    saved = [_read(p, digests[id(c)], group_digest) for p, c in zip(paths, cases, strict=True)]
+    return _Group(batch, cases, paths, group_digest, saved)
+
+
+def _scored(benchmark: Benchmark, model: Model, cases: Sequence[Any], reference: Model | None) -> list[dict]:
+    rows = benchmark.score(model, cases, reference)
+    if len(rows) != len(cases):
+        raise InputError(f"score returned {len(rows)} rows for {len(cases)} cases")
+    return rows
+
+
+def _unedited_scores(
+    model: Model,
+    cases: Sequence[Any],
+    benchmark: Benchmark,
+    unedited: Path | None,
+    digests: dict[int, str],
+    execution: Execution,
+) -> dict[int, dict]:
+    """The unedited scores of `cases` by `id`, in shared chunks before any edit (one case per group would
+    otherwise be scored alone, group after group); read from `unedited` where saved before."""
+    chunk = execution.score_cases
+    out: dict[int, dict] = {}
+    for first in tqdm(
+        range(0, len(cases), chunk), desc=f"{benchmark.name}: unedited scores", unit="chunk",
+        disable=not execution.progress or len(cases) <= chunk,
+    ):  # fmt: skip
+        members = cases[first : first + chunk]
+        paths = [unedited / "cases" / f"{c.case_id}.json" if unedited is not None else None for c in members]
+        for c, path in zip(members, paths, strict=True):
+            row = _read(path, digests[id(c)])
+            if row is not None:
+                out[id(c)] = row["scores"]
+        missing = [(c, p) for c, p in zip(members, paths, strict=True) if id(c) not in out]
+        if missing:
+            rows = _scored(benchmark, model, [c for c, _ in missing], None)
+            for (c, path), row in zip(missing, rows, strict=True):
+                out[id(c)] = row
+                _write(path, {"case": digests[id(c)], "scores": row})
+    return out
+
+
+def _score_group(
+    model: Model,
+    group: _Group,
+    edit: Callable[[Model, Any], Delta] | None,
+    benchmark: Benchmark,
+    unedited_rows: dict[int, dict],
+    digests: dict[int, str],
+    execution: Execution,
+    bar: tqdm,
+) -> None:
+    """Edit for `group` (when some of its cases were not saved before), score those cases on the edited
+    model chunk by chunk, and write each case's file; fills `group.saved`."""
+    todo = [i for i, saved in enumerate(group.saved) if saved is None]  # scored before an interruption
+    bar.update(len(group.cases) - len(todo))
+    if not todo:
+        return
+    edited, edit_summary = None, None
+    if edit is not None:
+        requests = [c.request for c in group.cases]
+        delta = edit(model, requests[0]) if group.batch == 1 else edit(model, requests)
+        edited, edit_summary = apply(model, delta), delta.summary()
+    for first in range(0, len(todo), execution.score_cases):
+        members = todo[first : first + execution.score_cases]
+        chunk = [group.cases[i] for i in members]
+        post = _scored(benchmark, edited, chunk, model) if edited is not None else None
+        for j, i in enumerate(members):
+            case = group.cases[i]
+            saved = {
+                "case_id": case.case_id, "case": digests[id(case)], "group": group.digest,
+                "request": case.request.to_dict(), "pre": unedited_rows[id(case)],
+            }  # fmt: skip
+            if post is not None:
+                saved["post"] = post[j]
+                keep = ("id", "method", "layers", "rank")  # a batch's requests repeat in every case
+                saved["edit"] = edit_summary if group.batch == 1 else {k: edit_summary[k] for k in keep}
+            _write(group.paths[i], saved)
+            group.saved[i] = saved
+        bar.update(len(members))  # per chunk: a batch of thousands shows its scoring progress

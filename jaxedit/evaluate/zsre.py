@@ -14,11 +14,9 @@ method and are skipped by `read_zsre` (their number is returned).
 from __future__ import annotations
 
 import dataclasses
-import json
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 
@@ -28,8 +26,7 @@ from jaxedit.edit.requests import Request, as_request
 from jaxedit.errors import InputError
 from jaxedit.evaluate.metrics import target_scores
 from jaxedit.evaluate.report import Report
-from jaxedit.evaluate.runner import run_edits, run_key
-from jaxedit.io.files import write_output
+from jaxedit.evaluate.runner import Benchmark, RunOptions, evaluate_edits
 from jaxedit.io.loading import Model
 
 PROTOCOL = "zsRE: teacher-forced token top-1 accuracy x100 (ES question, PS rephrase, NS locality answer)"
@@ -124,49 +121,17 @@ def evaluate_zsre(
     edit: Callable[[Model, Any], Delta] | None,
     *,
     method: str,
-    batch: int = 1,
-    out_dir: str | Path | None = None,
-    unedited_dir: str | Path | None = None,
-    progress: bool = True,
-    score_chunk: int = 64,
-    settings: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Edit (one at a time or in batches) and score zsRE cases; `{"unedited": ..., method: ...}`.
-
-    `out_dir` and `unedited_dir` cache per-case scores as in `run_edits`; `score_chunk` cases are scored
-    in shared forward batches (`score_zsre_cases`)."""
-    start = time.perf_counter()
-    scoring = {"benchmark": "zsre"}
+    **options: Unpack[RunOptions],
+) -> Report:
+    """Edit (one at a time or in batches) and score zsRE cases (`evaluate_edits`; `options`: see
+    `RunOptions`); `{"unedited": ..., method: ...}`. The cases of one `execution.score_cases` chunk are
+    scored in shared forward batches (`score_zsre_cases`)."""
 
     def score(m: Model, chunk: Sequence[ZsreCase], reference: Model | None) -> list[dict[str, Any]]:
         return score_zsre_cases(m, chunk)
 
-    pre, post = run_edits(
-        model,
-        cases,
-        edit,
-        score,
-        name=f"zsRE ({method})",
-        batch=batch,
-        out_dir=out_dir,
-        unedited_dir=unedited_dir,
-        progress=progress,
-        score_chunk=score_chunk,
-        settings=settings,
-        scoring=scoring,
-    )
-    summary = Report(unedited=summarise_zsre(pre))
-    if post:
-        summary[method] = summarise_zsre(post)
-    summary["protocol"] = PROTOCOL
-    summary["layouts"] = sorted({c.layout for c in cases})
-    summary["batch"] = batch
-    summary["run"] = {
-        **run_key(model, method, batch=batch, settings=settings, scoring=scoring),
-        "model": model.source,
-        "n": len(cases),
-    }
-    summary["seconds"] = round(time.perf_counter() - start, 1)
-    if out_dir is not None:
-        write_output(Path(out_dir) / "summary.json", json.dumps(summary, indent=1).encode())
-    return summary
+    def protocol(evaluated: Sequence[ZsreCase]) -> str:
+        return f"{PROTOCOL}; layouts: {', '.join(sorted({c.layout for c in evaluated}))}"
+
+    benchmark = Benchmark("zsRE", score, summarise_zsre, {"benchmark": "zsre"}, protocol)
+    return evaluate_edits(model, cases, edit, benchmark, method=method, **options)

@@ -1,7 +1,8 @@
 """How a computation runs, never what it computes: one frozen value for every speed or memory setting.
 
-`trace`, `trace_dataset` and `optimise_targets` take `execution=Execution(...)` and otherwise only
-parameters that change their result. Every choice that depends on the backend (a CPU or an
+`trace`, `trace_dataset`, `optimise_targets` and the benchmarks' scoring (`evaluate_edits`,
+`evaluate_counterfact`, `evaluate_zsre`) take `execution=Execution(...)` and otherwise only parameters
+that change their result. Every choice that depends on the backend (a CPU or an
 accelerator) is made here, in `Execution.resolved`, and nowhere else:
 
 - `threads`: grid programs run at once from host threads (`jaxedit.runtime.side_by_side`): 2 on a multi-core,
@@ -85,6 +86,8 @@ class Execution:
         run in parallel on the host's cores; on a CPU keep 1: each trace already runs `threads`).
       max_rows: batch rows per chunk of target optimisations (None: what `memory_budget` allows).
       memory_budget: bytes of activations a chunk of target optimisations may hold.
+      score_cases: benchmark cases scored together in shared forward batches (each chunk's per-case
+        files are written when it finishes, so an interruption loses at most one chunk).
       progress: show progress bars.
     """
 
@@ -98,12 +101,13 @@ class Execution:
     workers: int = 1
     max_rows: int | None = None
     memory_budget: float = TARGET_MEMORY
+    score_cases: int = 64
     progress: bool = True
 
     def __post_init__(self) -> None:
         for name, allowed in (("threads", ("auto",)), ("segments", ("auto", None)), ("row_block", ("auto", None)),
                               ("chunk_samples", (None,)), ("bucket", (None,)), ("workers", ()),
-                              ("max_rows", (None,)), ("shapes", ("auto", "bucket", "single"))):  # fmt: skip
+                              ("max_rows", (None,)), ("score_cases", ()), ("shapes", ("auto", "bucket", "single"))):  # fmt: skip
             _check_positive(name, getattr(self, name), allowed)
         if self.pad_to is not None and (
             len(self.pad_to) != 2 or any(type(v) is not int or v < 0 for v in self.pad_to)

@@ -13,6 +13,9 @@ from jaxedit.edit import Delta
 from jaxedit.evaluate import evaluate_counterfact, read_counterfact, score_case
 from jaxedit.evaluate.counterfact import score_cases
 from jaxedit.evaluate.metrics import generation_entropy, harmonic_mean, ngram_entropy
+from jaxedit.runtime.execution import Execution
+
+QUIET = Execution(progress=False)
 
 ROME_RECORD = {
     "case_id": 7,
@@ -122,7 +125,7 @@ def test_evaluation_is_resumable_and_summarises(model, tmp_path) -> None:
 
     out = tmp_path / "run"
     first = evaluate_counterfact(
-        model, cases, edit, method="test", out_dir=out, generation_tokens=4, progress=False
+        model, cases, edit, method="test", out_dir=out, generation_tokens=4, execution=QUIET
     )
     assert first["unedited"]["n"] == 2 and first["test"]["n"] == 2
     assert sorted(p.name for p in (out / "cases").iterdir()) == ["7.json", "8.json"]
@@ -132,7 +135,7 @@ def test_evaluation_is_resumable_and_summarises(model, tmp_path) -> None:
         raise AssertionError("cached cases must not be edited again")
 
     again = evaluate_counterfact(
-        model, cases, must_not_run, method="test", out_dir=out, generation_tokens=4, progress=False
+        model, cases, must_not_run, method="test", out_dir=out, generation_tokens=4, execution=QUIET
     )
     assert again["test"] == first["test"]
     es = [json.loads((out / "cases" / f"{i}.json").read_text())["post"]["ES"] for i in (7, 8)]
@@ -150,7 +153,7 @@ def test_unedited_scores_are_shared_across_methods(model, tmp_path, monkeypatch)
     shared = tmp_path / "unedited"
     first = evaluate_counterfact(
         model, cases, lambda m, r: zero, method="a", out_dir=tmp_path / "a", unedited_dir=shared,
-        generation_tokens=0, progress=False,
+        generation_tokens=0, execution=QUIET,
     )  # fmt: skip
     assert sorted(p.name for p in (shared / "cases").iterdir()) == ["7.json", "8.json"]
     calls = []
@@ -158,7 +161,7 @@ def test_unedited_scores_are_shared_across_methods(model, tmp_path, monkeypatch)
     monkeypatch.setattr(counterfact, "score_cases", lambda *a, **k: calls.append(k) or original(*a, **k))
     second = evaluate_counterfact(
         model, cases, lambda m, r: zero, method="b", out_dir=tmp_path / "b", unedited_dir=shared,
-        generation_tokens=0, progress=False,
+        generation_tokens=0, execution=QUIET,
     )  # fmt: skip
     assert len(calls) == 2 and all(k["reference"] is not None for k in calls)  # edited rows only
     assert second["unedited"] == first["unedited"]
@@ -181,7 +184,7 @@ def test_an_interrupted_batch_rescores_only_its_missing_cases(model, tmp_path, m
         batch=2,
         out_dir=out,
         generation_tokens=0,
-        progress=False,
+        execution=QUIET,
     )
     (out / "cases" / "8.json").unlink()  # as if the run stopped after scoring case 7
     calls = []
@@ -199,7 +202,7 @@ def test_an_interrupted_batch_rescores_only_its_missing_cases(model, tmp_path, m
         batch=2,
         out_dir=out,
         generation_tokens=0,
-        progress=False,
+        execution=QUIET,
     )
     assert calls == [["8"], ["8"]] and again["b"] == first["b"]  # case 8 scored before and after, 7 reused
 

@@ -15,6 +15,9 @@ from jaxedit import cli
 from jaxedit.edit import Delta
 from jaxedit.errors import InputError
 from jaxedit.evaluate import evaluate_counterfact, read_counterfact
+from jaxedit.runtime.execution import Execution
+
+QUIET = Execution(progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +44,7 @@ def _edit(scale: float):
 
 def _run(model, cases, out, method="a", scale=0.01, **kwargs):
     return evaluate_counterfact(
-        model, cases, _edit(scale), method=method, out_dir=out, generation_tokens=0, progress=False, **kwargs
+        model, cases, _edit(scale), method=method, out_dir=out, generation_tokens=0, execution=QUIET, **kwargs
     )
 
 
@@ -64,6 +67,12 @@ def test_another_method_model_or_setting_is_refused(model, cases, tmp_path) -> N
     assert _run(model, cases, out, scale=5.0, settings={"lr": 0.5})["a"] == first["a"]  # resumed, not redone
 
 
+def test_an_unknown_option_is_refused_before_any_work(model, cases, tmp_path) -> None:
+    with pytest.raises(TypeError, match=r"unknown evaluation options \['progress'\]"):
+        evaluate_counterfact(model, cases, None, method="a", out_dir=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_folder_of_unknown_results_is_refused(model, cases, tmp_path) -> None:
     (tmp_path / "old" / "cases").mkdir(parents=True)
     (tmp_path / "old" / "cases" / "7.json").write_text("{}")
@@ -83,16 +92,16 @@ def test_a_changed_case_or_group_is_scored_again(model, cases, tmp_path) -> None
         return _edit(0.01)(m, request)
 
     evaluate_counterfact(
-        model, changed, counting, method="a", out_dir=out, generation_tokens=0, progress=False
+        model, changed, counting, method="a", out_dir=out, generation_tokens=0, execution=QUIET
     )
     assert calls == ["london"]
     grouped = tmp_path / "grouped"
     evaluate_counterfact(model, cases, lambda m, rs: _edit(0.01)(m, rs[0]), method="a", batch=2, out_dir=grouped,
-                         generation_tokens=0, progress=False)  # fmt: skip
+                         generation_tokens=0, execution=QUIET)  # fmt: skip
     alone = [cases[0]]  # case 7 was edited with case 8: its saved row is not this group's
     calls.clear()
     evaluate_counterfact(model, alone, lambda m, rs: calls.append(len(rs)) or _edit(0.01)(m, rs[0]), method="a",
-                         batch=2, out_dir=grouped, generation_tokens=0, progress=False)  # fmt: skip
+                         batch=2, out_dir=grouped, generation_tokens=0, execution=QUIET)  # fmt: skip
     assert calls == [1]
 
 

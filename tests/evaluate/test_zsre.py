@@ -10,6 +10,9 @@ import pytest
 
 import jaxedit
 from jaxedit.evaluate.zsre import evaluate_zsre, read_zsre, score_zsre_case
+from jaxedit.runtime.execution import Execution
+
+QUIET = Execution(progress=False)
 
 MEND = {
     "subject": "danielle darrieux",
@@ -72,7 +75,7 @@ def test_summary_score_is_the_mean(model, tmp_path) -> None:
     path = tmp_path / "zsre.json"
     path.write_text(json.dumps([MEND, KNOWEDIT]))
     cases, _ = read_zsre(path)
-    summary = evaluate_zsre(model, cases, None, method="none", out_dir=tmp_path / "run", progress=False)
+    summary = evaluate_zsre(model, cases, None, method="none", out_dir=tmp_path / "run", execution=QUIET)
     row = summary["unedited"]
     assert row["n"] == 2
     assert row["score"] == pytest.approx(np.mean([row["ES"], row["PS"], row["NS"]]), abs=0.01)
@@ -80,7 +83,7 @@ def test_summary_score_is_the_mean(model, tmp_path) -> None:
 
 
 def test_chunked_evaluation_equals_case_by_case_and_resumes(model, tmp_path) -> None:
-    """`score_chunk` cases share forward batches; the per-case rows equal one case at a time, and a rerun
+    """`execution.score_cases` cases share forward batches; the per-case rows equal one case at a time, and a rerun
     whose files are all present scores nothing (the chunk's cases were written together)."""
     from jaxedit.edit import Delta
 
@@ -108,8 +111,7 @@ def test_chunked_evaluation_equals_case_by_case_and_resumes(model, tmp_path) -> 
             method="t",
             batch=6,
             out_dir=out,
-            score_chunk=chunk,
-            progress=False,
+            execution=Execution(score_cases=chunk, progress=False),
         )
     for name in ("unedited", "t"):
         assert runs[1][name] == runs[4][name]
@@ -132,9 +134,8 @@ def test_chunked_evaluation_equals_case_by_case_and_resumes(model, tmp_path) -> 
         method="t",
         batch=6,
         out_dir=tmp_path / "chunk4",
-        score_chunk=4,
-        progress=False,
+        execution=Execution(score_cases=4, progress=False),
     )
     assert again["t"] == runs[4]["t"]
-    with pytest.raises(ValueError, match="score_chunk"):
-        evaluate_zsre(model, cases, None, method="t", score_chunk=0, progress=False)
+    with pytest.raises(ValueError, match="score_cases"):
+        Execution(score_cases=0)

@@ -22,6 +22,7 @@ from jaxedit.edit.memit import MemitHparams
 from jaxedit.edit.requests import Request
 from jaxedit.edit.targets import TargetHparams
 from jaxedit.evaluate import evaluate_counterfact, read_counterfact
+from jaxedit.runtime.execution import Execution
 
 TEXTS = [f"text {i} on the eiffel tower w{i % 50} and rome w{(3 * i) % 50}" for i in range(40)]
 TEMPLATES = ["{}", "the city of rome . {}"]
@@ -68,7 +69,7 @@ def evaluation(model, place: Path) -> dict:
 
     summary = evaluate_counterfact(
         model, read_counterfact(data), edit, method="t", out_dir=place / "out", generation_tokens=0,
-        progress=False, score_chunk=1,
+        execution=Execution(score_cases=1, progress=False),
     )  # fmt: skip
     return {k: summary[k] for k in ("unedited", "t")}
 
