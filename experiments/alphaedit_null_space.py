@@ -7,24 +7,18 @@ of the key dimensions the eigenvalue threshold keeps for editing (eigenvalues of
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
-from common import RESULTS, cpu_model, wikipedia_statistics, write_text
+from common import RESULTS, begin, cpu_model, experiment_parser, wikipedia_statistics, write_text
 
-import jaxedit
 from jaxedit.edit.alphaedit import default_hparams, null_space_projector
 
 THRESHOLDS = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--stats-samples", type=int, default=1000, help="Wikipedia articles (128 tokens each)"
-    )
+    parser = experiment_parser(__doc__, stats_samples=1000)
     args = parser.parse_args()
-    model = jaxedit.load_model("smollm2")
+    _, model = begin(args)
     hp = default_hparams(model)
     stats = wikipedia_statistics(model, hp.layers, args.stats_samples)
     lines = [

@@ -1,29 +1,70 @@
-"""Shared pieces of the experiment scripts: data paths, machine description, markdown tables."""
+"""Shared pieces of the experiment scripts: their options and start, data paths, the machine's
+description, markdown tables."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from jaxedit import Model
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("JAXEDIT_SHARED", ROOT.parent / "shared"))
-RESULTS = ROOT / "experiments" / "results"
+# results files (elsewhere when JAXEDIT_EXPERIMENT_RESULTS is set: a trial run keeps the committed ones)
+RESULTS = Path(os.environ.get("JAXEDIT_EXPERIMENT_RESULTS", ROOT / "experiments" / "results"))
 # per-fact caches of resumable runs (outside the repository when JAXEDIT_EXPERIMENT_CACHE is set)
 CACHE = Path(os.environ.get("JAXEDIT_EXPERIMENT_CACHE", RESULTS / ".cache"))
+
+
+def experiment_parser(
+    doc: str,
+    *,
+    n: int | bool | None = False,
+    n_help: str | None = None,
+    methods: str | None = None,
+    stats_samples: int | None = None,
+    generation_tokens: int | None = None,
+) -> argparse.ArgumentParser:
+    """The options the experiments share: `--model` always; `--n`, `--methods`, `--stats-samples` and
+    `--generation-tokens` when given a default (`n=None`: all records by default; `False`: no `--n`)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--model", default="smollm2", help="'smollm2', a HF directory or a .gguf file")
+    if n is not False:
+        parser.add_argument("--n", type=int, default=n, help=n_help or "first N records")
+    if methods is not None:
+        parser.add_argument("--methods", default=methods, help="comma-separated")
+    if stats_samples is not None:
+        parser.add_argument(
+            "--stats-samples", type=int, default=stats_samples, help="Wikipedia articles (128 tokens each)"
+        )
+    if generation_tokens is not None:
+        parser.add_argument("--generation-tokens", type=int, default=generation_tokens)
+    return parser
+
+
+def begin(args: argparse.Namespace, level: int = logging.INFO) -> tuple[float, Model]:
+    """An experiment's start: logging at `level`, the clock and the model of `--model`."""
+    import jaxedit
+
+    logging.basicConfig(level=level, format="%(message)s")
+    logging.getLogger("jaxedit").setLevel(level)
+    return time.perf_counter(), jaxedit.load_model(args.model)
 
 
 def trace_parser(doc: str) -> argparse.ArgumentParser:
     """Command-line options shared by the tracing experiments."""
     from jaxedit.trace.dataset import parse_shapes
 
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--n", type=int, default=50, help="correctly predicted facts to trace")
+    parser = experiment_parser(doc, n=50, n_help="correctly predicted facts to trace")
     parser.add_argument("--samples", type=int, default=10, help="noise samples per fact")
-    parser.add_argument("--model", default="smollm2", help="'smollm2', a HF directory or a .gguf file")
     parser.add_argument("--bucket", type=int, default=4, help="pad prompt shapes to multiples of this")
     parser.add_argument("--workers", type=int, default=1, help="facts traced concurrently (accelerators)")
     parser.add_argument(

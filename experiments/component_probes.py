@@ -10,14 +10,12 @@ their top-50 lens tokens. Writes `experiments/results/component_probes.{json,md,
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
 import numpy as np
-from common import RESULTS, machine, shared_data, write_text
+from common import RESULTS, begin, experiment_parser, machine, shared_data, write_text
 
-import jaxedit
 from jaxedit.lens import component_probes, read_lens_facts
 from jaxedit.lens.plot import plot_probes
 
@@ -25,11 +23,9 @@ NAME = "component_probes"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=None)
+    parser = experiment_parser(__doc__, n=None)
     args = parser.parse_args()
-    start = time.perf_counter()
-    model = jaxedit.load_model("smollm2")
+    start, model = begin(args)
     facts = read_lens_facts(shared_data("rets", "known_1000.json"))[: args.n]
     result = component_probes(model, [f.prompt for f in facts])
     seconds = round(time.perf_counter() - start)

@@ -14,15 +14,22 @@ Writes `experiments/results/entity_vs_relation.{json,md}`.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import logging
 import time
 
-from common import CACHE, RESULTS, machine, markdown_table, shared_data, wikipedia_statistics, write_text
+from common import (
+    CACHE,
+    RESULTS,
+    begin,
+    experiment_parser,
+    machine,
+    markdown_table,
+    shared_data,
+    wikipedia_statistics,
+    write_text,
+)
 
-import jaxedit
 from jaxedit.edit import memit, rome
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.memit import default_hparams as memit_hparams
@@ -86,15 +93,10 @@ def comparison(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=50)
-    parser.add_argument("--methods", default=",".join(ALL))
-    parser.add_argument("--stats-samples", type=int, default=1000)
+    parser = experiment_parser(__doc__, n=50, methods=",".join(ALL), stats_samples=1000)
     parser.add_argument("--constraint-n", type=int, default=20000)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    start = time.perf_counter()
-    model = jaxedit.load_model("smollm2")
+    start, model = begin(args)
     rome_hp, rets_hp = rome_hparams(model), rets_hparams(model)
     entity_layer, relation_layer = rome_hp.layer, rets_hp.layer
     held_out = context_templates(model, ((10, 5),), seed=rome_hp.seed + 1)  # not the edits' contexts

@@ -15,7 +15,6 @@ the unedited model's, the best mean of ES and PS. Writes
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -26,9 +25,8 @@ import numpy as np
 matplotlib.use("Agg")
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
-from common import RESULTS, machine, run_cache, shared_data, write_text
+from common import RESULTS, begin, experiment_parser, machine, run_cache, shared_data, write_text
 
-import jaxedit
 from jaxedit.edit import apply
 from jaxedit.edit.adaptors import fired
 from jaxedit.edit.gate import adaptor_of, with_adaptor
@@ -40,15 +38,12 @@ VARIANTS = (("center", "cosine"), ("l2", "cosine"), ("none", "dot"))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=64)
+    parser = experiment_parser(__doc__, n=64)
     parser.add_argument("--alphas", default="100,300,1000,3000")
     parser.add_argument("--thetas", default="0.5,0.65,0.75,0.85")
     parser.add_argument("--finalists", type=int, default=4, help="best initialisation-only gates retrofitted")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    start = time.perf_counter()
-    model = jaxedit.load_model("smollm2")
+    start, model = begin(args)
     cases, _ = read_zsre(shared_data("zsre", "ZsRE-test-all.json"))
     cases = cases[: args.n]
     alphas = [float(a) for a in args.alphas.split(",")]

@@ -17,15 +17,13 @@ inputs they won and write nothing), cannot hand a question to a neighbour and is
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import time
 
-from common import RESULTS, machine, run_cache, shared_data, write_text
+from common import RESULTS, begin, experiment_parser, machine, run_cache, shared_data, write_text
 
-import jaxedit
 from jaxedit.edit import apply
 from jaxedit.edit.ireva import default_hparams, ireva
 from jaxedit.evaluate.withdrawal import withdrawal_metrics
@@ -35,17 +33,14 @@ NAME = "ireva_withdrawal"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=200)
+    parser = experiment_parser(__doc__, n=200)
     parser.add_argument(
         "--variants",
         default="0.65:0.001,0.75:0.001,0.65:1,0.75:1,0.65:0.001:x",
         help="theta:b pairs; a third field `x` turns on exclusive floors",
     )
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    start = time.perf_counter()
-    model = jaxedit.load_model("smollm2")
+    start, model = begin(args)
     cases, _ = read_zsre(shared_data("zsre", "zsre_mend_edit.json"))
     cases = cases[: args.n]
     unedited = summarise_zsre(score_zsre_cases(model, cases))

@@ -19,7 +19,6 @@ be run separately and the tables are rebuilt from what has run. Writes
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -32,6 +31,8 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 from common import (
     RESULTS,
+    begin,
+    experiment_parser,
     machine,
     markdown_table,
     mass_setup,
@@ -41,7 +42,6 @@ from common import (
     write_text,
 )
 
-import jaxedit
 from jaxedit.edit import FT_L, apply, finetune, memit, rome_sequence
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.gate import adaptor_of, with_adaptor
@@ -105,18 +105,19 @@ def edited_model(model, method: str, cases, stats_samples: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=None, help="records for iReVa (default: all)")
+    parser = experiment_parser(
+        __doc__,
+        n=None,
+        n_help="records for iReVa (default: all)",
+        methods=",".join(ALL_METHODS),
+        stats_samples=1000,
+    )
     parser.add_argument(
         "--compare", type=int, default=200, help="records for the comparison with other methods"
     )
-    parser.add_argument("--methods", default=",".join(ALL_METHODS))
     parser.add_argument("--thetas", default="0.3,0.4,0.5,0.6,0.75,0.9")
-    parser.add_argument("--stats-samples", type=int, default=1000)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    start = time.perf_counter()
-    model = jaxedit.load_model("smollm2")
+    start, model = begin(args)
     everything, skipped = read_zsre(shared_data("zsre", "zsre_mend_edit.json"))
     everything = everything[: args.n]
     first = everything[: args.compare]

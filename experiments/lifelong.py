@@ -18,14 +18,21 @@ invocation keep their results in that file when its settings are the same.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
 
-from common import RESULTS, cpu_model, machine, shared_data, wikipedia_statistics, write_text
+from common import (
+    RESULTS,
+    begin,
+    cpu_model,
+    experiment_parser,
+    machine,
+    shared_data,
+    wikipedia_statistics,
+    write_text,
+)
 
-import jaxedit
 from jaxedit.data.records import read_records
 from jaxedit.edit.sequential import default_hparams, sequential
 from jaxedit.evaluate import read_counterfact
@@ -133,24 +140,19 @@ def render(results: dict, benchmark: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=2000)
+    parser = experiment_parser(
+        __doc__, n=2000, methods="memit,pmet,alphaedit,rome", stats_samples=1000, generation_tokens=50
+    )
     parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--methods", default="memit,pmet,alphaedit,rome")
     parser.add_argument("--benchmark", choices=("counterfact", "zsre"), default="counterfact")
     parser.add_argument("--probe-every", type=int, default=1)
-    parser.add_argument(
-        "--stats-samples", type=int, default=1000, help="Wikipedia articles (128 tokens each)"
-    )
-    parser.add_argument("--generation-tokens", type=int, default=50)
     parser.add_argument("--render", action="store_true", help="only rewrite the md / png from the json")
     args = parser.parse_args()
-    logging.getLogger("jaxedit").setLevel(logging.WARNING)
     path = RESULTS / f"lifelong_{args.benchmark}.json"
     if args.render:
         render(json.loads(path.read_text()), args.benchmark)
         return
-    model = jaxedit.load_model("smollm2")
+    _, model = begin(args, logging.WARNING)
     if args.benchmark == "zsre":
         cases, _ = read_zsre(shared_data("zsre", "zsre_mend_edit.json"))
     else:

@@ -15,16 +15,16 @@ results already in that file when it holds the same number of records.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import logging
 import time
 
 from common import (
     CACHE,
     RESULTS,
     TARGETS_CACHE,
+    begin,
+    experiment_parser,
     machine,
     markdown_table,
     mass_setup,
@@ -33,7 +33,6 @@ from common import (
     write_text,
 )
 
-import jaxedit
 from jaxedit.edit import rome_sequence
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.memit import memit
@@ -141,29 +140,23 @@ has one paraphrase and one neighbourhood prompt.
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=200)
-    parser.add_argument("--methods", default="memit,pmet,rome")
-    parser.add_argument(
-        "--stats-samples", type=int, default=1000, help="Wikipedia articles (128 tokens each)"
+    parser = experiment_parser(
+        __doc__, n=200, methods="memit,pmet,rome", stats_samples=1000, generation_tokens=50
     )
-    parser.add_argument("--generation-tokens", type=int, default=50)
     parser.add_argument("--render", action="store_true", help="only rewrite the md from the existing json")
     args = parser.parse_args()
     if args.render:
         results = json.loads((RESULTS / f"{NAME}.json").read_text())
         render(results, results.pop("settings"))
         return
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    start = time.perf_counter()
-    model = jaxedit.load_model("smollm2")
+    start, model = begin(args)
     cases = read_counterfact(shared_data("counterfact_easyedit", "counterfact-edit.json"))[: args.n]
     requests = [c.request for c in cases]
     methods = args.methods.split(",")
     results, settings = previous_results(len(cases), methods)
     run = f"n{len(cases)}-g{args.generation_tokens}"
     for method in methods:
-        begin = time.perf_counter()
+        began = time.perf_counter()
         if method in ("memit", "pmet"):
             hp, stats, templates = mass_setup(model, method, len(cases), args.stats_samples)
             targets = stored_targets(model, requests, hp, templates, TARGETS_CACHE)
@@ -194,7 +187,7 @@ def main() -> None:
         )  # fmt: skip
         results.setdefault("unedited", {k: summary["unedited"][k] for k in KEYS})
         results[method] = {k: summary[method][k] for k in KEYS}
-        settings["seconds_per_method"][method] = round(time.perf_counter() - begin)
+        settings["seconds_per_method"][method] = round(time.perf_counter() - began)
     settings["seconds"] = round(time.perf_counter() - start)
     settings["stats_samples"] = args.stats_samples
     write_text(RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1))

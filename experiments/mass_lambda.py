@@ -15,7 +15,6 @@ the packaged SmolLM2 hyperparameter files (`jaxedit/hparams/{memit,pmet}/llama-3
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -26,9 +25,18 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from common import RESULTS, TARGETS_CACHE, machine, run_cache, shared_data, wikipedia_statistics, write_text
+from common import (
+    RESULTS,
+    TARGETS_CACHE,
+    begin,
+    experiment_parser,
+    machine,
+    run_cache,
+    shared_data,
+    wikipedia_statistics,
+    write_text,
+)
 
-import jaxedit
 from jaxedit.edit import apply
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.memit import MemitHparams, default_hparams, memit, pmet_hparams
@@ -75,20 +83,16 @@ def choose(points: dict[str, dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=64)
+    parser = experiment_parser(__doc__, n=64, stats_samples=1000)
     parser.add_argument("--grid", default="15000,6000,2000,1000,500,200")
     parser.add_argument(
         "--methods",
         default="memit,pmet,pmet:clamp=2:attn_clamp=0.75,pmet:clamp=4:attn_clamp=0.75",
         help="methods, each optionally with target settings changed (pmet:clamp=3)",
     )
-    parser.add_argument("--stats-samples", type=int, default=1000)
     parser.add_argument("--name", default=NAME, help="results file name (experiments/results/NAME.*)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    start = time.perf_counter()
-    model = jaxedit.load_model("smollm2")
+    start, model = begin(args)
     cases = read_counterfact(shared_data("counterfact_easyedit", "counterfact-train.json"))[: args.n]
     grid = [float(x) for x in args.grid.split(",")]
     requests = [c.request for c in cases]

@@ -16,15 +16,15 @@ scoring (to spread the full set over several sittings), and deleting the folder 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import logging
 import time
 
 from common import (
     CACHE,
     RESULTS,
+    begin,
+    experiment_parser,
     machine,
     markdown_table,
     mass_setup,
@@ -32,7 +32,6 @@ from common import (
     write_text,
 )
 
-import jaxedit
 from jaxedit.edit.memit import memit
 from jaxedit.edit.target_store import stored_targets, stored_time
 from jaxedit.evaluate.zsre import PROTOCOL, evaluate_zsre, read_zsre
@@ -49,18 +48,15 @@ PAPER = {  # paper 002 Table 2, GPT-J, 10,000 zsRE edits (no score column there)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=None, help="first N records (default: all)")
+    parser = experiment_parser(
+        __doc__, n=None, n_help="first N records (default: all)", methods="memit,pmet", stats_samples=1000
+    )
     parser.add_argument("--batch", type=int, default=None, help="edits per batch (default: all at once)")
-    parser.add_argument("--methods", default="memit,pmet")
-    parser.add_argument("--stats-samples", type=int, default=1000)
     parser.add_argument(
         "--targets-only", action="store_true", help="optimise and keep the targets; no solve or scoring"
     )
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    start = time.perf_counter()
-    model = jaxedit.load_model("smollm2")
+    start, model = begin(args)
     cases, skipped = read_zsre(shared_data("zsre", "zsre_mend_edit.json"))
     cases = cases[: args.n]
     batch = args.batch or len(cases)

@@ -14,7 +14,6 @@ change the packaged value. Writes `experiments/results/mass_zsre_lambda.{json,md
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -24,9 +23,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from common import RESULTS, machine, mass_setup, run_cache, shared_data, write_text
+from common import RESULTS, begin, experiment_parser, machine, mass_setup, run_cache, shared_data, write_text
 
-import jaxedit
 from jaxedit.edit import apply
 from jaxedit.edit.memit import memit
 from jaxedit.edit.target_store import stored_targets
@@ -38,15 +36,12 @@ KEYS = ("ES", "PS", "NS", "score")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=None, help="first N records (default: all)")
+    parser = experiment_parser(
+        __doc__, n=None, n_help="first N records (default: all)", methods="memit,pmet", stats_samples=1000
+    )
     parser.add_argument("--grid", default="2000,500,100")
-    parser.add_argument("--methods", default="memit,pmet")
-    parser.add_argument("--stats-samples", type=int, default=1000)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    start = time.perf_counter()
-    model = jaxedit.load_model("smollm2")
+    start, model = begin(args)
     cases, _ = read_zsre(shared_data("zsre", "zsre_mend_edit.json"))
     cases = cases[: args.n]
     requests = [c.request for c in cases]

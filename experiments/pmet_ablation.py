@@ -13,10 +13,8 @@ Frobenius norm of the weight change (paper 002 Fig. 4 relates it to specificity)
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import logging
 import time
 
 import numpy as np
@@ -24,6 +22,8 @@ from common import (
     CACHE,
     RESULTS,
     TARGETS_CACHE,
+    begin,
+    experiment_parser,
     machine,
     markdown_table,
     mass_setup,
@@ -32,7 +32,6 @@ from common import (
     write_text,
 )
 
-import jaxedit
 from jaxedit.edit.memit import memit
 from jaxedit.edit.target_store import stored_targets
 from jaxedit.evaluate import evaluate_counterfact, read_counterfact
@@ -49,14 +48,9 @@ PAPER = {  # paper 002 Table 3, GPT-J, 1,000 CounterFact edits (fluency x100)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=64)
-    parser.add_argument("--stats-samples", type=int, default=1000)
-    parser.add_argument("--generation-tokens", type=int, default=50)
+    parser = experiment_parser(__doc__, n=64, stats_samples=1000, generation_tokens=50)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    start = time.perf_counter()
-    model = jaxedit.load_model("smollm2")
+    start, model = begin(args)
     cases = read_counterfact(shared_data("counterfact_easyedit", "counterfact-edit.json"))[: args.n]
     requests = [c.request for c in cases]
     hp, stats, templates = mass_setup(model, "pmet", len(cases), args.stats_samples)

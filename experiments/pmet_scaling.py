@@ -12,7 +12,6 @@ and method (cached) and each count re-solves the layer updates. Writes
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -27,6 +26,8 @@ from common import (
     CACHE,
     RESULTS,
     TARGETS_CACHE,
+    begin,
+    experiment_parser,
     machine,
     markdown_table,
     mass_setup,
@@ -34,7 +35,6 @@ from common import (
     write_text,
 )
 
-import jaxedit
 from jaxedit.edit.memit import memit
 from jaxedit.edit.target_store import stored_targets
 from jaxedit.evaluate import evaluate_counterfact, read_counterfact
@@ -51,16 +51,11 @@ def edit_counts(largest: int, points: int) -> list[int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = experiment_parser(__doc__, methods="memit,pmet", stats_samples=1000, generation_tokens=0)
     parser.add_argument("--max", type=int, default=256)
     parser.add_argument("--points", type=int, default=9)
-    parser.add_argument("--methods", default="memit,pmet")
-    parser.add_argument("--stats-samples", type=int, default=1000)
-    parser.add_argument("--generation-tokens", type=int, default=0)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    start = time.perf_counter()
-    model = jaxedit.load_model("smollm2")
+    start, model = begin(args)
     all_cases = read_counterfact(shared_data("counterfact_easyedit", "counterfact-edit.json"))[: args.max]
     counts = edit_counts(len(all_cases), args.points)
     methods = args.methods.split(",")
@@ -68,9 +63,9 @@ def main() -> None:
     target_seconds: dict = {}
     for method in methods:
         hp, stats, templates = mass_setup(model, method, len(all_cases), args.stats_samples)
-        begin = time.perf_counter()
+        began = time.perf_counter()
         targets = stored_targets(model, [c.request for c in all_cases], hp, templates, TARGETS_CACHE)
-        target_seconds[method] = round(time.perf_counter() - begin)
+        target_seconds[method] = round(time.perf_counter() - began)
         for n in counts:
             cases = all_cases[:n]
             solve: dict = {}
@@ -85,10 +80,10 @@ def main() -> None:
                 targets=first,
                 solve=solve,
             ):
-                begin = time.perf_counter()
+                began = time.perf_counter()
                 batch = batch if isinstance(batch, list) else [batch]  # the runner passes one request alone
                 delta = memit(m, batch, stats, hp, templates=templates, targets=targets)
-                solve["seconds"] = round(time.perf_counter() - begin, 1)
+                solve["seconds"] = round(time.perf_counter() - began, 1)
                 return delta
 
             summary = evaluate_counterfact(

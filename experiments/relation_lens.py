@@ -13,15 +13,12 @@ zeroed for a window of layers) on the first `--blocking-n` facts. Writes
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import time
 
 import numpy as np
-from common import CACHE, RESULTS, machine, shared_data, write_text
+from common import CACHE, RESULTS, begin, experiment_parser, machine, shared_data, write_text
 
-import jaxedit
 from jaxedit.lens import attribute_rate, read_attributes, read_lens_facts, sublayer_blocking
 from jaxedit.lens.plot import plot_relation
 
@@ -30,13 +27,10 @@ PAPER = {"GPT-2 XL": {"objects_included": 68, "rho": 0.97}, "GPT-J": {"objects_i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=None)
+    parser = experiment_parser(__doc__, n=None)
     parser.add_argument("--blocking-n", type=int, default=200)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    start = time.perf_counter()
-    model = jaxedit.load_model("smollm2")
+    start, model = begin(args)
     attributes = read_attributes(shared_data("rets", "relation_related_attributes.json"))
     facts = [f for f in read_lens_facts(shared_data("rets", "known_1000.json")) if f.relation in attributes][
         : args.n

@@ -14,15 +14,15 @@ keyed by method (`unedited`, `ft-l`, `rome`, `pmet`, `rets`, `rets-nosc`).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import logging
 import time
 
 from common import (
     CACHE,
     RESULTS,
+    begin,
+    experiment_parser,
     machine,
     markdown_table,
     mass_setup,
@@ -31,7 +31,6 @@ from common import (
     write_text,
 )
 
-import jaxedit
 from jaxedit.edit import FT_L, finetune, memit, rome
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.rets import default_hparams as rets_hparams
@@ -134,16 +133,12 @@ def comparison(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=100)
+    parser = experiment_parser(
+        __doc__, n=100, methods=",".join(ALL), stats_samples=1000, generation_tokens=50
+    )
     parser.add_argument("--constraint-n", type=int, default=20000, help="prompts of the subject constraint")
-    parser.add_argument("--methods", default=",".join(ALL))
-    parser.add_argument("--stats-samples", type=int, default=1000)
-    parser.add_argument("--generation-tokens", type=int, default=50)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    start = time.perf_counter()
-    model = jaxedit.load_model("smollm2")
+    start, model = begin(args)
     cases = read_counterfact(shared_data("counterfact_easyedit", "counterfact-edit.json"))[: args.n]
     cases = attach_rspec(
         model, cases, shared_data("pararel"), known=shared_data("rets", "known_1000.json"),

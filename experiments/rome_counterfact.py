@@ -13,15 +13,21 @@ under `experiments/results/.cache/` (or `$JAXEDIT_EXPERIMENT_CACHE`) so an inter
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import logging
 import time
 
-from common import CACHE, RESULTS, machine, shared_data, wikipedia_statistics, write_text
+from common import (
+    CACHE,
+    RESULTS,
+    begin,
+    experiment_parser,
+    machine,
+    shared_data,
+    wikipedia_statistics,
+    write_text,
+)
 
-import jaxedit
 from jaxedit.edit import RomeHparams, default_layer, rome
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.finetune import FT, FT_L, finetune
@@ -35,17 +41,11 @@ PAPER = {  # paper 003 Table 4, GPT-2 XL, 2,000 records (METHODS.md §13)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=100)
-    parser.add_argument("--methods", default="rome,ft,ft-l")
-    parser.add_argument(
-        "--stats-samples", type=int, default=1000, help="Wikipedia articles (128 tokens each)"
+    parser = experiment_parser(
+        __doc__, n=100, methods="rome,ft,ft-l", stats_samples=1000, generation_tokens=50
     )
-    parser.add_argument("--generation-tokens", type=int, default=50)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    start = time.perf_counter()
-    model = jaxedit.load_model("smollm2")
+    start, model = begin(args)
     cases = read_counterfact(shared_data("counterfact_easyedit", "counterfact-edit.json"))[: args.n]
     layer = default_layer(model)
     stats = wikipedia_statistics(model, [layer], args.stats_samples)[layer]
@@ -58,12 +58,12 @@ def main() -> None:
     results: dict = {}
     timings = {}
     for method in args.methods.split(","):
-        begin = time.perf_counter()
+        began = time.perf_counter()
         summary = evaluate_counterfact(
             model, cases, editors[method], method=method, out_dir=CACHE / NAME / method,
             generation_tokens=args.generation_tokens, settings={"stats_samples": args.stats_samples},
         )  # fmt: skip
-        timings[method] = time.perf_counter() - begin
+        timings[method] = time.perf_counter() - began
         results.setdefault("unedited", summary["unedited"])
         results[method] = summary[method]
         results.setdefault("protocol", summary["protocol"])
