@@ -7,8 +7,8 @@ of the key dimensions the eigenvalue threshold keeps for editing (eigenvalues of
 
 from __future__ import annotations
 
+import common
 import numpy as np
-from common import RESULTS, begin, cpu_model, experiment_parser, wikipedia_statistics, write_text
 
 from jaxedit.edit.alphaedit import default_hparams, null_space_projector
 
@@ -16,16 +16,16 @@ THRESHOLDS = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
 def main() -> None:
-    parser = experiment_parser(__doc__, stats_samples=1000)
+    parser = common.experiment_parser(__doc__, stats_samples=1000)
     args = parser.parse_args()
-    _, model = begin(args)
+    _, model = common.begin(args)
     hp = default_hparams(model)
-    stats = wikipedia_statistics(model, hp.layers, args.stats_samples)
+    stats = common.wikipedia_statistics(model, hp.layers, args.stats_samples)
     lines = [
         f"# AlphaEdit's null space on SmolLM2-135M ({model.config.d_mlp} key dimensions)",
         "",
         f"Command: `python experiments/alphaedit_null_space.py --stats-samples {args.stats_samples}`; CPU "
-        f"{cpu_model()}. Dimensions kept for editing (eigenvalues of E[k kᵀ] below the threshold) at "
+        f"{common.cpu_model()}. Dimensions kept for editing (eigenvalues of E[k kᵀ] below the threshold) at "
         f"AlphaEdit's layers; the packaged threshold is {hp.threshold}.",
         "",
         "| layer | tokens | largest eigenvalue | median | "
@@ -41,7 +41,7 @@ def main() -> None:
             + " | ".join(str(r) for r in ranks)
             + " |"
         )
-    write_text(RESULTS / "alphaedit_null_space.md", "\n".join(lines) + "\n")
+    common.write_text(common.RESULTS / "alphaedit_null_space.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import time
 
+import common
 import numpy as np
-from common import RESULTS, begin, experiment_parser, machine, shared_data, write_text
 
 from jaxedit.lens import component_probes, read_lens_facts
 from jaxedit.lens.plot import plot_probes
@@ -23,16 +23,17 @@ NAME = "component_probes"
 
 
 def main() -> None:
-    parser = experiment_parser(__doc__, n=None)
+    parser = common.experiment_parser(__doc__, n=None)
     args = parser.parse_args()
-    start, model = begin(args)
-    facts = read_lens_facts(shared_data("rets", "known_1000.json"))[: args.n]
+    start, model = common.begin(args)
+    facts = read_lens_facts(common.shared_data("rets", "known_1000.json"))[: args.n]
     result = component_probes(model, [f.prompt for f in facts])
     seconds = round(time.perf_counter() - start)
-    write_text(
-        RESULTS / f"{NAME}.json", json.dumps({**result, "seconds": seconds, "machine": machine()}, indent=1)
+    common.write_text(
+        common.RESULTS / f"{NAME}.json",
+        json.dumps({**result, "seconds": seconds, "machine": common.machine()}, indent=1),
     )
-    plot_probes(result, RESULTS / f"{NAME}.png")
+    plot_probes(result, common.RESULTS / f"{NAME}.png")
     half = result["layers"] // 2
     summary = {
         k: (float(np.mean(result[k][:half])), float(np.mean(result[k][half:])))
@@ -61,7 +62,7 @@ def main() -> None:
     md = f"""# Component probes (SmolLM2)
 
 Model: SmolLM2-135M-Instruct, float32. Prompts: {len(facts)} of `rets/known_1000.json`, last token. Top-50
-lens tokens. Run time {seconds} s on {machine()}. Produced by `python experiments/{NAME}.py`.
+lens tokens. Run time {seconds} s on {common.machine()}. Produced by `python experiments/{NAME}.py`.
 
 Paper 002 Fig. 2 (GPT-J): after the first ~15 layers the FFN changes the hidden state less and less (its
 before/after similarity rises and stabilises) while MHSA keeps changing it. Means over the two halves of
@@ -75,7 +76,7 @@ SmolLM2's layers:
 
 ![probes]({NAME}.png)
 """
-    write_text(RESULTS / f"{NAME}.md", md)
+    common.write_text(common.RESULTS / f"{NAME}.md", md)
     print(md)
 
 

@@ -18,17 +18,7 @@ import dataclasses
 import json
 import time
 
-from common import (
-    CACHE,
-    RESULTS,
-    begin,
-    experiment_parser,
-    machine,
-    markdown_table,
-    shared_data,
-    wikipedia_statistics,
-    write_text,
-)
+import common
 
 from jaxedit.edit import memit, rome
 from jaxedit.edit.contexts import context_templates
@@ -93,15 +83,15 @@ def comparison(results: dict) -> str:
 
 
 def main() -> None:
-    parser = experiment_parser(__doc__, n=50, methods=",".join(ALL), stats_samples=1000)
+    parser = common.experiment_parser(__doc__, n=50, methods=",".join(ALL), stats_samples=1000)
     parser.add_argument("--constraint-n", type=int, default=20000)
     args = parser.parse_args()
-    start, model = begin(args)
+    start, model = common.begin(args)
     rome_hp, rets_hp = rome_hparams(model), rets_hparams(model)
     entity_layer, relation_layer = rome_hp.layer, rets_hp.layer
     held_out = context_templates(model, ((10, 5),), seed=rome_hp.seed + 1)  # not the edits' contexts
-    facts = json.loads(shared_data("rets", "known_1000.json").read_text())
-    cases = build_perspective_cases(facts, read_patterns(shared_data("pararel")), held_out, n=args.n)
+    facts = json.loads(common.shared_data("rets", "known_1000.json").read_text())
+    cases = build_perspective_cases(facts, read_patterns(common.shared_data("pararel")), held_out, n=args.n)
 
     memit_entity = memit_hparams(model, "memit")
     last = dataclasses.replace(memit_entity.targets, key_token="last")
@@ -118,7 +108,7 @@ def main() -> None:
     layers = {entity_layer, relation_layer}
     layers |= set(memit_entity.layers) if "memit-entity" in methods else set()
     layers |= set(memit_relation.layers) if "memit-relation" in methods else set()
-    stats = wikipedia_statistics(model, layers, args.stats_samples)
+    stats = common.wikipedia_statistics(model, layers, args.stats_samples)
     rome_templates = context_templates(model, rome_hp.prefixes, seed=rome_hp.seed)
     memit_templates = context_templates(model, memit_entity.prefixes, seed=memit_entity.seed)
 
@@ -143,9 +133,9 @@ def main() -> None:
         ),
         "memit-relation": memit_editor(memit_relation),
     }
-    settings: dict = {"facts": len(cases), "machine": machine()}
+    settings: dict = {"facts": len(cases), "machine": common.machine()}
     if "rets-relation" in methods:
-        train = read_counterfact(shared_data("counterfact_easyedit", "counterfact-train.json"))
+        train = read_counterfact(common.shared_data("counterfact_easyedit", "counterfact-train.json"))
         constraint = subject_constraint(
             model, relation_layer, [c.request for c in train[: args.constraint_n]]
         )
@@ -163,7 +153,7 @@ def main() -> None:
             "constraint_prompts": settings.get("constraint_prompts")}
         for m in methods
     }  # fmt: skip
-    results = evaluate_perspectives(model, cases, chosen, out_dir=CACHE / NAME, settings=keys)
+    results = evaluate_perspectives(model, cases, chosen, out_dir=common.CACHE / NAME, settings=keys)
     results = {k: {m: round(v, 2) if m != "n" else v for m, v in row.items()} for k, row in results.items()}
     settings["layers"] = {
         "rome-entity": [entity_layer], "memit-entity": list(memit_entity.layers),
@@ -171,9 +161,11 @@ def main() -> None:
         "rets-relation": [relation_layer],
     }  # fmt: skip
     settings["seconds"] = round(time.perf_counter() - start)
-    write_text(RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1))
+    common.write_text(
+        common.RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1)
+    )
     paper = {k: dict(zip(METRICS, v, strict=True)) for k, v in PAPER.items()}
-    table = markdown_table({**results, **paper}, [*results, *paper], (*METRICS, "n"))
+    table = common.markdown_table({**results, **paper}, [*results, *paper], (*METRICS, "n"))
     relations = sorted({c.relation for c in cases})
     md = f"""# Entity vs relation perspective (paper 004 Tables 1-2 shape, SmolLM2)
 
@@ -191,7 +183,7 @@ subject with the relation worded as ParaRel does (the first wording gives Reliab
 Generality); **relation** = the edit prompt's own wording, alone (Reliability) and after 5 held-out
 10-token contexts (Generality). A hit means every token of the new object is the teacher-forced argmax;
 Generality counts a rephrasing only when its Reliability prompt is also a hit (eq. 7). In %.
-Run time of this invocation {settings["seconds"] / 60:.0f} min on {machine()} (cases scored by earlier invocations are
+Run time of this invocation {settings["seconds"] / 60:.0f} min on {common.machine()} (cases scored by earlier invocations are
 reused from the cache and not counted). Produced by
 `python experiments/{NAME}.py --n {args.n} --methods {args.methods}`.
 
@@ -203,7 +195,7 @@ reused from the cache and not counted). Produced by
 
 {comparison(results)}
 """
-    write_text(RESULTS / f"{NAME}.md", md)
+    common.write_text(common.RESULTS / f"{NAME}.md", md)
     print(md)
 
 

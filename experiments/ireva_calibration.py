@@ -23,9 +23,9 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
+import common
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
-from common import RESULTS, begin, experiment_parser, machine, run_cache, shared_data, write_text
 
 from jaxedit.edit import apply
 from jaxedit.edit.adaptors import fired
@@ -38,19 +38,19 @@ VARIANTS = (("center", "cosine"), ("l2", "cosine"), ("none", "dot"))
 
 
 def main() -> None:
-    parser = experiment_parser(__doc__, n=64)
+    parser = common.experiment_parser(__doc__, n=64)
     parser.add_argument("--alphas", default="100,300,1000,3000")
     parser.add_argument("--thetas", default="0.5,0.65,0.75,0.85")
     parser.add_argument("--finalists", type=int, default=4, help="best initialisation-only gates retrofitted")
     args = parser.parse_args()
-    start, model = begin(args)
-    cases, _ = read_zsre(shared_data("zsre", "ZsRE-test-all.json"))
+    start, model = common.begin(args)
+    cases, _ = read_zsre(common.shared_data("zsre", "ZsRE-test-all.json"))
     cases = cases[: args.n]
     alphas = [float(a) for a in args.alphas.split(",")]
     thetas = [float(t) for t in args.thetas.split(",")]
     unedited = summarise_zsre(score_zsre_cases(model, cases))
     locality = [prompt for c in cases for prompt, _ in c.locality]
-    cache = run_cache(NAME, model, args)
+    cache = common.run_cache(NAME, model, args)
     points = []
     for normalise, score in VARIANTS:
         for alpha in alphas:
@@ -66,7 +66,7 @@ def main() -> None:
                 row = summarise_zsre(score_zsre_cases(at, cases))
                 row["locality_fired"] = round(100 * float(np.mean([f.fired for f in fired(at, locality)])), 2)
                 point = {"normalise": normalise, "similarity": score, "alpha": alpha, "theta": theta, **row}
-                write_text(paths[theta], json.dumps(point))
+                common.write_text(paths[theta], json.dumps(point))
                 points.append(point)
                 logging.info("%s", point)
     # the gate must stay shut on unrelated prompts (METHODS.md §9): at most 1 % of the locality prompts may
@@ -86,7 +86,7 @@ def main() -> None:
             edited = apply(model, ireva(model, [c.request for c in cases], hp, progress=False))
             row = summarise_zsre(score_zsre_cases(edited, cases))
             row["locality_fired"] = round(100 * float(np.mean([f.fired for f in fired(edited, locality)])), 2)
-            write_text(
+            common.write_text(
                 path, json.dumps({**{k: p[k] for k in ("normalise", "similarity", "alpha", "theta")}, **row})
             )
         retrofits.append(json.loads(path.read_text()))
@@ -98,10 +98,10 @@ def main() -> None:
         "alphas": alphas,
         "thetas": thetas,
         "seconds": seconds,
-        "machine": machine(),
+        "machine": common.machine(),
     }
-    write_text(
-        RESULTS / f"{NAME}.json",
+    common.write_text(
+        common.RESULTS / f"{NAME}.json",
         json.dumps(
             {
                 "unedited": unedited,
@@ -129,7 +129,7 @@ def main() -> None:
     axes[0].set_ylabel("zsRE token accuracy ×100")
     axes[-1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{NAME}.png", dpi=120)
+    fig.savefig(common.RESULTS / f"{NAME}.png", dpi=120)
 
     head = "| normalise | score | α | θ | ES | PS | NS | score | locality fired % |"
     rows = [head, "|---" * 9 + "|"]
@@ -154,7 +154,7 @@ Model: SmolLM2-135M-Instruct, float32, adaptor at layer {IrevaHparams().resolve_
 second-to-last). Data: the first {len(cases)} records of `zsre/ZsRE-test-all.json` (held out from the
 `zsre_mend_edit.json` set of `ireva_zsre`), all edited at once, initialisation only. Score = mean of ES, PS,
 NS (iReVa's convention); "locality fired" = share of the {len(locality)} locality prompts whose best neuron
-passes θ. Run time of this invocation {seconds / 60:.0f} min on {machine()} (points cached by earlier
+passes θ. Run time of this invocation {seconds / 60:.0f} min on {common.machine()} (points cached by earlier
 invocations are not counted; the whole grid took about 12 min on this CPU). Produced by
 `python experiments/{NAME}.py --n {len(cases)} --alphas {args.alphas} --thetas {args.thetas} --finalists {args.finalists}`.
 
@@ -182,7 +182,7 @@ locality prompts.
 
 ![calibration]({NAME}.png)
 """
-    write_text(RESULTS / f"{NAME}.md", md)
+    common.write_text(common.RESULTS / f"{NAME}.md", md)
     print(md)
 
 

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 
-from common import RESULTS, begin, experiment_parser, machine, run_cache, shared_data, write_text
+import common
 
 from jaxedit.edit import apply
 from jaxedit.edit.ireva import default_hparams, ireva
@@ -33,18 +33,18 @@ NAME = "ireva_withdrawal"
 
 
 def main() -> None:
-    parser = experiment_parser(__doc__, n=200)
+    parser = common.experiment_parser(__doc__, n=200)
     parser.add_argument(
         "--variants",
         default="0.65:0.001,0.75:0.001,0.65:1,0.75:1,0.65:0.001:x",
         help="theta:b pairs; a third field `x` turns on exclusive floors",
     )
     args = parser.parse_args()
-    start, model = begin(args)
-    cases, _ = read_zsre(shared_data("zsre", "zsre_mend_edit.json"))
+    start, model = common.begin(args)
+    cases, _ = read_zsre(common.shared_data("zsre", "zsre_mend_edit.json"))
     cases = cases[: args.n]
     unedited = summarise_zsre(score_zsre_cases(model, cases))
-    cache = run_cache(NAME, model, args)
+    cache = common.run_cache(NAME, model, args)
     rows = []
     for spec in args.variants.split(","):
         fields = spec.split(":")
@@ -69,14 +69,15 @@ def main() -> None:
                 }
             )
             row["exclusive"] = exclusive
-            write_text(path, json.dumps({"theta": theta, "irr_weight": weight, **row}))
+            common.write_text(path, json.dumps({"theta": theta, "irr_weight": weight, **row}))
         rows.append(json.loads(path.read_text()))
         logging.info("%s", rows[-1])
     seconds = round(time.perf_counter() - start)
-    write_text(
-        RESULTS / f"{NAME}.json",
+    common.write_text(
+        common.RESULTS / f"{NAME}.json",
         json.dumps(
-            {"unedited": unedited, "variants": rows, "seconds": seconds, "machine": machine()}, indent=1
+            {"unedited": unedited, "variants": rows, "seconds": seconds, "machine": common.machine()},
+            indent=1,
         ),
     )
     columns = ("ES", "PS", "NS", "score", "RS", "Con", "RS_token", "Con_token", "changed")
@@ -118,7 +119,7 @@ prefixes teacher forced). RS / Con as paper 001 §6.2 defines them, per example:
 top-1 tokens) changes / equals the unedited model's whole (paper 001 Table 2, GPT-2 XL 10K: RS 98.02, Con
 93.03). RS_token / Con_token: the same per answer token (stricter). `changed`: facts whose edited output
 differs from the unedited one at all, the most RS can reach. Run time of this invocation
-{seconds / 60:.0f} min on {machine()} (variants cached by earlier invocations, about 7 min each on this
+{seconds / 60:.0f} min on {common.machine()} (variants cached by earlier invocations, about 7 min each on this
 CPU next to other jobs, are not counted). Produced by
 `python experiments/{NAME}.py --n {len(cases)} --variants {args.variants}`.
 
@@ -129,7 +130,7 @@ does not come back whole (Con) had, at some scored token, another fact's neuron 
 are mostly on answer prefixes (SmolLM2 writes " 2006" as five tokens " ", "2", "0", "0", "6", and many
 answers share them).{knobs}{comparison}
 """
-    write_text(RESULTS / f"{NAME}.md", md)
+    common.write_text(common.RESULTS / f"{NAME}.md", md)
     print(md)
 
 

@@ -27,20 +27,9 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
+import common
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
-from common import (
-    RESULTS,
-    begin,
-    experiment_parser,
-    machine,
-    markdown_table,
-    mass_setup,
-    run_cache,
-    shared_data,
-    wikipedia_statistics,
-    write_text,
-)
 
 from jaxedit.edit import FT_L, apply, finetune, memit, rome_sequence
 from jaxedit.edit.contexts import context_templates
@@ -90,12 +79,12 @@ def edited_model(model, method: str, cases, stats_samples: int):
         return edited, {"protocol": "FT-L, one edit after another", "limit": FT_L.limit}
     if method == "rome":
         hp = rome_hparams(model)
-        stats = wikipedia_statistics(model, [hp.layer], stats_samples)
+        stats = common.wikipedia_statistics(model, [hp.layer], stats_samples)
         delta = rome_sequence(
             model, requests, stats[hp.layer], hp, templates=context_templates(model, hp.prefixes)
         )
         return apply(model, delta), {"layer": hp.layer, "protocol": "one edit after another"}
-    hp, stats, templates = mass_setup(model, method, len(cases), stats_samples)
+    hp, stats, templates = common.mass_setup(model, method, len(cases), stats_samples)
     delta = memit(model, requests, stats, hp, templates=templates)
     return apply(model, delta), {
         "layers": list(hp.layers),
@@ -105,7 +94,7 @@ def edited_model(model, method: str, cases, stats_samples: int):
 
 
 def main() -> None:
-    parser = experiment_parser(
+    parser = common.experiment_parser(
         __doc__,
         n=None,
         n_help="records for iReVa (default: all)",
@@ -117,14 +106,14 @@ def main() -> None:
     )
     parser.add_argument("--thetas", default="0.3,0.4,0.5,0.6,0.75,0.9")
     args = parser.parse_args()
-    start, model = begin(args)
-    everything, skipped = read_zsre(shared_data("zsre", "zsre_mend_edit.json"))
+    start, model = common.begin(args)
+    everything, skipped = read_zsre(common.shared_data("zsre", "zsre_mend_edit.json"))
     everything = everything[: args.n]
     first = everything[: args.compare]
-    cache = run_cache(NAME, model, args)
+    cache = common.run_cache(NAME, model, args)
     unedited_path = cache / f"unedited-{len(everything)}.json"
     if not unedited_path.exists():
-        write_text(unedited_path, json.dumps(score_zsre_cases(model, everything)))
+        common.write_text(unedited_path, json.dumps(score_zsre_cases(model, everything)))
     unedited_rows = json.loads(unedited_path.read_text())
 
     for method in args.methods.split(","):
@@ -145,7 +134,7 @@ def main() -> None:
                         edited, model, pairs, facts, mode="remove"
                     )
                 record["withdrawal"] = withdrawal_metrics(edited, model, pairs, facts, mode="mute")
-                write_text(path, json.dumps(record))
+                common.write_text(path, json.dumps(record))
             continue
         began = time.perf_counter()
         edited, settings = edited_model(model, method, cases, args.stats_samples)
@@ -162,7 +151,7 @@ def main() -> None:
                 sweep.append({"theta": theta, **summarise_zsre(score_zsre_cases(at, first))})
             record["theta_sweep"] = sweep
         record["seconds"] = round(time.perf_counter() - began)
-        write_text(path, json.dumps(record))
+        common.write_text(path, json.dumps(record))
         logging.info("%s: %s", method, summarise_zsre(record["rows"]))
 
     results: dict = {"unedited": summarise_zsre(unedited_rows)}
@@ -187,11 +176,11 @@ def main() -> None:
             runs[method]["theta_sweep"] = record["theta_sweep"]
     missing = [m for m in ALL_METHODS if m not in results]
     settings = {
-        "records": len(everything), "compare": len(first), "skipped": skipped, "machine": machine(),
+        "records": len(everything), "compare": len(first), "skipped": skipped, "machine": common.machine(),
         "seconds": round(time.perf_counter() - start), "runs": runs, "not_run": missing,
     }  # fmt: skip
-    write_text(
-        RESULTS / f"{NAME}.json",
+    common.write_text(
+        common.RESULTS / f"{NAME}.json",
         json.dumps({**results, f"first{len(first)}": compare, "settings": settings}, indent=1),
     )
 
@@ -204,19 +193,19 @@ def main() -> None:
         ax.set(xlabel="θ", ylabel="zsRE token accuracy ×100", title=f"iReVa θ sweep ({len(first)} records)")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(RESULTS / f"{NAME}.png", dpi=120)
+        fig.savefig(common.RESULTS / f"{NAME}.png", dpi=120)
 
     paper = {f"{m} (paper 001, GPT-2 XL 10K)": v for m, v in PAPER.items()}
     shown = {  # the paper's withdrawal (remove) next to the default (mute)
         m: r | {f"{k} (remove)": r["remove"][k] for k in REMOVE_KEYS if "remove" in r}
         for m, r in results.items()
     }
-    table_all = markdown_table(
+    table_all = common.markdown_table(
         {**shown, **paper},
         [m for m in results if m.startswith(("unedited", "ireva"))] + list(paper),
         (*KEYS, *WITHDRAWAL_KEYS, *(f"{k} (remove)" for k in REMOVE_KEYS)),
     )
-    table_first = markdown_table(compare, list(compare), KEYS)
+    table_first = common.markdown_table(compare, list(compare), KEYS)
     findings = ""
     if "ireva" in results:
         r, u = results["ireva"], results["unedited"]
@@ -267,7 +256,7 @@ Model: SmolLM2-135M-Instruct, float32. Data: `zsre/zsre_mend_edit.json`, {len(ev
 ({skipped} skipped). Metric: {PROTOCOL}; score = mean (iReVa's convention). iReVa: calibrated defaults
 (`jaxedit/hparams/ireva/llama-30.json`, see `ireva_calibration.md`), all {len(everything)} facts edited at once (neurons
 retrofitted independently, METHODS.md §9). RS / Con: each fact withdrawn on its own after all edits.
-Machine: {machine()}. Produced by `python experiments/{NAME}.py --n {len(everything)} --compare {len(first)}`
+Machine: {common.machine()}. Produced by `python experiments/{NAME}.py --n {len(everything)} --compare {len(first)}`
 (per-method results cached; this table from the cached runs).
 
 ## All records
@@ -287,7 +276,7 @@ Run times:
 
 ![θ sweep]({NAME}.png)
 """
-    write_text(RESULTS / f"{NAME}.md", md)
+    common.write_text(common.RESULTS / f"{NAME}.md", md)
     print(md)
 
 

@@ -22,16 +22,7 @@ import json
 import logging
 import time
 
-from common import (
-    RESULTS,
-    begin,
-    cpu_model,
-    experiment_parser,
-    machine,
-    shared_data,
-    wikipedia_statistics,
-    write_text,
-)
+import common
 
 from jaxedit.data.records import read_records
 from jaxedit.edit.sequential import default_hparams, sequential
@@ -55,7 +46,7 @@ def run_method(model, name: str, cases, benchmark: str, probe: LifelongProbe, ar
     (MEMIT / PMET as the papers run them in sequence)."""
     method, plain = name.removesuffix("-plain"), name.endswith("-plain")
     hp = default_hparams(model, method)
-    stats = wikipedia_statistics(model, layers_of(hp), args.stats_samples)
+    stats = common.wikipedia_statistics(model, layers_of(hp), args.stats_samples)
     start = time.perf_counter()
     run = sequential(
         model, [c.request for c in cases], method, args.batch, stats, hp, probe=probe,
@@ -117,7 +108,7 @@ def render(results: dict, benchmark: str) -> None:
         "Timing: editing seconds are wall time on the machine above; a run that shared the CPU with other jobs "
         "(the alphaedit run of this file: its first batch includes a 12-minute pause) reads slower than it is.",
     ]
-    write_text(RESULTS / f"lifelong_{benchmark}.md", "\n".join(lines) + "\n")
+    common.write_text(common.RESULTS / f"lifelong_{benchmark}.md", "\n".join(lines) + "\n")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -136,11 +127,11 @@ def render(results: dict, benchmark: str) -> None:
     axes.flat[0].legend()
     figure.suptitle(f"SmolLM2-135M, sequential {benchmark} edits in batches of {settings['batch']}")
     figure.tight_layout()
-    figure.savefig(RESULTS / f"lifelong_{benchmark}.png", dpi=110)
+    figure.savefig(common.RESULTS / f"lifelong_{benchmark}.png", dpi=110)
 
 
 def main() -> None:
-    parser = experiment_parser(
+    parser = common.experiment_parser(
         __doc__, n=2000, methods="memit,pmet,alphaedit,rome", stats_samples=1000, generation_tokens=50
     )
     parser.add_argument("--batch", type=int, default=100)
@@ -148,25 +139,25 @@ def main() -> None:
     parser.add_argument("--probe-every", type=int, default=1)
     parser.add_argument("--render", action="store_true", help="only rewrite the md / png from the json")
     args = parser.parse_args()
-    path = RESULTS / f"lifelong_{args.benchmark}.json"
+    path = common.RESULTS / f"lifelong_{args.benchmark}.json"
     if args.render:
         render(json.loads(path.read_text()), args.benchmark)
         return
-    _, model = begin(args, logging.WARNING)
+    _, model = common.begin(args, logging.WARNING)
     if args.benchmark == "zsre":
-        cases, _ = read_zsre(shared_data("zsre", "zsre_mend_edit.json"))
+        cases, _ = read_zsre(common.shared_data("zsre", "zsre_mend_edit.json"))
     else:
-        cases = read_counterfact(shared_data("counterfact_easyedit", "counterfact-edit.json"))
+        cases = read_counterfact(common.shared_data("counterfact_easyedit", "counterfact-edit.json"))
     cases = cases[: args.n]
-    known = known_facts(model, read_records(shared_data("rets", "known_1000.json")))
-    passages = held_out_passages(shared_data("corpus", "wikitext-2", "wiki.test.raw"))
+    known = known_facts(model, read_records(common.shared_data("rets", "known_1000.json")))
+    passages = held_out_passages(common.shared_data("corpus", "wikitext-2", "wiki.test.raw"))
     probe = LifelongProbe(
         counterfact=cases if args.benchmark == "counterfact" else (), zsre=cases if args.benchmark == "zsre" else (),
         passages=passages, known=known, generation_tokens=args.generation_tokens,
     )  # fmt: skip
     settings = {"n": len(cases), "batch": args.batch, "probe_every": args.probe_every,
                 "stats_samples": args.stats_samples, "generation_tokens": args.generation_tokens,
-                "known": len(known), "machine": machine(), "cpu": cpu_model()}  # fmt: skip
+                "known": len(known), "machine": common.machine(), "cpu": common.cpu_model()}  # fmt: skip
     results = json.loads(path.read_text()) if path.exists() else {}
     same = {k: v for k, v in results.get("settings", {}).items() if k not in ("machine", "cpu")} == {
         k: v for k, v in settings.items() if k not in ("machine", "cpu")
@@ -179,7 +170,7 @@ def main() -> None:
     for method in args.methods.split(","):
         print(f"{method}: {len(cases)} edits in batches of {args.batch}", flush=True)
         results[method] = run_method(model, method, cases, args.benchmark, probe, args)
-        write_text(path, json.dumps(results, indent=1))
+        common.write_text(path, json.dumps(results, indent=1))
         render(results, args.benchmark)
         print(
             f"{method}: {results[method]['seconds']:.0f} s; last probe {results[method]['probes'][-1]}",

@@ -19,19 +19,7 @@ import dataclasses
 import json
 import time
 
-from common import (
-    CACHE,
-    RESULTS,
-    TARGETS_CACHE,
-    begin,
-    experiment_parser,
-    machine,
-    markdown_table,
-    mass_setup,
-    shared_data,
-    wikipedia_statistics,
-    write_text,
-)
+import common
 
 from jaxedit.edit import rome_sequence
 from jaxedit.edit.contexts import context_templates
@@ -73,8 +61,8 @@ against MEMIT's 80.66); the sequential run, edits and scoring, took {rome_minute
 def previous_results(n: int, methods: list[str]) -> tuple[dict, dict]:
     """The results and settings of the methods this invocation does not run, from the existing results
     file when it scored the same number of records (so `--methods rome` adds ROME to MEMIT and PMET)."""
-    path = RESULTS / f"{NAME}.json"
-    fresh = {"records": n, "machine": machine(), "seconds_per_method": {}}
+    path = common.RESULTS / f"{NAME}.json"
+    fresh = {"records": n, "machine": common.machine(), "seconds_per_method": {}}
     if not path.exists():
         return {}, fresh
     old = json.loads(path.read_text())
@@ -99,7 +87,7 @@ def render(results: dict, settings: dict) -> None:
     methods = [m for m in ("memit", "pmet", "rome") if m in results]
 
     paper = {f"{m} (paper 002, GPT-J)": {**v, "n": 10000} for m, v in PAPER.items()}
-    table = markdown_table({**results, **paper}, ["unedited", *methods, *paper], KEYS)
+    table = common.markdown_table({**results, **paper}, ["unedited", *methods, *paper], KEYS)
     verdict = ""
     if "pmet" in results and "memit" in results:
         pmet, memit_ = results["pmet"], results["memit"]
@@ -135,22 +123,22 @@ prompts per record) is given for shape only: there both keep efficacy near 99 % 
 on efficacy and generalization and MEMIT on specificity; here the model is 45× smaller, the batch 50× smaller and each record
 has one paraphrase and one neighbourhood prompt.
 """
-    write_text(RESULTS / f"{NAME}.md", md)
+    common.write_text(common.RESULTS / f"{NAME}.md", md)
     print(md)
 
 
 def main() -> None:
-    parser = experiment_parser(
+    parser = common.experiment_parser(
         __doc__, n=200, methods="memit,pmet,rome", stats_samples=1000, generation_tokens=50
     )
     parser.add_argument("--render", action="store_true", help="only rewrite the md from the existing json")
     args = parser.parse_args()
     if args.render:
-        results = json.loads((RESULTS / f"{NAME}.json").read_text())
+        results = json.loads((common.RESULTS / f"{NAME}.json").read_text())
         render(results, results.pop("settings"))
         return
-    start, model = begin(args)
-    cases = read_counterfact(shared_data("counterfact_easyedit", "counterfact-edit.json"))[: args.n]
+    start, model = common.begin(args)
+    cases = read_counterfact(common.shared_data("counterfact_easyedit", "counterfact-edit.json"))[: args.n]
     requests = [c.request for c in cases]
     methods = args.methods.split(",")
     results, settings = previous_results(len(cases), methods)
@@ -158,8 +146,8 @@ def main() -> None:
     for method in methods:
         began = time.perf_counter()
         if method in ("memit", "pmet"):
-            hp, stats, templates = mass_setup(model, method, len(cases), args.stats_samples)
-            targets = stored_targets(model, requests, hp, templates, TARGETS_CACHE)
+            hp, stats, templates = common.mass_setup(model, method, len(cases), args.stats_samples)
+            targets = stored_targets(model, requests, hp, templates, common.TARGETS_CACHE)
 
             def edit(m, batch, hp=hp, stats=stats, templates=templates, targets=targets):
                 assert [r.to_dict() for r in batch] == [r.to_dict() for r in requests]
@@ -172,7 +160,7 @@ def main() -> None:
             folder = f"{method}-{run}-{digest(dataclasses.asdict(hp))}"  # scored cases of these settings
         else:
             hp = rome_hparams(model)
-            stats = wikipedia_statistics(model, [hp.layer], args.stats_samples)
+            stats = common.wikipedia_statistics(model, [hp.layer], args.stats_samples)
             templates = context_templates(model, hp.prefixes)
 
             def edit(m, batch, hp=hp, stats=stats[hp.layer], templates=templates):
@@ -181,8 +169,8 @@ def main() -> None:
             settings[method] = {"layer": hp.layer, "protocol": f"{len(cases)} edits one after another"}
             folder = f"{method}-{run}-{digest(dataclasses.asdict(hp))}"
         summary = evaluate_counterfact(
-            model, cases, edit, method=method, batch=len(cases), out_dir=CACHE / NAME / folder,
-            unedited_dir=CACHE / "unedited" / f"counterfact-g{args.generation_tokens}", generation_tokens=args.generation_tokens,
+            model, cases, edit, method=method, batch=len(cases), out_dir=common.CACHE / NAME / folder,
+            unedited_dir=common.CACHE / "unedited" / f"counterfact-g{args.generation_tokens}", generation_tokens=args.generation_tokens,
             settings={"hparams": dataclasses.asdict(hp), "stats_samples": args.stats_samples},
         )  # fmt: skip
         results.setdefault("unedited", {k: summary["unedited"][k] for k in KEYS})
@@ -190,7 +178,9 @@ def main() -> None:
         settings["seconds_per_method"][method] = round(time.perf_counter() - began)
     settings["seconds"] = round(time.perf_counter() - start)
     settings["stats_samples"] = args.stats_samples
-    write_text(RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1))
+    common.write_text(
+        common.RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1)
+    )
     render(results, settings)
 
 

@@ -24,18 +24,8 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")
+import common
 import matplotlib.pyplot as plt
-from common import (
-    RESULTS,
-    TARGETS_CACHE,
-    begin,
-    experiment_parser,
-    machine,
-    run_cache,
-    shared_data,
-    wikipedia_statistics,
-    write_text,
-)
 
 from jaxedit.edit import apply
 from jaxedit.edit.contexts import context_templates
@@ -83,7 +73,7 @@ def choose(points: dict[str, dict]) -> str:
 
 
 def main() -> None:
-    parser = experiment_parser(__doc__, n=64, stats_samples=1000)
+    parser = common.experiment_parser(__doc__, n=64, stats_samples=1000)
     parser.add_argument("--grid", default="15000,6000,2000,1000,500,200")
     parser.add_argument(
         "--methods",
@@ -92,18 +82,18 @@ def main() -> None:
     )
     parser.add_argument("--name", default=NAME, help="results file name (experiments/results/NAME.*)")
     args = parser.parse_args()
-    start, model = begin(args)
-    cases = read_counterfact(shared_data("counterfact_easyedit", "counterfact-train.json"))[: args.n]
+    start, model = common.begin(args)
+    cases = read_counterfact(common.shared_data("counterfact_easyedit", "counterfact-train.json"))[: args.n]
     grid = [float(x) for x in args.grid.split(",")]
     requests = [c.request for c in cases]
     results: dict = {"unedited": summarise([score_case(model, c, generation_tokens=0) for c in cases])}
     diagnostics: dict = {}
-    points = run_cache(NAME, model, args, data="counterfact-train")
+    points = common.run_cache(NAME, model, args, data="counterfact-train")
     for method in args.methods.split(","):
         hp = variant(model, method)
-        stats = wikipedia_statistics(model, hp.layers, args.stats_samples)
+        stats = common.wikipedia_statistics(model, hp.layers, args.stats_samples)
         templates = context_templates(model, hp.prefixes)
-        targets = stored_targets(model, requests, hp, templates, TARGETS_CACHE)
+        targets = stored_targets(model, requests, hp, templates, common.TARGETS_CACHE)
         ratio = np.linalg.norm(targets.delta, axis=1) / np.linalg.norm(targets.m0, axis=1)
         diagnostics[method] = {
             "target_nll": round(float(targets.nll.mean()), 3),
@@ -124,17 +114,19 @@ def main() -> None:
                 )
                 edited = apply(model, delta)
                 row = summarise([score_case(edited, c, reference=model, generation_tokens=0) for c in cases])
-                write_text(point, json.dumps({k: row[k] for k in (*KEYS, "n")}))
+                common.write_text(point, json.dumps({k: row[k] for k in (*KEYS, "n")}))
             results[method][str(weight)] = json.loads(point.read_text())
             logging.info("%s λ=%g: %s", method, weight, results[method][str(weight)])
     seconds = round(time.perf_counter() - start)
     methods = args.methods.split(",")
     best = {m: choose(results[m]) for m in methods}
     settings = {
-        "records": len(cases), "grid": grid, "best": best, "seconds": seconds, "machine": machine(),
+        "records": len(cases), "grid": grid, "best": best, "seconds": seconds, "machine": common.machine(),
         "targets": diagnostics,
     }  # fmt: skip
-    write_text(RESULTS / f"{args.name}.json", json.dumps({**results, "settings": settings}, indent=1))
+    common.write_text(
+        common.RESULTS / f"{args.name}.json", json.dumps({**results, "settings": settings}, indent=1)
+    )
 
     fig, axes = plt.subplots(1, len(KEYS), figsize=(4 * len(KEYS), 3.2), sharex=True)
     for ax, key in zip(axes, KEYS, strict=True):
@@ -144,7 +136,7 @@ def main() -> None:
         ax.set(xscale="log", xlabel="λ (mom2_weight)", title=key)
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{args.name}.png", dpi=120)
+    fig.savefig(common.RESULTS / f"{args.name}.png", dpi=120)
 
     chosen = ", ".join(f"{m} {float(best[m]):g}" for m in methods)
     packaged = ", ".join(
@@ -174,7 +166,7 @@ Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of
 per variant. Variants: the papers' GPT-J CounterFact settings of MEMIT and PMET on SmolLM2's packaged
 layers, and variants with target settings changed (`name:field=value`); targets optimised once per variant, the
 layer updates solved again for each λ. Statistics over {args.stats_samples} Wikipedia articles. Score =
-harmonic mean of ES, PS, NS (no fluency here). Run time of this invocation {seconds / 60:.0f} min on {machine()} (targets and points cached per record and
+harmonic mean of ES, PS, NS (no fluency here). Run time of this invocation {seconds / 60:.0f} min on {common.machine()} (targets and points cached per record and
 point by earlier invocations are not counted). Produced by
 `python experiments/{NAME}.py --n {len(cases)} --grid {args.grid} --methods {args.methods} --name {args.name}`.
 
@@ -197,7 +189,7 @@ from reaching its targets and a wider clamp is needed.
 
 ![λ sweep]({args.name}.png)
 """
-    write_text(RESULTS / f"{args.name}.md", md)
+    common.write_text(common.RESULTS / f"{args.name}.md", md)
     # the target NLLs quoted above are those of the cached targets (mean over the records)
     print(md)
 

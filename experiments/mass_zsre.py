@@ -20,17 +20,7 @@ import dataclasses
 import json
 import time
 
-from common import (
-    CACHE,
-    RESULTS,
-    begin,
-    experiment_parser,
-    machine,
-    markdown_table,
-    mass_setup,
-    shared_data,
-    write_text,
-)
+import common
 
 from jaxedit.edit.memit import memit
 from jaxedit.edit.target_store import stored_targets, stored_time
@@ -38,7 +28,7 @@ from jaxedit.evaluate.zsre import PROTOCOL, evaluate_zsre, read_zsre
 from jaxedit.io.cache import digest
 
 NAME = "mass_zsre"
-TARGETS = RESULTS / f"{NAME}_targets"
+TARGETS = common.RESULTS / f"{NAME}_targets"
 KEYS = ("ES", "PS", "NS", "score", "n")
 PAPER = {  # paper 002 Table 2, GPT-J, 10,000 zsRE edits (no score column there)
     "unedited": {"ES": 26.4, "PS": 25.8, "NS": 27.0},
@@ -48,7 +38,7 @@ PAPER = {  # paper 002 Table 2, GPT-J, 10,000 zsRE edits (no score column there)
 
 
 def main() -> None:
-    parser = experiment_parser(
+    parser = common.experiment_parser(
         __doc__, n=None, n_help="first N records (default: all)", methods="memit,pmet", stats_samples=1000
     )
     parser.add_argument("--batch", type=int, default=None, help="edits per batch (default: all at once)")
@@ -56,27 +46,27 @@ def main() -> None:
         "--targets-only", action="store_true", help="optimise and keep the targets; no solve or scoring"
     )
     args = parser.parse_args()
-    start, model = begin(args)
-    cases, skipped = read_zsre(shared_data("zsre", "zsre_mend_edit.json"))
+    start, model = common.begin(args)
+    cases, skipped = read_zsre(common.shared_data("zsre", "zsre_mend_edit.json"))
     cases = cases[: args.n]
     batch = args.batch or len(cases)
     results: dict = {}
-    settings: dict = {"records": len(cases), "skipped": skipped, "batch": batch, "machine": machine()}
+    settings: dict = {"records": len(cases), "skipped": skipped, "batch": batch, "machine": common.machine()}
     if args.targets_only:
         for method in args.methods.split(","):
-            hp, templates = mass_setup(model, method, len(cases), None)
+            hp, templates = common.mass_setup(model, method, len(cases), None)
             stored_targets(model, [c.request for c in cases], hp, templates, TARGETS)
         return
     for method in args.methods.split(","):
-        hp, stats, templates = mass_setup(model, method, len(cases), args.stats_samples)
+        hp, stats, templates = common.mass_setup(model, method, len(cases), args.stats_samples)
 
         def edit(m, requests, hp=hp, stats=stats, templates=templates):
             targets = stored_targets(model, requests, hp, templates, TARGETS)
             return memit(m, requests, stats, hp, templates=templates, targets=targets)
 
         summary = evaluate_zsre(
-            model, cases, edit, method=method, batch=batch, out_dir=CACHE / NAME / f"{method}-n{len(cases)}-b{batch}-{digest(dataclasses.asdict(hp))}",
-            unedited_dir=CACHE / "unedited" / "zsre",
+            model, cases, edit, method=method, batch=batch, out_dir=common.CACHE / NAME / f"{method}-n{len(cases)}-b{batch}-{digest(dataclasses.asdict(hp))}",
+            unedited_dir=common.CACHE / "unedited" / "zsre",
             settings={"hparams": dataclasses.asdict(hp), "stats_samples": args.stats_samples},
         )  # fmt: skip
         results.setdefault("unedited", {k: summary["unedited"][k] for k in KEYS})
@@ -89,9 +79,11 @@ def main() -> None:
             "target_store": {"edits": edits, "seconds": round(target_seconds)},
         }
     settings["seconds"] = round(time.perf_counter() - start)
-    write_text(RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1))
+    common.write_text(
+        common.RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1)
+    )
     paper = {f"{m} (paper 002, GPT-J 10K)": v for m, v in PAPER.items()}
-    table = markdown_table({**results, **paper}, [*results, *paper], KEYS)
+    table = common.markdown_table({**results, **paper}, [*results, *paper], KEYS)
     target_text = ", ".join(
         f"{settings[m]['target_store']['seconds'] / 60:.0f} min for {m.upper()}'s {settings[m]['target_store']['edits']} edits"
         for m in args.methods.split(",")
@@ -101,7 +93,7 @@ def main() -> None:
 Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of `zsre/zsre_mend_edit.json`
 ({skipped} records skipped: subject not written in the question), edited in batches of {batch} with the
 packaged SmolLM2 hyperparameters. Metric: {PROTOCOL}; score = mean. Run time {settings["seconds"] / 60:.0f} min
-on {machine()}, with the targets read from `experiments/results/{NAME}_targets/`, where their optimisation
+on {common.machine()}, with the targets read from `experiments/results/{NAME}_targets/`, where their optimisation
 took {target_text} (on the same machine, over one or more runs).
 Produced by `python experiments/{NAME}.py --n {len(cases)} --batch {batch} --methods {args.methods}`.
 
@@ -110,7 +102,7 @@ Produced by `python experiments/{NAME}.py --n {len(cases)} --batch {batch} --met
 PMET uses its packaged CounterFact settings here (paper 002 tunes zsRE separately on GPT-J: 20 steps,
 lr 0.5, λ 4,500).
 """
-    write_text(RESULTS / f"{NAME}.md", md)
+    common.write_text(common.RESULTS / f"{NAME}.md", md)
     print(md)
 
 

@@ -22,8 +22,8 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
+import common
 import matplotlib.pyplot as plt
-from common import RESULTS, begin, experiment_parser, machine, mass_setup, run_cache, shared_data, write_text
 
 from jaxedit.edit import apply
 from jaxedit.edit.memit import memit
@@ -31,31 +31,31 @@ from jaxedit.edit.target_store import stored_targets
 from jaxedit.evaluate.zsre import PROTOCOL, read_zsre, score_zsre_cases, summarise_zsre
 
 NAME = "mass_zsre_lambda"
-TARGETS = RESULTS / "mass_zsre_targets"
+TARGETS = common.RESULTS / "mass_zsre_targets"
 KEYS = ("ES", "PS", "NS", "score")
 
 
 def main() -> None:
-    parser = experiment_parser(
+    parser = common.experiment_parser(
         __doc__, n=None, n_help="first N records (default: all)", methods="memit,pmet", stats_samples=1000
     )
     parser.add_argument("--grid", default="2000,500,100")
     args = parser.parse_args()
-    start, model = begin(args)
-    cases, _ = read_zsre(shared_data("zsre", "zsre_mend_edit.json"))
+    start, model = common.begin(args)
+    cases, _ = read_zsre(common.shared_data("zsre", "zsre_mend_edit.json"))
     cases = cases[: args.n]
     requests = [c.request for c in cases]
     grid = [float(x) for x in args.grid.split(",")]
     methods = args.methods.split(",")
-    points = run_cache(NAME, model, args)
+    points = common.run_cache(NAME, model, args)
 
     unedited_point = points / "unedited.json"
     if not unedited_point.exists():
-        write_text(unedited_point, json.dumps(summarise_zsre(score_zsre_cases(model, cases))))
+        common.write_text(unedited_point, json.dumps(summarise_zsre(score_zsre_cases(model, cases))))
     results: dict = {"unedited": json.loads(unedited_point.read_text())}
     packaged = {}
     for method in methods:
-        hp, stats, templates = mass_setup(model, method, len(cases), args.stats_samples)
+        hp, stats, templates = common.mass_setup(model, method, len(cases), args.stats_samples)
         packaged[method] = hp.mom2_weight
         targets = stored_targets(model, requests, hp, templates, TARGETS)
         results[method] = {}
@@ -68,7 +68,7 @@ def main() -> None:
                 solve_s = time.perf_counter() - solve_start
                 row = summarise_zsre(score_zsre_cases(apply(model, delta), cases))
                 row["seconds"] = {"solve": round(solve_s), "total": round(time.perf_counter() - solve_start)}
-                write_text(point, json.dumps(row))
+                common.write_text(point, json.dumps(row))
             results[method][f"{weight:g}"] = json.loads(point.read_text())
             logging.info("%s λ=%g: %s", method, weight, results[method][f"{weight:g}"])
     seconds = round(time.perf_counter() - start)
@@ -77,9 +77,11 @@ def main() -> None:
         "grid": grid,
         "packaged": packaged,
         "seconds": seconds,
-        "machine": machine(),
+        "machine": common.machine(),
     }
-    write_text(RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1))
+    common.write_text(
+        common.RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1)
+    )
 
     fig, axes = plt.subplots(1, len(KEYS), figsize=(4 * len(KEYS), 3.2), sharex=True)
     for ax, key in zip(axes, KEYS, strict=True):
@@ -90,7 +92,7 @@ def main() -> None:
         ax.set(xscale="log", xlabel="λ (mom2_weight)", title=key)
     axes[0].legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{NAME}.png", dpi=120)
+    fig.savefig(common.RESULTS / f"{NAME}.png", dpi=120)
 
     rows = ["| method | λ | " + " | ".join(KEYS) + " | solve + scoring (s) |", "|---" * (len(KEYS) + 3) + "|"]
     rows.append("| unedited | - | " + " | ".join(str(results["unedited"][k]) for k in KEYS) + " | - |")
@@ -116,7 +118,7 @@ Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of `
 edited in one batch with the packaged SmolLM2 settings except λ; targets read from
 `experiments/results/mass_zsre_targets/` (λ does not enter their optimisation), statistics over
 {args.stats_samples} Wikipedia articles. Metric: {PROTOCOL}; score = mean. Run time of this invocation
-{seconds / 60:.0f} min on {machine()} (points cached by earlier invocations not counted). Produced by
+{seconds / 60:.0f} min on {common.machine()} (points cached by earlier invocations not counted). Produced by
 `python experiments/{NAME}.py{f" --n {args.n}" if args.n else ""} --grid {args.grid} --methods {args.methods}`.
 
 {chr(10).join(rows)}
@@ -128,7 +130,7 @@ result: the packaged λ stays the one chosen on held-out CounterFact records (`m
 
 ![λ sweep on zsRE]({NAME}.png)
 """
-    write_text(RESULTS / f"{NAME}.md", md)
+    common.write_text(common.RESULTS / f"{NAME}.md", md)
     print(md)
 
 

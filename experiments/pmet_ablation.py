@@ -17,20 +17,8 @@ import dataclasses
 import json
 import time
 
+import common
 import numpy as np
-from common import (
-    CACHE,
-    RESULTS,
-    TARGETS_CACHE,
-    begin,
-    experiment_parser,
-    machine,
-    markdown_table,
-    mass_setup,
-    shared_data,
-    wikipedia_statistics,
-    write_text,
-)
 
 from jaxedit.edit.memit import memit
 from jaxedit.edit.target_store import stored_targets
@@ -48,13 +36,13 @@ PAPER = {  # paper 002 Table 3, GPT-J, 1,000 CounterFact edits (fluency x100)
 
 
 def main() -> None:
-    parser = experiment_parser(__doc__, n=64, stats_samples=1000, generation_tokens=50)
+    parser = common.experiment_parser(__doc__, n=64, stats_samples=1000, generation_tokens=50)
     args = parser.parse_args()
-    start, model = begin(args)
-    cases = read_counterfact(shared_data("counterfact_easyedit", "counterfact-edit.json"))[: args.n]
+    start, model = common.begin(args)
+    cases = read_counterfact(common.shared_data("counterfact_easyedit", "counterfact-edit.json"))[: args.n]
     requests = [c.request for c in cases]
-    hp, stats, templates = mass_setup(model, "pmet", len(cases), args.stats_samples)
-    attn_stats = wikipedia_statistics(model, hp.layers, args.stats_samples, site="attn_heads")
+    hp, stats, templates = common.mass_setup(model, "pmet", len(cases), args.stats_samples)
+    attn_stats = common.wikipedia_statistics(model, hp.layers, args.stats_samples, site="attn_heads")
     no_attn = dataclasses.replace(hp, targets=dataclasses.replace(hp.targets, attn_delta=False))
     variants = {
         "pmet": hp,
@@ -66,7 +54,7 @@ def main() -> None:
     run = f"n{len(cases)}-g{args.generation_tokens}"
     norms: dict = {}
     for name, variant in variants.items():
-        targets = stored_targets(model, requests, variant, templates, TARGETS_CACHE)
+        targets = stored_targets(model, requests, variant, templates, common.TARGETS_CACHE)
 
         # the batch's delta, solved here (not inside the evaluation, which skips edits whose scored
         # cases are cached) so that its size is reported on every invocation
@@ -81,8 +69,8 @@ def main() -> None:
             return delta
 
         summary = evaluate_counterfact(
-            model, cases, edit, method=name, batch=len(cases), out_dir=CACHE / NAME / f"{name}-{run}-{digest(dataclasses.asdict(variant))}",
-            unedited_dir=CACHE / "unedited" / f"counterfact-g{args.generation_tokens}",
+            model, cases, edit, method=name, batch=len(cases), out_dir=common.CACHE / NAME / f"{name}-{run}-{digest(dataclasses.asdict(variant))}",
+            unedited_dir=common.CACHE / "unedited" / f"counterfact-g{args.generation_tokens}",
             generation_tokens=args.generation_tokens,
             settings={"hparams": dataclasses.asdict(variant), "stats_samples": args.stats_samples},
         )  # fmt: skip
@@ -92,11 +80,13 @@ def main() -> None:
     seconds = round(time.perf_counter() - start)
     settings = {
         "records": len(cases), "layers": list(hp.layers), "mom2_weight": hp.mom2_weight, "seconds": seconds,
-        "machine": machine(),
+        "machine": common.machine(),
     }  # fmt: skip
-    write_text(RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1))
+    common.write_text(
+        common.RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1)
+    )
     paper = {f"{k} (paper, GPT-J 1K)": v for k, v in PAPER.items()}
-    table = markdown_table({**results, **paper}, ["unedited", *variants, *paper], KEYS, "variant")
+    table = common.markdown_table({**results, **paper}, ["unedited", *variants, *paper], KEYS, "variant")
     here = "; ".join(
         f"`{v}` "
         + ", ".join(f"{k} {results[v][k] - results['pmet'][k]:+.2f}" for k in ("ES", "PS", "NS", "score"))
@@ -109,7 +99,7 @@ Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of
 `counterfact_easyedit/counterfact-edit.json`, edited in one batch per variant with PMET's packaged
 SmolLM2 settings (layers {list(hp.layers)}, λ {hp.mom2_weight:g}). `weight_change`: Frobenius norm of all
 weight increments (MLP, plus attention for `update-attn`). Run time of this invocation {seconds / 60:.0f} min on
-{machine()} (targets and scored cases cached by earlier invocations are reused and not counted). Produced by
+{common.machine()} (targets and scored cases cached by earlier invocations are reused and not counted). Produced by
 `python experiments/{NAME}.py --n {len(cases)}`.
 
 {table}
@@ -120,7 +110,7 @@ fluency but loses generalization clearly (−9.9 at 1K edits). Here, against ful
 {len(cases)} records one record moves ES, PS or NS by {100 / len(cases):.2f} points, so only differences
 of several records mean anything.
 """
-    write_text(RESULTS / f"{NAME}.md", md)
+    common.write_text(common.RESULTS / f"{NAME}.md", md)
     print(md)
 
 

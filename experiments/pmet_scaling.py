@@ -21,19 +21,8 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
+import common
 import matplotlib.pyplot as plt
-from common import (
-    CACHE,
-    RESULTS,
-    TARGETS_CACHE,
-    begin,
-    experiment_parser,
-    machine,
-    markdown_table,
-    mass_setup,
-    shared_data,
-    write_text,
-)
 
 from jaxedit.edit.memit import memit
 from jaxedit.edit.target_store import stored_targets
@@ -51,20 +40,22 @@ def edit_counts(largest: int, points: int) -> list[int]:
 
 
 def main() -> None:
-    parser = experiment_parser(__doc__, methods="memit,pmet", stats_samples=1000, generation_tokens=0)
+    parser = common.experiment_parser(__doc__, methods="memit,pmet", stats_samples=1000, generation_tokens=0)
     parser.add_argument("--max", type=int, default=256)
     parser.add_argument("--points", type=int, default=9)
     args = parser.parse_args()
-    start, model = begin(args)
-    all_cases = read_counterfact(shared_data("counterfact_easyedit", "counterfact-edit.json"))[: args.max]
+    start, model = common.begin(args)
+    all_cases = read_counterfact(common.shared_data("counterfact_easyedit", "counterfact-edit.json"))[
+        : args.max
+    ]
     counts = edit_counts(len(all_cases), args.points)
     methods = args.methods.split(",")
     results: dict = {m: {} for m in methods}
     target_seconds: dict = {}
     for method in methods:
-        hp, stats, templates = mass_setup(model, method, len(all_cases), args.stats_samples)
+        hp, stats, templates = common.mass_setup(model, method, len(all_cases), args.stats_samples)
         began = time.perf_counter()
-        targets = stored_targets(model, [c.request for c in all_cases], hp, templates, TARGETS_CACHE)
+        targets = stored_targets(model, [c.request for c in all_cases], hp, templates, common.TARGETS_CACHE)
         target_seconds[method] = round(time.perf_counter() - began)
         for n in counts:
             cases = all_cases[:n]
@@ -87,8 +78,8 @@ def main() -> None:
                 return delta
 
             summary = evaluate_counterfact(
-                model, cases, edit, method=method, batch=n, out_dir=CACHE / NAME / f"{method}-{n}-{digest(dataclasses.asdict(hp))}",
-                unedited_dir=CACHE / "unedited" / f"counterfact-g{args.generation_tokens}",
+                model, cases, edit, method=method, batch=n, out_dir=common.CACHE / NAME / f"{method}-{n}-{digest(dataclasses.asdict(hp))}",
+                unedited_dir=common.CACHE / "unedited" / f"counterfact-g{args.generation_tokens}",
                 generation_tokens=args.generation_tokens, execution=Execution(progress=False),
                 settings={"hparams": dataclasses.asdict(hp), "stats_samples": args.stats_samples},
             )  # fmt: skip
@@ -100,9 +91,11 @@ def main() -> None:
     seconds = round(time.perf_counter() - start)
     settings = {
         "counts": counts, "records": len(all_cases), "target_seconds": target_seconds, "seconds": seconds,
-        "machine": machine(), "generation_tokens": args.generation_tokens,
+        "machine": common.machine(), "generation_tokens": args.generation_tokens,
     }  # fmt: skip
-    write_text(RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1))
+    common.write_text(
+        common.RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1)
+    )
 
     fig, axes = plt.subplots(1, len(KEYS), figsize=(4 * len(KEYS), 3.2), sharex=True)
     for ax, key in zip(axes, KEYS, strict=True):
@@ -114,10 +107,10 @@ def main() -> None:
     axes[0].legend()
     fig.suptitle("SmolLM2-135M, CounterFact: MEMIT and PMET vs number of edits")
     fig.tight_layout()
-    fig.savefig(RESULTS / f"{NAME}.png", dpi=120)
+    fig.savefig(common.RESULTS / f"{NAME}.png", dpi=120)
 
     rows = {f"{m} × {n}": results[m][str(n)] for m in methods for n in counts}
-    table = markdown_table(rows, list(rows), (*KEYS, "solve_seconds"), "method × edits")
+    table = common.markdown_table(rows, list(rows), (*KEYS, "solve_seconds"), "method × edits")
     md = f"""# PMET and MEMIT vs the number of edits (paper 002 Fig. 3 protocol)
 
 Model: SmolLM2-135M-Instruct, float32. Data: the first n records of
@@ -125,7 +118,7 @@ Model: SmolLM2-135M-Instruct, float32. Data: the first n records of
 model, packaged SmolLM2 settings; scored on the same n records. Targets optimised once per record
 ({", ".join(f"{m}: {s} s" for m, s in target_seconds.items())} in this run, 0 where cached) and each count
 re-solved (`solve_seconds`: the layer solves and key reads of that batch). Run time {seconds / 60:.0f} min
-on {machine()}. Produced by `python experiments/{NAME}.py --max {args.max} --points {args.points}`.
+on {common.machine()}. Produced by `python experiments/{NAME}.py --max {args.max} --points {args.points}`.
 
 {table}
 
@@ -134,7 +127,7 @@ on {machine()}. Produced by `python experiments/{NAME}.py --max {args.max} --poi
 Paper 002 Fig. 3 (GPT-J, up to 10,000 edits): efficacy and generalization of PMET stay highest as edits
 grow, MEMIT keeps slightly better specificity.
 """
-    write_text(RESULTS / f"{NAME}.md", md)
+    common.write_text(common.RESULTS / f"{NAME}.md", md)
     print(md)
 
 

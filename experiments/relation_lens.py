@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import time
 
+import common
 import numpy as np
-from common import CACHE, RESULTS, begin, experiment_parser, machine, shared_data, write_text
 
 from jaxedit.lens import attribute_rate, read_attributes, read_lens_facts, sublayer_blocking
 from jaxedit.lens.plot import plot_relation
@@ -27,32 +27,33 @@ PAPER = {"GPT-2 XL": {"objects_included": 68, "rho": 0.97}, "GPT-J": {"objects_i
 
 
 def main() -> None:
-    parser = experiment_parser(__doc__, n=None)
+    parser = common.experiment_parser(__doc__, n=None)
     parser.add_argument("--blocking-n", type=int, default=200)
     args = parser.parse_args()
-    start, model = begin(args)
-    attributes = read_attributes(shared_data("rets", "relation_related_attributes.json"))
-    facts = [f for f in read_lens_facts(shared_data("rets", "known_1000.json")) if f.relation in attributes][
-        : args.n
-    ]
+    start, model = common.begin(args)
+    attributes = read_attributes(common.shared_data("rets", "relation_related_attributes.json"))
+    facts = [
+        f for f in read_lens_facts(common.shared_data("rets", "known_1000.json")) if f.relation in attributes
+    ][: args.n]
     result = attribute_rate(model, facts, attributes)
     result.pop("per_fact_rate")
-    cache = CACHE / NAME / f"blocking-{args.blocking_n}.json"
+    cache = common.CACHE / NAME / f"blocking-{args.blocking_n}.json"
     if not cache.exists():
         blocking = sublayer_blocking(model, facts[: args.blocking_n], attributes)
-        write_text(cache, json.dumps(blocking))
+        common.write_text(cache, json.dumps(blocking))
     blocking = json.loads(cache.read_text())
     seconds = round(time.perf_counter() - start)
     settings = {
         "facts": len(facts),
         "blocking_facts": blocking["facts"],
         "seconds": seconds,
-        "machine": machine(),
+        "machine": common.machine(),
     }
-    write_text(
-        RESULTS / f"{NAME}.json", json.dumps({**result, "blocking": blocking, "settings": settings}, indent=1)
+    common.write_text(
+        common.RESULTS / f"{NAME}.json",
+        json.dumps({**result, "blocking": blocking, "settings": settings}, indent=1),
     )
-    plot_relation(result, RESULTS / f"{NAME}.png", blocking)
+    plot_relation(result, common.RESULTS / f"{NAME}.png", blocking)
 
     rate = np.asarray(result["attribute_rate"])
     peak = int(rate.argmax())
@@ -74,7 +75,7 @@ def main() -> None:
 
 Model: SmolLM2-135M-Instruct, float32. Facts: {len(facts)} of `rets/known_1000.json` (those whose relation
 has attributes); blocking on the first {blocking["facts"]}, window {blocking["window"]} layers (10 of GPT-2 XL's 48,
-scaled). Top-{result["k"]} lens tokens. Run time {seconds / 60:.0f} min on {machine()}. Produced by
+scaled). Top-{result["k"]} lens tokens. Run time {seconds / 60:.0f} min on {common.machine()}. Produced by
 `python experiments/{NAME}.py --blocking-n {args.blocking_n}`.
 
 - Spearman ρ between the mean negative rank of the predicted object and the mean attribute rate across
@@ -91,7 +92,7 @@ scaled). Top-{result["k"]} lens tokens. Run time {seconds / 60:.0f} min on {mach
 
 ![lens]({NAME}.png)
 """
-    write_text(RESULTS / f"{NAME}.md", md)
+    common.write_text(common.RESULTS / f"{NAME}.md", md)
     print(md)
 
 

@@ -18,18 +18,7 @@ import dataclasses
 import json
 import time
 
-from common import (
-    CACHE,
-    RESULTS,
-    begin,
-    experiment_parser,
-    machine,
-    markdown_table,
-    mass_setup,
-    shared_data,
-    wikipedia_statistics,
-    write_text,
-)
+import common
 
 from jaxedit.edit import FT_L, finetune, memit, rome
 from jaxedit.edit.contexts import context_templates
@@ -133,19 +122,19 @@ def comparison(results: dict) -> str:
 
 
 def main() -> None:
-    parser = experiment_parser(
+    parser = common.experiment_parser(
         __doc__, n=100, methods=",".join(ALL), stats_samples=1000, generation_tokens=50
     )
     parser.add_argument("--constraint-n", type=int, default=20000, help="prompts of the subject constraint")
     args = parser.parse_args()
-    start, model = begin(args)
-    cases = read_counterfact(shared_data("counterfact_easyedit", "counterfact-edit.json"))[: args.n]
+    start, model = common.begin(args)
+    cases = read_counterfact(common.shared_data("counterfact_easyedit", "counterfact-edit.json"))[: args.n]
     cases = attach_rspec(
-        model, cases, shared_data("pararel"), known=shared_data("rets", "known_1000.json"),
-        relation_files=[shared_data("zsre", "ZsRE-test-all.json"), shared_data("knowedit_wiki_counterfact", "test_cf.json")],
+        model, cases, common.shared_data("pararel"), known=common.shared_data("rets", "known_1000.json"),
+        relation_files=[common.shared_data("zsre", "ZsRE-test-all.json"), common.shared_data("knowedit_wiki_counterfact", "test_cf.json")],
     )  # fmt: skip
     rome_hp, rets_hp = rome_hparams(model), rets_hparams(model)
-    stats = wikipedia_statistics(model, [rome_hp.layer, rets_hp.layer], args.stats_samples)
+    stats = common.wikipedia_statistics(model, [rome_hp.layer, rets_hp.layer], args.stats_samples)
     templates = context_templates(model, rome_hp.prefixes)
     editors = {
         "ft-l": lambda m, r: finetune(m, r, dataclasses.replace(FT_L, layer=rome_hp.layer)),
@@ -155,11 +144,11 @@ def main() -> None:
     settings: dict = {
         "records": len(cases),
         "with_rspec": sum(1 for c in cases if c.rspec),
-        "machine": machine(),
+        "machine": common.machine(),
     }
     methods = args.methods.split(",")
     if "rets" in methods:
-        train = read_counterfact(shared_data("counterfact_easyedit", "counterfact-train.json"))[
+        train = read_counterfact(common.shared_data("counterfact_easyedit", "counterfact-train.json"))[
             : args.constraint_n
         ]
         constraint = subject_constraint(model, rets_hp.layer, [c.request for c in train])
@@ -168,7 +157,7 @@ def main() -> None:
         )
         settings["constraint_prompts"] = len(train)
     if "pmet" in methods:
-        hp, mass_stats, mass_templates = mass_setup(model, "pmet", 1, args.stats_samples)
+        hp, mass_stats, mass_templates = common.mass_setup(model, "pmet", 1, args.stats_samples)
         editors["pmet"] = lambda m, r: memit(m, [r], mass_stats, hp, templates=mass_templates, progress=False)
     results: dict = {}
     for method in methods:
@@ -176,8 +165,8 @@ def main() -> None:
             raise SystemExit(f"unknown method {method!r}; methods: {', '.join(ALL)}")
         began = time.perf_counter()
         summary = evaluate_counterfact(
-            model, cases, editors[method], method=method, out_dir=CACHE / NAME / f"{method}-{len(cases)}",
-            unedited_dir=CACHE / "unedited" / f"{NAME}-{len(cases)}", generation_tokens=args.generation_tokens,
+            model, cases, editors[method], method=method, out_dir=common.CACHE / NAME / f"{method}-{len(cases)}",
+            unedited_dir=common.CACHE / "unedited" / f"{NAME}-{len(cases)}", generation_tokens=args.generation_tokens,
             settings={"stats_samples": args.stats_samples, "constraint_n": args.constraint_n},
         )  # fmt: skip
         for name in ("unedited", method):
@@ -186,11 +175,13 @@ def main() -> None:
         settings[method] = {"seconds": round(time.perf_counter() - began)}
     settings["layers"] = {"rome": rome_hp.layer, "rets": rets_hp.layer}
     settings["seconds"] = round(time.perf_counter() - start)
-    write_text(RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1))
+    common.write_text(
+        common.RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1)
+    )
     paper = {
         f"{m} (paper 000, {model_name})": v for model_name, rows in PAPER.items() for m, v in rows.items()
     }
-    table = markdown_table({**results, **paper}, [*results, *paper], KEYS)
+    table = common.markdown_table({**results, **paper}, [*results, *paper], KEYS)
     md = f"""# RETS on CounterFact with R-Specificity (SmolLM2)
 
 Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of
@@ -198,7 +189,7 @@ Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of
 (R-Spec is averaged over those). Each record edited alone. ROME / FT-L at layer {rome_hp.layer}; RETS at layer
 {rets_hp.layer} (relation tracing), key at the last relation token, KL prompt "<prompt> is a"; subject
 constraint from {settings.get("constraint_prompts", 0)} prompts of `counterfact-train.json`. Score = mean of ES, PS,
-NS, RS_spec (paper 000's). Run time of this invocation {settings["seconds"] / 60:.0f} min on {machine()} (cases scored by
+NS, RS_spec (paper 000's). Run time of this invocation {settings["seconds"] / 60:.0f} min on {common.machine()} (cases scored by
 earlier invocations are reused from the cache and not counted). Produced by
 `python experiments/{NAME}.py --n {len(cases)} --methods {args.methods}`.
 
@@ -212,7 +203,7 @@ paper gives no value.
 
 {comparison(results)}
 """
-    write_text(RESULTS / f"{NAME}.md", md)
+    common.write_text(common.RESULTS / f"{NAME}.md", md)
     print(md)
 
 

@@ -17,16 +17,7 @@ import dataclasses
 import json
 import time
 
-from common import (
-    CACHE,
-    RESULTS,
-    begin,
-    experiment_parser,
-    machine,
-    shared_data,
-    wikipedia_statistics,
-    write_text,
-)
+import common
 
 from jaxedit.edit import RomeHparams, default_layer, rome
 from jaxedit.edit.contexts import context_templates
@@ -41,14 +32,14 @@ PAPER = {  # paper 003 Table 4, GPT-2 XL, 2,000 records (METHODS.md §13)
 
 
 def main() -> None:
-    parser = experiment_parser(
+    parser = common.experiment_parser(
         __doc__, n=100, methods="rome,ft,ft-l", stats_samples=1000, generation_tokens=50
     )
     args = parser.parse_args()
-    start, model = begin(args)
-    cases = read_counterfact(shared_data("counterfact_easyedit", "counterfact-edit.json"))[: args.n]
+    start, model = common.begin(args)
+    cases = read_counterfact(common.shared_data("counterfact_easyedit", "counterfact-edit.json"))[: args.n]
     layer = default_layer(model)
-    stats = wikipedia_statistics(model, [layer], args.stats_samples)[layer]
+    stats = common.wikipedia_statistics(model, [layer], args.stats_samples)[layer]
     templates = context_templates(model)
     editors = {
         "rome": lambda m, r: rome(m, r, stats, RomeHparams(layer=layer), templates=templates),
@@ -60,7 +51,7 @@ def main() -> None:
     for method in args.methods.split(","):
         began = time.perf_counter()
         summary = evaluate_counterfact(
-            model, cases, editors[method], method=method, out_dir=CACHE / NAME / method,
+            model, cases, editors[method], method=method, out_dir=common.CACHE / NAME / method,
             generation_tokens=args.generation_tokens, settings={"stats_samples": args.stats_samples},
         )  # fmt: skip
         timings[method] = time.perf_counter() - began
@@ -70,10 +61,10 @@ def main() -> None:
     results["settings"] = {
         "model": "SmolLM2-135M-Instruct (float32)", "layer": layer, "records": len(cases),
         "statistics": f"{stats.tokens} tokens of {stats.meta['samples']} Wikipedia articles (first 128 tokens each)",
-        "contexts": len(templates), "seconds": round(time.perf_counter() - start), "machine": machine(),
+        "contexts": len(templates), "seconds": round(time.perf_counter() - start), "machine": common.machine(),
         "seconds_per_method": {k: round(v) for k, v in timings.items()},
     }  # fmt: skip
-    write_text(RESULTS / f"{NAME}.json", json.dumps(results, indent=1))
+    common.write_text(common.RESULTS / f"{NAME}.json", json.dumps(results, indent=1))
 
     keys = (
         "ES",
@@ -101,7 +92,7 @@ last subject token, experiments/results/trace_subject_known.md). Data: the first
 applied alone to the unedited model. Statistics: {results["settings"]["statistics"]}. ROME: {len(templates)}
 contexts, 20 steps, clamp 4, KL 0.0625, decay 0.5 (METHODS.md §4-5). FT / FT-L: Adam 5e-4 on the same
 layer's output projection, 25 steps (FT-L: |dW| <= 5e-4). Run time {results["settings"]["seconds"] / 60:.0f} min on
-{machine()}. Produced by `python experiments/{NAME}.py --n {len(cases)} --methods {args.methods}`.
+{common.machine()}. Produced by `python experiments/{NAME}.py --n {len(cases)} --methods {args.methods}`.
 
 ES / PS / NS: percentage of prompts where the new object beats the true one (NS: the reverse), with
 length-normalised probabilities; EM / PM / NM: mean probability differences x100; score: harmonic mean of
@@ -122,7 +113,7 @@ paraphrase prompts; token_acc_*: {results["protocol"]["token_acc"]}.
 The issue's bar: ROME ES >= 90, PS >= 60, NS within 10 points of the unedited model
 ({unedited_ns} here, so >= {unedited_ns - 10:.2f}).
 """
-    write_text(RESULTS / f"{NAME}.md", md)
+    common.write_text(common.RESULTS / f"{NAME}.md", md)
     print(md)
 
 

@@ -12,19 +12,8 @@ from __future__ import annotations
 
 import logging
 
+import common
 import numpy as np
-from common import (
-    CACHE,
-    RESULTS,
-    aie_table,
-    command,
-    dataset_options,
-    machine,
-    shared_data,
-    trace_parser,
-    untraced_note,
-    write_text,
-)
 
 import jaxedit
 from jaxedit.data import read_records
@@ -35,16 +24,16 @@ PAPER_GPT2XL = {"rp": 0.03, "fs": 0.04, "ms": 0.04, "ls": 0.04, "fr": 0.06, "mr"
 
 
 def main() -> None:
-    parser = trace_parser(__doc__)
+    parser = common.trace_parser(__doc__)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model = jaxedit.load_model(args.model)
-    records = read_records(shared_data("rets", "known_1000.json"))
+    records = read_records(common.shared_data("rets", "known_1000.json"))
     summary = trace_dataset(
-        model, records, corrupt="relation", kinds=("mlp", "attn"), **dataset_options(args),
-        out_dir=CACHE / NAME,
+        model, records, corrupt="relation", kinds=("mlp", "attn"), **common.dataset_options(args),
+        out_dir=common.CACHE / NAME,
     )  # fmt: skip
-    summary.save(RESULTS, NAME)
+    summary.save(common.RESULTS, NAME)
     layer, _ = suggest_edit_layer(model, summary, position="last_relation")
     rows = [
         "| position | facts | average AIER MLP (%) | average AIER attention (%) | paper GPT-2 XL MLP (%) |"
@@ -64,11 +53,11 @@ def main() -> None:
 
 Model: SmolLM2-135M-Instruct ({model.config.n_layers} layers), float32. Data: `known_1000.json`, the
 first {summary.n_considered} records, {summary.n_facts} predicted correctly and traced
-({summary.n_filtered} filtered out).{untraced_note(summary)} Relation tokens noised ({summary.samples} samples, 3 sigma,
+({summary.n_filtered} filtered out).{common.untraced_note(summary)} Relation tokens noised ({summary.samples} samples, 3 sigma,
 sigma = {summary.noise_scale / 3:.4f}); MLP and attention outputs restored over a window of
 {summary.window} layers. Mean p(answer): clean {summary.p_clean:.3f}, corrupted {summary.p_corrupt:.3f}.
-Run time {summary.seconds / 60:.1f} min on {machine()}. Produced by
-`{command(NAME, args)}`.
+Run time {summary.seconds / 60:.1f} min on {common.machine()}. Produced by
+`{common.command(NAME, args)}`.
 
 ![average indirect effects of relation]({NAME}.png)
 
@@ -83,12 +72,12 @@ the paper places the end of relation aggregation in middle-late layers (RETS edi
 depth 0.73), which is the RETS default-layer evidence for this model.
 
 ## MLP by layer
-{aie_table(summary, "mlp")}
+{common.aie_table(summary, "mlp")}
 
 ## Attention by layer
-{aie_table(summary, "attn")}
+{common.aie_table(summary, "attn")}
 """
-    write_text(RESULTS / f"{NAME}.md", md)
+    common.write_text(common.RESULTS / f"{NAME}.md", md)
     print(md)
 
 

@@ -16,8 +16,8 @@ import dataclasses
 import json
 import logging
 
+import common
 import numpy as np
-from common import CACHE, RESULTS, command, dataset_options, machine, shared_data, trace_parser, write_text
 
 import jaxedit
 from jaxedit.data import read_records
@@ -28,13 +28,13 @@ NAME = "trace_severed"
 
 
 def main() -> None:
-    parser = trace_parser(__doc__)
+    parser = common.trace_parser(__doc__)
     parser.add_argument("--corrupt", default="relation", choices=["relation", "subject"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model = jaxedit.load_model(args.model)
-    records = read_records(shared_data("rets", "known_1000.json"))
-    options = dataset_options(args)
+    records = read_records(common.shared_data("rets", "known_1000.json"))
+    options = common.dataset_options(args)
     budget = options.pop("max_seconds")
     base_noise = options.pop("noise")
 
@@ -42,7 +42,7 @@ def main() -> None:
         return trace_dataset(
             model, records, corrupt=args.corrupt, kinds=("hidden",), sever=sever,
             noise=dataclasses.replace(base_noise, scale=scale),
-            max_seconds=seconds, out_dir=CACHE / f"{NAME}-{args.corrupt}-{sever or 'none'}",
+            max_seconds=seconds, out_dir=common.CACHE / f"{NAME}-{args.corrupt}-{sever or 'none'}",
             **{**options, "n": n},
         )  # fmt: skip
 
@@ -54,15 +54,15 @@ def main() -> None:
     scale, known = first.noise_scale, first.n_facts + first.n_untraced
     runs = {"none": first}
     runs |= {sever: run(sever, first.n_facts, scale, third) for sever in ("mlp", "attn")}
-    common = min(r.n_facts for r in runs.values())
-    if any(r.n_facts != common for r in runs.values()):
-        runs = {label: run(None if label == "none" else label, common, scale, None) for label in runs}
+    shared_n = min(r.n_facts for r in runs.values())
+    if any(r.n_facts != shared_n for r in runs.values()):
+        runs = {label: run(None if label == "none" else label, shared_n, scale, None) for label in runs}
     first = runs["none"]
     reached = (
         ""
         if budget is None
         else f" Under the time budget ({args.max_minutes} min, a third per run) all three runs reached the "
-        f"first {common} of the {known} known facts asked for."
+        f"first {shared_n} of the {known} known facts asked for."
     )
     classes = first.classes
     curves = {label: run.aie["hidden"] for label, run in runs.items()}
@@ -75,8 +75,8 @@ def main() -> None:
         "seconds": sum(r.seconds for r in runs.values()),
         "aie_hidden": {k: np.where(np.isnan(v), None, v.round(7)).tolist() for k, v in curves.items()},
     }
-    write_text(RESULTS / f"{NAME}.json", json.dumps(payload, indent=1))
-    _plot(curves, classes, first, RESULTS / f"{NAME}.png", model.config.n_layers)
+    common.write_text(common.RESULTS / f"{NAME}.json", json.dumps(payload, indent=1))
+    _plot(curves, classes, first, common.RESULTS / f"{NAME}.png", model.config.n_layers)
     rows = [
         "| position | no severing: mean / peak AIE | MLP severed | attention severed |",
         "|---|---|---|---|",
@@ -96,8 +96,8 @@ Model: SmolLM2-135M-Instruct, float32. {first.n_facts} correctly predicted facts
 ({first.n_filtered} of the first {first.n_considered} filtered out).{reached} {args.corrupt.capitalize()} tokens noised
 ({first.samples} samples, 3 sigma); hidden state restored at each (layer, token), optionally with the MLP or
 the attention of all later layers of that token frozen to the corrupted run. Total run time
-{payload["seconds"] / 60:.1f} min on {machine()}. Produced by
-`{command(NAME, args, corrupt=args.corrupt)}`.
+{payload["seconds"] / 60:.1f} min on {common.machine()}. Produced by
+`{common.command(NAME, args, corrupt=args.corrupt)}`.
 
 ![severed traces]({NAME}.png)
 
@@ -112,7 +112,7 @@ token runs through both the MLP and the attention layers, unlike entity (subject
 ROME traced to the MLPs. Here both severings lower it too: the MLPs carry the larger part, attention a
 substantial one.
 """
-    write_text(RESULTS / f"{NAME}.md", md)
+    common.write_text(common.RESULTS / f"{NAME}.md", md)
     print(md)
 
 

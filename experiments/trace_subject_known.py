@@ -12,18 +12,7 @@ from __future__ import annotations
 
 import logging
 
-from common import (
-    CACHE,
-    RESULTS,
-    aie_table,
-    command,
-    dataset_options,
-    machine,
-    shared_data,
-    trace_parser,
-    untraced_note,
-    write_text,
-)
+import common
 
 import jaxedit
 from jaxedit.data import read_records
@@ -33,13 +22,15 @@ NAME = "trace_subject_known"
 
 
 def main() -> None:
-    parser = trace_parser(__doc__)
+    parser = common.trace_parser(__doc__)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model = jaxedit.load_model(args.model)
-    records = read_records(shared_data("rets", "known_1000.json"))
-    summary = trace_dataset(model, records, corrupt="subject", out_dir=CACHE / NAME, **dataset_options(args))
-    summary.save(RESULTS, NAME)
+    records = read_records(common.shared_data("rets", "known_1000.json"))
+    summary = trace_dataset(
+        model, records, corrupt="subject", out_dir=common.CACHE / NAME, **common.dataset_options(args)
+    )
+    summary.save(common.RESULTS, NAME)
     n_layers = model.config.n_layers
     mlp_layer, mlp_peak = summary.peak("mlp", "last subject token")
     attn_layer, attn_peak = summary.peak("attn", "last token")
@@ -55,21 +46,21 @@ def main() -> None:
 
 Model: SmolLM2-135M-Instruct ({n_layers} layers), float32. Data: `known_1000.json`, the first
 {summary.n_considered} records, of which {summary.n_facts} the model predicts correctly were traced
-({summary.n_filtered} filtered out).{untraced_note(summary)} {summary.samples} noise samples{budget} at 3 sigma
+({summary.n_filtered} filtered out).{common.untraced_note(summary)} {summary.samples} noise samples{budget} at 3 sigma
 (sigma = {summary.noise_scale / 3:.4f}), window {summary.window}. Mean p(answer): clean
 {summary.p_clean:.3f}, corrupted {summary.p_corrupt:.3f}. Run time {summary.seconds / 60:.1f} min on
-{machine()}. Produced by `{command(NAME, args)}`.
+{common.machine()}. Produced by `{common.command(NAME, args)}`.
 
 ![average indirect effects]({NAME}.png)
 
 ## MLP (window {summary.window})
-{aie_table(summary, "mlp")}
+{common.aie_table(summary, "mlp")}
 
 ## Attention (window {summary.window})
-{aie_table(summary, "attn")}
+{common.aie_table(summary, "attn")}
 
 ## Hidden states
-{aie_table(summary, "hidden")}
+{common.aie_table(summary, "hidden")}
 
 ## Compared with the paper (GPT-2 XL, 48 layers, 1,000 facts)
 
@@ -83,7 +74,7 @@ Model: SmolLM2-135M-Instruct ({n_layers} layers), float32. Data: `known_1000.jso
   effect moves to the last token. Here: the hidden-state effect at the last subject token peaks at layer
   {hidden_last_subj_layer}.
 """
-    write_text(RESULTS / f"{NAME}.md", md)
+    common.write_text(common.RESULTS / f"{NAME}.md", md)
     print(md)
 
 
