@@ -409,15 +409,17 @@ def site_widths(config: ModelConfig) -> dict[str, int]:
     return widths
 
 
-def _final_residual(
+@functools.partial(jax.jit, static_argnames=("config", "taps"))
+def _forward(
     params: Params,
     config: ModelConfig,
     input_ids: jax.Array,
     attention_mask: jax.Array,
     taps: tuple[str, ...],
     interventions: iv.Interventions,
-) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The residual stream after the last layer `[B, T, D]` and the recorded taps."""
+    read: jax.Array | None = None,
+) -> Output:
+    """Logits at every position, or at positions `read` `[B, M]` only, and the recorded taps."""
     tokens = iv.apply_edit(embed_tokens(params, input_ids), interventions.get("embed"))
     x, _, rotary, mask = prepare(config, params, input_ids, attention_mask, tokens)
     layer_taps = tuple(t for t in taps if t != "embed")
@@ -434,29 +436,9 @@ def _final_residual(
     recorded = {name: jnp.moveaxis(value, 0, 1) for name, value in stacked.items()}  # [B, L, T, W]
     if "embed" in taps:
         recorded["embed"] = tokens
-    return x, recorded
-
-
-@functools.partial(jax.jit, static_argnames=("config", "taps"))
-def _forward(
-    params: Params,
-    config: ModelConfig,
-    input_ids: jax.Array,
-    attention_mask: jax.Array,
-    taps: tuple[str, ...],
-    interventions: iv.Interventions,
-) -> Output:
-    x, recorded = _final_residual(params, config, input_ids, attention_mask, taps, interventions)
+    if read is not None:
+        x = x[jnp.arange(x.shape[0])[:, None], read]
     return Output(logits=unembed(config, params, x), taps=recorded)
-
-
-@functools.partial(jax.jit, static_argnames=("config",))
-def _logits_at(
-    params: Params, config: ModelConfig, input_ids: jax.Array, attention_mask: jax.Array, read: jax.Array
-) -> jax.Array:
-    x, _ = _final_residual(params, config, input_ids, attention_mask, (), {})
-    rows = jnp.arange(x.shape[0])[:, None]
-    return unembed(config, params, x[rows, read])
 
 
 def logits_at(
@@ -469,7 +451,7 @@ def logits_at(
     read = jnp.asarray(read, jnp.int32)
     if read.ndim != 2 or read.shape[0] != input_ids.shape[0]:
         raise InputError(f"read positions must be [batch, M], got shape {tuple(read.shape)}")
-    return _logits_at(params, config, input_ids, jnp.asarray(attention_mask), read)
+    return _forward(params, config, input_ids, jnp.asarray(attention_mask), (), {}, read).logits
 
 
 def _is_concrete(x: object) -> bool:
