@@ -137,37 +137,20 @@ class _Grid(NamedTuple):
 
 
 def run_units(
-    params: Params,
-    config: ModelConfig,
-    plan: Plan,
-    key_mask: jax.Array,
-    positions: jax.Array,
-    clean: dict[str, jax.Array],
-    corrupt: dict[str, jax.Array],
-    answer: jax.Array,
-    row_block: int | None = None,
+    params: Params, g: _Grid, clean: dict[str, jax.Array], corrupt: dict[str, jax.Array], answer: jax.Array
 ) -> jax.Array:
     """Probability of `answer` at the last token for every unit of one chunk of noise samples.
 
     Args:
-      key_mask: `[T]` true at real (non-padding) tokens.
-      positions: `[T]` position ids.
+      g: what every chunk shares (built by `grid_program`).
       clean: `stream [L+1, T, D]` (input of each layer, then the final residual), `attn`, `mlp` `[L, T, D]`.
       corrupt: the same per noise sample of the chunk: `stream [S, L+1, T, D]`, `attn`, `mlp` `[S, L, T, D]`.
       answer: scalar token id.
-      row_block: rows per block of the row-wise work (projections, MLP); None: all at once.
 
     Returns:
       `[U]` probabilities in plan order.
     """
-    t = plan.length
-    rotary = decoder.rotary_for(config, positions[None])  # [1, T, R] each, or None
-    samples = corrupt["stream"].shape[0]
-    cached_rotary = (
-        None if rotary is None else tuple(jnp.broadcast_to(r, (samples, *r.shape[1:])) for r in rotary)
-    )
-    mask = jnp.tril(jnp.ones((t, t), bool)) & key_mask[None, :]
-    g = _Grid(config, plan, rotary, cached_rotary, mask, row_block)
+    config, plan, row_block = g.config, g.plan, g.row_block
     y = _initial_items(params, g, clean, corrupt)
     for first, end in plan.segments:
         y = _run_segment(params, g, y, first, end, clean, corrupt)
@@ -334,14 +317,22 @@ def grid_program(
     """`run_units` over chunks of noise samples (`[n_chunks, S_chunk, ...]` arrays): `[n_chunks, U]`, as one
     jitted program.
 
-    `row_block`: rows per block of the row-wise work (`Execution.row_block`, resolved; part of the
-    program); None: all at once.
+    Args:
+      key_mask: `[T]` true at real (non-padding) tokens.
+      positions: `[T]` position ids.
+      clean, corrupt_chunks, answer: as in `run_units`, `corrupt_chunks` with a leading chunk axis.
+      row_block: rows per block of the row-wise work (`Execution.row_block`, resolved; part of the
+        program); None: all at once.
     """
 
-    def one(chunk: dict[str, jax.Array]) -> jax.Array:
-        return run_units(params, config, plan, key_mask, positions, clean, chunk, answer, row_block)
-
-    return jax.lax.map(one, corrupt_chunks)
+    t, samples = plan.length, corrupt_chunks["stream"].shape[1]
+    rotary = decoder.rotary_for(config, positions[None])  # [1, T, R] each, or None
+    cached_rotary = (
+        None if rotary is None else tuple(jnp.broadcast_to(r, (samples, *r.shape[1:])) for r in rotary)
+    )
+    mask = jnp.tril(jnp.ones((t, t), bool)) & key_mask[None, :]
+    g = _Grid(config, plan, rotary, cached_rotary, mask, row_block)
+    return jax.lax.map(lambda chunk: run_units(params, g, clean, chunk, answer), corrupt_chunks)
 
 
 def grid_from_units(
