@@ -38,6 +38,7 @@ def edit_lines(text: str) -> tuple[str, str]:
 
 
 @requires_smollm2
+@pytest.mark.slow
 def test_quickstart_executes_and_moves_paris_to_rome(monkeypatch) -> None:
     # the kernel inherits this environment: optimised XLA, since the notebook's traces and edit on
     # SmolLM2 run longer than they compile

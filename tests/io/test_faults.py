@@ -17,6 +17,8 @@ from fault_work import WORK
 import jaxedit
 from jaxedit.io.cache import load_npz
 
+pytestmark = pytest.mark.slow  # subprocesses end to end: the second stage (`make test-slow`)
+
 HERE = Path(__file__).parent
 
 

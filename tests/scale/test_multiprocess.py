@@ -14,6 +14,8 @@ from conftest import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
+pytestmark = pytest.mark.slow  # subprocesses end to end: the second stage (`make test-slow`)
+
 
 @pytest.fixture(scope="module")
 def two_processes(tiny_dirs, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
