@@ -52,3 +52,11 @@ def test_benchmarks_page_has_one_row_per_committed_run_with_its_ratios(tmp_path)
     (row,) = module.rows("bench_rome_test", record)
     assert row[2] == "Test CPU" and row[5:9] == ["2.000", "6.000", "3.00", "2.25"]
     assert "| bench_rome_test |" in module.benchmarks_page(tmp_path)
+
+
+def test_readme_stays_a_short_user_document() -> None:
+    """The README is what a user reads first: at most 12 KB, the details in the docs site it links."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.encode()) <= 12_000
+    for page in ("docs/tracing.md", "docs/editing.md", "docs/performance.md", "docs/results.md"):
+        assert f"]({page})" in text and (ROOT / page).exists()
