@@ -115,6 +115,25 @@ def token_fields(bos: int | None, eos: int | None) -> tuple[Field, ...]:
     )
 
 
+GPT_SIZE_KEYS = ("n_embd", "n_layer", "n_head", "n_positions")  # GPT-2 and GPT-J name their sizes so
+HF_SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "max_position_embeddings")
+
+
+def size_fields(keys: tuple[str, ...], sizes: tuple[int, ...]) -> tuple[Field, ...]:
+    """The vocabulary, width, depth, heads and context, with the family's defaults `sizes` in that order,
+    under its `config.json` names (`keys`: width, depth, heads, context; the vocabulary is always
+    `vocab_size`)."""
+    names = ("vocab_size", "d_model", "n_layers", "n_heads", "max_positions")
+    return tuple(Field(n, k, d) for n, k, d in zip(names, ("vocab_size", *keys), sizes, strict=True))
+
+
+def layernorm_mha(fields: dict[str, Any]) -> dict[str, Any]:
+    """What GPT-2, GPT-J and GPT-NeoX share: a key and value head per query head, heads of width
+    `d_model / n_heads`, LayerNorm and an ungated MLP."""
+    head_dim = fields["d_model"] // fields["n_heads"]
+    return {"n_kv_heads": fields["n_heads"], "head_dim": head_dim, "norm": "layernorm", "gated_mlp": False}
+
+
 def read_fields(hf: dict, fields: tuple[Field, ...]) -> dict[str, Any]:
     """`ModelConfig` keyword arguments for `fields`, read from a `config.json` dict in table order."""
     values: dict[str, Any] = {}

@@ -15,16 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxedit.core.config import ConfigError, ModelConfig
-from jaxedit.io.families import (
-    Field,
-    Rule,
-    copy,
-    linear_rules,
-    norm_rules,
-    read_fields,
-    token_fields,
-    write_fields,
-)
+from jaxedit.io import families as fam
 
 MODEL_TYPE = "gpt2"
 BASE_PREFIX = "transformer."
@@ -32,16 +23,12 @@ IGNORED = (r".*attn\.bias$", r".*attn\.masked_bias$")
 
 
 FIELDS = (
-    Field("vocab_size", "vocab_size", 50257),
-    Field("d_model", "n_embd", 768),
-    Field("n_layers", "n_layer", 12),
-    Field("n_heads", "n_head", 12),
-    Field("d_mlp", "n_inner", derived=lambda v: 4 * v["d_model"]),
-    Field("max_positions", "n_positions", 1024),
-    Field("norm_eps", "layer_norm_epsilon", 1e-5, float),
-    Field("activation", "activation_function", "gelu_new", str),
-    Field("tie_embeddings", "tie_word_embeddings", True, bool),
-    *token_fields(50256, 50256),
+    *fam.size_fields(fam.GPT_SIZE_KEYS, (50257, 768, 12, 12, 1024)),
+    fam.Field("d_mlp", "n_inner", derived=lambda v: 4 * v["d_model"]),
+    fam.Field("norm_eps", "layer_norm_epsilon", 1e-5, float),
+    fam.Field("activation", "activation_function", "gelu_new", str),
+    fam.Field("tie_embeddings", "tie_word_embeddings", True, bool),
+    *fam.token_fields(50256, 50256),
 )
 
 
@@ -51,50 +38,46 @@ def config_from_hf(hf: dict) -> ModelConfig:
     for flag in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
         if hf.get(flag, False):
             raise ConfigError(f"gpt2 with {flag}=true is not supported")
-    fields = read_fields(hf, FIELDS)
+    fields = fam.read_fields(hf, FIELDS)
+    biases = {"qkv_bias": True, "attn_out_bias": True, "mlp_bias": True}  # every projection has one
     return ModelConfig(
-        family=MODEL_TYPE,
-        **fields,
-        n_kv_heads=fields["n_heads"],
-        head_dim=fields["d_model"] // fields["n_heads"],
-        norm="layernorm",
-        gated_mlp=False,
-        positions="learned",
-        qkv_bias=True,
-        attn_out_bias=True,
-        mlp_bias=True,
+        family=MODEL_TYPE, **fields, **fam.layernorm_mha(fields), positions="learned", **biases
     )
 
 
 def hf_config(config: ModelConfig) -> dict:
-    return {"model_type": MODEL_TYPE, "architectures": ["GPT2LMHeadModel"], **write_fields(config, FIELDS)}
+    return {
+        "model_type": MODEL_TYPE,
+        "architectures": ["GPT2LMHeadModel"],
+        **fam.write_fields(config, FIELDS),
+    }
 
 
-def rules(config: ModelConfig) -> list[Rule]:
+def rules(config: ModelConfig) -> list[fam.Rule]:
     qkv = ("attn/q/kernel", "attn/k/kernel", "attn/v/kernel")
     qkv_bias = ("attn/q/bias", "attn/k/bias", "attn/v/bias")
     out = [
-        copy("transformer.wte.weight", "embed/tokens"),
-        copy("transformer.wpe.weight", "embed/positions"),
-        *norm_rules("transformer.ln_f", "final_norm", config),
-        *norm_rules("transformer.h.{i}.ln_1", "ln1", config),
-        *norm_rules("transformer.h.{i}.ln_2", "ln2", config),
-        Rule(
+        fam.copy("transformer.wte.weight", "embed/tokens"),
+        fam.copy("transformer.wpe.weight", "embed/positions"),
+        *fam.norm_rules("transformer.ln_f", "final_norm", config),
+        *fam.norm_rules("transformer.h.{i}.ln_1", "ln1", config),
+        *fam.norm_rules("transformer.h.{i}.ln_2", "ln2", config),
+        fam.Rule(
             "transformer.h.{i}.attn.c_attn.weight",
             qkv,
             lambda a: tuple(np.split(a, 3, axis=1)),  # [D, 3D] -> 3 x [D, D]
             lambda ps: np.concatenate(ps, axis=1),
         ),
-        Rule(
+        fam.Rule(
             "transformer.h.{i}.attn.c_attn.bias",
             qkv_bias,
             lambda a: tuple(np.split(a, 3)),
             lambda ps: np.concatenate(ps),
         ),
-        *linear_rules("transformer.h.{i}.attn.c_proj", "attn/o", True, conv1d=True),
-        *linear_rules("transformer.h.{i}.mlp.c_fc", "mlp/in", True, conv1d=True),
-        *linear_rules("transformer.h.{i}.mlp.c_proj", "mlp/out", True, conv1d=True),
+        *fam.linear_rules("transformer.h.{i}.attn.c_proj", "attn/o", True, conv1d=True),
+        *fam.linear_rules("transformer.h.{i}.mlp.c_fc", "mlp/in", True, conv1d=True),
+        *fam.linear_rules("transformer.h.{i}.mlp.c_proj", "mlp/out", True, conv1d=True),
     ]
     if not config.tie_embeddings:
-        out.append(Rule("lm_head.weight", ("unembed/kernel",), lambda a: (a.T,), lambda ps: ps[0].T))
+        out.append(fam.Rule("lm_head.weight", ("unembed/kernel",), lambda a: (a.T,), lambda ps: ps[0].T))
     return out

@@ -13,19 +13,7 @@ Projections are `torch.nn.Linear` (`[out, in]`): every kernel is transposed. `up
 from __future__ import annotations
 
 from jaxedit.core.config import ConfigError, ModelConfig
-from jaxedit.io.families import (
-    Field,
-    Rule,
-    copy,
-    linear_rules,
-    norm_rules,
-    read_fields,
-    rope_hf,
-    rope_settings,
-    token_fields,
-    transposed,
-    write_fields,
-)
+from jaxedit.io import families as fam
 
 MODEL_TYPE = "llama"
 BASE_PREFIX = "model."
@@ -33,67 +21,59 @@ IGNORED = (r".*rotary_emb\.inv_freq$",)
 
 
 FIELDS = (
-    Field("vocab_size", "vocab_size", 32000),
-    Field("d_model", "hidden_size", 4096),
-    Field("n_layers", "num_hidden_layers", 32),
-    Field("n_heads", "num_attention_heads", 32),
-    Field("n_kv_heads", "num_key_value_heads", derived=lambda v: v["n_heads"]),
-    Field("head_dim", "head_dim", derived=lambda v: v["d_model"] // v["n_heads"]),
-    Field("d_mlp", "intermediate_size", 11008),
-    Field("max_positions", "max_position_embeddings", 2048),
-    Field("norm_eps", "rms_norm_eps", 1e-6, float),
-    Field("activation", "hidden_act", "silu", str),
-    Field("qkv_bias", "attention_bias", False, bool),
-    Field("mlp_bias", "mlp_bias", False, bool),
-    Field("tie_embeddings", "tie_word_embeddings", False, bool),
-    *token_fields(1, 2),
+    *fam.size_fields(fam.HF_SIZE_KEYS, (32000, 4096, 32, 32, 2048)),
+    fam.Field("n_kv_heads", "num_key_value_heads", derived=lambda v: v["n_heads"]),
+    fam.Field("head_dim", "head_dim", derived=lambda v: v["d_model"] // v["n_heads"]),
+    fam.Field("d_mlp", "intermediate_size", 11008),
+    fam.Field("norm_eps", "rms_norm_eps", 1e-6, float),
+    fam.Field("activation", "hidden_act", "silu", str),
+    fam.Field("qkv_bias", "attention_bias", False, bool),
+    fam.Field("mlp_bias", "mlp_bias", False, bool),
+    fam.Field("tie_embeddings", "tie_word_embeddings", False, bool),
+    *fam.token_fields(1, 2),
 )
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
     if int(hf.get("pretraining_tp") or 1) != 1:
         raise ConfigError("llama with pretraining_tp > 1 is not supported")
-    fields = read_fields(hf, FIELDS)
-    theta, scaling = rope_settings(hf, 10000.0)
-    return ModelConfig(
-        family=MODEL_TYPE,
-        **fields,
-        norm="rmsnorm",
-        gated_mlp=True,
-        positions="rotary",
-        rotary_dim=fields["head_dim"],
-        rotary_style="half",
-        rope_theta=theta,
-        rope_scaling=scaling,
-        attn_out_bias=fields["qkv_bias"],
-    )
+    fields = fam.read_fields(hf, FIELDS)
+    theta, scaling = fam.rope_settings(hf, 10000.0)
+    rotary = {
+        "rotary_dim": fields["head_dim"],
+        "rotary_style": "half",
+        "rope_theta": theta,
+        "rope_scaling": scaling,
+    }
+    block = {"norm": "rmsnorm", "gated_mlp": True, "attn_out_bias": fields["qkv_bias"]}
+    return ModelConfig(family=MODEL_TYPE, **fields, positions="rotary", **rotary, **block)
 
 
 def hf_config(config: ModelConfig) -> dict:
     return {
         "model_type": MODEL_TYPE,
         "architectures": ["LlamaForCausalLM"],
-        **write_fields(config, FIELDS),
-        "rope_parameters": rope_hf(config),
+        **fam.write_fields(config, FIELDS),
+        "rope_parameters": fam.rope_hf(config),
         "rope_theta": config.rope_theta,
     }
 
 
-def rules(config: ModelConfig) -> list[Rule]:
+def rules(config: ModelConfig) -> list[fam.Rule]:
     layer = "model.layers.{i}"
     out = [
-        copy("model.embed_tokens.weight", "embed/tokens"),
-        *norm_rules("model.norm", "final_norm", config),
-        *norm_rules(f"{layer}.input_layernorm", "ln1", config),
-        *norm_rules(f"{layer}.post_attention_layernorm", "ln2", config),
-        *linear_rules(f"{layer}.self_attn.q_proj", "attn/q", config.qkv_bias),
-        *linear_rules(f"{layer}.self_attn.k_proj", "attn/k", config.qkv_bias),
-        *linear_rules(f"{layer}.self_attn.v_proj", "attn/v", config.qkv_bias),
-        *linear_rules(f"{layer}.self_attn.o_proj", "attn/o", config.attn_out_bias),
-        *linear_rules(f"{layer}.mlp.up_proj", "mlp/in", config.mlp_bias),
-        *linear_rules(f"{layer}.mlp.gate_proj", "mlp/gate", config.mlp_bias),
-        *linear_rules(f"{layer}.mlp.down_proj", "mlp/out", config.mlp_bias),
+        fam.copy("model.embed_tokens.weight", "embed/tokens"),
+        *fam.norm_rules("model.norm", "final_norm", config),
+        *fam.norm_rules(f"{layer}.input_layernorm", "ln1", config),
+        *fam.norm_rules(f"{layer}.post_attention_layernorm", "ln2", config),
+        *fam.linear_rules(f"{layer}.self_attn.q_proj", "attn/q", config.qkv_bias),
+        *fam.linear_rules(f"{layer}.self_attn.k_proj", "attn/k", config.qkv_bias),
+        *fam.linear_rules(f"{layer}.self_attn.v_proj", "attn/v", config.qkv_bias),
+        *fam.linear_rules(f"{layer}.self_attn.o_proj", "attn/o", config.attn_out_bias),
+        *fam.linear_rules(f"{layer}.mlp.up_proj", "mlp/in", config.mlp_bias),
+        *fam.linear_rules(f"{layer}.mlp.gate_proj", "mlp/gate", config.mlp_bias),
+        *fam.linear_rules(f"{layer}.mlp.down_proj", "mlp/out", config.mlp_bias),
     ]
     if not config.tie_embeddings:
-        out.append(transposed("lm_head.weight", "unembed/kernel"))
+        out.append(fam.transposed("lm_head.weight", "unembed/kernel"))
     return out

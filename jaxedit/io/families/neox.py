@@ -15,18 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxedit.core.config import ModelConfig
-from jaxedit.io.families import (
-    Field,
-    Rule,
-    linear_rules,
-    norm_rules,
-    read_fields,
-    rope_hf,
-    rope_settings,
-    token_fields,
-    transposed,
-    write_fields,
-)
+from jaxedit.io import families as fam
 
 MODEL_TYPE = "gpt_neox"
 BASE_PREFIX = "gpt_neox."
@@ -36,58 +25,49 @@ IGNORED = (r".*attention\.bias$", r".*attention\.masked_bias$", r".*rotary_emb\.
 
 
 FIELDS = (
-    Field("vocab_size", "vocab_size", 50432),
-    Field("d_model", "hidden_size", 6144),
-    Field("n_layers", "num_hidden_layers", 44),
-    Field("n_heads", "num_attention_heads", 64),
-    Field("d_mlp", "intermediate_size", derived=lambda v: 4 * v["d_model"]),
-    Field("max_positions", "max_position_embeddings", 2048),
-    Field("norm_eps", "layer_norm_eps", 1e-5, float),
-    Field("activation", "hidden_act", "gelu", str),
-    Field("parallel_residual", "use_parallel_residual", True, bool),
-    Field("qkv_bias", "attention_bias", True, bool),
-    Field("tie_embeddings", "tie_word_embeddings", False, bool),
-    *token_fields(0, 2),
+    *fam.size_fields(fam.HF_SIZE_KEYS, (50432, 6144, 44, 64, 2048)),
+    fam.Field("d_mlp", "intermediate_size", derived=lambda v: 4 * v["d_model"]),
+    fam.Field("norm_eps", "layer_norm_eps", 1e-5, float),
+    fam.Field("activation", "hidden_act", "gelu", str),
+    fam.Field("parallel_residual", "use_parallel_residual", True, bool),
+    fam.Field("qkv_bias", "attention_bias", True, bool),
+    fam.Field("tie_embeddings", "tie_word_embeddings", False, bool),
+    *fam.token_fields(0, 2),
 )
 
 
 def config_from_hf(hf: dict) -> ModelConfig:
-    fields = read_fields(hf, FIELDS)
+    fields = fam.read_fields(hf, FIELDS)
     head_dim = fields["d_model"] // fields["n_heads"]
     rope_params = hf.get("rope_parameters") or {}
     pct = float(rope_params.get("partial_rotary_factor", hf.get("rotary_pct", 0.25)))
-    theta, scaling = rope_settings(hf, 10000.0, theta_key="rotary_emb_base")
+    theta, scaling = fam.rope_settings(hf, 10000.0, theta_key="rotary_emb_base")
+    rotary = {
+        "rotary_dim": int(head_dim * pct),
+        "rotary_style": "half",
+        "rope_theta": theta,
+        "rope_scaling": scaling,
+    }
+    biases = {"attn_out_bias": fields["qkv_bias"], "mlp_bias": True}
     return ModelConfig(
-        family=MODEL_TYPE,
-        **fields,
-        n_kv_heads=fields["n_heads"],
-        head_dim=head_dim,
-        norm="layernorm",
-        gated_mlp=False,
-        positions="rotary",
-        rotary_dim=int(head_dim * pct),
-        rotary_style="half",
-        rope_theta=theta,
-        rope_scaling=scaling,
-        attn_out_bias=fields["qkv_bias"],
-        mlp_bias=True,
+        family=MODEL_TYPE, **fields, **fam.layernorm_mha(fields), positions="rotary", **rotary, **biases
     )
 
 
 def hf_config(config: ModelConfig) -> dict:
-    rope = rope_hf(config)
+    rope = fam.rope_hf(config)
     rope["partial_rotary_factor"] = config.rotary_dim / config.head_dim
     return {
         "model_type": MODEL_TYPE,
         "architectures": ["GPTNeoXForCausalLM"],
-        **write_fields(config, FIELDS),
+        **fam.write_fields(config, FIELDS),
         "rope_parameters": rope,
         "rotary_pct": config.rotary_dim / config.head_dim,
         "rotary_emb_base": config.rope_theta,
     }
 
 
-def _qkv_rules(config: ModelConfig) -> list[Rule]:
+def _qkv_rules(config: ModelConfig) -> list[fam.Rule]:
     h, e, d = config.n_heads, config.head_dim, config.d_model
 
     def load_w(a: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -105,23 +85,23 @@ def _qkv_rules(config: ModelConfig) -> list[Rule]:
         return np.stack([p.reshape(h, e) for p in ps], axis=1).reshape(3 * h * e)
 
     name = "gpt_neox.layers.{i}.attention.query_key_value"
-    out = [Rule(f"{name}.weight", ("attn/q/kernel", "attn/k/kernel", "attn/v/kernel"), load_w, save_w)]
+    out = [fam.Rule(f"{name}.weight", ("attn/q/kernel", "attn/k/kernel", "attn/v/kernel"), load_w, save_w)]
     if config.qkv_bias:
-        out.append(Rule(f"{name}.bias", ("attn/q/bias", "attn/k/bias", "attn/v/bias"), load_b, save_b))
+        out.append(fam.Rule(f"{name}.bias", ("attn/q/bias", "attn/k/bias", "attn/v/bias"), load_b, save_b))
     return out
 
 
-def rules(config: ModelConfig) -> list[Rule]:
+def rules(config: ModelConfig) -> list[fam.Rule]:
     out = [
-        Rule("gpt_neox.embed_in.weight", ("embed/tokens",), lambda a: (a,), lambda ps: ps[0]),
-        *norm_rules("gpt_neox.final_layer_norm", "final_norm", config),
-        *norm_rules("gpt_neox.layers.{i}.input_layernorm", "ln1", config),
-        *norm_rules("gpt_neox.layers.{i}.post_attention_layernorm", "ln2", config),
+        fam.Rule("gpt_neox.embed_in.weight", ("embed/tokens",), lambda a: (a,), lambda ps: ps[0]),
+        *fam.norm_rules("gpt_neox.final_layer_norm", "final_norm", config),
+        *fam.norm_rules("gpt_neox.layers.{i}.input_layernorm", "ln1", config),
+        *fam.norm_rules("gpt_neox.layers.{i}.post_attention_layernorm", "ln2", config),
         *_qkv_rules(config),
-        *linear_rules("gpt_neox.layers.{i}.attention.dense", "attn/o", config.attn_out_bias),
-        *linear_rules("gpt_neox.layers.{i}.mlp.dense_h_to_4h", "mlp/in", True),
-        *linear_rules("gpt_neox.layers.{i}.mlp.dense_4h_to_h", "mlp/out", True),
+        *fam.linear_rules("gpt_neox.layers.{i}.attention.dense", "attn/o", config.attn_out_bias),
+        *fam.linear_rules("gpt_neox.layers.{i}.mlp.dense_h_to_4h", "mlp/in", True),
+        *fam.linear_rules("gpt_neox.layers.{i}.mlp.dense_4h_to_h", "mlp/out", True),
     ]
     if not config.tie_embeddings:
-        out.append(transposed("embed_out.weight", "unembed/kernel"))
+        out.append(fam.transposed("embed_out.weight", "unembed/kernel"))
     return out
