@@ -162,11 +162,8 @@ def at_key(
 def tensors(batch: Batch, device: str) -> dict[str, torch.Tensor]:
     """The batch's arrays as torch tensors on `device` (integers as int64)."""
     out = {}
-    for field in dataclasses.fields(batch):
-        value = getattr(batch, field.name)
-        out[field.name] = torch.tensor(
-            value.astype(np.int64) if value.dtype.kind in "iu" else value, device=device
-        )
+    for name, value in batch._asdict().items():
+        out[name] = torch.tensor(value.astype(np.int64) if value.dtype.kind in "iu" else value, device=device)
     return out
 
 

@@ -20,7 +20,6 @@ included, the compile cache off).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import time
 
@@ -69,11 +68,10 @@ def target_flops(model, layer: int, templates, hp: TargetHparams) -> float:
     """Matrix FLOPs of jaxedit's target optimisation for REQUEST (every step counted), which is nearly all
     of an edit's work."""
     batch = build_batch(model, [REQUEST], templates, hp.kl_prompt, hp.key_token)
-    args = [getattr(batch, f.name) for f in dataclasses.fields(batch)]
     window = suffix_window(batch)
     return matmul_flops(
-        lambda *a: optimise_batch(model.params, model.config, layer, 1, hp, window, *a),
-        *args,
+        lambda b: optimise_batch(model.params, model.config, layer, 1, hp, window, b),
+        batch,
         while_trips=hp.steps,
     )
 

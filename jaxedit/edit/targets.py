@@ -1,4 +1,4 @@
-"""Target optimisation shared by ROME, MEMIT, PMET and RETS (METHODS.md §4).
+"""Target optimisation shared by ROME, MEMIT, PMET and RETS (docs/methods.md §4).
 
 For each edit request, find `δ` added to the MLP output of the edited layer at the key token (the last
 subject token) so that the model predicts the new object in every context:
@@ -46,7 +46,7 @@ from jaxedit.runtime.execution import Execution
 
 @dataclasses.dataclass(frozen=True)
 class TargetHparams:
-    """METHODS.md §4 defaults (ROME on GPT-2: 20 steps, clamp 4)."""
+    """docs/methods.md §4 defaults (ROME on GPT-2: 20 steps, clamp 4)."""
 
     steps: int = 20
     lr: float = 0.5
@@ -56,14 +56,14 @@ class TargetHparams:
     loss_stop: float = 0.05
     kl_prompt: str = "{} is a"
     # what `m0` (the vector δ is added to, and the scale of the clamp and decay) is: the MLP output of
-    # the edited layer (ROME), or its residual output `h[l]` (MEMIT / PMET targets, METHODS.md §6);
+    # the edited layer (ROME), or its residual output `h[l]` (MEMIT / PMET targets, docs/methods.md §6);
     # adding δ to either changes `h[l]` identically
     reference: str = "mlp_out"
-    # PMET (METHODS.md §7): also optimise δa on the attention output (own clamp and decay), and weight the
+    # PMET (docs/methods.md §7): also optimise δa on the attention output (own clamp and decay), and weight the
     # NLL by φ = 1 until every target token is the argmax, then φ = nll_after (0.1), stopping once the KL
     # falls below kl_stop
     # where δ is added and the key read: the last subject token (ROME, MEMIT, PMET) or the last token of the
-    # prompt, the last relation token (RETS, METHODS.md §8); the KL prompt may name `{prompt}` (RETS'
+    # prompt, the last relation token (RETS, docs/methods.md §8); the KL prompt may name `{prompt}` (RETS'
     # reference code: "<prompt> is a") instead of the subject (`{}`)
     key_token: str = "subject"
     attn_delta: bool = False
@@ -124,7 +124,7 @@ class Targets:
 
 
 def target_ids(model: Model, target: str) -> list[int]:
-    """Token ids of a target object, with a leading space (METHODS.md §0); no special tokens."""
+    """Token ids of a target object, with a leading space (docs/methods.md §0); no special tokens."""
     text = target if target.startswith(" ") else " " + target
     ids = list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
     if not ids:
@@ -132,9 +132,9 @@ def target_ids(model: Model, target: str) -> list[int]:
     return ids
 
 
-@dataclasses.dataclass(frozen=True)
-class Batch:
-    """Host arrays of the padded batch: per row its request, key position and readout positions."""
+class Batch(NamedTuple):
+    """Arrays of the padded batch (host arrays from `build_batch`; a pytree, so the jitted steps take it
+    whole): per row its request, key position and readout positions."""
 
     ids: np.ndarray  # [R, T]
     mask: np.ndarray  # [R, T]
@@ -228,25 +228,17 @@ class Prepass(NamedTuple):
     key_mean: jax.Array  # [n, F] MLP key averaged over the request's contexts
 
 
-@functools.partial(jax.jit, static_argnames=("config", "layer", "n_requests", "hp"))
+@functools.partial(jax.jit, static_argnames=("config", "layer", "hp", "n_requests"))
 def target_prepass(
-    params: Params,
-    config: ModelConfig,
-    layer: int,
-    n_requests: int,
-    hp: TargetHparams,
-    ids: jax.Array,
-    mask: jax.Array,
-    row_request: jax.Array,
-    key_pos: jax.Array,
-    is_kl: jax.Array,
-    is_bare: jax.Array,
-    first_read: jax.Array,
+    params: Params, config: ModelConfig, layer: int, hp: TargetHparams, n_requests: int, batch: Batch
 ) -> Prepass:
     """The unedited pass with `δ = 0`: the edited layer's input, every layer's keys / values from the
-    edited one up, the original distribution at each row's first read (`first_read`, `[R]`) and `m0`
-    and the keys. Its shapes are the batch's rows and token length, not the suffix window or the read
-    width, so requests of a new window or target length compile only `target_loop`."""
+    edited one up, the original distribution at each row's first read (`batch.read_pos[:, 0]`; the
+    batch comes without its other read columns, labels and weights) and `m0` and the keys. Its shapes
+    are the batch's rows and token length, not the suffix window or the read width, so requests of a
+    new window or target length compile only `target_loop`."""
+    ids, mask, row_request, key_pos, is_kl, is_bare = batch[:6]
+    first_read = batch.read_pos[:, 0]
     x, positions, rotary, causal = decoder.prepare(config, params, ids, mask)
     below = jax.tree.map(lambda a: a[:layer], params["layers"])
     x, _ = decoder.run_layers(config, below, x, rotary, causal)  # input of the edited layer: fixed
@@ -276,25 +268,21 @@ def target_prepass(
     return Prepass(x, positions, cached_k, cached_v, kl_base, m0, a0, keys[bare_index], key_mean)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "layer", "n_requests", "hp", "window"))
+@functools.partial(jax.jit, static_argnames=("config", "layer", "hp", "window"))
 def target_loop(
     params: Params,
     config: ModelConfig,
     layer: int,
-    n_requests: int,
     hp: TargetHparams,
     window: int,
     pre: Prepass,
-    mask: jax.Array,
-    row_request: jax.Array,
-    key_pos: jax.Array,
-    is_kl: jax.Array,
-    read_pos: jax.Array,
-    labels: jax.Array,
-    weights: jax.Array,
+    batch: Batch,
 ) -> tuple[jax.Array, ...]:
     """Adam on `δ` (module docstring), recomputing only the `window` tokens from each row's key token on
     through the layers from the edited one up. Returns `δ_mlp, δ_attn, history, nll, steps`."""
+    mask, row_request, key_pos, is_kl = batch.mask, batch.row_request, batch.key_pos, batch.is_kl
+    read_pos, labels, weights = batch.read_pos, batch.labels, batch.weights
+    n_requests = pre.m0.shape[0]
     p_layer = jax.tree.map(lambda a: a[layer], params["layers"])
     above = jax.tree.map(lambda a: a[layer + 1 :], params["layers"])
     x = pre.x
@@ -412,26 +400,14 @@ def optimise_batch(
     n_requests: int,
     hp: TargetHparams,
     window: int,
-    ids: jax.Array,
-    mask: jax.Array,
-    row_request: jax.Array,
-    key_pos: jax.Array,
-    is_kl: jax.Array,
-    is_bare: jax.Array,
-    read_pos: jax.Array,
-    labels: jax.Array,
-    weights: jax.Array,
+    batch: Batch,
 ) -> tuple[jax.Array, ...]:
-    """`target_prepass` then `target_loop` on the arrays of a `Batch` (in field order): returns
-    `δ_mlp, δ_attn, m0, key, key_mean, history, nll, steps`. Two programs, so that a batch of a new
-    suffix window (same token length) compiles only the loop; jit it to plan or count the whole."""
-    pre = target_prepass(
-        params, config, layer, n_requests, hp, ids, mask, row_request, key_pos, is_kl, is_bare, read_pos[:, 0]
-    )  # fmt: skip
-    delta, delta_attn, history, nll, steps = target_loop(
-        params, config, layer, n_requests, hp, window, pre, mask, row_request, key_pos, is_kl, read_pos,
-        labels, weights,
-    )  # fmt: skip
+    """`target_prepass` then `target_loop` on a `Batch`: returns `δ_mlp, δ_attn, m0, key, key_mean,
+    history, nll, steps`. Two programs, so that a batch of a new suffix window (same token length)
+    compiles only the loop; jit it to plan or count the whole."""
+    first_reads = batch._replace(read_pos=batch.read_pos[:, :1], labels=None, weights=None)
+    pre = target_prepass(params, config, layer, hp, n_requests, first_reads)
+    delta, delta_attn, history, nll, steps = target_loop(params, config, layer, hp, window, pre, batch)
     return delta, delta_attn, pre.m0, pre.key, pre.key_mean, history, nll, steps
 
 
@@ -505,10 +481,8 @@ def optimise_targets(
         chunks, desc=f"targets at layer {layer}", disable=not execution.progress or len(chunks) == 1
     ):
         batch = build_batch(model, [requests[i] for i in chunk], templates, hp.kl_prompt, hp.key_token)
-        out = optimise_batch(
-            params, model.config, layer, len(chunk), hp, suffix_window(batch),
-            *(jnp.asarray(getattr(batch, f.name)) for f in dataclasses.fields(batch)),
-        )  # fmt: skip
+        arrays = Batch(*(jnp.asarray(a) for a in batch))
+        out = optimise_batch(params, model.config, layer, len(chunk), hp, suffix_window(batch), arrays)
         parts.append([np.asarray(a) for a in out])
     restore = np.argsort(order)  # back to the order of `requests`
     delta, delta_attn, m0, key, key_mean, history, nll, steps = (

@@ -35,7 +35,7 @@ from jaxedit.core import decoder, layout
 from jaxedit.core.config import ModelConfig
 from jaxedit.core.sharding import param_shardings
 from jaxedit.edit.contexts import MEMIT_PREFIXES, ROME_PREFIXES
-from jaxedit.edit.targets import TargetHparams, optimise_batch, rows_for_budget
+from jaxedit.edit.targets import Batch, TargetHparams, optimise_batch, rows_for_budget
 from jaxedit.errors import InputError
 from jaxedit.runtime.execution import Execution
 from jaxedit.scale.flops import matmul_flops
@@ -239,12 +239,10 @@ def plan_trace(
 _target_program = jax.jit(optimise_batch, static_argnums=(1, 2, 3, 4, 5))
 
 
-def _target_batch(
-    mesh: Mesh, rows: int, length: int = 32, reads: int = 4
-) -> tuple[jax.ShapeDtypeStruct, ...]:
-    """Abstract `build_batch` arrays (rows of contexts + KL rows, right-padded to `length`)."""
+def _target_batch(mesh: Mesh, rows: int, length: int = 32, reads: int = 4) -> Batch:
+    """An abstract `build_batch` batch (rows of contexts + KL rows, right-padded to `length`)."""
     shard = lambda shape, dtype: _batch_sharded(mesh, shape, dtype)  # noqa: E731
-    return (
+    return Batch(
         shard((rows, length), jnp.int32), shard((rows, length), jnp.bool_), shard((rows,), jnp.int32),
         shard((rows,), jnp.int32), shard((rows,), jnp.bool_), shard((rows,), jnp.bool_),
         shard((rows, reads), jnp.int32), shard((rows, reads), jnp.int32), shard((rows, reads), jnp.float32),
@@ -266,7 +264,7 @@ def plan_rome(config: ModelConfig, mesh: Mesh, params: dict, hp: TargetHparams |
     contexts = sum(count for _, count in ROME_PREFIXES) + 1  # the bare prompt too
     layer = config.n_layers // 2
     loop = _part(
-        _target_program, params, config, layer, 1, hp, 16, *_target_batch(mesh, contexts + 1),
+        _target_program, params, config, layer, 1, hp, 16, _target_batch(mesh, contexts + 1),
         static=(1, 2, 3, 4, 5), while_trips=hp.steps,
     )  # fmt: skip
     return _combine(mesh, (loop, 1), (_solve(config, mesh, 1), 1))
@@ -286,7 +284,7 @@ def plan_mass(
     n = min(per_chunk, edits)
     hp = TargetHparams(reference="resid_post", steps=25)
     loop = _part(
-        _target_program, params, config, top, n, hp, 16, *_target_batch(mesh, n * (contexts + 1)),
+        _target_program, params, config, top, n, hp, 16, _target_batch(mesh, n * (contexts + 1)),
         static=(1, 2, 3, 4, 5), while_trips=hp.steps,
     )  # fmt: skip
     return _combine(mesh, (loop, -(-edits // n)), (_solve(config, mesh, edits), layers))
