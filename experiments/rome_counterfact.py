@@ -1,4 +1,4 @@
-"""ROME and the fine-tuning baselines on CounterFact (paper 003 Table 4 shape; METHODS.md §12).
+"""ROME and the fine-tuning baselines on CounterFact (Meng et al. 2022 Table 4 shape; docs/methods.md §12).
 
 SmolLM2-135M, the first N records of `counterfact_easyedit/counterfact-edit.json` (EasyEdit split layout:
 one paraphrase and one neighbourhood prompt per record), each edit applied alone to the unedited model.
@@ -23,9 +23,10 @@ from jaxedit.edit import RomeHparams, default_layer, rome
 from jaxedit.edit.contexts import context_templates
 from jaxedit.edit.finetune import FT, FT_L, finetune
 from jaxedit.evaluate import evaluate_counterfact, read_counterfact
+from jaxedit.evaluate.counterfact import MAGNITUDES, TOKEN_ACCURACIES
 
 NAME = "rome_counterfact"
-PAPER = {  # paper 003 Table 4, GPT-2 XL, 2,000 records (METHODS.md §13)
+PAPER = {  # Meng et al. 2022 Table 4, GPT-2 XL, 2,000 records (docs/methods.md §13)
     "unedited": {"ES": 22.35, "PS": 21.98, "NS": 77.53},
     "rome": {"ES": 99.50, "PS": 97.22, "NS": 72.76},
 }
@@ -66,31 +67,17 @@ def main() -> None:
     }  # fmt: skip
     common.write_text(common.RESULTS / f"{NAME}.json", json.dumps(results, indent=1))
 
-    keys = (
-        "ES",
-        "PS",
-        "NS",
-        "EM",
-        "PM",
-        "NM",
-        "score",
-        "fluency",
-        "token_acc_rewrite",
-        "token_acc_rephrase",
-        "token_acc_locality",
-    )
-    rows = ["| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for method in ("unedited", *args.methods.split(",")):
-        rows.append(f"| {method} | " + " | ".join(str(results[method].get(k)) for k in keys) + " |")
+    keys = (*MAGNITUDES, "score", "fluency", *TOKEN_ACCURACIES)
+    table = common.markdown_table(results, ["unedited", *args.methods.split(",")], keys)
     unedited_ns = results["unedited"]["NS"]
     rome_row = results.get("rome", {})
-    md = f"""# ROME on CounterFact (paper 003 Table 4 shape)
+    md = f"""# ROME on CounterFact (Meng et al. 2022 Table 4 shape)
 
 Model: SmolLM2-135M-Instruct, float32; edited layer {layer} (the peak of the MLP indirect effect at the
 last subject token, experiments/results/trace_subject_known.md). Data: the first {len(cases)} records of
 `counterfact_easyedit/counterfact-edit.json` (one paraphrase, one neighbourhood prompt each), every edit
 applied alone to the unedited model. Statistics: {results["settings"]["statistics"]}. ROME: {len(templates)}
-contexts, 20 steps, clamp 4, KL 0.0625, decay 0.5 (METHODS.md §4-5). FT / FT-L: Adam 5e-4 on the same
+contexts, 20 steps, clamp 4, KL 0.0625, decay 0.5 (docs/methods.md §4-5). FT / FT-L: Adam 5e-4 on the same
 layer's output projection, 25 steps (FT-L: |dW| <= 5e-4). Run time {results["settings"]["seconds"] / 60:.0f} min on
 {common.machine()}. Produced by `python experiments/{NAME}.py --n {len(cases)} --methods {args.methods}`.
 
@@ -99,7 +86,7 @@ length-normalised probabilities; EM / PM / NM: mean probability differences x100
 ES, PS, NS; fluency: generation entropy of {args.generation_tokens}-token top-k-5 samples of the rewrite and
 paraphrase prompts; token_acc_*: {results["protocol"]["token_acc"]}.
 
-{chr(10).join(rows)}
+{table}
 
 ## Compared with the paper (GPT-2 XL, 2,000 records)
 

@@ -1,4 +1,4 @@
-"""CounterFact evaluation of edits (METHODS.md §12, paper 003 §4).
+"""CounterFact evaluation of edits (docs/methods.md §12, Meng et al. 2022 §4).
 
 Per record, on the edited model (and on the unedited one for the baseline row):
 - Efficacy `ES = [P(o*) > P(o_true)]` on the rewrite prompt, Paraphrase `PS` the same averaged over the
@@ -10,7 +10,7 @@ Per record, on the edited model (and on the unedited one for the baseline row):
   equal to the unedited model's).
 Summaries are means ×100 with Score = harmonic mean of ES, PS, NS. Cases carrying R-Specificity prompts
 (`jaxedit.evaluate.rspec.attach_rspec`) also get `RS_spec` and the RETS Score `score_rets`, the arithmetic
-mean of ES, PS, NS and RS_spec (paper 000).
+mean of ES, PS, NS and RS_spec (Liu et al. 2024).
 
 Reads both layouts: the ROME `counterfact.json` (`requested_rewrite`, `paraphrase_prompts`,
 `neighborhood_prompts`, `generation_prompts`) and the EasyEdit split layout (`prompt`, `subject`,
@@ -38,6 +38,9 @@ from jaxedit.evaluate.report import Report
 from jaxedit.evaluate.runner import Benchmark, RunOptions, evaluate_edits
 from jaxedit.io.loading import Model
 
+SUCCESSES = ("ES", "PS", "NS")  # efficacy, paraphrase, neighbourhood success (ROME §3)
+MAGNITUDES = (*SUCCESSES, "EM", "PM", "NM")  # with their magnitudes
+TOKEN_ACCURACIES = ("token_acc_rewrite", "token_acc_rephrase", "token_acc_locality")  # EasyEdit's
 TOKEN_PROTOCOL = "EasyEdit teacher-forced token accuracy (rewrite / rephrase / locality vs unedited top-1)"
 
 
@@ -206,23 +209,12 @@ def _mean(values: Sequence[float | None]) -> float | None:
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Means ×100 (fluency as is), Score = harmonic mean of ES, PS, NS."""
     out: dict[str, Any] = {"n": len(rows)}
-    for key in (
-        "ES",
-        "PS",
-        "NS",
-        "EM",
-        "PM",
-        "NM",
-        "token_acc_rewrite",
-        "token_acc_rephrase",
-        "token_acc_locality",
-        "RS_spec",
-    ):
+    for key in (*MAGNITUDES, *TOKEN_ACCURACIES, "RS_spec"):
         mean = _mean([r.get(key) for r in rows])
         out[key] = None if mean is None else round(100 * mean, 2)
     fluency = _mean([r.get("fluency") for r in rows])
     out["fluency"] = None if fluency is None else round(fluency, 3)
-    parts = [out[k] for k in ("ES", "PS", "NS")]
+    parts = [out[k] for k in SUCCESSES]
     out["score"] = round(harmonic_mean(parts), 2) if all(p is not None for p in parts) else None
     rets_parts = [*parts, out["RS_spec"]]  # RETS tables: Efficacy, Generalization, S-Spec, R-Spec (§12)
     out["score_rets"] = (
