@@ -1,4 +1,4 @@
-"""PMET's component probes on SmolLM2 (paper 002 §3, Fig. 2 shape): how much MHSA and FFN change the last
+"""PMET's component probes on SmolLM2 (Li et al. 2024 §3, Fig. 2 shape): how much MHSA and FFN change the last
 token's hidden state per layer.
 
 Prompts: all of `rets/known_1000.json` (1,209 facts, as the paper). Per layer, cosine similarity of the
@@ -64,7 +64,7 @@ def main() -> None:
 Model: SmolLM2-135M-Instruct, float32. Prompts: {len(facts)} of `rets/known_1000.json`, last token. Top-50
 lens tokens. Run time {seconds} s on {common.machine()}. Produced by `python experiments/{NAME}.py`.
 
-Paper 002 Fig. 2 (GPT-J): after the first ~15 layers the FFN changes the hidden state less and less (its
+Li et al. 2024 Fig. 2 (GPT-J): after the first ~15 layers the FFN changes the hidden state less and less (its
 before/after similarity rises and stabilises) while MHSA keeps changing it. Means over the two halves of
 SmolLM2's layers:
 

@@ -1,11 +1,11 @@
-"""Editing a fact from the entity vs the relation perspective (paper 004 Tables 1-2 shape).
+"""Editing a fact from the entity vs the relation perspective (Wei et al. 2024 Tables 1-2 shape).
 
 SmolLM2-135M on the first N facts of `rets/known_1000.json` whose relation has ParaRel wordings
-(`jaxedit.evaluate.perspective` says how the probes are built, the gap paper 004 leaves). Each fact gets
+(`jaxedit.evaluate.perspective` says how the probes are built, the gap Wei et al. 2024 leaves). Each fact gets
 a counterfactual object and is edited alone, from the entity perspective (key at the last subject
 token, at the subject-traced layers: ROME layer 4, MEMIT layers 0-4) and from the relation perspective
 (key at the last relation token, at the relation-traced layer 23: ROME and RETS at 23, MEMIT at 19-23).
-Reliability and Generality (paper 004 eqs. 6-7) on entity probes (same subject, the relation worded as
+Reliability and Generality (Wei et al. 2024 eqs. 6-7) on entity probes (same subject, the relation worded as
 ParaRel does) and relation probes (the edit prompt's wording, alone and after held-out contexts).
 Writes `experiments/results/entity_vs_relation.{json,md}`.
 
@@ -32,7 +32,7 @@ from jaxedit.evaluate.rspec import read_patterns
 
 NAME = "entity_vs_relation"
 ALL = ("rome-entity", "rome-relation", "rets-relation", "memit-entity", "memit-relation")
-PAPER = {  # paper 004, GPT-2 XL: Table 2 (entity edits) and Table 1 (relation edits)
+PAPER = {  # Wei et al. 2024, GPT-2 XL: Table 2 (entity edits) and Table 1 (relation edits)
     "rome-entity (paper, GPT-2 XL)": (99.93, 96.6, 96.12, 74.46),
     "memit-entity (paper, GPT-2 XL)": (93.88, 79.6, 97.28, 76.01),
     "rome-relation (paper, GPT-2 XL)": (27.92, 28.12, 99.99, 84.47),
@@ -41,7 +41,7 @@ PAPER = {  # paper 004, GPT-2 XL: Table 2 (entity edits) and Table 1 (relation e
 
 
 def comparison(results: dict) -> str:
-    """Paper 004's finding, checked on these numbers: relation-perspective edits reach the relation
+    """Wei et al. 2024's finding, checked on these numbers: relation-perspective edits reach the relation
     probes but transfer less to the entity probes than entity-perspective edits do."""
     lines = []
     for method in ("rome", "memit"):
@@ -167,7 +167,7 @@ def main() -> None:
     paper = {k: dict(zip(METRICS, v, strict=True)) for k, v in PAPER.items()}
     table = common.markdown_table({**results, **paper}, [*results, *paper], (*METRICS, "n"))
     relations = sorted({c.relation for c in cases})
-    md = f"""# Entity vs relation perspective (paper 004 Tables 1-2 shape, SmolLM2)
+    md = f"""# Entity vs relation perspective (Wei et al. 2024 Tables 1-2 shape, SmolLM2)
 
 Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} facts of `rets/known_1000.json`
 whose relation has at least two ParaRel wordings besides the fact's own ({len(relations)} relations),
@@ -178,7 +178,7 @@ relation token at the relation-traced layer (ROME and RETS {relation_layer}, MEM
 {list(memit_relation.layers)}). Packaged settings otherwise (RETS with its subject constraint over
 {settings.get("constraint_prompts", 0)} CounterFact-train prompts).
 
-Probes (paper 004 does not publish its own; `jaxedit/evaluate/perspective.py`): **entity** = the same
+Probes (Wei et al. 2024 does not publish its own; `jaxedit/evaluate/perspective.py`): **entity** = the same
 subject with the relation worded as ParaRel does (the first wording gives Reliability, the others
 Generality); **relation** = the edit prompt's own wording, alone (Reliability) and after 5 held-out
 10-token contexts (Generality). A hit means every token of the new object is the teacher-forced argmax;
@@ -191,7 +191,7 @@ reused from the cache and not counted). Produced by
 
 `unedited` scores the new objects before any edit; `unedited (true object)` the true ones.
 
-## Compared with paper 004 (GPT-2 XL)
+## Compared with Wei et al. 2024 (GPT-2 XL)
 
 {comparison(results)}
 """

@@ -1,4 +1,4 @@
-"""Calibrating iReVa's score scale on SmolLM2 (METHODS.md §9: the paper does not pin it).
+"""Calibrating iReVa's score scale on SmolLM2 (docs/methods.md §9: the paper does not pin it).
 
 Held-out data: the first N records of `zsre/ZsRE-test-all.json` (KnowEdit layout; its locality prompts
 ask about the same subject with another relation, harder to leave untouched than the NQ questions of the
@@ -69,7 +69,7 @@ def main() -> None:
                 common.write_text(paths[theta], json.dumps(point))
                 points.append(point)
                 logging.info("%s", point)
-    # the gate must stay shut on unrelated prompts (METHODS.md §9): at most 1 % of the locality prompts may
+    # the gate must stay shut on unrelated prompts (docs/methods.md §9): at most 1 % of the locality prompts may
     # make a neuron fire, and NS must stay within a point of the unedited model
     eligible = [p for p in points if p["NS"] >= unedited["NS"] - 1.0 and p["locality_fired"] <= 1.0]
     # the best few gates again with the retrofit on (what `ireva` does by default); the default is the best

@@ -1,5 +1,5 @@
 """iReVa's withdrawal (RS, Con) against its margin θ, out-of-scope weight b and exclusive floors on SmolLM2
-(METHODS.md §9).
+(docs/methods.md §9).
 
 The first N records of `zsre/zsre_mend_edit.json` are edited at once (retrofit on) for each variant; each
 reports zsRE ES / PS / NS and, after withdrawing each fact on its own, RS (the output changes) and Con (the
@@ -115,8 +115,8 @@ exclusive floors (`IrevaHparams.exclusive`: each neuron's threshold raised above
 facts' inputs). Each fact is then withdrawn on its own, as the paper withdraws (its neurons removed from
 the gate, `mode="remove"`; jaxedit's default muting is measured in `ireva_zsre.md`), and its question
 scored token by token (answer
-prefixes teacher forced). RS / Con as paper 001 §6.2 defines them, per example: the fact's output (its
-top-1 tokens) changes / equals the unedited model's whole (paper 001 Table 2, GPT-2 XL 10K: RS 98.02, Con
+prefixes teacher forced). RS / Con as iReVa 2024 §6.2 defines them, per example: the fact's output (its
+top-1 tokens) changes / equals the unedited model's whole (iReVa 2024 Table 2, GPT-2 XL 10K: RS 98.02, Con
 93.03). RS_token / Con_token: the same per answer token (stricter). `changed`: facts whose edited output
 differs from the unedited one at all, the most RS can reach. Run time of this invocation
 {seconds / 60:.0f} min on {common.machine()} (variants cached by earlier invocations, about 7 min each on this

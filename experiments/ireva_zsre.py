@@ -1,4 +1,4 @@
-"""iReVa on zsRE against FT, ROME, MEMIT and PMET (METHODS.md §9, §12; paper 001 Tables 1-2).
+"""iReVa on zsRE against FT, ROME, MEMIT and PMET (docs/methods.md §9, §12; iReVa 2024 Tables 1-2).
 
 SmolLM2-135M with `zsre/zsre_mend_edit.json`: iReVa (retrofit), iReVa with exclusive floors (retrofit,
 `IrevaHparams.exclusive`) and iReVa (initialisation only) edit all N records at once with the calibrated `IrevaHparams` defaults (`ireva_calibration`); FT-L, ROME (one edit
@@ -6,7 +6,7 @@ after another), MEMIT and PMET (one batch) edit the first `--compare` records wi
 settings. Every record is scored on the model holding all of its method's edits: teacher-forced top-1
 accuracy of each answer token given the question and the earlier answer tokens (ES), the same on the
 rephrasing (PS), and of the locality answer on its `nq question:` prompt (NS), ×100; score = mean. For
-the retrofitted iReVa variants, withdrawal (RS, Con per example as paper 001 defines them; RS_token,
+the retrofitted iReVa variants, withdrawal (RS, Con per example as iReVa 2024 defines them; RS_token,
 Con_token per answer token) is measured after all edits, each fact withdrawn on its own in both modes
 (`jaxedit.edit.adaptors.WITHDRAWAL_MODES`: muted, the default, and removed from the gate, the paper's;
 the `remove` entry of a method), and θ is swept on the retrofitted model (θ is an
@@ -45,7 +45,7 @@ ALL_METHODS = ("ireva", "ireva-exclusive", "ireva-init", "ft", "rome", "memit", 
 WITHDRAWN = ("ireva", "ireva-exclusive")  # methods whose withdrawal is measured
 WITHDRAWAL_KEYS = ("RS", "Con", "RS_token", "Con_token", "changed")
 REMOVE_KEYS = ("RS", "Con")  # shown for the paper's withdrawal (remove) next to the default (mute)
-PAPER = {  # paper 001 Table 1 (GPT-2 XL, zsRE-10K) and Table 2 (withdrawal)
+PAPER = {  # iReVa 2024 Table 1 (GPT-2 XL, zsRE-10K) and Table 2 (withdrawal)
     "unedited": {"ES": 22.89, "PS": 21.96, "NS": 27.65, "score": 24.17},
     "ireva": {
         "ES": 97.47,
@@ -195,7 +195,7 @@ def main() -> None:
         fig.tight_layout()
         fig.savefig(common.RESULTS / f"{NAME}.png", dpi=120)
 
-    paper = {f"{m} (paper 001, GPT-2 XL 10K)": v for m, v in PAPER.items()}
+    paper = {f"{m} (iReVa 2024, GPT-2 XL 10K)": v for m, v in PAPER.items()}
     shown = {  # the paper's withdrawal (remove) next to the default (mute)
         m: r | {f"{k} (remove)": r["remove"][k] for k in REMOVE_KEYS if "remove" in r}
         for m, r in results.items()
@@ -213,7 +213,7 @@ def main() -> None:
         findings = f"""
 ## Against the issue's bars
 
-RS / Con are per example, as paper 001 §6.2 defines them (the fact's output, its top-1 token at every
+RS / Con are per example, as iReVa 2024 §6.2 defines them (the fact's output, its top-1 token at every
 answer position, changes / equals the unedited model's whole); RS_token / Con_token compare token by
 token, and `changed` (facts whose edited output differs from the unedited one at all) bounds RS. Columns
 without a suffix withdraw by muting (jaxedit's default: the fact's neurons stay in the top-1 and write
@@ -255,7 +255,7 @@ floors.
 Model: SmolLM2-135M-Instruct, float32. Data: `zsre/zsre_mend_edit.json`, {len(everything)} records
 ({skipped} skipped). Metric: {PROTOCOL}; score = mean (iReVa's convention). iReVa: calibrated defaults
 (`jaxedit/hparams/ireva/llama-30.json`, see `ireva_calibration.md`), all {len(everything)} facts edited at once (neurons
-retrofitted independently, METHODS.md §9). RS / Con: each fact withdrawn on its own after all edits.
+retrofitted independently, docs/methods.md §9). RS / Con: each fact withdrawn on its own after all edits.
 Machine: {common.machine()}. Produced by `python experiments/{NAME}.py --n {len(everything)} --compare {len(first)}`
 (per-method results cached; this table from the cached runs).
 

@@ -1,5 +1,5 @@
 """Mass editing on CounterFact: MEMIT and PMET with N edits in one batch, ROME applied sequentially for
-contrast (paper 002 Table 1 shape; METHODS.md §6, §7, §12).
+contrast (Li et al. 2024 Table 1 shape; docs/methods.md §6, §7, §12).
 
 SmolLM2-135M, the first N records of `counterfact_easyedit/counterfact-edit.json`. MEMIT and PMET edit
 all N records in one batch (one `Delta`) with the packaged SmolLM2 hyperparameters
@@ -30,7 +30,7 @@ from jaxedit.evaluate import evaluate_counterfact, read_counterfact
 from jaxedit.io.cache import digest
 
 NAME = "mass_counterfact"
-PAPER = {  # paper 002 Table 1, GPT-J, 10,000 CounterFact edits (fluency there is x100)
+PAPER = {  # Li et al. 2024 Table 1, GPT-J, 10,000 CounterFact edits (fluency there is x100)
     "unedited": {"ES": 15.2, "PS": 17.7, "NS": 83.5, "score": 22.4},
     "memit": {"ES": 98.9, "PS": 88.6, "NS": 73.7, "score": 85.8},
     "pmet": {"ES": 99.5, "PS": 92.8, "NS": 71.4, "score": 86.2},
@@ -53,7 +53,7 @@ ROME_ANALYSIS = """ROME applied 200 times in sequence to one layer (4) reaches e
 the batch methods but pays on neighbourhood prompts and fluency (NS and fluency against the unedited row):
 each rank-one update is solved on the model holding the previous ones, with nothing keeping earlier
 updates from spilling onto other subjects, while MEMIT and PMET solve for all 200 keys at once and spread
-the change over five layers. Paper 002 (§1) says single-edit methods lose efficacy and generalization
+the change over five layers. Li et al. 2024 (§1) says single-edit methods lose efficacy and generalization
 as edits accumulate; at 200 edits on SmolLM2 those hold and specificity is what falls (score 74.09
 against MEMIT's 80.66); the sequential run, edits and scoring, took {rome_minutes:.0f} min on this 2-core CPU."""
 
@@ -86,7 +86,7 @@ def render(results: dict, settings: dict) -> None:
     )
     methods = [m for m in ("memit", "pmet", "rome") if m in results]
 
-    paper = {f"{m} (paper 002, GPT-J)": {**v, "n": 10000} for m, v in PAPER.items()}
+    paper = {f"{m} (Li et al. 2024, GPT-J)": {**v, "n": 10000} for m, v in PAPER.items()}
     table = common.markdown_table({**results, **paper}, ["unedited", *methods, *paper], KEYS)
     verdict = ""
     if "pmet" in results and "memit" in results:
@@ -96,7 +96,7 @@ def render(results: dict, settings: dict) -> None:
             f"{pmet['score']} vs MEMIT {memit_['score']} (bar PMET ≥ MEMIT − 1: "
             f"{'met' if pmet['score'] >= memit_['score'] - 1 else 'NOT met'})."
         )
-    md = f"""# Mass editing on CounterFact (paper 002 Table 1 shape)
+    md = f"""# Mass editing on CounterFact (Li et al. 2024 Table 1 shape)
 
 Model: SmolLM2-135M-Instruct, float32. Data: the first {n} records of
 `counterfact_easyedit/counterfact-edit.json` (EasyEdit layout: one paraphrase and one neighbourhood
@@ -118,7 +118,7 @@ optimised targets, before the layer solves. Produced by
 
 {ROME_ANALYSIS.format(rome_minutes=settings["seconds_per_method"].get("rome", 0) / 60) if "rome" in results else ""}
 
-Paper 002 Table 1 (GPT-J, 10,000 edits, the original CounterFact with many paraphrase and neighbourhood
+Li et al. 2024 Table 1 (GPT-J, 10,000 edits, the original CounterFact with many paraphrase and neighbourhood
 prompts per record) is given for shape only: there both keep efficacy near 99 % at 10,000 edits, PMET wins
 on efficacy and generalization and MEMIT on specificity; here the model is 45× smaller, the batch 50× smaller and each record
 has one paraphrase and one neighbourhood prompt.

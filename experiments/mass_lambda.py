@@ -1,5 +1,5 @@
 """Choosing λ (`mom2_weight`) for MEMIT and PMET, and PMET's δm clamp, on SmolLM2, on held-out CounterFact
-records (METHODS.md §6, §7: the papers' values were tuned for GPT-2 XL / GPT-J).
+records (docs/methods.md §6, §7: the papers' values were tuned for GPT-2 XL / GPT-J).
 
 The first N records of `counterfact_easyedit/counterfact-train.json` (disjoint from the `-edit` split the
 other experiments evaluate on) are edited together, starting from the papers' GPT-J CounterFact settings

@@ -1,4 +1,4 @@
-"""MEMIT and PMET on zsRE (METHODS.md §12; paper 002's zsRE table shape).
+"""MEMIT and PMET on zsRE (docs/methods.md §12; Li et al. 2024's zsRE table shape).
 
 SmolLM2-135M, the first N records of `zsre/zsre_mend_edit.json` edited in batches of `--batch` with the
 packaged SmolLM2 hyperparameters and statistics over Wikipedia text; each record scored by teacher-forced
@@ -30,7 +30,7 @@ from jaxedit.io.cache import digest
 NAME = "mass_zsre"
 TARGETS = common.RESULTS / f"{NAME}_targets"
 KEYS = ("ES", "PS", "NS", "score", "n")
-PAPER = {  # paper 002 Table 2, GPT-J, 10,000 zsRE edits (no score column there)
+PAPER = {  # Li et al. 2024 Table 2, GPT-J, 10,000 zsRE edits (no score column there)
     "unedited": {"ES": 26.4, "PS": 25.8, "NS": 27.0},
     "memit": {"ES": 96.7, "PS": 89.7, "NS": 26.6},
     "pmet": {"ES": 96.9, "PS": 90.6, "NS": 26.7},
@@ -82,7 +82,7 @@ def main() -> None:
     common.write_text(
         common.RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1)
     )
-    paper = {f"{m} (paper 002, GPT-J 10K)": v for m, v in PAPER.items()}
+    paper = {f"{m} (Li et al. 2024, GPT-J 10K)": v for m, v in PAPER.items()}
     table = common.markdown_table({**results, **paper}, [*results, *paper], KEYS)
     target_text = ", ".join(
         f"{settings[m]['target_store']['seconds'] / 60:.0f} min for {m.upper()}'s {settings[m]['target_store']['edits']} edits"
@@ -99,7 +99,7 @@ Produced by `python experiments/{NAME}.py --n {len(cases)} --batch {batch} --met
 
 {table}
 
-PMET uses its packaged CounterFact settings here (paper 002 tunes zsRE separately on GPT-J: 20 steps,
+PMET uses its packaged CounterFact settings here (Li et al. 2024 tunes zsRE separately on GPT-J: 20 steps,
 lr 0.5, λ 4,500).
 """
     common.write_text(common.RESULTS / f"{NAME}.md", md)

@@ -1,5 +1,5 @@
 """How MEMIT's and PMET's zsRE scores at 1,037 edits in one batch depend on λ (`mom2_weight`) on SmolLM2
-(METHODS.md §6, §7, §12): a sensitivity curve, not a tuning run.
+(docs/methods.md §6, §7, §12): a sensitivity curve, not a tuning run.
 
 The packaged SmolLM2 λ (2,000) was chosen on 64 held-out CounterFact records edited together
 (`mass_lambda.md`); `mass_zsre` edits all 1,037 zsRE records in one batch, where the preservation term

@@ -1,4 +1,4 @@
-"""PMET's ablations on SmolLM2 (paper 002 Table 3 shape; METHODS.md §7): without δa, also updating the
+"""PMET's ablations on SmolLM2 (Li et al. 2024 Table 3 shape; docs/methods.md §7): without δa, also updating the
 attention output projections, and even spread, each against full PMET, all at N edits in one batch.
 
 The first N records of `counterfact_easyedit/counterfact-edit.json`, PMET's packaged SmolLM2 settings.
@@ -6,7 +6,7 @@ Full PMET, the attention-projection variant and the even-spread variant share th
 optimised together); "without δa" optimises δm alone. Every record is scored on the model holding the
 variant's N edits. Writes `experiments/results/pmet_ablation.{json,md}` keyed by variant (`unedited`,
 `pmet`, `no-attn-delta`, `update-attn`, `even-spread`), each with ES, PS, NS, fluency, score, n and the
-Frobenius norm of the weight change (paper 002 Fig. 4 relates it to specificity).
+Frobenius norm of the weight change (Li et al. 2024 Fig. 4 relates it to specificity).
 
     python experiments/pmet_ablation.py [--n 64]
 """
@@ -27,7 +27,7 @@ from jaxedit.io.cache import digest
 
 NAME = "pmet_ablation"
 KEYS = ("ES", "PS", "NS", "fluency", "score", "n", "weight_change")
-PAPER = {  # paper 002 Table 3, GPT-J, 1,000 CounterFact edits (fluency x100)
+PAPER = {  # Li et al. 2024 Table 3, GPT-J, 1,000 CounterFact edits (fluency x100)
     "pmet": {"ES": 99.8, "PS": 96.1, "NS": 80.1, "score": 91.1},
     "no-attn-delta": {"ES": 99.6, "PS": 96.6, "NS": 79.1, "score": 90.8},
     "update-attn": {"ES": 99.8, "PS": 96.8, "NS": 78.9, "score": 90.8},
@@ -93,7 +93,7 @@ def main() -> None:
         for v in variants
         if v != "pmet"
     )
-    md = f"""# PMET ablations (paper 002 Table 3 shape)
+    md = f"""# PMET ablations (Li et al. 2024 Table 3 shape)
 
 Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of
 `counterfact_easyedit/counterfact-edit.json`, edited in one batch per variant with PMET's packaged
@@ -104,7 +104,7 @@ weight increments (MLP, plus attention for `update-attn`). Run time of this invo
 
 {table}
 
-Paper 002 (GPT-J, 1,000 edits) finds: without δa reliability drops slightly; updating the attention
+Li et al. 2024 (GPT-J, 1,000 edits) finds: without δa reliability drops slightly; updating the attention
 projection too gains a little generalization and loses specificity; even spread keeps specificity and
 fluency but loses generalization clearly (−9.9 at 1K edits). Here, against full PMET: {here}. With
 {len(cases)} records one record moves ES, PS or NS by {100 / len(cases):.2f} points, so only differences

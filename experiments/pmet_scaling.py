@@ -1,4 +1,4 @@
-"""PMET and MEMIT as the number of edits grows (paper 002 Fig. 3 protocol; METHODS.md §6, §7).
+"""PMET and MEMIT as the number of edits grows (Li et al. 2024 Fig. 3 protocol; docs/methods.md §6, §7).
 
 Edit counts log-spaced from 1 to `--max` (`n_i = exp(ln(max) · i / k)`, as the paper samples 17 counts up
 to 10,000), each a fresh batch of the first n records of `counterfact_easyedit/counterfact-edit.json` on
@@ -111,7 +111,7 @@ def main() -> None:
 
     rows = {f"{m} × {n}": results[m][str(n)] for m in methods for n in counts}
     table = common.markdown_table(rows, list(rows), (*KEYS, "solve_seconds"), "method × edits")
-    md = f"""# PMET and MEMIT vs the number of edits (paper 002 Fig. 3 protocol)
+    md = f"""# PMET and MEMIT vs the number of edits (Li et al. 2024 Fig. 3 protocol)
 
 Model: SmolLM2-135M-Instruct, float32. Data: the first n records of
 `counterfact_easyedit/counterfact-edit.json` for n in {counts}, each count a fresh batch on the unedited
@@ -124,7 +124,7 @@ on {common.machine()}. Produced by `python experiments/{NAME}.py --max {args.max
 
 ![scaling]({NAME}.png)
 
-Paper 002 Fig. 3 (GPT-J, up to 10,000 edits): efficacy and generalization of PMET stay highest as edits
+Li et al. 2024 Fig. 3 (GPT-J, up to 10,000 edits): efficacy and generalization of PMET stay highest as edits
 grow, MEMIT keeps slightly better specificity.
 """
     common.write_text(common.RESULTS / f"{NAME}.md", md)

@@ -1,4 +1,4 @@
-"""The vocabulary lens at the last relation token on SmolLM2 (paper 000 §4.2: Fig. 2 and Table 2 shapes).
+"""The vocabulary lens at the last relation token on SmolLM2 (Liu et al. 2024 §4.2: Fig. 2 and Table 2 shapes).
 
 Facts: `rets/known_1000.json` whose relation has attributes in `rets/relation_related_attributes.json`.
 Per layer, at the last prompt token: the attribute rate of the top-50 lens tokens, the mean lens rank of
@@ -80,12 +80,12 @@ scaled). Top-{result["k"]} lens tokens. Run time {seconds / 60:.0f} min on {comm
 
 - Spearman ρ between the mean negative rank of the predicted object and the mean attribute rate across
   layers: **{result["rho"]:.2f}**; predicted objects among their relation's attributes:
-  **{100 * result["objects_included"]:.0f} %** (paper 000 Table 2: {paper}).
+  **{100 * result["objects_included"]:.0f} %** (Liu et al. 2024 Table 2: {paper}).
 - The attribute rate rises from {rate[0]:.3f} at layer 0 to {rate[:-1].max():.3f} (layer {int(rate[:-1].argmax())}) before the
   output layer, first within 5 % of that at layer {plateau}; it peaks at layer {peak} ({rate[peak]:.3f}).
 - Blocking the MLP updates lowers the final attribute rate by {drops["mlp"].mean():.3f} on average over windows
   (largest {drops["mlp"].max():.3f}, window starting at layer {int(drops["mlp"].argmax())}); blocking attention by
-  {drops["attn"].mean():.3f} (largest {drops["attn"].max():.3f}, at layer {int(drops["attn"].argmax())}). Paper 000 Fig. 2b: blocking MLP
+  {drops["attn"].mean():.3f} (largest {drops["attn"].max():.3f}, at layer {int(drops["attn"].argmax())}). Liu et al. 2024 Fig. 2b: blocking MLP
   costs much more than blocking MHSA.
 
 {chr(10).join(rows)}

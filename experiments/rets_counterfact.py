@@ -1,4 +1,4 @@
-"""RETS against FT-L, ROME and PMET on CounterFact with R-Specificity (paper 000 Table 3 shape).
+"""RETS against FT-L, ROME and PMET on CounterFact with R-Specificity (Liu et al. 2024 Table 3 shape).
 
 SmolLM2-135M, the first N records of `counterfact_easyedit/counterfact-edit.json`, each edited alone on the
 unedited model: FT-L and ROME at ROME's layer, PMET (one-record batches, packaged settings), RETS at the
@@ -31,7 +31,7 @@ from jaxedit.evaluate.rspec import attach_rspec
 NAME = "rets_counterfact"
 KEYS = ("ES", "PS", "NS", "RS_spec", "fluency", "score", "n")  # score: RETS' (mean of ES, PS, NS, RS_spec)
 ALL = ("ft-l", "rome", "pmet", "rets", "rets-nosc")
-PAPER = {  # paper 000 Table 3 (Efficacy, Generalization, S-Spec, R-Spec, Score; fluency /100 to our scale)
+PAPER = {  # Liu et al. 2024 Table 3 (Efficacy, Generalization, S-Spec, R-Spec, Score; fluency /100 to our scale)
     "GPT-2 XL": {
         "unedited": {
             "ES": 21.0,
@@ -64,7 +64,7 @@ PAPER = {  # paper 000 Table 3 (Efficacy, Generalization, S-Spec, R-Spec, Score;
 
 
 def comparison(results: dict) -> str:
-    """What the SmolLM2 table shares with paper 000 Table 3, column by column (only methods that ran)."""
+    """What the SmolLM2 table shares with Liu et al. 2024 Table 3, column by column (only methods that ran)."""
     lines = []
     get = lambda m, k: results.get(m, {}).get(k)  # noqa: E731
     if get("rome", "RS_spec") is not None and get("rets", "RS_spec") is not None:
@@ -179,7 +179,9 @@ def main() -> None:
         common.RESULTS / f"{NAME}.json", json.dumps({**results, "settings": settings}, indent=1)
     )
     paper = {
-        f"{m} (paper 000, {model_name})": v for model_name, rows in PAPER.items() for m, v in rows.items()
+        f"{m} (Liu et al. 2024, {model_name})": v
+        for model_name, rows in PAPER.items()
+        for m, v in rows.items()
     }
     table = common.markdown_table({**results, **paper}, [*results, *paper], KEYS)
     md = f"""# RETS on CounterFact with R-Specificity (SmolLM2)
@@ -189,7 +191,7 @@ Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of
 (R-Spec is averaged over those). Each record edited alone. ROME / FT-L at layer {rome_hp.layer}; RETS at layer
 {rets_hp.layer} (relation tracing), key at the last relation token, KL prompt "<prompt> is a"; subject
 constraint from {settings.get("constraint_prompts", 0)} prompts of `counterfact-train.json`. Score = mean of ES, PS,
-NS, RS_spec (paper 000's). Run time of this invocation {settings["seconds"] / 60:.0f} min on {common.machine()} (cases scored by
+NS, RS_spec (Liu et al. 2024's). Run time of this invocation {settings["seconds"] / 60:.0f} min on {common.machine()} (cases scored by
 earlier invocations are reused from the cache and not counted). Produced by
 `python experiments/{NAME}.py --n {len(cases)} --methods {args.methods}`.
 
@@ -199,7 +201,7 @@ R-Spec of the unedited model is near 100 by construction (the R-Spec answers are
 Paper rows: GPT-2 XL (10,000 records) and Llama-2-7B (1,000; SmolLM2's family), `Score` as here; `None` where the
 paper gives no value.
 
-## Against paper 000 Table 3
+## Against Liu et al. 2024 Table 3
 
 {comparison(results)}
 """

@@ -1,4 +1,4 @@
-"""Relation-corrupted causal tracing over known facts: paper 000 Table 1 (AIER by position class).
+"""Relation-corrupted causal tracing over known facts: Liu et al. 2024 Table 1 (AIER by position class).
 
 SmolLM2-135M on `data/rets/known_1000.json`, facts it predicts correctly; noise on the relation tokens
 (every token that is neither subject nor BOS), MLP and attention restorations (10 samples, 3 sigma,
@@ -49,7 +49,7 @@ def main() -> None:
         if summary.counts[c]
     }
     top = max(means, key=means.get)
-    md = f"""# Relation-corrupted causal tracing over known facts (paper 000 Table 1)
+    md = f"""# Relation-corrupted causal tracing over known facts (Liu et al. 2024 Table 1)
 
 Model: SmolLM2-135M-Instruct ({model.config.n_layers} layers), float32. Data: `known_1000.json`, the
 first {summary.n_considered} records, {summary.n_facts} predicted correctly and traced

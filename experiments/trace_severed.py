@@ -1,8 +1,8 @@
-"""Severed causal tracing (paper 004 §3; paper 003 appendix): hidden-state restoration with the MLP or
+"""Severed causal tracing (Wei et al. 2024 §3; Meng et al. 2022 appendix): hidden-state restoration with the MLP or
 attention of later layers pinned to their corrupted values.
 
 SmolLM2-135M on `data/rets/known_1000.json` (facts it predicts correctly), relation tokens corrupted as in
-paper 004, hidden restorations without severing, with the MLP severed and with attention severed
+Wei et al. 2024, hidden restorations without severing, with the MLP severed and with attention severed
 (10 samples, 3 sigma). The gap between the unsevered and the severed curves at a position shows how much
 of the restored state's effect flows through that sublayer. Writes
 `experiments/results/trace_severed.{json,md,png}`.
@@ -90,7 +90,7 @@ def main() -> None:
     last = classes[-1]
     drop = {label: np.nanmean(curves[label][:, -1]) for label in curves}
     share = {label: 100 * (1 - drop[label] / drop["none"]) for label in ("mlp", "attn")}
-    md = f"""# Severed causal tracing (paper 004 §3)
+    md = f"""# Severed causal tracing (Wei et al. 2024 §3)
 
 Model: SmolLM2-135M-Instruct, float32. {first.n_facts} correctly predicted facts of `known_1000.json`
 ({first.n_filtered} of the first {first.n_considered} filtered out).{reached} {args.corrupt.capitalize()} tokens noised
@@ -107,7 +107,7 @@ At the last token (`{last}`), severing the MLP changes the mean hidden-state AIE
 {drop["mlp"]:.4f} ({share["mlp"]:.0f} % of it depends on the later MLPs) and severing attention to
 {drop["attn"]:.4f} ({share["attn"]:.0f} % depends on the later attention layers).
 
-Paper 004 (GPT-2 XL, GPT-J) concludes that with the relation corrupted the effect at the last relation
+Wei et al. 2024 (GPT-2 XL, GPT-J) concludes that with the relation corrupted the effect at the last relation
 token runs through both the MLP and the attention layers, unlike entity (subject) knowledge, which
 ROME traced to the MLPs. Here both severings lower it too: the MLPs carry the larger part, attention a
 substantial one.

@@ -1,4 +1,4 @@
-"""Subject-corrupted causal tracing averaged over known facts: the shape of paper 003 Fig. 3 j/k/l.
+"""Subject-corrupted causal tracing averaged over known facts: the shape of Meng et al. 2022 Fig. 3 j/k/l.
 
 SmolLM2-135M on `data/rets/known_1000.json`, keeping the facts it predicts correctly; hidden, MLP and
 attention restorations (10 samples, 3 sigma noise, window 10). Writes
@@ -39,10 +39,10 @@ def main() -> None:
     budget = (
         ""
         if summary.samples == 10
-        else f" (METHODS.md's default is 10 samples; this run used {summary.samples} per fact to fit the "
+        else f" (docs/methods.md's default is 10 samples; this run used {summary.samples} per fact to fit the "
         "2-core CPU's time budget: three full grids of a 10-12 token prompt cost about 70 s at 10 samples)"
     )
-    md = f"""# Subject-corrupted causal tracing over known facts (paper 003 Fig. 3 j/k/l)
+    md = f"""# Subject-corrupted causal tracing over known facts (Meng et al. 2022 Fig. 3 j/k/l)
 
 Model: SmolLM2-135M-Instruct ({n_layers} layers), float32. Data: `known_1000.json`, the first
 {summary.n_considered} records, of which {summary.n_facts} the model predicts correctly were traced

@@ -249,7 +249,7 @@ def _editor(model, args: argparse.Namespace):
 
 
 def cmd_lens(args: argparse.Namespace) -> int:
-    """Vocabulary-lens analyses (METHODS.md §2) over a known_1000-style fact file: json + png."""
+    """Vocabulary-lens analyses (docs/methods.md §2) over a known_1000-style fact file: json + png."""
     import json
 
     import numpy as np

@@ -1,9 +1,9 @@
 """The end-to-end demo (`jaxedit demo`, README command 1): locate a fact, edit it, check, evaluate.
 
 1. What the model predicts for the built-in facts (top-5 next tokens).
-2. Causal trace of "The Eiffel Tower is located in the city of" (paper 003 §2): heatmaps written to
+2. Causal trace of "The Eiffel Tower is located in the city of" (Meng et al. 2022 §2): heatmaps written to
    `OUT/trace.png`, the subject token and layer of the largest MLP effect printed.
-3. ROME (paper 003 §3) moves the Eiffel Tower to Rome: greedy completions before and after, on the
+3. ROME (Meng et al. 2022 §3) moves the Eiffel Tower to Rome: greedy completions before and after, on the
    prompt, a paraphrase and an unrelated fact; then the edit is reverted and the original answer is back.
 4. CounterFact-style evaluation (ES / PS / NS, Score, fluency) of ROME on the project's own 8-record
    file `jaxedit/data/demo_counterfact.json`, one edit at a time.

@@ -92,13 +92,15 @@ def smollm2():
 # hands out whole files in collection order (`--dist loadfile`), and a long file started last would
 # leave the other worker idle at the end.
 LONG_MODULES = (
-    "test_notebooks.py",
-    "test_faults.py",  # nine subprocesses, killed  # a kernel subprocess: one process, while the other worker runs
-    "test_smollm2_edit.py",  # in-process work, not
-    "test_edit_families.py",  # six methods on five tiny models
-    "test_sharding.py",
+    "test_notebooks.py",  # slow stage: a kernel subprocess, one process while the other worker runs
+    "test_faults.py",  # slow stage: nine subprocesses, killed
+    "test_experiments.py",  # slow stage: two experiment scripts
+    "test_smollm2_edit.py",
     "test_multiprocess.py",  # two processes
     "test_smollm2.py",
+    "test_sharding.py",  # fast stage from here: 8 simulated devices in subprocesses
+    "test_edit_families.py",  # six methods on five tiny models
+    "test_compile_cache.py",  # second processes
     "test_trace.py",
     "test_cli.py",
     "test_plan.py",

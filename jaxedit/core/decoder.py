@@ -1,7 +1,7 @@
 """The decoder: embed -> scan(block) -> final norm -> unembed, with taps and interventions.
 
 One block function serves GPT-2, GPT-J, GPT-NeoX and Llama; `ModelConfig` switches choose the norm,
-activation, positions, residual wiring and biases (METHODS.md §0 conventions).
+activation, positions, residual wiring and biases (docs/methods.md §0 conventions).
 
 Shape letters: B batch, T query tokens, S key positions, L layers, D residual width, H query heads,
 K key/value heads, G = H / K heads per group, E head width, F MLP width, V vocabulary, R rotary width.

@@ -11,14 +11,14 @@ Sites and shapes (B batch, L layers, T tokens, D residual width, F MLP width)::
     resid_pre   input of layer l                          [B, L, T, D] mask [B, L, T]
     attn_out    attention output added to the residual    [B, L, T, D]
     mlp_in      the (normed) input of the MLP             [B, L, T, D]
-    mlp_key     input of the MLP output projection        [B, L, T, F]  (METHODS.md §0 "key")
-    mlp_out     MLP output added to the residual          [B, L, T, D]  (METHODS.md §0 "value")
+    mlp_key     input of the MLP output projection        [B, L, T, F]  (docs/methods.md §0 "key")
+    mlp_out     MLP output added to the residual          [B, L, T, D]  (docs/methods.md §0 "value")
     resid_post  output of layer l                         [B, L, T, D]
 
 A leading batch axis may be left out; it then applies to every prompt of the batch.
 
 The three constructors name the three uses: `replace` (restore clean states in causal tracing,
-METHODS.md §1), `add` (a delta, e.g. the target vector δ of §4) and `freeze` (pin a sublayer to values
+docs/methods.md §1), `add` (a delta, e.g. the target vector δ of §4) and `freeze` (pin a sublayer to values
 from another run: severing in §1). `freeze` and `replace` are the same operation; the name says why.
 """
 

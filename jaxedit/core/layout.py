@@ -17,7 +17,7 @@ Layout (optional entries depend on the config switches)::
     layers/attn/k/kernel [L, D, K*E]   layers/attn/v/kernel [L, D, K*E]
     layers/attn/o/kernel [L, H*E, D]   o/bias [L, D]
     layers/mlp/in/kernel [L, D, F]     layers/mlp/gate/kernel [L, D, F] (gated MLP)
-    layers/mlp/out/kernel [L, F, D]    (the edited matrix: METHODS.md §0 "W_out")
+    layers/mlp/out/kernel [L, F, D]    (the edited matrix: docs/methods.md §0 "W_out")
     final_norm/{scale,bias} [D]
     unembed/kernel [D, V]              unembed/bias [V]             (absent when tied / no bias)
 """

@@ -1,6 +1,6 @@
 """The probability of one token at many residual rows, without materialising the logits.
 
-Causal tracing (METHODS.md §1) reads out one number per restored run: `softmax(unembed(h))[answer]`.
+Causal tracing (docs/methods.md §1) reads out one number per restored run: `softmax(unembed(h))[answer]`.
 Computed plainly, that writes a `[rows, V]` logit table (V ~ 50k) to memory only to reduce it to one
 column and one normaliser. Here the vocabulary is streamed in blocks with a running log-sum-exp, so every
 block of logits stays in cache: the same value, `exp(logit[answer] - logsumexp(logits))`, at the matmul

@@ -93,7 +93,7 @@ def token_span(tokenizer: Any, prompt: str, substring: str, after: int = 0) -> t
     """Token indices `[start, end)` of the first occurrence of `substring` in the tokenized `prompt`
     at or after character `after`.
 
-    Indices count every token the tokenizer produces for the prompt, BOS included (METHODS.md §0).
+    Indices count every token the tokenizer produces for the prompt, BOS included (docs/methods.md §0).
     A token belongs to the span when its characters overlap the substring's characters.
 
     Raises:

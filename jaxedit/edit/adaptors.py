@@ -1,5 +1,5 @@
 """iReVa edits as journal entries: adaptor neurons added to a model, listed, traced and withdrawn
-(METHODS.md §9; paper 001 §4.3 and §6.2).
+(docs/methods.md §9; iReVa 2024 §4.3 and §6.2).
 
 An `AdaptorEdit` holds the neurons of a batch of facts (one neuron per answer token). Applying it
 appends them to the fixed-capacity arrays of the model's adaptor (`jaxedit.edit.gate.Adaptor`), doubling

@@ -1,7 +1,7 @@
 """AlphaEdit: MEMIT's update projected onto the null space of the preserved keys (Fang et al., 2025,
 "AlphaEdit: Null-Space Constrained Knowledge Editing for Language Models", ICLR 2025, §3).
 
-MEMIT (METHODS.md §6) trades the new facts against the preserved ones through `λC` in its solve, and
+MEMIT (docs/methods.md §6) trades the new facts against the preserved ones through `λC` in its solve, and
 the trade loses as edits accumulate. AlphaEdit removes the trade: with `C = E[k kᵀ]` the key second
 moment of preserved text (the same statistics), its eigenvectors whose eigenvalues lie below a
 threshold span (numerically) the null space of the preserved keys, `P = Û Ûᵀ` projects onto it, and

@@ -1,5 +1,5 @@
 """Context templates for target optimisation: the bare prompt plus prefixes the model writes itself
-(METHODS.md §4).
+(docs/methods.md §4).
 
 ROME uses 10 prefixes of 5 tokens and 10 of 10 tokens; MEMIT / PMET 5 of 10. Prefixes are sampled once
 per (model, spec, seed) from the unedited model (top-k 5, starting words as in the MEMIT code) and cached

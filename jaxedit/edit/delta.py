@@ -1,9 +1,9 @@
 """Edits as values: low-rank changes of the MLP output projections, applied and withdrawn exactly.
 
 Every editing method (ROME, MEMIT, PMET, RETS) changes `W_out`, the output projection of chosen MLPs
-(METHODS.md §0). A `Delta` stores that change as factors: at each of its layers
+(docs/methods.md §0). A `Delta` stores that change as factors: at each of its layers
 `ΔK[l] = left[l]ᵀ @ right[l]` for the `[in, out]` kernel (`left [r, F]`, `right [r, D]`); ROME is rank one
-(METHODS.md §5), a MEMIT batch of n edits rank n (§6).
+(docs/methods.md §5), a MEMIT batch of n edits rank n (§6).
 
 `apply` returns a new `Model` whose params are the unedited ones (`model.base`) plus every applied delta
 in order; `revert` drops one delta and recomputes from `base`, so reverting the only edit returns the

@@ -1,4 +1,4 @@
-"""Fine-tuning baselines FT and FT-L (METHODS.md §11; paper 003 §4 baselines).
+"""Fine-tuning baselines FT and FT-L (docs/methods.md §11; Meng et al. 2022 §4 baselines).
 
 FT: Adam (lr 5e-4) on the output projection `W_out` of one MLP layer, at most 25 steps, stopping once
 the target's mean NLL on the rewrite prompt is below 0.03. FT-L: the same with the change clamped after

@@ -1,4 +1,4 @@
-"""Key-value adaptor neurons in one MLP, gated top-1 at the last input token (METHODS.md §9, iReVa §4.3).
+"""Key-value adaptor neurons in one MLP, gated top-1 at the last input token (docs/methods.md §9, iReVa §4.3).
 
 An edited model carries an `Adaptor` as the decoder's MLP hook (`params[MLP_EXTRA]`, `jaxedit.core.decoder`;
 read and set it with `adaptor_of` / `with_adaptor`); the forward pass and cached generation
@@ -95,7 +95,7 @@ def with_adaptor(params: Params, adaptor: Adaptor) -> Params:
 
 
 def normalise_input(x: jax.Array, mode: str, center: jax.Array | None = None) -> jax.Array:
-    """`ĩ` from the MLP input `x` `[..., D]` (METHODS.md §9 "input normalisation"):
+    """`ĩ` from the MLP input `x` `[..., D]` (docs/methods.md §9 "input normalisation"):
 
     - `none`: `x`;
     - `center`: `x − μ`, with `μ` the mean MLP input of the layer over sampled text (`center`): iReVa

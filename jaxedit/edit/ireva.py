@@ -1,4 +1,4 @@
-"""iReVa: initialise and retrofit key-value adaptor neurons for traceable editing (METHODS.md §9, paper 001).
+"""iReVa: initialise and retrofit key-value adaptor neurons for traceable editing (docs/methods.md §9, iReVa 2024).
 
 For each fact `(x, y)` with answer tokens `t0..tm-1`, one neuron per pair `(x ⊕ t<k, tk)` (paper §5.4,
 App. 9.5) is added to the MLP of one layer (default: the second-to-last, as the paper's layer 47 of 48):
@@ -9,7 +9,7 @@ App. 9.5) is added to the MLP of one layer (default: the second-to-last, as the 
   `L_edit = −log P(tk | x ⊕ t<k)`, `L_rec = ((k0 − k)ᵀ ĩ)²`, and `L_irr = mean relu(score(k, ĩ_out) − θ)`
   over out-of-scope prompts built as App. 9.4 describes: texts the model samples from its BOS token and
   from the fact's subject, and other facts' inputs of the same batch (the printed sign of eq. 10 is
-  wrong; METHODS.md §9).
+  wrong; docs/methods.md §9).
 
 The gate at inference is `jaxedit.edit.gate` (top-1 over active neurons, `act(score − θ)`, scale α).
 
@@ -61,7 +61,7 @@ from jaxedit.io.loading import Model
 
 @dataclasses.dataclass(frozen=True)
 class IrevaHparams:
-    """METHODS.md §9 defaults (paper 001 §5.4 on zsRE: 5 Adam steps at lr 5e-2, a = b = 1e-3, 2 + 2 + 6
+    """docs/methods.md §9 defaults (iReVa 2024 §5.4 on zsRE: 5 Adam steps at lr 5e-2, a = b = 1e-3, 2 + 2 + 6
     out-of-scope prompts), with the gate (normalisation, score, α, θ) chosen by
     `experiments/ireva_calibration.py` on SmolLM2 (the paper's α 0.2 and θ 0.75 go with GPT-2 XL's
     unnormalised scores: `hparams/ireva/gpt2-48.json`).
@@ -342,7 +342,7 @@ def ireva(
     facts: Sequence[str] | None = None,
     progress: bool = True,
 ) -> AdaptorEdit:
-    """iReVa neurons for a batch of facts (METHODS.md §9): an `AdaptorEdit` to `apply` to the model.
+    """iReVa neurons for a batch of facts (docs/methods.md §9): an `AdaptorEdit` to `apply` to the model.
 
     Args:
       requests: the facts (prompt with `{}` for the subject, subject, target).

@@ -96,7 +96,7 @@ class EditJournal(Rendered):
         return self.model
 
     def withdraw(self, edit_id: str, mode: str = "mute") -> Model:
-        """Withdraw the edit with this id, or the adaptor fact with this id (iReVa, METHODS.md §9: its
+        """Withdraw the edit with this id, or the adaptor fact with this id (iReVa, docs/methods.md §9: its
         neurons are muted, or with `mode="remove"` taken out of the gate as the paper does; see
         `jaxedit.edit.adaptors`); `KeyError` naming the applied ids if there is none."""
         if any(d.id == edit_id for d in self.model.edits):

@@ -1,4 +1,4 @@
-"""MEMIT: mass editing over several MLP layers (METHODS.md §6), the base of PMET (§7).
+"""MEMIT: mass editing over several MLP layers (docs/methods.md §6), the base of PMET (§7).
 
 Targets are computed once, on the unedited model, at the last critical layer `lL`: `z_i = h_i[lL] + δ_i`
 (§4 with `reference="resid_post"`). Then, for each critical layer `l` in ascending order, on the model
@@ -84,7 +84,7 @@ class MemitHparams(MassHparams):
 
     mom2_weight: float = 15000.0
     method: str = "memit"
-    # PMET's ablation (METHODS.md §7): also solve the attention output projections towards `a0 + δa`
+    # PMET's ablation (docs/methods.md §7): also solve the attention output projections towards `a0 + δa`
     update_attn: bool = False
 
     def _limits(self) -> tuple[dict[str, tuple[float, bool]], dict[str, tuple]]:
@@ -92,7 +92,7 @@ class MemitHparams(MassHparams):
 
 
 def pmet_hparams(layers: tuple[int, ...] | None = None, **changes: object) -> MemitHparams:
-    """PMET (METHODS.md §7, GPT-J CounterFact defaults): δa and δm at the last critical layer, only
+    """PMET (docs/methods.md §7, GPT-J CounterFact defaults): δa and δm at the last critical layer, only
     `v = m0 + δm` (MLP-output space) is spread, by `1/sqrt`, with μ = 1, φ 1 → 0.1, 30 steps, lr 0.2,
     λ 6000. The attention clamp and decay equal the MLP ones (the paper gives no separate values)."""
     targets = TargetHparams(

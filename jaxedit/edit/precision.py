@@ -2,7 +2,7 @@
 
 float16 holds numbers up to 65,504: the residual stream, the target optimisation's logits and the
 second moments of MLP keys of real models pass that, and an edit computed there can report a low loss
-while the model it writes is broken (METHODS.md §4-§6 assume float32 arithmetic). So every editing
+while the model it writes is broken (docs/methods.md §4-§6 assume float32 arithmetic). So every editing
 computation (statistics, target optimisation, MEMIT's layer walk, iReVa's reads, fine-tuning) runs on
 `working_params(model)`: float16 weights widened to float32, bfloat16 (float32's range) and float32
 weights as they are. The resulting `Delta` is added to the model's own weights in their dtype, and

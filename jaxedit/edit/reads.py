@@ -1,5 +1,5 @@
 """One sublayer state at the last token of many texts, read in batches (the keys of RETS' subject
-constraint, METHODS.md §8; the MLP inputs of iReVa's mean input and out-of-scope prompts, §9).
+constraint, docs/methods.md §8; the MLP inputs of iReVa's mean input and out-of-scope prompts, §9).
 
 Only the layers up to the one read run; rows are right-padded, so a row's last real token is at
 `mask.sum() − 1`.

@@ -5,7 +5,7 @@ editors here, so a method is wired to its statistics, layers and templates in on
 
 Methods: ROME (Meng et al., 2022), FT / FT-L (Zhu et al., 2020; constrained fine-tuning as in ROME §4),
 RETS without its subject constraint (the constraint needs training prompts: `jaxedit.edit.rets`), MEMIT
-(Meng et al., 2023), PMET (Li et al., 2024), AlphaEdit (Fang et al., 2025), and iReVa (Xu et al., 2024;
+(Meng et al., 2023), PMET (Li et al., 2024), AlphaEdit (Fang et al., 2025), and iReVa (2024, cited from an anonymous review copy;
 `ireva-init`: its initialised neurons without retrofitting).
 """
 

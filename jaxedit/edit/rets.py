@@ -1,5 +1,5 @@
-"""RETS: relation-focused editing at the last relation token with a subject constraint (paper 000 §5;
-METHODS.md §8).
+"""RETS: relation-focused editing at the last relation token with a subject constraint (Liu et al. 2024 §5;
+docs/methods.md §8).
 
 ROME's machinery with three changes: the key is read (and `δ` added) at the last token of the prompt, the
 last relation token, instead of the last subject token; the layer is middle-late (where relation tracing
@@ -10,7 +10,7 @@ peaks); and the update is held back on other subjects' prompts by adding their k
 with `K_pr` the keys at the last token of prompts about other subjects (the reference uses ~20,000
 CounterFact prompts, summed unnormalised), `k*` the mean key over the contexts and `v* = m0 + δ`. Then
 `Ŵ k* + b = v*` exactly, and with `λ_sc = 0`, a single context and the subject's key position the update is
-ROME's (METHODS.md §5). The KL prompt is `"<prompt> is a"` (the reference code) or the paper's
+ROME's (docs/methods.md §5). The KL prompt is `"<prompt> is a"` (the reference code) or the paper's
 `"<subject> is a"` (`targets.kl_prompt = "{} is a"`).
 """
 
@@ -42,7 +42,7 @@ RETS_TARGETS = TargetHparams(key_token="last", kl_prompt="{prompt} is a")
 
 @dataclasses.dataclass(frozen=True)
 class RetsHparams:
-    """RETS settings (METHODS.md §8); `layer=None` takes the packaged or relative-depth default.
+    """RETS settings (docs/methods.md §8); `layer=None` takes the packaged or relative-depth default.
 
     Attributes:
       subject_weight: `λ_sc`, the weight of the other subjects' keys (0: no subject constraint).
@@ -143,7 +143,7 @@ def rets(
     constraint: SubjectConstraint | np.ndarray | None = None,
     templates: Sequence[str] | None = None,
 ) -> Delta:
-    """The RETS delta for one request (METHODS.md §8).
+    """The RETS delta for one request (docs/methods.md §8).
 
     Args:
       stats: the layer's key statistics `C`.

@@ -1,4 +1,4 @@
-"""ROME: rank-one model editing (paper 003 §3; METHODS.md §5).
+"""ROME: rank-one model editing (Meng et al. 2022 §3; docs/methods.md §5).
 
 The key `k*` is the mean over the contexts of the MLP key at the last subject token of the edited layer;
 the value `v* = m0 + δ` comes from target optimisation (§4). The closed-form update of the paper's
@@ -60,7 +60,7 @@ def default_hparams(model: Model, path: str | Path | None = None) -> RomeHparams
 
 
 def default_layer(model: Model) -> int:
-    """The ROME layer of `default_hparams` (METHODS.md §5)."""
+    """The ROME layer of `default_hparams` (docs/methods.md §5)."""
     return default_hparams(model).layer
 
 
@@ -158,7 +158,7 @@ def rome_sequence(
     templates: Sequence[str] | None = None,
     progress: bool = True,
 ) -> Delta:
-    """ROME applied sequentially (the many-edit contrast of MEMIT / PMET, METHODS.md §6): each
+    """ROME applied sequentially (the many-edit contrast of MEMIT / PMET, docs/methods.md §6): each
     request's rank-one update is computed on the model holding the previous ones; the sum of the updates
     is returned as one rank-n delta (exactly the model the sequence produced), method `rome-seq`."""
     requests = [as_request(r) for r in requests]

@@ -1,4 +1,4 @@
-"""Second-moment statistics of MLP keys, `C[l] = E[k kᵀ]`, streamed over a corpus and cached (METHODS.md §3).
+"""Second-moment statistics of MLP keys, `C[l] = E[k kᵀ]`, streamed over a corpus and cached (docs/methods.md §3).
 
 Uncentred, float32 accumulation, the mean over every non-padding token. The corpus is streamed
 (`jaxedit.data.corpus`: files, saved datasets, `datasets` objects and cached dataset names through
@@ -184,7 +184,7 @@ def key_statistics(
         unreadable or mismatched entry is computed again. An interrupted run resumes from its last
         checkpoint (every `checkpoint_every` batches), which is used only if it belongs to this very run.
       progress: show a progress bar counting tokens.
-      site: `mlp_key` (the MLP output projection's input, METHODS.md §3) or `attn_heads` (the attention
+      site: `mlp_key` (the MLP output projection's input, docs/methods.md §3) or `attn_heads` (the attention
         output projection's input, for PMET's attention ablation).
 
     Returns:

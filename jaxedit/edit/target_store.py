@@ -1,4 +1,4 @@
-"""A resumable store of optimised edit targets, for runs that edit thousands of facts (METHODS.md §4, §6).
+"""A resumable store of optimised edit targets, for runs that edit thousands of facts (docs/methods.md §4, §6).
 
 A request's target (`δ`, `m0`, PMET's `δa`) depends on the model's weights, the edited layer, the
 context templates, the target settings and the request itself, never on the other requests of its

@@ -1,6 +1,6 @@
 """The hidden states of a batch's rows, walked up through MEMIT's critical layers as they are edited.
 
-MEMIT / PMET (METHODS.md §6-7) read, before solving each critical layer `l` in ascending order, the keys
+MEMIT / PMET (docs/methods.md §6-7) read, before solving each critical layer `l` in ascending order, the keys
 at `l` and the current values at the last critical layer on the model that already holds the updates of
 the layers below `l`. An edit at a layer changes nothing beneath it, so the input of `l` equals the input
 of the previous critical layer pushed through the layers in between with the updated weights: the walk

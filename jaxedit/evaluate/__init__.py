@@ -1,4 +1,4 @@
-"""Evaluation of edits: CounterFact metrics (METHODS.md §12)."""
+"""Evaluation of edits: CounterFact metrics (docs/methods.md §12)."""
 
 from jaxedit.evaluate.counterfact import CounterfactCase, evaluate_counterfact, read_counterfact, score_case
 

@@ -1,7 +1,7 @@
 """Measurements along a sequence of edits (lifelong editing; Fang et al., 2025, AlphaEdit §4): the
 edits made so far judged together, and the model's general ability, with no network.
 
-- CounterFact (ROME's metrics, METHODS.md §12): efficacy ES, generalization PS, specificity NS and the
+- CounterFact (ROME's metrics, docs/methods.md §12): efficacy ES, generalization PS, specificity NS and the
   generation entropy (fluency) of the cases edited so far, on the model holding all of them.
 - zsRE: token accuracy on the question (ES), its rephrase (PS) and the locality question (NS).
 - General ability: the perplexity of held-out English text (passages the key statistics never read,

@@ -1,4 +1,4 @@
-"""Metric building blocks (METHODS.md §0, §12): teacher-forced target probabilities, n-gram entropy, Score."""
+"""Metric building blocks (docs/methods.md §0, §12): teacher-forced target probabilities, n-gram entropy, Score."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def target_scores(
     On a model with iReVa adaptors each answer token is scored on its own input `prompt ⊕ target[:j]`
     (the adaptor acts at an input's last token); on other models that equals the single teacher-forced
     pass, which is what runs.
-    `P(o | p) = exp(-mean_nll)` is the length-normalised probability of METHODS.md §0.
+    `P(o | p) = exp(-mean_nll)` is the length-normalised probability of docs/methods.md §0.
     """
     from jaxedit.edit.targets import target_ids
 
@@ -101,7 +101,7 @@ def ngram_entropy(text: str, n: int) -> float:
 
 
 def generation_entropy(texts: Sequence[str]) -> float:
-    """Fluency: `(2/3 · H2 + 4/3 · H3) / 2` of word bi- and tri-grams, averaged over texts (METHODS.md §12)."""
+    """Fluency: `(2/3 · H2 + 4/3 · H3) / 2` of word bi- and tri-grams, averaged over texts (docs/methods.md §12)."""
     if not texts:
         raise InputError("no generated texts to score")
     return float(np.mean([(2 / 3 * ngram_entropy(t, 2) + 4 / 3 * ngram_entropy(t, 3)) / 2 for t in texts]))

@@ -1,6 +1,6 @@
-"""Entity vs relation perspective probes (METHODS.md §10, paper 004 §4.3, Tables 1-2).
+"""Entity vs relation perspective probes (docs/methods.md §10, Wei et al. 2024 §4.3, Tables 1-2).
 
-Paper 004 edits the same fact from the entity perspective (key at the last subject token) and from the
+Wei et al. 2024 edits the same fact from the entity perspective (key at the last subject token) and from the
 relation perspective (key at the last relation token) and measures Reliability (its eq. 6,
 `1[f(x) = y*]`) and Generality (eq. 7, `1[f(x~) = f(x) = y*]` over rephrasings x~ of x) on two kinds of
 probe, but does not publish the probes. jaxedit resolves the gap with probes built from public data,
@@ -118,7 +118,7 @@ def build_perspective_cases(
 
 
 def reliability_generality(correct: Sequence[bool]) -> tuple[float, float]:
-    """Paper 004 eqs. 6-7 on one probe family: `correct[0]` is `f(x) = y*`, the rest `f(x~) = y*`."""
+    """Wei et al. 2024 eqs. 6-7 on one probe family: `correct[0]` is `f(x) = y*`, the rest `f(x~) = y*`."""
     if len(correct) < 2:
         raise InputError("a probe family needs x and at least one rephrasing")
     hit = bool(correct[0])

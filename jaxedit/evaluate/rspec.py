@@ -1,4 +1,4 @@
-"""R-Specificity (paper 000 §5.1; METHODS.md §12): does an edit of `(s, r, o → o*)` leave the subject's
+"""R-Specificity (Liu et al. 2024 §5.1; docs/methods.md §12): does an edit of `(s, r, o → o*)` leave the subject's
 other relations alone?
 
 For each edited record, prompts about the same subject with a different relation `r2`, from

@@ -1,5 +1,5 @@
 """The edit-and-score loop shared by the benchmarks: groups of cases edited on the unedited model, each
-case scored before and after, one JSON per case so that an interrupted run resumes (METHODS.md §12).
+case scored before and after, one JSON per case so that an interrupted run resumes (docs/methods.md §12).
 
 A results directory belongs to one run: `run.json` records its key (the model's weight
 fingerprint, the method, its settings, the batch size and the scoring settings), and a directory holding

@@ -1,9 +1,9 @@
-"""Withdrawal of iReVa edits (METHODS.md §9, paper 001 §6.2): Retrieve Success and Consistency.
+"""Withdrawal of iReVa edits (docs/methods.md §9, iReVa 2024 §6.2): Retrieve Success and Consistency.
 
 After all facts are edited, each fact is withdrawn on its own (its neurons muted, or removed from the gate
 as the paper does: `jaxedit.edit.adaptors.WITHDRAWAL_MODES`) and its edit
 question is asked again as zsRE scores it (the answer's prefixes teacher forced), so a fact's output is
-the sequence of top-1 tokens at its answer positions. Paper 001 defines both metrics per example:
+the sequence of top-1 tokens at its answer positions. iReVa 2024 defines both metrics per example:
 
 - RS = mean_i 1[f_edited(x_i) ≠ f_withdrawn(x_i)]: the fact's output changes (the edit switches off);
 - Con = mean_i 1[f_unedited(x_i) = f_withdrawn(x_i)]: the unedited output comes back whole.

@@ -1,4 +1,4 @@
-"""zsRE evaluation of edits (METHODS.md §12, as in the MEMIT / PMET / iReVa papers).
+"""zsRE evaluation of edits (docs/methods.md §12, as in the MEMIT / PMET / iReVa papers).
 
 Teacher-forced token-level top-1 accuracy of the new answer on the question (efficacy, ES), on its
 rephrasing (generalisation, PS), and of the locality answer on the locality prompt (specificity, NS),

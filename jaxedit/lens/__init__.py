@@ -1,4 +1,4 @@
-"""Vocabulary-lens analyses (METHODS.md §2; papers 000 and 002): the logit lens, the attribute rate and
+"""Vocabulary-lens analyses (docs/methods.md §2; Liu et al. 2024 and Li et al. 2024): the logit lens, the attribute rate and
 target rank flow at the last relation token, sublayer blocking, and PMET's component probes."""
 
 from jaxedit.lens.core import LensReadout, lens_readout

@@ -1,4 +1,4 @@
-"""The logit lens at the last token of prompts (METHODS.md §2): `softmax(unembed(final_norm(h[l])))`.
+"""The logit lens at the last token of prompts (docs/methods.md §2): `softmax(unembed(final_norm(h[l])))`.
 
 One jitted forward per batch records the residual stream at the last real token of every row (before and
 after each sublayer when asked), projects each state through the final norm and the unembedding, and

@@ -1,4 +1,4 @@
-"""Figures of the lens analyses (paper 000 Fig. 2 and paper 002 Fig. 2 shapes), written atomically."""
+"""Figures of the lens analyses (Liu et al. 2024 Fig. 2 and Li et al. 2024 Fig. 2 shapes), written atomically."""
 
 from __future__ import annotations
 

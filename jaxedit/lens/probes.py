@@ -1,4 +1,4 @@
-"""PMET's component probes (paper 002 §3, Fig. 2; METHODS.md §2): how much attention (MHSA) and the MLP
+"""PMET's component probes (Li et al. 2024 §3, Fig. 2; docs/methods.md §2): how much attention (MHSA) and the MLP
 (FFN) change the last token's hidden state at each layer.
 
 For each layer, with `h` the residual before the sublayer and `h'` after it (attention: `resid_pre` →

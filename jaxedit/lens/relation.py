@@ -1,4 +1,4 @@
-"""Relation-focused lens analyses at the last relation token (paper 000 §4.2; METHODS.md §2).
+"""Relation-focused lens analyses at the last relation token (Liu et al. 2024 §4.2; docs/methods.md §2).
 
 - Attribute rate: `AR[l] = |top50(lens(h[l])) ∩ A(r)| / 50` at the last token of the prompt, with `A(r)`
   the decoded tokens of relation r's 200 attributes (`rets/relation_related_attributes.json`), each
@@ -146,7 +146,7 @@ def sublayer_blocking(
     progress: bool = True,
 ) -> dict[str, Any]:
     """The drop of the final layer's attribute rate when the MLP or attention update at the last token is
-    zeroed for layers `[l, l + window)`, for every start layer l (paper 000 Fig. 2b). `window` defaults
+    zeroed for layers `[l, l + window)`, for every start layer l (Liu et al. 2024 Fig. 2b). `window` defaults
     to 10 layers of GPT-2 XL's 48, scaled to the model's depth."""
     _check(facts, attributes)
     n_layers = model.config.n_layers

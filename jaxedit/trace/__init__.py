@@ -1,4 +1,4 @@
-"""Causal tracing (METHODS.md §1): where a model recalls a fact.
+"""Causal tracing (docs/methods.md §1): where a model recalls a fact.
 
 `trace` runs one prompt; `trace_dataset` averages over a prompt set by token class; `suggest_edit_layer`
 reads the MLP peak for editing defaults. The restore grids are planned on the host

@@ -1,4 +1,4 @@
-"""`trace`: causal tracing of one fact (METHODS.md §1; papers 003 §2, 000 §3, 004 §3) and its result.
+"""`trace`: causal tracing of one fact (docs/methods.md §1; Meng et al. 2022 §2, Liu et al. 2024 §3, Wei et al. 2024 §3) and its result.
 
 `trace(model, prompt, subject=...)` runs the clean prompt, the corrupted prompt (noise on the subject,
 the relation tokens, or a given span) and then one compiled restore grid per kind (`schedule.py` plans it, `program.py` runs it).
@@ -153,7 +153,7 @@ class TraceResult(Rendered):
 
 
 def answer_token(model: Model, answer: str) -> int:
-    """First token of the answer string, with a leading space unless it has one (METHODS.md §0)."""
+    """First token of the answer string, with a leading space unless it has one (docs/methods.md §0)."""
     if not answer or not answer.strip():
         raise InputError("answer must be a non-empty string")
     text = answer if answer.startswith(" ") else " " + answer
@@ -164,7 +164,7 @@ def answer_token(model: Model, answer: str) -> int:
 def corrupted_tokens(
     model: Model, prompt: str, ids: Sequence[int], subject: str | None, corrupt: str | tuple[int, int]
 ) -> tuple[np.ndarray, tuple[int, int] | None]:
-    """Boolean mask of the tokens to noise and the subject span (METHODS.md §0 spans).
+    """Boolean mask of the tokens to noise and the subject span (docs/methods.md §0 spans).
 
     `subject`: the subject's tokens. `relation`: every token that is neither subject nor special (BOS).
     `(start, end)`: those token indices.
@@ -244,20 +244,20 @@ def trace(
     sever: str | None = None,
     execution: Execution = Execution(),
 ) -> TraceResult:
-    """Causal trace of one prompt: restore grids for each kind (METHODS.md §1).
+    """Causal trace of one prompt: restore grids for each kind (docs/methods.md §1).
 
     Args:
       model: a loaded model with a tokenizer.
       prompt: the fact prompt, e.g. "The Eiffel Tower is located in the city of".
       subject: the subject inside the prompt (needed for subject and relation corruption).
-      corrupt: `"subject"` (ROME), `"relation"` (papers 000, 004) or a `(start, end)` token span.
+      corrupt: `"subject"` (ROME), `"relation"` (Liu et al. 2024, Wei et al. 2024) or a `(start, end)` token span.
       kinds: any of `hidden`, `mlp`, `attn`.
       noise: a `Noise` (scale, samples, seed), or a bare scale (`"3sigma"` or an absolute std) with 10
         samples from seed 0.
       window: layers restored around l for `mlp` / `attn` (`window_convention` `code`: [l-5, l+4]).
       answer: the answer whose first token is read out (default: the model's greedy prediction).
       sever: `mlp`, `attn` or `both`: in the `hidden` grid, pin that sublayer at later layers of the
-        restored token to its corrupted value (paper 003 appendix, paper 004).
+        restored token to its corrupted value (Meng et al. 2022 appendix, Wei et al. 2024).
       execution: speed and memory settings (`jaxedit.runtime.execution.Execution`: threads, segments, row
         blocks, sample chunks, length buckets); the grids do not depend on them beyond float rounding.
 

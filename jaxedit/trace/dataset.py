@@ -1,12 +1,12 @@
-"""Average causal traces over a prompt set by token class (METHODS.md §1; paper 003 Fig. 3, 000 Table 1).
+"""Average causal traces over a prompt set by token class (docs/methods.md §1; Meng et al. 2022 Fig. 3, Liu et al. 2024 Table 1).
 
 `trace_dataset` keeps the facts the model predicts correctly (its greedy first token is the answer's
 first token), traces each with the answer as readout, and averages the indirect effect
 `IE = P_restored - P_corrupt` per layer over the tokens of each class:
 
-- subject corruption (paper 003): first / middle / last subject token, first subsequent token,
+- subject corruption (Meng et al. 2022): first / middle / last subject token, first subsequent token,
   further tokens, last token;
-- relation corruption (paper 000 Table 1): `rp` relation tokens before the subject, `fs` / `ms` / `ls`
+- relation corruption (Liu et al. 2024 Table 1): `rp` relation tokens before the subject, `fs` / `ms` / `ls`
   first / middle / last subject token, `fr` / `mr` / `lr` first / middle / last relation token after it.
 
 A class with no token in a prompt (a one-token subject has no middle) is left out of that prompt's
@@ -474,7 +474,7 @@ def suggest_edit_layer(
     position: str = "last_subject",
     **kwargs: Any,
 ) -> tuple[int, DatasetTrace]:
-    """The layer of peak average MLP indirect effect, for editing defaults (METHODS.md §5, §8).
+    """The layer of peak average MLP indirect effect, for editing defaults (docs/methods.md §5, §8).
 
     `position="last_subject"` (ROME, subject corruption) or `"last_relation"` (RETS, relation
     corruption). `records` may be a finished `DatasetTrace` with the `mlp` kind. Returns the layer and

@@ -1,4 +1,4 @@
-"""Heatmaps of restore grids (paper 003 Fig. 1 / 000 Fig. 3 style): one panel per kind."""
+"""Heatmaps of restore grids (Meng et al. 2022 Fig. 1 / Liu et al. 2024 Fig. 3 style): one panel per kind."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def _save(fig: Any, path: Path) -> None:
 
 
 def plot_average(summary: Any, path: str | Path | None = None):
-    """Average indirect effect heatmaps by token class (paper 003 Fig. 3 / paper 000 Fig. 3 style)."""
+    """Average indirect effect heatmaps by token class (Meng et al. 2022 Fig. 3 / Liu et al. 2024 Fig. 3 style)."""
     kinds = list(summary.aie)
     fig, axes = _panels(len(kinds), 1.2 + 0.35 * len(summary.classes))
     for ax, kind in zip(axes, kinds, strict=True):

@@ -1,4 +1,4 @@
-"""The compiled restore grid of causal tracing (METHODS.md §1; Meng et al., 2022, §2.1), computing only what
+"""The compiled restore grid of causal tracing (docs/methods.md §1; Meng et al., 2022, §2.1), computing only what
 restoration changes; the units it runs and their rows come from `jaxedit.trace.schedule`.
 
 A cell `(l, t)` of a grid restores, in the corrupted run, the clean hidden state `h[l]` at token t
@@ -320,7 +320,9 @@ def grid_program(
     Args:
       key_mask: `[T]` true at real (non-padding) tokens.
       positions: `[T]` position ids.
-      clean, corrupt_chunks, answer: as in `run_units`, `corrupt_chunks` with a leading chunk axis.
+      clean: as in `run_units`.
+      corrupt_chunks: `run_units`'s `corrupt` with a leading chunk axis.
+      answer: scalar token id.
       row_block: rows per block of the row-wise work (`Execution.row_block`, resolved; part of the
         program); None: all at once.
     """

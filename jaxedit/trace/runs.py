@@ -1,4 +1,4 @@
-"""The clean and corrupted runs of causal tracing (METHODS.md §1, steps 1 and 2), one batched forward each.
+"""The clean and corrupted runs of causal tracing (docs/methods.md §1, steps 1 and 2), one batched forward each.
 
 Row layout: the clean run is a batch of one prompt; the corrupted run is the same prompt repeated once
 per noise sample, Gaussian noise added to the token embeddings of the corrupted tokens (the same noise

@@ -1,4 +1,4 @@
-"""The host-side schedule of a causal-tracing grid (METHODS.md §1; Meng et al., 2022, §2.1): which units
+"""The host-side schedule of a causal-tracing grid (docs/methods.md §1; Meng et al., 2022, §2.1): which units
 (cell x noise sample) run, from which layer, over which rows, which of them fork from another, which rows
 are patched before the layer loop, and how the layers are cut into scanned segments.
 
@@ -25,7 +25,7 @@ KINDS: tuple[str, ...] = ("hidden", "mlp", "attn")
 
 
 def window_bounds(layer: int, n_layers: int, window: int, convention: str = "code") -> tuple[int, int]:
-    """Inclusive layer range restored around `layer` for the mlp / attn kinds (METHODS.md §1).
+    """Inclusive layer range restored around `layer` for the mlp / attn kinds (docs/methods.md §1).
 
     `code` (reference implementation, default): `[l - w//2, l + ceil(w/2) - 1]`, i.e. `[l-5, l+4]` for
     w = 10; `paper` (the text): `[l - ceil(w/2) + 1, l + w//2]`, i.e. `[l-4, l+5]`. Clipped to the model.

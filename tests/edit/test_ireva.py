@@ -1,4 +1,4 @@
-"""iReVa adaptors (METHODS.md §9): the gate, withdrawal, capacity growth, vmap, journal, bad input."""
+"""iReVa adaptors (docs/methods.md §9): the gate, withdrawal, capacity growth, vmap, journal, bad input."""
 
 from __future__ import annotations
 

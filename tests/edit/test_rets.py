@@ -1,4 +1,4 @@
-"""RETS on a tiny model (METHODS.md §8): the update's constraint, the reduction to ROME, the subject
+"""RETS on a tiny model (docs/methods.md §8): the update's constraint, the reduction to ROME, the subject
 constraint, the KL prompt variants and bad input."""
 
 from __future__ import annotations

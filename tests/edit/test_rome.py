@@ -35,7 +35,7 @@ TEMPLATES = ["{}", "the city of rome . {}", "a tower in paris was w44 . {}"]
 @pytest.fixture(scope="module")
 def model(tiny_dirs):
     """The tiny Llama with matrices x3: its MLP outputs get norms of a few units, as in real models
-    (at init they are ~0.02, and the norm-relative decay and clamp of METHODS.md §4 then dominate)."""
+    (at init they are ~0.02, and the norm-relative decay and clamp of docs/methods.md §4 then dominate)."""
     tiny = jaxedit.load_model(tiny_dirs["llama_gqa_untied"])
     return tiny.replace(params=jax.tree.map(lambda a: a * 3 if a.ndim >= 2 else a, tiny.params))
 

@@ -1,4 +1,4 @@
-"""Entity vs relation perspective probes (METHODS.md §10): case building, paper 004's eqs. 6-7, scoring."""
+"""Entity vs relation perspective probes (docs/methods.md §10): case building, Wei et al. 2024's eqs. 6-7, scoring."""
 
 from __future__ import annotations
 

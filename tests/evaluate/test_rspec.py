@@ -1,4 +1,4 @@
-"""R-Specificity (METHODS.md §12): the prompt builder never asks the edited relation; the metric."""
+"""R-Specificity (docs/methods.md §12): the prompt builder never asks the edited relation; the metric."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Vocabulary-lens analyses (METHODS.md §2) on a tiny model: ranks, attribute rate, blocking, probes."""
+"""Vocabulary-lens analyses (docs/methods.md §2) on a tiny model: ranks, attribute rate, blocking, probes."""
 
 from __future__ import annotations
 
