@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import subprocess_env
 
 
@@ -22,6 +23,7 @@ def test_sharded_forward_equals_unsharded_on_8_devices() -> None:
     assert result.stdout.strip().endswith("OK")
 
 
+@pytest.mark.slow  # a subprocess of tens of seconds: the second stage
 def test_sharded_pmet_batch_equals_unsharded_on_8_devices() -> None:
     env = subprocess_env(devices=8)
     script = Path(__file__).with_name("sharded_pmet_check.py")

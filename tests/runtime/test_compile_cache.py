@@ -116,6 +116,7 @@ def test_cli_runs_without_the_cache_when_the_default_place_is_unusable(
     assert "not a directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a subprocess of tens of seconds: the second stage
 def test_a_second_process_traces_without_compiling(tiny_dirs, tmp_path) -> None:
     """The same small trace in two fresh processes sharing one cache: the second compiles nothing."""
     import json

@@ -25,6 +25,7 @@ def run_check(*presets_: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow  # a subprocess of tens of seconds: the second stage
 def test_neox_20b_plans_on_8_devices_and_the_planned_forward_runs() -> None:
     out = run_check("neox-20b")  # the largest preset; GPT-J's shape rules run in the small forward check
     assert "planned forward == unsharded forward" in out
