@@ -86,6 +86,16 @@ def trace_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+def trace_start(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, Model, list]:
+    """A tracing experiment's start: its parsed options, the model (`begin`) and the facts of
+    `rets/known_1000.json`."""
+    from jaxedit.data import read_records
+
+    args = parser.parse_args()
+    _, model = begin(args)
+    return args, model, read_records(shared_data("rets", "known_1000.json"))
+
+
 def dataset_options(args: argparse.Namespace) -> dict:
     """`trace_dataset` keyword arguments from `trace_parser` options."""
     from jaxedit.runtime.execution import Execution

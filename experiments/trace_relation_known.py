@@ -10,13 +10,9 @@ window 10); AIER averaged by position class rp / fs / ms / ls / fr / mr / lr. Wr
 
 from __future__ import annotations
 
-import logging
-
 import common
 import numpy as np
 
-import jaxedit
-from jaxedit.data import read_records
 from jaxedit.trace import suggest_edit_layer, trace_dataset
 
 NAME = "trace_relation_known"
@@ -24,11 +20,7 @@ PAPER_GPT2XL = {"rp": 0.03, "fs": 0.04, "ms": 0.04, "ls": 0.04, "fr": 0.06, "mr"
 
 
 def main() -> None:
-    parser = common.trace_parser(__doc__)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    model = jaxedit.load_model(args.model)
-    records = read_records(common.shared_data("rets", "known_1000.json"))
+    args, model, records = common.trace_start(common.trace_parser(__doc__))
     summary = trace_dataset(
         model, records, corrupt="relation", kinds=("mlp", "attn"), **common.dataset_options(args),
         out_dir=common.CACHE / NAME,

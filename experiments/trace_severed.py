@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 
 import common
 import numpy as np
 
-import jaxedit
-from jaxedit.data import read_records
 from jaxedit.trace import trace_dataset
 from jaxedit.trace.dataset import DatasetTrace
 
@@ -30,10 +27,7 @@ NAME = "trace_severed"
 def main() -> None:
     parser = common.trace_parser(__doc__)
     parser.add_argument("--corrupt", default="relation", choices=["relation", "subject"])
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    model = jaxedit.load_model(args.model)
-    records = read_records(common.shared_data("rets", "known_1000.json"))
+    args, model, records = common.trace_start(parser)
     options = common.dataset_options(args)
     budget = options.pop("max_seconds")
     base_noise = options.pop("noise")

@@ -10,23 +10,15 @@ attention restorations (10 samples, 3 sigma noise, window 10). Writes
 
 from __future__ import annotations
 
-import logging
-
 import common
 
-import jaxedit
-from jaxedit.data import read_records
 from jaxedit.trace import trace_dataset
 
 NAME = "trace_subject_known"
 
 
 def main() -> None:
-    parser = common.trace_parser(__doc__)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    model = jaxedit.load_model(args.model)
-    records = read_records(common.shared_data("rets", "known_1000.json"))
+    args, model, records = common.trace_start(common.trace_parser(__doc__))
     summary = trace_dataset(
         model, records, corrupt="subject", out_dir=common.CACHE / NAME, **common.dataset_options(args)
     )

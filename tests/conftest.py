@@ -39,6 +39,20 @@ def full_rank_texts(model, texts: list[str], extra: int = 60, seed: int = 0) -> 
     return list(texts) + [" ".join(rng.choice(words, 12)) for _ in range(extra)]
 
 
+def interrupt_after(monkeypatch: pytest.MonkeyPatch, module: object, name: str, calls: int) -> None:
+    """Make `module.name` raise KeyboardInterrupt on its call number `calls + 1`, as if the run were
+    stopped there (the earlier calls run, and checkpoint, as usual)."""
+    real, done = getattr(module, name), []
+
+    def interrupted(*args, **kwargs):
+        if len(done) == calls:
+            raise KeyboardInterrupt
+        done.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, interrupted)
+
+
 def subprocess_env(devices: int | None = None, optimised: bool = False) -> dict[str, str]:
     """The environment for a test's subprocess: this run's XLA flags and cache, on the CPU, with
     `devices` simulated host devices when given. `optimised`: without `TEST_XLA_FLAGS`, for a process

@@ -9,65 +9,24 @@ import transformers
 
 VOCAB = 97
 
+# the shared sizes of the NeoX and Llama variants (Llama: 2 layers unless a variant says otherwise)
+NEOX = dict(model_type="gpt_neox", vocab_size=VOCAB, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+            intermediate_size=128, max_position_embeddings=64)  # fmt: skip
+LLAMA = dict(model_type="llama", vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+             intermediate_size=96, max_position_embeddings=64)  # fmt: skip
+
 TINY_CONFIGS: dict[str, dict] = {
     "gpt2": dict(model_type="gpt2", vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64),
     "gptj": dict(
         model_type="gptj", vocab_size=VOCAB, n_embd=64, n_layer=3, n_head=4, n_positions=64, rotary_dim=8
     ),
-    "neox_parallel": dict(
-        model_type="gpt_neox",
-        vocab_size=VOCAB,
-        hidden_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=64,
-        rotary_pct=0.5,
-        use_parallel_residual=True,
-    ),
-    "neox_sequential": dict(
-        model_type="gpt_neox",
-        vocab_size=VOCAB,
-        hidden_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        intermediate_size=128,
-        max_position_embeddings=64,
-        rotary_pct=0.25,
-        use_parallel_residual=False,
-    ),
-    "llama_gqa_untied": dict(
-        model_type="llama",
-        vocab_size=VOCAB,
-        hidden_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=96,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-    ),
-    "llama_tied": dict(
-        model_type="llama",
-        vocab_size=VOCAB,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        intermediate_size=96,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-        rope_theta=500.0,
-    ),
+    "neox_parallel": dict(NEOX, rotary_pct=0.5, use_parallel_residual=True),
+    "neox_sequential": dict(NEOX, rotary_pct=0.25, use_parallel_residual=False),
+    "llama_gqa_untied": dict(LLAMA, num_hidden_layers=3, num_key_value_heads=2, tie_word_embeddings=False),
+    "llama_tied": dict(LLAMA, num_key_value_heads=4, tie_word_embeddings=True, rope_theta=500.0),
     "llama3_scaled": dict(
-        model_type="llama",
-        vocab_size=VOCAB,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        LLAMA,
         num_key_value_heads=1,
-        intermediate_size=96,
-        max_position_embeddings=64,
         rope_scaling=dict(
             rope_type="llama3",
             factor=8.0,
@@ -92,39 +51,9 @@ def build_hf_model(name: str, seed: int = 0) -> transformers.PreTrainedModel:
     return model.eval()
 
 
-WORDS = [
-    "the",
-    "eiffel",
-    "tower",
-    "is",
-    "located",
-    "in",
-    "city",
-    "of",
-    "paris",
-    "rome",
-    "france",
-    "capital",
-    "mother",
-    "tongue",
-    "danielle",
-    "darrieux",
-    "french",
-    "english",
-    "language",
-    "a",
-    "an",
-    "and",
-    "to",
-    "at",
-    "on",
-    "for",
-    "with",
-    "by",
-    "from",
-    "as",
-    "was",
-]
+WORDS = ["the", "eiffel", "tower", "is", "located", "in", "city", "of", "paris", "rome", "france",
+    "capital", "mother", "tongue", "danielle", "darrieux", "french", "english", "language", "a", "an",
+    "and", "to", "at", "on", "for", "with", "by", "from", "as", "was"]  # fmt: skip
 
 
 def tiny_tokenizer() -> transformers.PreTrainedTokenizerFast:

@@ -77,23 +77,8 @@ def main() -> int:
         1e-5,
     )
 
-    words = [
-        "the",
-        "city",
-        "of",
-        "paris",
-        "rome",
-        "france",
-        "capital",
-        "is",
-        "located",
-        "in",
-        "tower",
-        "a",
-        "an",
-        "and",
-        "to",
-    ]
+    words = ["the", "city", "of", "paris", "rome", "france", "capital", "is", "located", "in",
+             "tower", "a", "an", "and", "to"]  # fmt: skip
     rng = np.random.default_rng(1)
     texts = [" ".join(rng.choice(words, 12)) for _ in range(80)]
     hp = MemitHparams(layers=(0, 1), targets=TargetHparams(steps=5, reference="resid_post"))

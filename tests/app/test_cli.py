@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from records import EASYEDIT_RECORD, MEND
 
 from jaxedit import cli
 
@@ -68,16 +69,7 @@ def test_eval_writes_a_summary(tiny_dirs, tmp_path, capsys) -> None:
     import json
 
     data = tmp_path / "cf.json"
-    record = {
-        "case_id": 3,
-        "prompt": "the eiffel tower is located in the city of",
-        "subject": "the eiffel tower",
-        "target_new": "rome",
-        "ground_truth": "paris",
-        "rephrase_prompt": "the city of the eiffel tower is",
-        "locality_prompt": "the capital of france is",
-    }
-    data.write_text(json.dumps([record]))
+    data.write_text(json.dumps([EASYEDIT_RECORD]))
     model = str(tiny_dirs["llama_gqa_untied"])
     args = ["eval", model, "--method", "ft-l", "--dataset", str(data), "--out", str(tmp_path / "run")]
     assert cli.main([*args, "--layer", "1", "--generation-tokens", "3"]) == 0
@@ -148,16 +140,8 @@ def test_eval_memit_edits_records_in_batches(tiny_dirs, tmp_path, capsys, method
 def test_eval_recognises_zsre_files(tiny_dirs, tmp_path, capsys) -> None:
     import json
 
-    record = {
-        "subject": "danielle darrieux",
-        "src": "the mother tongue of danielle darrieux is",
-        "alt": "english",
-        "rephrase": "danielle darrieux speaks the language",
-        "loc": "nq question: the capital of france is",
-        "loc_ans": "paris",
-    }
     data = tmp_path / "zsre.json"
-    data.write_text(json.dumps([record]))
+    data.write_text(json.dumps([MEND]))
     model = str(tiny_dirs["llama_gqa_untied"])
     args = [
         "eval",

@@ -11,36 +11,26 @@ import pytest
 from conftest import subprocess_env
 
 
-def test_sharded_forward_equals_unsharded_on_8_devices() -> None:
+def _check(script: str, *args: str) -> str:
+    """Run a check script of this folder on 8 simulated devices; its output, after it succeeded."""
     env = subprocess_env(devices=8)
-    script = Path(__file__).with_name("sharded_check.py")
-    result = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600
-    )
-    print(result.stdout, result.stderr[-3000:])
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    command = [sys.executable, str(Path(__file__).with_name(script)), *args]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert "does not divide evenly" in result.stdout
-    assert result.stdout.strip().endswith("OK")
+    return result.stdout.strip()
+
+
+def test_sharded_forward_equals_unsharded_on_8_devices() -> None:
+    out = _check("sharded_check.py")
+    assert "does not divide evenly" in out and out.endswith("OK")
 
 
 @pytest.mark.slow  # a subprocess of tens of seconds: the second stage
 def test_sharded_pmet_batch_equals_unsharded_on_8_devices() -> None:
-    env = subprocess_env(devices=8)
-    script = Path(__file__).with_name("sharded_pmet_check.py")
-    result = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600
-    )
-    print(result.stdout, result.stderr[-3000:])
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert result.stdout.strip().endswith("OK")
+    assert _check("sharded_pmet_check.py").endswith("OK")
 
 
 def test_streaming_load_places_each_parameter_into_its_sharding(tmp_path) -> None:
-    env = subprocess_env(devices=8)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
-    script = Path(__file__).with_name("streaming_check.py")
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert result.stdout.strip().endswith("OK") and result.stdout.count("logits |diff|") == 7
+    out = _check("streaming_check.py", str(tmp_path))
+    assert out.endswith("OK") and out.count("logits |diff|") == 7

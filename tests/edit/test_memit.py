@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from records import TEMPLATES, TEXTS
 
 import jaxedit
 from jaxedit.edit import TargetHparams, apply, key_statistics, revert
@@ -21,14 +22,6 @@ REQUESTS = [
     Request(prompt="the eiffel tower is located in the city of {}", subject="paris", target="rome"),
     Request(prompt="{} is the capital of", subject="rome", target="france"),
 ]
-TEMPLATES = ["{}", "the city of rome . {}", "a tower in paris was w44 . {}"]
-TEXTS = [
-    "the eiffel tower is located in the city of paris in france",
-    "the capital of france is paris and the language is french",
-    "danielle darrieux was french and the mother tongue of danielle darrieux is french",
-    "rome is the capital city of a w40 w41 w42 on the w50",
-    "english is a language w33 w34 with w60 w61 w62 w63 w64 w65",
-] * 8
 
 
 @pytest.fixture(scope="module")

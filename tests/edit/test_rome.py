@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import full_rank_texts
+from records import TEMPLATES, TEXTS
 
 import jaxedit
 from jaxedit.edit import Delta, RomeHparams, apply, revert, rome
@@ -22,14 +23,6 @@ from jaxedit.edit.targets import TargetHparams, build_batch, chunk_order, optimi
 from jaxedit.runtime.execution import Execution
 
 REQUEST = Request(prompt="the mother tongue of {} is", subject="danielle darrieux", target="english")
-TEXTS = [
-    "the eiffel tower is located in the city of paris in france",
-    "the capital of france is paris and the language is french",
-    "danielle darrieux was french and the mother tongue of danielle darrieux is french",
-    "rome is the capital city of a w40 w41 w42 on the w50",
-    "english is a language w33 w34 with w60 w61 w62 w63 w64 w65",
-] * 8
-TEMPLATES = ["{}", "the city of rome . {}", "a tower in paris was w44 . {}"]
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from conftest import full_rank_texts
+from conftest import full_rank_texts, interrupt_after
 
 import jaxedit
 from jaxedit.data.corpus import open_corpus
@@ -145,17 +145,9 @@ def test_a_streamed_run_resumes_from_its_checkpoint(model, texts, reference, tmp
     monkeypatch.setenv("JAXEDIT_CACHE", str(tmp_path / "cache"))
     path = _write("jsonl", texts, tmp_path, monkeypatch)
     real, calls = stats_lib._accumulate, []
-
-    def interrupted(*args):
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # after two batches, each checkpointed
-        calls.append(1)
-        return real(*args)
-
-    monkeypatch.setattr(stats_lib, "_accumulate", interrupted)
+    interrupt_after(monkeypatch, stats_lib, "_accumulate", 2)  # after two batches, each checkpointed
     with pytest.raises(KeyboardInterrupt):
         key_statistics(model, [1], corpus=path, corpus_id="texts", checkpoint_every=1, **SETTINGS)
-    calls.clear()
     monkeypatch.setattr(stats_lib, "_accumulate", lambda *a: calls.append(1) or real(*a))
     resumed = key_statistics(model, [1], corpus=path, corpus_id="texts", checkpoint_every=1, **SETTINGS)[1]
     assert len(calls) == 2  # the two batches after the checkpoint

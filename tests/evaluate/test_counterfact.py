@@ -7,6 +7,7 @@ import json
 import jax
 import numpy as np
 import pytest
+from records import EASYEDIT_RECORD, ROME_RECORD
 
 import jaxedit
 from jaxedit.edit import Delta
@@ -16,32 +17,6 @@ from jaxedit.evaluate.metrics import generation_entropy, harmonic_mean, ngram_en
 from jaxedit.runtime.execution import Execution
 
 QUIET = Execution(progress=False)
-
-ROME_RECORD = {
-    "case_id": 7,
-    "requested_rewrite": {
-        "prompt": "the mother tongue of {} is",
-        "subject": "danielle darrieux",
-        "target_new": {"str": "english"},
-        "target_true": {"str": "french"},
-    },
-    "paraphrase_prompts": [
-        "danielle darrieux was a w40 the language of",
-        "the language of danielle darrieux is",
-    ],
-    "neighborhood_prompts": ["the mother tongue of w50 w51 is", "the language of paris is"],
-    "generation_prompts": ["danielle darrieux is"],
-}
-EASYEDIT_RECORD = {
-    "case_id": 8,
-    "prompt": "the eiffel tower is located in the city of",
-    "subject": "the eiffel tower",
-    "target_new": "rome",
-    "ground_truth": "paris",
-    "rephrase_prompt": "the city of the eiffel tower is",
-    "locality_prompt": "the capital of france is",
-    "locality_ground_truth": "paris",
-}
 
 
 @pytest.fixture(scope="module")
@@ -176,16 +151,20 @@ def test_an_interrupted_batch_rescores_only_its_missing_cases(model, tmp_path, m
     c = model.config
     zero = Delta(layers=(1,), left=np.zeros((1, 1, c.d_mlp)), right=np.zeros((1, 1, c.d_model)), method="z")
     out = tmp_path / "run"
-    first = evaluate_counterfact(
-        model,
-        cases,
-        lambda m, rs: zero,
-        method="b",
-        batch=2,
-        out_dir=out,
-        generation_tokens=0,
-        execution=QUIET,
-    )
+
+    def run() -> dict:
+        return evaluate_counterfact(
+            model,
+            cases,
+            lambda m, rs: zero,
+            method="b",
+            batch=2,
+            out_dir=out,
+            generation_tokens=0,
+            execution=QUIET,
+        )
+
+    first = run()
     (out / "cases" / "8.json").unlink()  # as if the run stopped after scoring case 7
     calls = []
     original = counterfact.score_cases
@@ -194,16 +173,7 @@ def test_an_interrupted_batch_rescores_only_its_missing_cases(model, tmp_path, m
         "score_cases",
         lambda m, chunk, **k: calls.append([c.case_id for c in chunk]) or original(m, chunk, **k),
     )
-    again = evaluate_counterfact(
-        model,
-        cases,
-        lambda m, rs: zero,
-        method="b",
-        batch=2,
-        out_dir=out,
-        generation_tokens=0,
-        execution=QUIET,
-    )
+    again = run()
     assert calls == [["8"], ["8"]] and again["b"] == first["b"]  # case 8 scored before and after, 7 reused
 
 

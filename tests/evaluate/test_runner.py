@@ -8,7 +8,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from test_counterfact import EASYEDIT_RECORD, ROME_RECORD
+from records import EASYEDIT_RECORD, ROME_RECORD
 
 import jaxedit
 from jaxedit import cli

@@ -7,29 +7,13 @@ import json
 import jax
 import numpy as np
 import pytest
+from records import KNOWEDIT, MEND
 
 import jaxedit
 from jaxedit.evaluate.zsre import evaluate_zsre, read_zsre, score_zsre_case
 from jaxedit.runtime.execution import Execution
 
 QUIET = Execution(progress=False)
-
-MEND = {
-    "subject": "danielle darrieux",
-    "src": "the mother tongue of danielle darrieux is",
-    "alt": "english",
-    "rephrase": "danielle darrieux speaks the language",
-    "loc": "nq question: the capital of france is",
-    "loc_ans": "paris",
-}
-KNOWEDIT = {
-    "subject": "the eiffel tower",
-    "prompt": "the eiffel tower is located in the city of",
-    "target_new": "rome",
-    "ground_truth": ["paris"],
-    "rephrase_prompt": "the city of the eiffel tower is",
-    "locality": {"Relation_Specificity": [{"prompt": "the eiffel tower is in", "ground_truth": ["france"]}]},
-}
 UNEDITABLE = {**MEND, "subject": "someone else"}
 PROMPTS = [MEND["src"], MEND["loc"]]
 

@@ -7,6 +7,7 @@ import logging
 
 import numpy as np
 import pytest
+from conftest import interrupt_after
 
 import jaxedit
 from jaxedit.edit import stats as stats_lib
@@ -53,14 +54,7 @@ def test_a_bad_statistics_entry_is_named_and_rebuilt(model, cache, caplog, damag
 def test_a_forged_or_foreign_checkpoint_is_not_used(model, cache, monkeypatch) -> None:
     fresh = _stats(model, cache=False, batch_tokens=32)  # 24 texts of 16 tokens: 12 batches of 2
     real, calls = stats_lib._accumulate, []
-
-    def interrupted(*args):
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # after three batches, each checkpointed
-        calls.append(1)
-        return real(*args)
-
-    monkeypatch.setattr(stats_lib, "_accumulate", interrupted)
+    interrupt_after(monkeypatch, stats_lib, "_accumulate", 3)  # after three batches, each checkpointed
     with pytest.raises(KeyboardInterrupt):
         _stats(model, batch_tokens=32, checkpoint_every=1)
     (partial,) = (cache / "stats").glob("*.partial.npz")

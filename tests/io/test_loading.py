@@ -179,24 +179,25 @@ def test_truncated_weights(tmp_path: Path, tiny_dirs) -> None:
         jaxedit.load_model(tmp_path / "m")
 
 
-def test_missing_tensor_is_named(tmp_path: Path) -> None:
-    hf = build_hf_model("gptj")
-    (tmp_path / "m").mkdir()
-    hf.config.to_json_file(str(tmp_path / "m" / "config.json"))
-    state = {k: v for k, v in hf.state_dict().items() if k != "transformer.h.1.mlp.fc_out.weight"}
-    torch.save(state, tmp_path / "m" / "pytorch_model.bin")
-    with pytest.raises(WeightsError, match=r"transformer\.h\.1\.mlp\.fc_out\.weight"):
-        jaxedit.load_model(tmp_path / "m")
-
-
-def test_wrongly_shaped_tensor_is_named(tmp_path: Path) -> None:
-    hf = build_hf_model("llama_tied")
+@pytest.mark.parametrize(
+    ("family", "tensor", "change", "named"),
+    [
+        ("gptj", "transformer.h.1.mlp.fc_out.weight", None, r"transformer\.h\.1\.mlp\.fc_out\.weight"),
+        ("llama_tied", "model.layers.0.mlp.down_proj.weight", lambda w: w[:, :10], "mlp/out/kernel"),
+    ],
+    ids=["missing", "wrongly-shaped"],
+)
+def test_a_missing_or_wrongly_shaped_tensor_is_named(tmp_path: Path, family, tensor, change, named) -> None:
+    hf = build_hf_model(family)
     (tmp_path / "m").mkdir()
     hf.config.to_json_file(str(tmp_path / "m" / "config.json"))
     state = dict(hf.state_dict())
-    state["model.layers.0.mlp.down_proj.weight"] = state["model.layers.0.mlp.down_proj.weight"][:, :10]
+    if change is None:
+        del state[tensor]
+    else:
+        state[tensor] = change(state[tensor])
     torch.save(state, tmp_path / "m" / "pytorch_model.bin")
-    with pytest.raises(WeightsError, match="mlp/out/kernel"):
+    with pytest.raises(WeightsError, match=named):
         jaxedit.load_model(tmp_path / "m")
 
 
