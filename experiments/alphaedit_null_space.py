@@ -22,7 +22,7 @@ def main() -> None:
     hp = default_hparams(model)
     stats = common.wikipedia_statistics(model, hp.layers, args.stats_samples)
     lines = [
-        f"# AlphaEdit's null space on SmolLM2-135M ({model.config.d_mlp} key dimensions)",
+        f"# AlphaEdit's null space on {common.model_label()} ({model.config.d_mlp} key dimensions)",
         "",
         f"Command: `python experiments/alphaedit_null_space.py --stats-samples {args.stats_samples}`; CPU "
         f"{common.cpu_model()}. Dimensions kept for editing (eigenvalues of E[k kᵀ] below the threshold) at "

@@ -50,13 +50,25 @@ def experiment_parser(
     return parser
 
 
+_MODEL_LABEL = ["SmolLM2-135M-Instruct"]  # what the results texts call the model (`begin` sets it)
+
+
 def begin(args: argparse.Namespace, level: int = logging.INFO) -> tuple[float, Model]:
-    """An experiment's start: logging at `level`, the clock and the model of `--model`."""
+    """An experiment's start: logging at `level`, the clock and the model of `--model` (which the
+    results texts then name: `model_label`)."""
     import jaxedit
 
     logging.basicConfig(level=level, format="%(message)s")
     logging.getLogger("jaxedit").setLevel(level)
-    return time.perf_counter(), jaxedit.load_model(args.model)
+    model = jaxedit.load_model(args.model)
+    if args.model != "smollm2":
+        _MODEL_LABEL[0] = f"{model.name} ({model.config.family}, {model.config.n_layers} layers)"
+    return time.perf_counter(), model
+
+
+def model_label() -> str:
+    """The name of the experiment's model: SmolLM2-135M-Instruct, the default, or the `--model` given."""
+    return _MODEL_LABEL[0]
 
 
 def trace_parser(doc: str) -> argparse.ArgumentParser:

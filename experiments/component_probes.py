@@ -61,7 +61,7 @@ def main() -> None:
     )
     md = f"""# Component probes (SmolLM2)
 
-Model: SmolLM2-135M-Instruct, float32. Prompts: {len(facts)} of `rets/known_1000.json`, last token. Top-50
+Model: {common.model_label()}, float32. Prompts: {len(facts)} of `rets/known_1000.json`, last token. Top-50
 lens tokens. Run time {seconds} s on {common.machine()}. Produced by `python experiments/{NAME}.py`.
 
 Li et al. 2024 Fig. 2 (GPT-J): after the first ~15 layers the FFN changes the hidden state less and less (its

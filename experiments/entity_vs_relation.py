@@ -169,7 +169,7 @@ def main() -> None:
     relations = sorted({c.relation for c in cases})
     md = f"""# Entity vs relation perspective (Wei et al. 2024 Tables 1-2 shape, SmolLM2)
 
-Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} facts of `rets/known_1000.json`
+Model: {common.model_label()}, float32. Data: the first {len(cases)} facts of `rets/known_1000.json`
 whose relation has at least two ParaRel wordings besides the fact's own ({len(relations)} relations),
 each given the object of the next fact of its relation as the new object and edited alone.
 Entity-perspective edits put the key at the last subject token at the subject-traced layers (ROME

@@ -150,7 +150,7 @@ def main() -> None:
         )
     md = f"""# iReVa score calibration on SmolLM2
 
-Model: SmolLM2-135M-Instruct, float32, adaptor at layer {IrevaHparams().resolve_layer(model.config)} (the
+Model: {common.model_label()}, float32, adaptor at layer {IrevaHparams().resolve_layer(model.config)} (the
 second-to-last). Data: the first {len(cases)} records of `zsre/ZsRE-test-all.json` (held out from the
 `zsre_mend_edit.json` set of `ireva_zsre`), all edited at once, initialisation only. Score = mean of ES, PS,
 NS (iReVa's convention); "locality fired" = share of the {len(locality)} locality prompts whose best neuron

@@ -109,7 +109,7 @@ With the paper's gate, neither a larger θ nor a larger weight on `L_irr` (which
 other facts' bare questions) removes them: best Con {max(r["Con"] for r in plain)} over these variants."""
     md = f"""# iReVa withdrawal vs θ, b and exclusive floors (SmolLM2, zsRE)
 
-Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of `zsre/zsre_mend_edit.json`,
+Model: {common.model_label()}, float32. Data: the first {len(cases)} records of `zsre/zsre_mend_edit.json`,
 edited at once with the packaged SmolLM2 settings except θ, b (the weight of `L_irr`) and, where marked,
 exclusive floors (`IrevaHparams.exclusive`: each neuron's threshold raised above its scores on the other
 facts' inputs). Each fact is then withdrawn on its own, as the paper withdraws (its neurons removed from

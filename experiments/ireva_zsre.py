@@ -252,7 +252,7 @@ floors.
     not_run = f"\n\nNot run yet: {', '.join(missing)}." if missing else ""
     md = f"""# iReVa on zsRE
 
-Model: SmolLM2-135M-Instruct, float32. Data: `zsre/zsre_mend_edit.json`, {len(everything)} records
+Model: {common.model_label()}, float32. Data: `zsre/zsre_mend_edit.json`, {len(everything)} records
 ({skipped} skipped). Metric: {PROTOCOL}; score = mean (iReVa's convention). iReVa: calibrated defaults
 (`jaxedit/hparams/ireva/llama-30.json`, see `ireva_calibration.md`), all {len(everything)} facts edited at once (neurons
 retrofitted independently, docs/methods.md §9). RS / Con: each fact withdrawn on its own after all edits.

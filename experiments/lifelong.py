@@ -70,7 +70,7 @@ def render(results: dict, benchmark: str) -> None:
         if any(value(p, k, benchmark) is not None for m in methods for p in results[m]["probes"])
     ]
     lines = [
-        f"# Lifelong editing on {benchmark}: SmolLM2-135M, {settings['n']} edits in batches of {settings['batch']}",
+        f"# Lifelong editing on {benchmark}: {common.model_label()}, {settings['n']} edits in batches of {settings['batch']}",
         "",
         f"Command: `python experiments/lifelong.py --n {settings['n']} --batch {settings['batch']} "
         f"--benchmark {benchmark} --probe-every {settings['probe_every']} --stats-samples {settings['stats_samples']}`. "
@@ -125,7 +125,7 @@ def render(results: dict, benchmark: str) -> None:
         ax.set_xlabel("edits")
         ax.grid(alpha=0.3)
     axes.flat[0].legend()
-    figure.suptitle(f"SmolLM2-135M, sequential {benchmark} edits in batches of {settings['batch']}")
+    figure.suptitle(f"{common.model_label()}, sequential {benchmark} edits in batches of {settings['batch']}")
     figure.tight_layout()
     figure.savefig(common.RESULTS / f"lifelong_{benchmark}.png", dpi=110)
 

@@ -98,7 +98,7 @@ def render(results: dict, settings: dict) -> None:
         )
     md = f"""# Mass editing on CounterFact (Li et al. 2024 Table 1 shape)
 
-Model: SmolLM2-135M-Instruct, float32. Data: the first {n} records of
+Model: {common.model_label()}, float32. Data: the first {n} records of
 `counterfact_easyedit/counterfact-edit.json` (EasyEdit layout: one paraphrase and one neighbourhood
 prompt per record; fluency over generations from the rewrite and paraphrase prompts). MEMIT and PMET:
 all {n} edits in one batch, packaged SmolLM2 hyperparameters

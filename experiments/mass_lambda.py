@@ -161,7 +161,7 @@ def main() -> None:
             )
     md = f"""# λ for MEMIT and PMET on SmolLM2
 
-Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of
+Model: {common.model_label()}, float32. Data: the first {len(cases)} records of
 `counterfact_easyedit/counterfact-train.json` (held out from the `-edit` split), all edited in one batch
 per variant. Variants: the papers' GPT-J CounterFact settings of MEMIT and PMET on SmolLM2's packaged
 layers, and variants with target settings changed (`name:field=value`); targets optimised once per variant, the

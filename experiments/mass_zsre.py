@@ -90,7 +90,7 @@ def main() -> None:
     )
     md = f"""# MEMIT and PMET on zsRE
 
-Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of `zsre/zsre_mend_edit.json`
+Model: {common.model_label()}, float32. Data: the first {len(cases)} records of `zsre/zsre_mend_edit.json`
 ({skipped} records skipped: subject not written in the question), edited in batches of {batch} with the
 packaged SmolLM2 hyperparameters. Metric: {PROTOCOL}; score = mean. Run time {settings["seconds"] / 60:.0f} min
 on {common.machine()}, with the targets read from `experiments/results/{NAME}_targets/`, where their optimisation

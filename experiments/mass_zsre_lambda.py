@@ -114,7 +114,7 @@ def main() -> None:
     )
     md = f"""# λ at {len(cases):,} zsRE edits in one batch (sensitivity)
 
-Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of `zsre/zsre_mend_edit.json`, all
+Model: {common.model_label()}, float32. Data: the first {len(cases)} records of `zsre/zsre_mend_edit.json`, all
 edited in one batch with the packaged SmolLM2 settings except λ; targets read from
 `experiments/results/mass_zsre_targets/` (λ does not enter their optimisation), statistics over
 {args.stats_samples} Wikipedia articles. Metric: {PROTOCOL}; score = mean. Run time of this invocation

@@ -95,7 +95,7 @@ def main() -> None:
     )
     md = f"""# PMET ablations (Li et al. 2024 Table 3 shape)
 
-Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of
+Model: {common.model_label()}, float32. Data: the first {len(cases)} records of
 `counterfact_easyedit/counterfact-edit.json`, edited in one batch per variant with PMET's packaged
 SmolLM2 settings (layers {list(hp.layers)}, λ {hp.mom2_weight:g}). `weight_change`: Frobenius norm of all
 weight increments (MLP, plus attention for `update-attn`). Run time of this invocation {seconds / 60:.0f} min on

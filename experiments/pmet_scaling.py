@@ -105,7 +105,7 @@ def main() -> None:
                 label="unedited")  # fmt: skip
         ax.set(xscale="log", xlabel="edits in one batch", title=key)
     axes[0].legend()
-    fig.suptitle("SmolLM2-135M, CounterFact: MEMIT and PMET vs number of edits")
+    fig.suptitle(f"{common.model_label()}, CounterFact: MEMIT and PMET vs number of edits")
     fig.tight_layout()
     fig.savefig(common.RESULTS / f"{NAME}.png", dpi=120)
 
@@ -113,7 +113,7 @@ def main() -> None:
     table = common.markdown_table(rows, list(rows), (*KEYS, "solve_seconds"), "method × edits")
     md = f"""# PMET and MEMIT vs the number of edits (Li et al. 2024 Fig. 3 protocol)
 
-Model: SmolLM2-135M-Instruct, float32. Data: the first n records of
+Model: {common.model_label()}, float32. Data: the first n records of
 `counterfact_easyedit/counterfact-edit.json` for n in {counts}, each count a fresh batch on the unedited
 model, packaged SmolLM2 settings; scored on the same n records. Targets optimised once per record
 ({", ".join(f"{m}: {s} s" for m, s in target_seconds.items())} in this run, 0 where cached) and each count

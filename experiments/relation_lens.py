@@ -73,7 +73,7 @@ def main() -> None:
     )
     md = f"""# The lens at the last relation token (SmolLM2)
 
-Model: SmolLM2-135M-Instruct, float32. Facts: {len(facts)} of `rets/known_1000.json` (those whose relation
+Model: {common.model_label()}, float32. Facts: {len(facts)} of `rets/known_1000.json` (those whose relation
 has attributes); blocking on the first {blocking["facts"]}, window {blocking["window"]} layers (10 of GPT-2 XL's 48,
 scaled). Top-{result["k"]} lens tokens. Run time {seconds / 60:.0f} min on {common.machine()}. Produced by
 `python experiments/{NAME}.py --blocking-n {args.blocking_n}`.

@@ -186,7 +186,7 @@ def main() -> None:
     table = common.markdown_table({**results, **paper}, [*results, *paper], KEYS)
     md = f"""# RETS on CounterFact with R-Specificity (SmolLM2)
 
-Model: SmolLM2-135M-Instruct, float32. Data: the first {len(cases)} records of
+Model: {common.model_label()}, float32. Data: the first {len(cases)} records of
 `counterfact_easyedit/counterfact-edit.json`, {settings["with_rspec"]} of them with R-Specificity prompts
 (R-Spec is averaged over those). Each record edited alone. ROME / FT-L at layer {rome_hp.layer}; RETS at layer
 {rets_hp.layer} (relation tracing), key at the last relation token, KL prompt "<prompt> is a"; subject

@@ -60,7 +60,7 @@ def main() -> None:
         results[method] = summary[method]
         results.setdefault("protocol", summary["protocol"])
     results["settings"] = {
-        "model": "SmolLM2-135M-Instruct (float32)", "layer": layer, "records": len(cases),
+        "model": f"{common.model_label()} (float32)", "layer": layer, "records": len(cases),
         "statistics": f"{stats.tokens} tokens of {stats.meta['samples']} Wikipedia articles (first 128 tokens each)",
         "contexts": len(templates), "seconds": round(time.perf_counter() - start), "machine": common.machine(),
         "seconds_per_method": {k: round(v) for k, v in timings.items()},
@@ -73,7 +73,7 @@ def main() -> None:
     rome_row = results.get("rome", {})
     md = f"""# ROME on CounterFact (Meng et al. 2022 Table 4 shape)
 
-Model: SmolLM2-135M-Instruct, float32; edited layer {layer} (the peak of the MLP indirect effect at the
+Model: {common.model_label()}, float32; edited layer {layer} (the peak of the MLP indirect effect at the
 last subject token, experiments/results/trace_subject_known.md). Data: the first {len(cases)} records of
 `counterfact_easyedit/counterfact-edit.json` (one paraphrase, one neighbourhood prompt each), every edit
 applied alone to the unedited model. Statistics: {results["settings"]["statistics"]}. ROME: {len(templates)}

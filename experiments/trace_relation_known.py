@@ -43,7 +43,7 @@ def main() -> None:
     top = max(means, key=means.get)
     md = f"""# Relation-corrupted causal tracing over known facts (Liu et al. 2024 Table 1)
 
-Model: SmolLM2-135M-Instruct ({model.config.n_layers} layers), float32. Data: `known_1000.json`, the
+Model: {common.model_label()} ({model.config.n_layers} layers), float32. Data: `known_1000.json`, the
 first {summary.n_considered} records, {summary.n_facts} predicted correctly and traced
 ({summary.n_filtered} filtered out).{common.untraced_note(summary)} Relation tokens noised ({summary.samples} samples, 3 sigma,
 sigma = {summary.noise_scale / 3:.4f}); MLP and attention outputs restored over a window of

@@ -86,7 +86,7 @@ def main() -> None:
     share = {label: 100 * (1 - drop[label] / drop["none"]) for label in ("mlp", "attn")}
     md = f"""# Severed causal tracing (Wei et al. 2024 §3)
 
-Model: SmolLM2-135M-Instruct, float32. {first.n_facts} correctly predicted facts of `known_1000.json`
+Model: {common.model_label()}, float32. {first.n_facts} correctly predicted facts of `known_1000.json`
 ({first.n_filtered} of the first {first.n_considered} filtered out).{reached} {args.corrupt.capitalize()} tokens noised
 ({first.samples} samples, 3 sigma); hidden state restored at each (layer, token), optionally with the MLP or
 the attention of all later layers of that token frozen to the corrupted run. Total run time

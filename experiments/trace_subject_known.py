@@ -36,7 +36,7 @@ def main() -> None:
     )
     md = f"""# Subject-corrupted causal tracing over known facts (Meng et al. 2022 Fig. 3 j/k/l)
 
-Model: SmolLM2-135M-Instruct ({n_layers} layers), float32. Data: `known_1000.json`, the first
+Model: {common.model_label()} ({n_layers} layers), float32. Data: `known_1000.json`, the first
 {summary.n_considered} records, of which {summary.n_facts} the model predicts correctly were traced
 ({summary.n_filtered} filtered out).{common.untraced_note(summary)} {summary.samples} noise samples{budget} at 3 sigma
 (sigma = {summary.noise_scale / 3:.4f}), window {summary.window}. Mean p(answer): clean

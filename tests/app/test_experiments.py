@@ -48,5 +48,6 @@ def test_experiment_runs_on_a_tiny_model(script, methods, tiny_dirs, tmp_path) -
     results = json.loads((tmp_path / "results" / f"{script}.json").read_text())
     for method in ("unedited", *methods):
         assert results[method]["n"] == 2 and 0 <= results[method]["ES"] <= 100
-    assert (tmp_path / "results" / f"{script}.md").exists()
+    text = (tmp_path / "results" / f"{script}.md").read_text()
+    assert "llama_gqa_untied (llama, 3 layers)" in text and "SmolLM2-135M" not in text  # names its model
     assert _digests() == before
