@@ -38,20 +38,18 @@ FIELDS = (
 
 def config_from_hf(hf: dict) -> ModelConfig:
     fields = fam.read_fields(hf, FIELDS)
-    head_dim = fields["d_model"] // fields["n_heads"]
+    heads = fam.layernorm_mha(fields)
     rope_params = hf.get("rope_parameters") or {}
     pct = float(rope_params.get("partial_rotary_factor", hf.get("rotary_pct", 0.25)))
     theta, scaling = fam.rope_settings(hf, 10000.0, theta_key="rotary_emb_base")
     rotary = {
-        "rotary_dim": int(head_dim * pct),
+        "rotary_dim": int(heads["head_dim"] * pct),
         "rotary_style": "half",
         "rope_theta": theta,
         "rope_scaling": scaling,
     }
     biases = {"attn_out_bias": fields["qkv_bias"], "mlp_bias": True}
-    return ModelConfig(
-        family=MODEL_TYPE, **fields, **fam.layernorm_mha(fields), positions="rotary", **rotary, **biases
-    )
+    return ModelConfig(family=MODEL_TYPE, **fields, **heads, positions="rotary", **rotary, **biases)
 
 
 def hf_config(config: ModelConfig) -> dict:
