@@ -25,6 +25,12 @@ REPORTS_COMPILES = (
 )  # commands that end with a compile count
 
 
+OVERWRITE_HELP = (
+    "let --save replace same-named files jaxedit did not write (the model's own folder included); "
+    "no other file is removed"
+)
+
+
 def count(least: int):
     """An argparse type: an integer of at least `least` (sizes, counts, layers), else a one-line error."""
 
@@ -602,12 +608,7 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--max-len", type=count(1), default=128)
     ed.add_argument("--max-new-tokens", type=count(1), default=10)
     ed.add_argument("--save", help="directory for the edited model (HF format) and its journal")
-    ed.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="let --save replace same-named files jaxedit did not write (the model's own folder included); "
-        "no other file is removed",
-    )
+    ed.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     ed.set_defaults(func=cmd_edit)
 
     ev = sub.add_parser("eval", help="CounterFact or zsRE evaluation of an editing method (resumable)")

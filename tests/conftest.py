@@ -53,6 +53,21 @@ def interrupt_after(monkeypatch: pytest.MonkeyPatch, module: object, name: str, 
     monkeypatch.setattr(module, name, interrupted)
 
 
+def cached_dataset(root: Path, rows: list[dict], name: str) -> None:
+    """A dataset `name` in a Hugging Face cache at `root`, laid out as a download of it would be."""
+    import json
+
+    from datasets.packaged_modules.json.json import Json
+
+    source = root.parent / f"{name}.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    Json(
+        cache_dir=str(root), dataset_name=name, hash="0123abcd", data_files={"train": str(source)}
+    ).download_and_prepare()
+    (config,) = (root / name).iterdir()
+    config.rename(root / name / "default")
+
+
 def subprocess_env(devices: int | None = None, optimised: bool = False) -> dict[str, str]:
     """The environment for a test's subprocess: this run's XLA flags and cache, on the CPU, with
     `devices` simulated host devices when given. `optimised`: without `TEST_XLA_FLAGS`, for a process

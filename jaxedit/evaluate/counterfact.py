@@ -22,7 +22,7 @@ Runs are resumable: one JSON per case under `out_dir/cases/`, then `summary.json
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Unpack
 
@@ -30,12 +30,11 @@ import numpy as np
 
 from jaxedit.core.generate import generate_text
 from jaxedit.data.records import read_records
-from jaxedit.edit.delta import Delta
 from jaxedit.edit.requests import Request, as_request
 from jaxedit.errors import InputError
 from jaxedit.evaluate.metrics import generation_entropy, harmonic_mean, target_scores
 from jaxedit.evaluate.report import Report
-from jaxedit.evaluate.runner import Benchmark, RunOptions, evaluate_edits
+from jaxedit.evaluate.runner import Benchmark, EditFn, RunOptions, evaluate_edits
 from jaxedit.io.loading import Model
 
 SUCCESSES = ("ES", "PS", "NS")  # efficacy, paraphrase, neighbourhood success (ROME §3)
@@ -226,7 +225,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def evaluate_counterfact(
     model: Model,
     cases: Sequence[CounterfactCase],
-    edit: Callable[[Model, Any], Delta] | None,
+    edit: EditFn | None,
     *,
     method: str,
     generation_tokens: int = 50,

@@ -28,6 +28,9 @@ from jaxedit.io.files import atomic_write_bytes, write_output
 from jaxedit.io.loading import Model
 from jaxedit.runtime.execution import Execution
 
+# what edits for a group of cases: `(model, request) -> Delta`, or with `batch > 1` `(model, [requests]) -> Delta`
+EditFn = Callable[[Model, Any], Delta]
+
 log = logging.getLogger(__name__)
 
 Score = Callable[[Model, Sequence[Any], "Model | None"], list[dict[str, Any]]]
@@ -166,7 +169,7 @@ class _Group:
 def evaluate_edits(
     model: Model,
     cases: Sequence[Any],
-    edit: Callable[[Model, Any], Delta] | None,
+    edit: EditFn | None,
     benchmark: Benchmark,
     *,
     method: str,
@@ -277,7 +280,7 @@ def _unedited_scores(
 def _score_group(
     model: Model,
     group: _Group,
-    edit: Callable[[Model, Any], Delta] | None,
+    edit: EditFn | None,
     benchmark: Benchmark,
     unedited_rows: dict[int, dict],
     digests: dict[int, str],

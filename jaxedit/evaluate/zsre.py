@@ -14,19 +14,18 @@ method and are skipped by `read_zsre` (their number is returned).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Unpack
 
 import numpy as np
 
 from jaxedit.data.records import read_records
-from jaxedit.edit.delta import Delta
 from jaxedit.edit.requests import Request, as_request
 from jaxedit.errors import InputError
 from jaxedit.evaluate.metrics import target_scores
 from jaxedit.evaluate.report import Report
-from jaxedit.evaluate.runner import Benchmark, RunOptions, evaluate_edits
+from jaxedit.evaluate.runner import Benchmark, EditFn, RunOptions, evaluate_edits
 from jaxedit.io.loading import Model
 
 PROTOCOL = "zsRE: teacher-forced token top-1 accuracy x100 (ES question, PS rephrase, NS locality answer)"
@@ -118,7 +117,7 @@ def summarise_zsre(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def evaluate_zsre(
     model: Model,
     cases: Sequence[ZsreCase],
-    edit: Callable[[Model, Any], Delta] | None,
+    edit: EditFn | None,
     *,
     method: str,
     **options: Unpack[RunOptions],

@@ -372,22 +372,10 @@ def trace(
         grids[kind] = grid[:, pad:]
     labels = [model.tokenizer.decode([i]) for i in ids]
     return TraceResult(
-        prompt=prompt,
-        tokens=labels,
-        token_ids=[int(i) for i in ids],
-        subject_span=span,
-        corrupted=mask.tolist(),
-        corruption=corrupt if isinstance(corrupt, str) else "span",
-        answer=model.tokenizer.decode([answer_id]),
-        answer_id=answer_id,
-        p_clean=float(p_clean),
-        p_corrupt=p_corrupt_mean,
-        grids=grids,
-        samples=samples,
-        noise_scale=scale,
-        window=window,
-        window_convention=window_convention,
-        sever=sever,
-        seed=seed,
-        seconds=time.perf_counter() - start_time,
-    )
+        prompt=prompt, tokens=labels, token_ids=[int(i) for i in ids], subject_span=span,
+        corrupted=mask.tolist(), corruption=corrupt if isinstance(corrupt, str) else "span",
+        answer=model.tokenizer.decode([answer_id]), answer_id=answer_id,
+        p_clean=float(p_clean), p_corrupt=p_corrupt_mean, grids=grids,
+        samples=samples, noise_scale=scale, window=window, window_convention=window_convention,
+        sever=sever, seed=seed, seconds=time.perf_counter() - start_time,
+    )  # fmt: skip

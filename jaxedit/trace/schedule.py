@@ -249,34 +249,22 @@ def build_plan(
         return _replacements(units, first_item, active, items, kind, site, sever, t_len)
 
     return Plan(
-        segments=layer_segments(items, segments),
-        kind=kind,
-        n_layers=n_layers,
-        length=length,
-        live=live,
+        # the grid and its layer ranges
+        segments=layer_segments(items, segments), kind=kind, n_layers=n_layers, length=length, live=live,
         samples=samples,
-        unit_layer=np.array([u[1] for u in units], np.int32),
-        unit_token=unit_token,
-        unit_sample=np.array([u[3] for u in units], np.int32),
-        unit_start=unit_start,
-        active=active,
-        items=items,
-        item_unit=item_unit_a,
-        item_row=item_row_a,
-        key_index=key_index,
-        query_index=query_index,
-        head_index=item_unit_a * t_len + item_row_a,
+        # units: one restored (layer, token, sample) run each
+        unit_layer=np.array([u[1] for u in units], np.int32), unit_token=unit_token,
+        unit_sample=np.array([u[3] for u in units], np.int32), unit_start=unit_start, active=active,
+        # items: the rows computed per layer, and where each reads its keys and queries
+        items=items, item_unit=item_unit_a, item_row=item_row_a, key_index=key_index,
+        query_index=query_index, head_index=item_unit_a * t_len + item_row_a,
         last_item=np.asarray(first_item[1:], np.int32) - 1,
-        start_index=start_index.astype(np.int32),
-        start_clean=start_clean,
-        patch_layer=patches[:, 0].astype(np.int32),
-        patch_token=patches[:, 1].astype(np.int32),
-        patch_sample=patches[:, 2].astype(np.int32),
-        start_patch=start_patch,
-        replace_attn=replacements("attn"),
-        replace_mlp=replacements("mlp"),
-        fork=tuple(forks),
-    )
+        # where units start, and the restored states patched in
+        start_index=start_index.astype(np.int32), start_clean=start_clean,
+        patch_layer=patches[:, 0].astype(np.int32), patch_token=patches[:, 1].astype(np.int32),
+        patch_sample=patches[:, 2].astype(np.int32), start_patch=start_patch,
+        replace_attn=replacements("attn"), replace_mlp=replacements("mlp"), fork=tuple(forks),
+    )  # fmt: skip
 
 
 def layer_segments(items: Sequence[int], segments: int | None) -> tuple[tuple[int, int], ...]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from conftest import full_rank_texts, interrupt_after
+from conftest import cached_dataset, full_rank_texts, interrupt_after
 
 import jaxedit
 from jaxedit.data.corpus import open_corpus
@@ -37,19 +37,6 @@ def texts(model) -> list[str]:
 @pytest.fixture(scope="module")
 def reference(model, texts):
     return key_statistics(model, [1], texts, cache=False, **SETTINGS)[1]
-
-
-def _cached_dataset(root: Path, rows: list[dict], name: str) -> None:
-    """A dataset `name` in a Hugging Face cache at `root`, laid out as a download of it would be."""
-    from datasets.packaged_modules.json.json import Json
-
-    source = root.parent / f"{name}.jsonl"
-    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    Json(
-        cache_dir=str(root), dataset_name=name, hash="0123abcd", data_files={"train": str(source)}
-    ).download_and_prepare()
-    (config,) = (root / name).iterdir()
-    config.rename(root / name / "default")
 
 
 def _write(kind: str, texts: list[str], tmp: Path, monkeypatch: pytest.MonkeyPatch):
@@ -93,7 +80,7 @@ def _write(kind: str, texts: list[str], tmp: Path, monkeypatch: pytest.MonkeyPat
     if kind == "iterable":
         return table.to_iterable_dataset(num_shards=2)
     if kind == "cached-name":
-        _cached_dataset(tmp / "hf", rows, "jaxedit_tiny_corpus")
+        cached_dataset(tmp / "hf", rows, "jaxedit_tiny_corpus")
         monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp / "hf"))
         return "jaxedit_tiny_corpus"
     raise AssertionError(kind)

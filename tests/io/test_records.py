@@ -7,6 +7,7 @@ import json
 
 import datasets
 import pytest
+from conftest import cached_dataset
 
 from jaxedit.data.records import read_records
 from jaxedit.errors import InputError
@@ -94,11 +95,10 @@ def test_bad_sources_are_one_line_errors(tmp_path) -> None:
 
 def test_records_from_a_dataset_in_the_local_hugging_face_cache(tmp_path, monkeypatch) -> None:
     import datasets
-    from test_stats_corpus import _cached_dataset
 
     rows = [{"prompt": f"fact {i} is", "attribute": f"a{i}"} for i in range(4)]
     (tmp_path / "hf").mkdir()
-    _cached_dataset(tmp_path / "hf", rows, "jaxedit_tiny_facts")
+    cached_dataset(tmp_path / "hf", rows, "jaxedit_tiny_facts")
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf"))
     assert read_records("jaxedit_tiny_facts") == rows
     with pytest.raises(ValueError, match="records 'no_such_facts' is no file or folder"):

@@ -127,6 +127,17 @@ def size_fields(keys: tuple[str, ...], sizes: tuple[int, ...]) -> tuple[Field, .
     return tuple(Field(n, k, d) for n, k, d in zip(names, ("vocab_size", *keys), sizes, strict=True))
 
 
+def hf_block_fields(activation: str, qkv_bias: bool, bos: int | None, eos: int | None) -> tuple[Field, ...]:
+    """What the `hidden_size`-style configs (Llama, GPT-NeoX) name alike: the activation, the attention
+    bias, tied embeddings (untied by default) and the special tokens, with the family's defaults."""
+    return (
+        Field("activation", "hidden_act", activation, str),
+        Field("qkv_bias", "attention_bias", qkv_bias, bool),
+        Field("tie_embeddings", "tie_word_embeddings", False, bool),
+        *token_fields(bos, eos),
+    )
+
+
 def layernorm_mha(fields: dict[str, Any]) -> dict[str, Any]:
     """What GPT-2, GPT-J and GPT-NeoX share: a key and value head per query head, heads of width
     `d_model / n_heads`, LayerNorm and an ungated MLP."""

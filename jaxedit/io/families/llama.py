@@ -26,11 +26,8 @@ FIELDS = (
     fam.Field("head_dim", "head_dim", derived=lambda v: v["d_model"] // v["n_heads"]),
     fam.Field("d_mlp", "intermediate_size", 11008),
     fam.Field("norm_eps", "rms_norm_eps", 1e-6, float),
-    fam.Field("activation", "hidden_act", "silu", str),
-    fam.Field("qkv_bias", "attention_bias", False, bool),
     fam.Field("mlp_bias", "mlp_bias", False, bool),
-    fam.Field("tie_embeddings", "tie_word_embeddings", False, bool),
-    *fam.token_fields(1, 2),
+    *fam.hf_block_fields("silu", qkv_bias=False, bos=1, eos=2),
 )
 
 

@@ -28,11 +28,8 @@ FIELDS = (
     *fam.size_fields(fam.HF_SIZE_KEYS, (50432, 6144, 44, 64, 2048)),
     fam.Field("d_mlp", "intermediate_size", derived=lambda v: 4 * v["d_model"]),
     fam.Field("norm_eps", "layer_norm_eps", 1e-5, float),
-    fam.Field("activation", "hidden_act", "gelu", str),
     fam.Field("parallel_residual", "use_parallel_residual", True, bool),
-    fam.Field("qkv_bias", "attention_bias", True, bool),
-    fam.Field("tie_embeddings", "tie_word_embeddings", False, bool),
-    *fam.token_fields(0, 2),
+    *fam.hf_block_fields("gelu", qkv_bias=True, bos=0, eos=2),
 )
 
 
