@@ -82,7 +82,7 @@ def main() -> None:
 
     # the alternative: windows padded to at least 8 tokens, so both requests share one loop
     exact = targets.suffix_window
-    targets.suffix_window = lambda batch, rows=slice(None): max(8, exact(batch, rows))
+    targets.suffix_window = lambda batch, rows=slice(None), multiple=4: max(8, exact(batch, rows, multiple))
     edited(1)
     padded, _ = timed(lambda: edited(1))
     targets.suffix_window = exact

@@ -37,6 +37,7 @@ from jaxedit.edit.requests import Request
 from jaxedit.edit.stats import model_samples
 from jaxedit.edit.targets import build_batch, optimise_batch, suffix_window
 from jaxedit.runtime.compile_log import compile_log
+from jaxedit.runtime.execution import Execution
 from jaxedit.scale.flops import matmul_flops
 
 REQUEST = Request(prompt="{} is located in the city of", subject="The Eiffel Tower", target="Rome")
@@ -68,7 +69,7 @@ def target_flops(model, layer: int, templates, hp: TargetHparams) -> float:
     """Matrix FLOPs of jaxedit's target optimisation for REQUEST (every step counted), which is nearly all
     of an edit's work."""
     batch = build_batch(model, [REQUEST], templates, hp.kl_prompt, hp.key_token)
-    window = suffix_window(batch)
+    window = suffix_window(batch, multiple=Execution().resolved().window_multiple)
     return matmul_flops(
         lambda b: optimise_batch(model.params, model.config, layer, 1, hp, window, b),
         batch,

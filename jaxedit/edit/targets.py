@@ -420,11 +420,12 @@ def rows_for_budget(config: ModelConfig, layer: int, budget: float, window: int 
     return max(16, int(budget // per_row))
 
 
-def suffix_window(batch: Batch, rows: np.ndarray | slice = slice(None)) -> int:
+def suffix_window(batch: Batch, rows: np.ndarray | slice = slice(None), multiple: int = 4) -> int:
     """Tokens each of `rows` of `batch` recomputes per step (key token to last read token, longest row),
-    rounded up to a multiple of 4 so that chunks of nearby lengths share one compiled loop."""
+    rounded up to a multiple of `multiple` so that chunks of nearby lengths share one compiled loop
+    (`Execution.window_multiple`)."""
     window = int((batch.read_pos[rows].max(axis=1) - batch.key_pos[rows]).max()) + 1
-    return -(-window // 4) * 4
+    return -(-window // multiple) * multiple
 
 
 def chunk_order(batch: Batch, n_requests: int) -> np.ndarray:
@@ -471,6 +472,7 @@ def optimise_targets(
     requests = [as_request(r) for r in requests]
     if not requests:
         raise InputError("no edit requests")
+    execution = execution.resolved()
     max_rows = execution.max_rows or rows_for_budget(model.config, layer, execution.memory_budget)
     per_chunk = max(1, max_rows // (len(templates) + 1))
     order = chunk_order(build_batch(model, requests, templates, hp.kl_prompt, hp.key_token), len(requests))
@@ -482,7 +484,8 @@ def optimise_targets(
     ):
         batch = build_batch(model, [requests[i] for i in chunk], templates, hp.kl_prompt, hp.key_token)
         arrays = Batch(*(jnp.asarray(a) for a in batch))
-        out = optimise_batch(params, model.config, layer, len(chunk), hp, suffix_window(batch), arrays)
+        window = suffix_window(batch, multiple=execution.window_multiple)
+        out = optimise_batch(params, model.config, layer, len(chunk), hp, window, arrays)
         parts.append([np.asarray(a) for a in out])
     restore = np.argsort(order)  # back to the order of `requests`
     delta, delta_attn, m0, key, key_mean, history, nll, steps = (

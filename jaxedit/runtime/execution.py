@@ -11,6 +11,9 @@ accelerator) is made here, in `Execution.resolved`, and nowhere else:
   (each block's MLP intermediates stay in cache), whole arrays on an accelerator;
 - `shapes`: how a dataset trace pads its prompts: `bucket` on a CPU (the least work), `single` on an
   accelerator (one grid program per kind: compiling one takes minutes there);
+- `window_multiple`: target optimisation's suffix windows rounded up to multiples of this: 1 on a CPU
+  (a loop compiles there in ~3 s and every padded token costs ~5% of an Adam step:
+  `tools/bench_new_shapes.py`), 4 on an accelerator (fewer compiled loops);
 - `segments`: scanned layer ranges of a grid program, `DEFAULT_SEGMENTS` on every backend (a compile
   time that does not grow with depth; docs/performance.md).
 
@@ -84,6 +87,8 @@ class Execution:
         grouped by length), `"auto"`: per backend.
       workers: facts of a dataset traced at once by threads (on an accelerator, compiles of new shapes
         run in parallel on the host's cores; on a CPU keep 1: each trace already runs `threads`).
+      window_multiple: round target optimisation's suffix windows (key token to last target token) up
+        to multiples of this; `"auto"`: per backend.
       max_rows: batch rows per chunk of target optimisations (None: what `memory_budget` allows).
       memory_budget: bytes of activations a chunk of target optimisations may hold.
       score_cases: benchmark cases scored together in shared forward batches (each chunk's per-case
@@ -99,6 +104,7 @@ class Execution:
     pad_to: tuple[int, int] | None = None
     shapes: str | int = "auto"
     workers: int = 1
+    window_multiple: int | Auto = "auto"
     max_rows: int | None = None
     memory_budget: float = TARGET_MEMORY
     score_cases: int = 64
@@ -106,7 +112,7 @@ class Execution:
 
     def __post_init__(self) -> None:
         for name, allowed in (("threads", ("auto",)), ("segments", ("auto", None)), ("row_block", ("auto", None)),
-                              ("chunk_samples", (None,)), ("bucket", (None,)), ("workers", ()),
+                              ("chunk_samples", (None,)), ("bucket", (None,)), ("workers", ()), ("window_multiple", ("auto",)),
                               ("max_rows", (None,)), ("score_cases", ()), ("shapes", ("auto", "bucket", "single"))):  # fmt: skip
             _check_positive(name, getattr(self, name), allowed)
         if self.pad_to is not None and (
@@ -130,6 +136,7 @@ class Execution:
             segments=DEFAULT_SEGMENTS if self.segments == "auto" else self.segments,
             row_block=(ROW_BLOCK_CPU if cpu else None) if self.row_block == "auto" else self.row_block,
             shapes=("bucket" if cpu else "single") if self.shapes == "auto" else self.shapes,
+            window_multiple=(1 if cpu else 4) if self.window_multiple == "auto" else self.window_multiple,
         )
 
     def bucket_or(self, default: int) -> int:
