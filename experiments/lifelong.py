@@ -14,6 +14,10 @@ invocation keep their results in that file when its settings are the same.
 
     python experiments/lifelong.py [--n 2000] [--batch 100] [--methods memit,pmet,alphaedit,rome,memit-plain]
         [--benchmark counterfact|zsre] [--probe-every 1] [--stats-samples 1000] [--render]
+        [--checkpoints DIR]
+
+Each method's run is saved after every batch under `--checkpoints` (default `~/.cache/jaxedit/lifelong`),
+so a run stopped part-way resumes at its last batch when the same command is run again.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from pathlib import Path
 
 import common
 
@@ -29,6 +34,7 @@ from jaxedit.edit.sequential import default_hparams, sequential
 from jaxedit.evaluate import read_counterfact
 from jaxedit.evaluate.lifelong import LifelongProbe, held_out_passages, known_facts
 from jaxedit.evaluate.zsre import read_zsre
+from jaxedit.io.cache import cache_root
 
 PANELS = (("ES", "efficacy ES"), ("PS", "generalization PS"), ("NS", "specificity NS"),
           ("fluency", "fluency"), ("perplexity", "held-out perplexity"), ("known_accuracy", "known facts (%)"))  # fmt: skip
@@ -48,9 +54,10 @@ def run_method(model, name: str, cases, benchmark: str, probe: LifelongProbe, ar
     hp = default_hparams(model, method)
     stats = common.wikipedia_statistics(model, layers_of(hp), args.stats_samples)
     start = time.perf_counter()
+    checkpoint = Path(args.checkpoints) / f"{benchmark}_{name}_n{len(cases)}_b{args.batch}"
     run = sequential(
         model, [c.request for c in cases], method, args.batch, stats, hp, probe=probe,
-        probe_every=args.probe_every, keep_keys=not plain,
+        probe_every=args.probe_every, keep_keys=not plain, checkpoint=checkpoint,
     )  # fmt: skip
     return {"probes": run.probes, "batches": run.batches, "seconds": round(time.perf_counter() - start, 1)}
 
@@ -138,6 +145,11 @@ def main() -> None:
     parser.add_argument("--benchmark", choices=("counterfact", "zsre"), default="counterfact")
     parser.add_argument("--probe-every", type=int, default=1)
     parser.add_argument("--render", action="store_true", help="only rewrite the md / png from the json")
+    parser.add_argument(
+        "--checkpoints",
+        default=str(cache_root() / "lifelong"),
+        help="folder of the runs' checkpoints (saved after every batch; a rerun resumes after the last one)",
+    )
     args = parser.parse_args()
     path = common.RESULTS / f"lifelong_{args.benchmark}.json"
     if args.render:

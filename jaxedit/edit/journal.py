@@ -124,6 +124,10 @@ class EditJournal(Rendered):
         (`jaxedit.io.files.write_owned`: other files are kept; a same-named file jaxedit did not write
         refuses the save unless `overwrite`). The record holds the fingerprints of the unedited and the
         edited weights and a SHA-256 of the deltas file, all checked by `load`."""
+        return write_owned(directory, self.files(), overwrite=overwrite, what="the edit journal")
+
+    def files(self) -> dict[str, bytes]:
+        """The journal's files by name (`save` writes them; `load` reads them)."""
         tensors: dict[str, np.ndarray] = {}
         for d in self.model.edits:
             tensors.update(d.tensors())
@@ -142,7 +146,7 @@ class EditJournal(Rendered):
         files = {"journal.json": json.dumps(meta, indent=1).encode()}
         if blob is not None:
             files[DELTAS] = blob
-        return write_owned(directory, files, overwrite=overwrite, what="the edit journal")
+        return files
 
     @classmethod
     def load(cls, directory: str | Path, model: Model) -> EditJournal:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from jaxedit.edit.memit import memit_layers
 from jaxedit.edit.registry import method_hparams
 from jaxedit.edit.requests import Request, as_request
 from jaxedit.edit.rome import default_layer, rome_sequence
+from jaxedit.edit.sequential_state import load_run, run_key, save_run
 from jaxedit.edit.stats import KeyStats
 from jaxedit.errors import InputError
 from jaxedit.io.loading import Model
@@ -88,6 +90,7 @@ def sequential(
     probe: Probe | None = None,
     probe_every: int = 1,
     templates: Sequence[str] | None = None,
+    checkpoint: str | Path | None = None,
     progress: bool = True,
 ) -> SequentialRun:
     """Edit `requests` in batches of `batch_size`, each on the model holding the earlier batches.
@@ -101,6 +104,9 @@ def sequential(
         after every `probe_every` batches and after the last; its results are kept in `probes` with
         the batch count, the edits so far and the seconds spent editing so far.
       templates: context templates (default: the method's, generated once on the unedited model).
+      checkpoint: a folder the run is saved to after every batch (`jaxedit.edit.sequential_state`); a
+        run saved there by the same method, settings, statistics, templates and batch size, on the same
+        first requests, resumes after its last saved batch (its probes and timings are kept).
 
     Returns: a `SequentialRun`; `run.model` holds every batch, `run.journal.withdraw(run.deltas[i].id)`
     takes batch i out again.
@@ -113,27 +119,37 @@ def sequential(
     hp = default_hparams(model, method) if hp is None else hp
     if templates is None:
         templates = context_templates(model, hp.prefixes, seed=hp.seed)
-    journal = EditJournal(model)
-    earlier: dict[int, np.ndarray] = {}
+    key = run_key(model, method, batch_size, hp, stats, templates, keep_keys)
+    saved = load_run(checkpoint, key, model, batches) if checkpoint is not None else None
+    journal = saved.journal if saved else EditJournal(model)
+    earlier: dict[int, np.ndarray] = saved.earlier_keys if saved else {}
     projectors = layer_projectors(model, stats, hp) if method == "alphaedit" else None
     if method == "rome":
         layer = default_layer(model) if hp.layer is None else hp.layer
         if layer not in stats:
             raise InputError(f"no statistics for ROME's layer {layer}")
         rome_stats = stats[layer]
-    records: list[dict[str, Any]] = []
-    probes: list[dict[str, Any]] = []
-    done: list[Request] = []
-    editing = 0.0
+    records: list[dict[str, Any]] = saved.records if saved else []
+    probes: list[dict[str, Any]] = saved.probes if saved else []
+    done: list[Request] = [r for b in batches[: len(records)] for r in b]
+    editing = saved.editing_seconds if saved else 0.0
 
     def take_probe(count: int) -> None:
         if probe is not None:
             probes.append({"batches": count, "edits": len(done), "edit_seconds": round(editing, 2),
                            **probe(journal.model, list(done), count)})  # fmt: skip
 
-    take_probe(0)
-    bar = tqdm(batches, desc=f"{method} sequential × {len(batches)} batches", disable=not progress)
-    for index, batch in enumerate(bar, start=1):
+    if not saved:
+        take_probe(0)
+    bar = tqdm(
+        batches,
+        desc=f"{method} sequential × {len(batches)} batches",
+        disable=not progress,
+        initial=len(records),
+    )
+    for index, batch in enumerate(batches, start=1):
+        if index <= len(records):  # saved by an earlier invocation
+            continue
         start = time.perf_counter()
         current = journal.model
         if method == "rome":
@@ -162,4 +178,8 @@ def sequential(
         records.append({"batch": index, "id": delta.id, "edits": len(batch), "seconds": round(seconds, 2)})
         if index % probe_every == 0 or index == len(batches):
             take_probe(index)
+        if checkpoint is not None:
+            save_run(checkpoint, key, journal, batches, earlier, records, probes, editing)
+        bar.update()
+    bar.close()
     return SequentialRun(journal, method, records, probes, earlier)

@@ -3,10 +3,13 @@ exact, the earlier batches' keys reach later solves, and the probes along the wa
 
 from __future__ import annotations
 
+import importlib
+import json
+
 import chex
 import numpy as np
 import pytest
-from conftest import full_rank_texts
+from conftest import full_rank_texts, interrupt_after
 from test_memit import REQUESTS, TEMPLATES, TEXTS
 
 from jaxedit.edit import apply, key_statistics
@@ -16,8 +19,10 @@ from jaxedit.edit.requests import Request
 from jaxedit.edit.rome import RomeHparams
 from jaxedit.edit.sequential import sequential
 from jaxedit.edit.targets import TargetHparams
+from jaxedit.errors import InputError
 from jaxedit.evaluate.lifelong import LifelongProbe, fact_accuracy, known_facts, perplexity
 
+sequential_module = importlib.import_module("jaxedit.edit.sequential")  # the module, not the function
 MORE = [
     Request(prompt="{} plays the instrument", subject="w30 w31", target="w44"),
     Request(prompt="the language of {} is", subject="w52 w53", target="french"),
@@ -124,6 +129,49 @@ def test_known_facts_are_those_the_model_gets_right(model) -> None:
     records = [{"prompt": p, "attribute": a} for p, a in first + second]
     assert known_facts(model, records) == first
     assert fact_accuracy(model, first) == 100.0 and fact_accuracy(model, second) == 0.0
+
+
+def test_a_checkpointed_run_resumes_where_it_stopped(model, stats, memit_run, tmp_path, monkeypatch) -> None:
+    """Stopped during batch 4 of 5, the run resumes from its checkpoint and ends as the uninterrupted
+    run did; a run of other settings or other first requests is refused and changes nothing."""
+    folder = tmp_path / "run"
+
+    def probe(m, done, count):
+        return {"seen": len(done)}
+
+    def run(requests=STREAM, batch_size=1):
+        return sequential(
+            model, requests, "memit", batch_size, stats, MEMIT, templates=TEMPLATES, probe=probe,
+            checkpoint=folder, progress=False,
+        )  # fmt: skip
+
+    interrupt_after(monkeypatch, sequential_module, "memit_layers", 3)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.undo()
+    assert json.loads((folder / "sequential.json").read_text())["batches_done"] == 3
+    calls = []
+    real = sequential_module.memit_layers
+    monkeypatch.setattr(sequential_module, "memit_layers", lambda *a, **k: calls.append(1) or real(*a, **k))
+    resumed = run()
+    assert len(calls) == 2  # batches 4 and 5 only
+    uninterrupted = sorted(memit_run.deltas, key=lambda d: d.info["batch"])
+    for mine, theirs in zip(resumed.deltas, uninterrupted, strict=True):
+        np.testing.assert_allclose(mine.left, theirs.left, rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(mine.right, theirs.right, rtol=1e-6, atol=1e-8)
+    chex.assert_trees_all_close(resumed.model.params, memit_run.model.params, rtol=1e-5, atol=1e-6)
+    for layer, k in memit_run.earlier_keys.items():
+        np.testing.assert_allclose(resumed.earlier_keys[layer], k, rtol=1e-9)
+    assert [p["batches"] for p in resumed.probes] == [0, 1, 2, 3, 4, 5]
+    assert [p["seen"] for p in resumed.probes] == [0, 1, 2, 3, 4, 5]
+    assert [b["batch"] for b in resumed.batches] == [1, 2, 3, 4, 5]
+
+    saved = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    with pytest.raises(InputError, match="batch_size differ"):
+        run(batch_size=2)
+    with pytest.raises(InputError, match="other requests"):
+        run([*MORE, *REQUESTS])
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == saved
 
 
 def test_bad_sequences_are_refused(model, stats) -> None:
