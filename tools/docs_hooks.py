@@ -62,11 +62,27 @@ def rows(name: str, record: dict) -> list[list[str]]:
     return [row]
 
 
+def history(records: dict[str, dict]) -> list[str]:
+    """One row per benchmark (and mass-editing method and size) and CPU: its ratios run after run, in the
+    order of the files' names (`bench_<name>_<cpu>_<date>[_b]`), so each change shows against the run
+    before it on the same kind of machine."""
+    runs: dict[tuple[str, str], list[str]] = {}
+    for name, record in records.items():
+        kind, cpu = record.get("benchmark", name), record.get("cpu", "")
+        measured = [(kind, record)] if "ratio" in record else []
+        measured += [(f"{kind} {r['method']} x {r['n']}", r) for r in record.get("rows", []) if "ratio" in r]
+        for label, figures in measured:
+            cold = figures.get("ratio_cold", figures.get("ratio_with_compile"))
+            runs.setdefault((label, cpu), []).append(f"{name}: {_ratio(figures['ratio'])} / {_ratio(cold)}")
+    return [f"| {label} | {cpu} | " + " → ".join(seen) + " |" for (label, cpu), seen in sorted(runs.items())]
+
+
 def benchmarks_page(folder: Path = FIGURES) -> str:
     """The Benchmarks page's markdown from every JSON file in `folder`."""
     lines = []
-    for path in sorted(folder.glob("*.json")):
-        lines += ["| " + " | ".join(row) + " |" for row in rows(path.stem, json.loads(path.read_text()))]
+    records = {path.stem: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
+    for name, record in records.items():
+        lines += ["| " + " | ".join(row) + " |" for row in rows(name, record)]
     return (
         "# Benchmarks\n\n"
         "Generated when the docs are built (`tools/docs_hooks.py`) from the JSON files the benchmarks "
@@ -76,6 +92,12 @@ def benchmarks_page(folder: Path = FIGURES) -> str:
         "an empty compile cache, compile included; model loading is excluded on both sides. Times are "
         "seconds: a median with its spread where the benchmark repeated the work. How each benchmark "
         "works and what it compares: [Performance](performance.md).\n\n" + HEADER + "\n".join(lines) + "\n"
+        "\n## Before and after\n\nEach benchmark's steady / cold ratio run after run on each kind of CPU "
+        "(earliest first): a change to the code shows against the run before it on the same kind of "
+        "machine; ratios from different machines of one kind still differ by their noise.\n\n"
+        "| benchmark | CPU | runs: steady / cold ratio |\n|---|---|---|\n"
+        + "\n".join(history(records))
+        + "\n"
     )
 
 

@@ -33,7 +33,7 @@ def test_the_site_builds_strict(tmp_path) -> None:
 def test_benchmarks_page_has_one_row_per_committed_run_with_its_ratios(tmp_path) -> None:
     module = hooks()
     folder = ROOT / "experiments" / "results" / "bench_json"
-    page = module.benchmarks_page(folder)
+    page, before_after = module.benchmarks_page(folder).split("## Before and after")
     table = [line.split(" | ") for line in page.splitlines() if line.startswith("| ") and "---" not in line][
         1:
     ]
@@ -45,6 +45,13 @@ def test_benchmarks_page_has_one_row_per_committed_run_with_its_ratios(tmp_path)
         ratios = {float(row[7]) for row in mine}
         if "ratio" in record:
             assert round(record["ratio"], 2) in ratios
+            # and in the run-after-run table, on its benchmark's row for its CPU
+            (history,) = [
+                line
+                for line in before_after.splitlines()
+                if line.startswith(f"| {record['benchmark']} | {record['cpu']} |")
+            ]
+            assert f"{path.stem}: {record['ratio']:.2f} / " in history
     # a new run's JSON becomes a new row, with its figures
     record = {"benchmark": "rome", "cpu": "Test CPU", "cores": 2, "jax": "0", "steady_s": 2.0,
               "reference_s": 6.0, "ratio": 3.0, "ratio_cold": 2.25}  # fmt: skip
