@@ -432,7 +432,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _eval_sequential(args: argparse.Namespace, model, cases, benchmark: str) -> int:
     """`eval --sequential`: the cases edited as one stream in batches of `--batch`, each batch on the
     model holding the earlier ones (`jaxedit.edit.sequential`), probed every `--probe-every` batches
-    on all edits so far and on general ability; `lifelong.json` in `--out`."""
+    on all edits so far and on general ability; `lifelong.json` in `--out`. The run is saved in
+    `--out`/checkpoint after every batch: the same command run again resumes after the last batch."""
     import json
 
     from jaxedit.data.records import read_records
@@ -464,7 +465,7 @@ def _eval_sequential(args: argparse.Namespace, model, cases, benchmark: str) -> 
     )  # fmt: skip
     run = sequential(
         model, [c.request for c in cases], args.method, args.batch, stats, hp, probe=probe,
-        probe_every=args.probe_every,
+        probe_every=args.probe_every, checkpoint=out / "checkpoint",
     )  # fmt: skip
     result = {"method": args.method, "batch": args.batch, "benchmark": benchmark, "known_facts": len(known),
               "batches": run.batches, "probes": run.probes}  # fmt: skip

@@ -228,5 +228,11 @@ def test_cli_eval_sequential_writes_the_probes(tiny_dirs, tmp_path, capsys) -> N
     assert [p["edits"] for p in result["probes"]] == [0, 2, 3]
     assert result["probes"][-1]["counterfact"]["n"] == 3 and "perplexity" in result["probes"][0]
     assert [b["edits"] for b in result["batches"]] == [2, 1]
+    # the same command again resumes from the run's checkpoint: nothing is edited a second time
+    saved = json.loads((tmp_path / "run" / "checkpoint" / "sequential.json").read_text())
+    assert saved["batches_done"] == 2
+    assert cli.main(args) == 0
+    again = json.loads((tmp_path / "run" / "lifelong.json").read_text())
+    assert again["batches"] == result["batches"] and again["probes"] == result["probes"]
     assert cli.main([a if a != "alphaedit" else "ft" for a in args]) == 2
     assert "--sequential runs rome, memit, pmet, alphaedit" in capsys.readouterr().err
