@@ -218,8 +218,10 @@ def generate_text(
     length = tok.bucket(max(len(r) for r in rows), 8, model.config.max_positions - max_new_tokens)
     ids, mask = tok.pad(rows, tok.pad_id(model.tokenizer), length=length)
     eos = model.tokenizer.eos_token_id
-    sampling = {"max_new_tokens": max_new_tokens, "top_k": top_k, "temperature": temperature, "seed": seed}
-    out = generate(model.params, model.config, ids, mask, eos_id=eos, groups=groups, **sampling)
+    out = generate(
+        model.params, model.config, ids, mask, max_new_tokens=max_new_tokens, top_k=top_k,
+        temperature=temperature, seed=seed, eos_id=eos, groups=groups,
+    )  # fmt: skip
     texts = []
     for row in out:
         row = list(row)

@@ -141,12 +141,7 @@ def sequential(
 
     if not saved:
         take_probe(0)
-    bar = tqdm(
-        batches,
-        desc=f"{method} sequential × {len(batches)} batches",
-        disable=not progress,
-        initial=len(records),
-    )
+    bar = tqdm(total=len(batches), initial=len(records), desc=f"{method} sequential", disable=not progress)
     for index, batch in enumerate(batches, start=1):
         if index <= len(records):  # saved by an earlier invocation
             continue

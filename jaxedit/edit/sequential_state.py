@@ -47,11 +47,12 @@ class SavedRun:
 
 
 def statistics_digest(stats: Mapping[int, KeyStats | np.ndarray]) -> str:
-    """The statistics by layer: each `KeyStats`' record of its source, or a raw matrix's bytes."""
+    """The statistics by layer: each `KeyStats`' record of its source and token count (as AlphaEdit's
+    projector cache keys them), or a raw matrix's bytes."""
 
     def one(s: KeyStats | np.ndarray) -> Any:
         if isinstance(s, KeyStats):
-            return s.meta
+            return {"stats": s.meta, "tokens": s.tokens}
         return hashlib.sha256(np.ascontiguousarray(s, np.float32).tobytes()).hexdigest()
 
     return digest({str(layer): one(s) for layer, s in sorted(stats.items())})

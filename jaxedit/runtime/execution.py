@@ -12,8 +12,8 @@ accelerator) is made here, in `Execution.resolved`, and nowhere else:
 - `shapes`: how a dataset trace pads its prompts: `bucket` on a CPU (the least work), `single` on an
   accelerator (one grid program per kind: compiling one takes minutes there);
 - `window_multiple`: target optimisation's suffix windows rounded up to multiples of this: 1 on a CPU
-  (a loop compiles there in ~3 s and every padded token costs ~5% of an Adam step:
-  `tools/bench_new_shapes.py`), 4 on an accelerator (fewer compiled loops);
+  (a loop compiles there in ~3 s, less than the padded tokens cost over a run: `tools/window_rounding.py`,
+  30 ROME evaluations 411 s exact against 454 s rounded to 4), 4 on an accelerator (fewer compiled loops);
 - `segments`: scanned layer ranges of a grid program, `DEFAULT_SEGMENTS` on every backend (a compile
   time that does not grow with depth; docs/performance.md).
 
