@@ -46,6 +46,9 @@ CANDIDATES: dict[str, str] = {
     "llvm-cheap": "--xla_llvm_disable_expensive_passes=true",
     "opt-level-1": "--xla_backend_optimization_level=1",
     "opt-level-0": "--xla_backend_optimization_level=0",
+    # XLA's older elemental emitters instead of its MLIR fusion emitters: about half the compile time
+    "legacy-emitters": "--xla_cpu_use_fusion_emitters=false",
+    "legacy-emitters-plain-scheduler": "--xla_cpu_use_fusion_emitters=false --xla_cpu_enable_concurrency_optimized_scheduler=false",
 }
 
 
