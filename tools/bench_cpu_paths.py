@@ -9,9 +9,11 @@ start), on the same token ids, and reports:
   its matmul rate (jaxpr FLOPs / time) against the machine's peak (the best square-matmul rate measured
   by any candidate or by PyTorch), and `transformers`' forward on the same ids as the ratio's reference;
 - the largest logit difference from the default path's logits and from `transformers`';
-- with `--rome`, one ROME target optimisation (compile, then warm run): the largest program users wait on.
+- with `--rome`, one ROME target optimisation (compile, then warm run): the largest program users wait on;
+- with `--trace`, the three-kind trace of the Eiffel Tower prompt (first call, compile included, then
+  warm), and how far its grids move from the default path's.
 
-    python tools/bench_cpu_paths.py [--batch 16] [--tokens 32] [--repeats 10] [--rome] [--only NAME ...]
+    python tools/bench_cpu_paths.py [--batch 16] [--tokens 32] [--repeats 10] [--rome] [--trace] [--only NAME ...]
 
 The last lines are `RATIO forward <name> <x>` for each candidate and `BEST <name>`.
 """
@@ -122,6 +124,17 @@ def worker(args: argparse.Namespace) -> None:
         first = time.perf_counter() - start
         record["rome_warm_s"] = median_seconds(optimise, 2)
         record["rome_first_s"] = first
+    if args.trace:
+        from jaxedit.trace import trace
+
+        def traced():
+            return trace(model, "The Eiffel Tower is located in the city of", subject="The Eiffel Tower")
+
+        start = time.perf_counter()
+        grids = traced().grids
+        record["trace_first_s"] = time.perf_counter() - start
+        record["trace_warm_s"] = median_seconds(traced, 2)
+        np.savez(args.out + "_grids.npz", **grids)
     np.save(args.out + ".npy", logits)
     Path(args.out + ".json").write_text(json.dumps(record))
 
@@ -131,7 +144,7 @@ def run_candidate(name: str, ids_path: str, tmp: str, args: argparse.Namespace) 
     env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {CANDIDATES[name]}".strip()
     out = f"{tmp}/{name}"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--ids", ids_path, "--out", out,
-           "--repeats", str(args.repeats)] + (["--rome"] if args.rome else [])  # fmt: skip
+           "--repeats", str(args.repeats)] + ["--rome"] * args.rome + ["--trace"] * args.trace  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         print(
@@ -140,6 +153,8 @@ def run_candidate(name: str, ids_path: str, tmp: str, args: argparse.Namespace) 
         return None
     record = json.loads(Path(out + ".json").read_text())
     record["logits"] = np.load(out + ".npy")
+    if args.trace:
+        record["grids"] = dict(np.load(out + "_grids.npz"))
     return record
 
 
@@ -149,6 +164,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--rome", action="store_true", help="also time one ROME target optimisation")
+    parser.add_argument("--trace", action="store_true", help="also time one three-kind trace")
     parser.add_argument("--only", nargs="+", choices=sorted(CANDIDATES), help="candidates to run")
     parser.add_argument("--json", help="write the table here as JSON")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -209,6 +225,8 @@ def main() -> None:
     header = f"{'candidate':16} {'forward ms':>10} {'ratio':>6} {'GFLOP/s':>8} {'of peak':>7} {'compile s':>9} {'|Δ| default':>11} {'|Δ| torch':>9}"
     if args.rome:
         header += f" {'rome first s':>12} {'rome warm s':>11}"
+    if args.trace:
+        header += f" {'trace first s':>13} {'trace warm s':>12} {'grid |Δ|':>9}"
     print(header)
     table = {}
     for name, r in rows.items():
@@ -223,6 +241,13 @@ def main() -> None:
         if args.rome:
             row["rome_first_s"], row["rome_warm_s"] = r["rome_first_s"], r["rome_warm_s"]
             line += f" {r['rome_first_s']:12.2f} {r['rome_warm_s']:11.2f}"
+        if args.trace:
+            base_grids = rows["default"]["grids"]
+            row["trace_first_s"], row["trace_warm_s"] = r["trace_first_s"], r["trace_warm_s"]
+            row["grid_diff_default"] = max(
+                float(np.abs(g - base_grids[k]).max()) for k, g in r["grids"].items()
+            )
+            line += f" {r['trace_first_s']:13.2f} {r['trace_warm_s']:12.2f} {row['grid_diff_default']:9.2e}"
         table[name] = row
         print(line)
     exact = {n: row for n, row in table.items() if row["diff_default"] <= 1e-4}
