@@ -33,20 +33,21 @@ REQUESTS = (
 )
 
 
-def timed(fn) -> tuple[float, int]:
+def timed(fn) -> tuple[float, int, float]:
+    """Wall seconds of `fn()`, the programs it compiled and their compile seconds (summed)."""
     with compile_log() as log:
         start = time.perf_counter()
         fn()
-        return time.perf_counter() - start, log.programs
+        return time.perf_counter() - start, log.programs, log.seconds
 
 
 def first_then_new_shape(name: str, call, second_name: str) -> None:
     """Time `call(0)`, then `call(1)` (a new shape) and its warm repeat; print them and the ratio."""
-    first, p1 = timed(lambda: call(0))
-    second, p2 = timed(lambda: call(1))
-    warm, _ = timed(lambda: call(1))
-    print(f"{name}: first {first:.1f} s ({p1} programs), {second_name} {second:.1f} s ({p2} programs), "
-          f"its warm repeat {warm:.1f} s")  # fmt: skip
+    first, p1, c1 = timed(lambda: call(0))
+    second, p2, c2 = timed(lambda: call(1))
+    warm, _, _ = timed(lambda: call(1))
+    print(f"{name}: first {first:.1f} s ({p1} programs, {c1:.1f} s compiling), {second_name} {second:.1f} s "
+          f"({p2} programs, {c2:.1f} s compiling), its warm repeat {warm:.1f} s")  # fmt: skip
     print(f"RATIO new_shape {name} {second / warm:.2f}")
 
 
@@ -84,7 +85,7 @@ def main() -> None:
     exact = targets.suffix_window
     targets.suffix_window = lambda batch, rows=slice(None), multiple=4: max(8, exact(batch, rows, multiple))
     edited(1)
-    padded, _ = timed(lambda: edited(1))
+    padded, _, _ = timed(lambda: edited(1))
     targets.suffix_window = exact
     print(f"rome: second request with its suffix window padded to 8 tokens: warm {padded:.1f} s")
 

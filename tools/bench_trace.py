@@ -8,7 +8,9 @@ Both grids must agree within 1e-4.
 
 Prints the jaxedit compile time (first call minus steady state), steady-state seconds, the work done
 (recomputed token-layer rows vs the reference's), the achieved GFLOP/s against this machine's measured
-float32 matmul rate, the programs the first call compiled, and last `RATIO trace <reference_seconds /
+float32 matmul rate, the programs the first call compiled, the grid programs' compile seconds when
+compiled again one at a time (side by side, two compiles share the cores and each one's seconds about
+double), and last `RATIO trace <reference_seconds /
 jaxedit_seconds>` (steady) and `RATIO trace cold <...>` (jaxedit's first call in this fresh process,
 compile cache off, compile included; model loading excluded on both sides).
 
@@ -19,6 +21,7 @@ compile cache off, compile included; model loading excluded on both sides).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
@@ -219,8 +222,22 @@ def main() -> None:
         times.append(time.perf_counter() - start)
     jax_s = min(times)
 
+    # the grid programs' compile alone: run side by side, two compiles share the two cores and each
+    # one's seconds double; compiled again one at a time (caches cleared, the same chunk size) they
+    # show what compiling them costs
     ids = jaxedit.core.tokens.encode_one(model.tokenizer, args.prompt)
+    t_len = len(ids)
     mask, _ = corrupted_tokens(model, args.prompt, ids, args.subject, "subject")
+    live = t_len - int(np.argmax(mask))
+    _, n_chunks, chunk = sample_chunks(c, args.samples, t_len, live, None, threads)
+    jax.clear_caches()
+    with compile_log() as serial:
+        trace(
+            model, args.prompt, subject=args.subject, kinds=kinds, noise=Noise(samples=args.samples),
+            window=args.window, execution=dataclasses.replace(execution, threads=1, chunk_samples=chunk),
+        )  # fmt: skip
+    grid_serial = serial.by_name().get("jit(grid_program)", (0, 0.0))
+
     scale = noise_scale_for(model, [(ids, mask)], "3sigma")
     noise = make_noise(0, args.samples, jnp.asarray(mask), c.d_model, scale)  # what trace() used (seed 0)
     start = time.perf_counter()
@@ -228,10 +245,6 @@ def main() -> None:
     ref_s = time.perf_counter() - start
     diff = max(float(np.abs(reference[k] - result.grids[k]).max()) for k in kinds)
 
-    t_len = len(ids)
-    first_live = int(np.argmax(mask))
-    live = t_len - first_live
-    _, n_chunks, chunk = sample_chunks(c, args.samples, t_len, live, None, threads)
     ours_flops = n_chunks * sum(
         grid_flops(
             schedule.build_plan(k, c.n_layers, t_len, live, chunk, args.window, "code", None, segments), c
@@ -256,6 +269,10 @@ def main() -> None:
     print(f"cpu: {cpu_name()}")
     print(f"jaxedit: first call {first:.1f} s (compile ~{first - jax_s:.1f} s), steady state {jax_s:.2f} s")
     report_compiles("jaxedit first call", compiled)
+    print(
+        f"grid programs compiled one at a time (caches cleared, chunks of {chunk} samples as above): "
+        f"{grid_serial[0]} program(s) in {grid_serial[1]:.1f} s"
+    )
     print(f"reference (one hooked transformers forward per cell, {ref_cells} cells): {ref_s:.1f} s")
     print(f"max |grid difference|: {diff:.2e}")
     print(
@@ -269,7 +286,8 @@ def main() -> None:
     assert diff <= 1e-4, f"grids differ by {diff}"
     write_figures(args.json, "trace", {
         "first_s": first, "steady_s": jax_s, "reference_s": ref_s, "programs": compiled.programs,
-        "compile_s": compiled.seconds, "segments": segments, "max_diff": diff,
+        "compile_s": compiled.seconds,
+        "grid_programs_serial": grid_serial[0], "grid_compile_serial_s": grid_serial[1], "segments": segments, "max_diff": diff,
         "ratio": ref_s / jax_s, "ratio_cold": ref_s / first,
     })  # fmt: skip
     print(f"RATIO trace {ref_s / jax_s:.2f}")
