@@ -54,6 +54,8 @@ def rows(name: str, record: dict) -> list[list[str]]:
     notes = []
     if "programs" in record:
         notes.append(f"{record['programs']} programs, compile {record.get('compile_s', 0):.1f} s")
+    if "grid_compile_serial_s" in record:
+        notes.append(f"grid programs compiled one at a time {record['grid_compile_serial_s']:.1f} s")
     for key in ("max_logit_diff", "max_diff", "delta_diff"):
         if key in record:
             notes.append(f"{key} {record[key]:.1e}")

@@ -272,10 +272,12 @@ def block(
     cache_index: jax.Array | None = None,
     mlp_extra: Callable[[jax.Array], jax.Array] | None = None,
     cache_layer: jax.Array | None = None,
+    mlp_delta: Callable[[jax.Array], jax.Array] | None = None,
 ) -> BlockOut:
     """One transformer block on `x` `[B, T, D]` with this layer's params and intervention slices.
 
-    `mlp_extra` maps the MLP input to a term added to the MLP output (`mlp_extra_at`)."""
+    `mlp_extra` maps the MLP input to a term added to the MLP output (`mlp_extra_at`); `mlp_delta` maps
+    the MLP key to one (per-row weight edits, `jaxedit.core.row_deltas`)."""
     states: dict[str, jax.Array] = {}
 
     def site(name: str, value: jax.Array) -> jax.Array:
@@ -293,6 +295,8 @@ def block(
     m_in = site("mlp_in", mlp_input(config, p, x, a))
     key = site("mlp_key", mlp_key(config, p["mlp"], m_in))
     m = linear(p["mlp"]["out"], key)
+    if mlp_delta is not None:
+        m = m + mlp_delta(key)
     if mlp_extra is not None:
         m = m + mlp_extra(m_in)
     m = site("mlp_out", m)

@@ -25,6 +25,7 @@ from jaxedit.core import tokens as tok
 from jaxedit.core.config import ModelConfig
 from jaxedit.core.layout import Params
 from jaxedit.core.model import Model
+from jaxedit.core.row_deltas import RowDeltas
 from jaxedit.errors import InputError
 
 KVCache = tuple[jax.Array, jax.Array]  # ([L, B, S, K, E], [L, B, S, K, E])
@@ -38,12 +39,14 @@ def cached_step(
     mask: jax.Array,
     cache: KVCache,
     index: jax.Array,
+    row_deltas: RowDeltas | None = None,
 ) -> tuple[jax.Array, KVCache]:
     """Run `input_ids` `[B, T]` written at cache slots `index..index+T-1`.
 
     Args:
       positions: `[B, T]` position ids of the new tokens.
       mask: `[B, T, S]` which cache slots each new token may attend to.
+      row_deltas: per-row MLP output edits (each row as its own edited model would run), or None.
 
     Returns:
       Logits of the last new token `[B, V]` and the updated cache.
@@ -57,9 +60,11 @@ def cached_step(
         x, cache = carry
         p, layer_index = layer
         extra = decoder.mlp_extra_at(params, layer_index, last)  # acts on the last token of each step's input
+        delta = None if row_deltas is None else row_deltas.at_layer(layer_index)
         out = decoder.block(
-            config, p, x, rotary, mask, {}, (), cache, index, mlp_extra=extra, cache_layer=layer_index
-        )
+            config, p, x, rotary, mask, {}, (), cache, index, mlp_extra=extra, cache_layer=layer_index,
+            mlp_delta=delta,
+        )  # fmt: skip
         return (out.resid, out.cache), None
 
     # the whole cache rides in the carry and each layer writes its new keys / values into it in place
@@ -114,6 +119,7 @@ def _generate(
     top_k: int | None,
     eos_id: int | None,
     group_sizes: tuple[int, ...],
+    row_deltas: RowDeltas | None,
 ) -> jax.Array:
     b, p = input_ids.shape
     s = p + max_new_tokens
@@ -124,7 +130,9 @@ def _generate(
     slots = jnp.arange(s)
     prefill_mask = valid[:, None, :] & (slots[None, None, :] <= jnp.arange(p)[None, :, None])  # [B, P, S]
     positions = decoder.positions_from_mask(attention_mask)
-    logits, cache = cached_step(params, config, input_ids, positions, prefill_mask, cache, jnp.int32(0))
+    logits, cache = cached_step(
+        params, config, input_ids, positions, prefill_mask, cache, jnp.int32(0), row_deltas
+    )
     rng, sub = jax.random.split(rng)
     first = _choose(logits, sub, top_k, temperature, group_sizes, noise_rows)
     lengths = attention_mask.astype(jnp.int32).sum(-1)
@@ -135,7 +143,7 @@ def _generate(
         valid = valid.at[:, index].set(True)
         mask = valid[:, None, :] & (slots[None, None, :] <= index)  # [B, 1, S]
         logits, cache = cached_step(
-            params, config, token[:, None], (lengths + i)[:, None], mask, cache, index
+            params, config, token[:, None], (lengths + i)[:, None], mask, cache, index, row_deltas
         )
         rng, sub = jax.random.split(rng)
         nxt = _choose(logits, sub, top_k, temperature, group_sizes, noise_rows)
@@ -161,6 +169,7 @@ def generate(
     seed: int = 0,
     eos_id: int | None = None,
     groups: Sequence[int] | None = None,
+    row_deltas: RowDeltas | None = None,
 ) -> np.ndarray:
     """New token ids `[B, max_new_tokens]` continuing left-padded prompts.
 
@@ -168,6 +177,7 @@ def generate(
     After `eos_id` a row repeats `eos_id`. `groups` (sizes of consecutive row groups, summing to B) makes
     each group draw the random numbers it would draw generated alone with the same `seed`, so one call on
     many groups returns what a call per group would (the batched CounterFact scoring relies on it).
+    `row_deltas` runs each row as its own edited model (`jaxedit.core.row_deltas`; `rows` of length B).
     """
     input_ids = np.asarray(input_ids)
     decoder.check_tokens(config, input_ids)
@@ -183,6 +193,10 @@ def generate(
     if attention_mask is None:
         attention_mask = np.ones_like(input_ids)
     group_sizes, noise_rows = _group_noise_rows(groups, input_ids.shape[0])
+    if row_deltas is not None and row_deltas.rows.shape != (input_ids.shape[0],):
+        raise InputError(
+            f"row_deltas name the model of {row_deltas.rows.shape[0]} rows for {input_ids.shape[0]} prompts"
+        )
     out = _generate(
         params,
         config,
@@ -195,6 +209,7 @@ def generate(
         top_k,
         eos_id,
         group_sizes,
+        row_deltas,
     )
     return np.asarray(out)
 
@@ -208,9 +223,10 @@ def generate_text(
     temperature: float = 1.0,
     seed: int = 0,
     groups: Sequence[int] | None = None,
+    row_deltas: RowDeltas | None = None,
 ) -> list[str]:
     """Completions (without the prompt) of one or more prompts, stopping at the model's EOS token;
-    `groups` as in `generate`."""
+    `groups` and `row_deltas` (one row per prompt) as in `generate`."""
     if model.tokenizer is None:
         raise InputError(f"model {model.source!r} has no tokenizer; use generate() on token ids")
     rows = [tok.encode_one(model.tokenizer, p) for p in ([prompts] if isinstance(prompts, str) else prompts)]
@@ -220,7 +236,7 @@ def generate_text(
     eos = model.tokenizer.eos_token_id
     out = generate(
         model.params, model.config, ids, mask, max_new_tokens=max_new_tokens, top_k=top_k,
-        temperature=temperature, seed=seed, eos_id=eos, groups=groups,
+        temperature=temperature, seed=seed, eos_id=eos, groups=groups, row_deltas=row_deltas,
     )  # fmt: skip
     texts = []
     for row in out:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxedit.core.layout import Params
+from jaxedit.core.row_deltas import RowDeltas
 from jaxedit.display import Rendered, html_table, request_text
 from jaxedit.errors import InputError, NotAppliedError
 from jaxedit.io.loading import Model
@@ -153,6 +155,32 @@ def add_to_params(params: Params, delta: Delta) -> Params:
     projection = {**params["layers"][block][name], "kernel": new}
     edited = {**params["layers"][block], name: projection}
     return {**params, "layers": {**params["layers"], block: edited}}
+
+
+def row_deltas(deltas: Sequence[Delta], rows: Sequence[int]) -> RowDeltas:
+    """The MLP output deltas of G edited models (`deltas[g]` makes model g) as one `RowDeltas` for a batch
+    whose row i runs as model `rows[i]` (`jaxedit.core.row_deltas`)."""
+    if not deltas:
+        raise InputError("row_deltas needs at least one delta")
+    for delta in deltas:
+        if delta.site != "mlp" or delta.attached:
+            raise InputError(f"delta {delta.id} ({delta.method}) does not only change MLP output kernels")
+    rows = np.asarray(rows, np.int32)
+    if rows.size and not (rows.min() >= 0 and rows.max() < len(deltas)):
+        raise InputError(f"rows must name models 0..{len(deltas) - 1}, got {rows.min()}..{rows.max()}")
+    layers = sorted({layer for d in deltas for layer in d.layers})
+    rank = max(d.left.shape[1] for d in deltas)
+    left = np.zeros((len(layers), len(deltas), rank, deltas[0].left.shape[2]), np.float32)
+    right = np.zeros((len(layers), len(deltas), rank, deltas[0].right.shape[2]), np.float32)
+    for g, delta in enumerate(deltas):
+        for j, layer in enumerate(delta.layers):
+            i = layers.index(layer)
+            left[i, g, : delta.left.shape[1]] = delta.left[j]
+            right[i, g, : delta.right.shape[1]] = delta.right[j]
+    return RowDeltas(
+        layers=jnp.asarray(layers, jnp.int32), left=jnp.asarray(left), right=jnp.asarray(right),
+        rows=jnp.asarray(rows),
+    )  # fmt: skip
 
 
 def add_edit(params: Params, edit: Any) -> Params:

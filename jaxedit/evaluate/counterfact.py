@@ -26,10 +26,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Unpack
 
+import jax.numpy as jnp
 import numpy as np
 
 from jaxedit.core.generate import generate_text
 from jaxedit.data.records import read_records
+from jaxedit.edit.delta import Delta, apply, row_deltas
 from jaxedit.edit.requests import Request, as_request
 from jaxedit.errors import InputError
 from jaxedit.evaluate.metrics import generation_entropy, harmonic_mean, target_scores
@@ -37,6 +39,9 @@ from jaxedit.evaluate.report import Report
 from jaxedit.evaluate.runner import Benchmark, EditFn, RunOptions, evaluate_edits
 from jaxedit.io.loading import Model
 
+# the highest rank of edits whose models generate side by side in `score_edited_cases` (ROME: 1); dense
+# fine-tuning changes (rank d_model) would make each row read its own kernel
+ROW_DELTA_RANK = 64
 SUCCESSES = ("ES", "PS", "NS")  # efficacy, paraphrase, neighbourhood success (ROME §3)
 MAGNITUDES = (*SUCCESSES, "EM", "PM", "NM")  # with their magnitudes
 TOKEN_ACCURACIES = ("token_acc_rewrite", "token_acc_rephrase", "token_acc_locality")  # EasyEdit's
@@ -179,11 +184,64 @@ def score_cases(
     return rows
 
 
+def score_edited_cases(
+    model: Model,
+    cases: Sequence[CounterfactCase],
+    deltas: Sequence[Delta],
+    *,
+    generation_tokens: int = 50,
+    seed: int = 0,
+    generation_rows: int = 128,
+) -> list[dict[str, Any]]:
+    """Metrics of each case on its own edited model, `apply(model, deltas[i])` for case i, equal to
+    `score_cases` of each edited model (with `model` as the locality reference) up to float32 rounding:
+    the teacher-forced scores run on each edited model, the generations of all cases share calls over
+    `model`'s weights with each row's delta added (`jaxedit.core.row_deltas`), so the weights are read once
+    per decoding step for many edited models instead of once per model."""
+    if len(deltas) != len(cases):
+        raise InputError(f"{len(deltas)} deltas for {len(cases)} cases")
+    kernel = model.params["layers"]["mlp"]["out"]["kernel"]
+    if kernel.dtype != jnp.float32 or not all(_low_rank_mlp(d) for d in deltas):
+        # merged in a lower precision, or edits beyond low-rank MLP output changes: each model alone
+        return [
+            score_cases(
+                apply(model, d), [c], reference=model, generation_tokens=generation_tokens, seed=seed
+            )[0]
+            for c, d in zip(cases, deltas, strict=True)
+        ]
+    rows = [
+        score_cases(apply(model, delta), [case], reference=model, generation_tokens=0, seed=seed)[0]
+        for case, delta in zip(cases, deltas, strict=True)
+    ]
+    texts = _generations(model, cases, generation_tokens, seed, generation_rows, deltas)
+    for index, row in enumerate(rows):
+        if index in texts:
+            row["fluency"] = generation_entropy(texts[index])
+            row["generations"] = texts[index]
+    return rows
+
+
+def _low_rank_mlp(edit: Any) -> bool:
+    """Whether an edit is a `Delta` of the MLP output kernels alone of rank at most `ROW_DELTA_RANK`."""
+    return (
+        isinstance(edit, Delta)
+        and edit.site == "mlp"
+        and not edit.attached
+        and edit.left.shape[1] <= ROW_DELTA_RANK
+    )
+
+
 def _generations(
-    model: Model, cases: Sequence[CounterfactCase], tokens: int, seed: int, max_rows: int
+    model: Model,
+    cases: Sequence[CounterfactCase],
+    tokens: int,
+    seed: int,
+    max_rows: int,
+    deltas: Sequence[Delta] | None = None,
 ) -> dict[int, list[str]]:
     """Top-k 5 samples of each case's generation prompts by case index, several cases per call
-    (`groups` keeps each case's random numbers those of a call of its own)."""
+    (`groups` keeps each case's random numbers those of a call of its own); with `deltas`, case i's
+    prompts run as `apply(model, deltas[i])` would (`row_deltas`)."""
     todo = [i for i, c in enumerate(cases) if c.generation_prompts] if tokens else []
     out: dict[int, list[str]] = {}
     while todo:
@@ -194,7 +252,13 @@ def _generations(
             group.append(todo.pop(0))
         sizes = [len(cases[i].generation_prompts) for i in group]
         prompts = [p for i in group for p in cases[i].generation_prompts]
-        texts = generate_text(model, prompts, max_new_tokens=tokens, top_k=5, seed=seed, groups=sizes)
+        per_row = None
+        if deltas is not None:
+            models = [k for k, size in enumerate(sizes) for _ in range(size)]
+            per_row = row_deltas([deltas[i] for i in group], models)
+        texts = generate_text(
+            model, prompts, max_new_tokens=tokens, top_k=5, seed=seed, groups=sizes, row_deltas=per_row
+        )
         for i, end in zip(group, np.cumsum(sizes).tolist(), strict=True):
             out[i] = texts[end - len(cases[i].generation_prompts) : end]
     return out
@@ -262,5 +326,11 @@ def evaluate_counterfact(
         }
 
     scoring = {"benchmark": "counterfact", "generation_tokens": generation_tokens}
-    benchmark = Benchmark("CounterFact", score, summarise, scoring, protocol)
+
+    def score_edited(
+        m: Model, chunk: Sequence[CounterfactCase], deltas: Sequence[Delta]
+    ) -> list[dict[str, Any]]:
+        return score_edited_cases(m, chunk, deltas, generation_tokens=generation_tokens)
+
+    benchmark = Benchmark("CounterFact", score, summarise, scoring, protocol, score_edited)
     return evaluate_edits(model, cases, edit, benchmark, method=method, **options)

@@ -122,6 +122,9 @@ class Benchmark:
       scoring: what `score` depends on: it enters the run key (`run_key`) that results directories are
         claimed with, so unedited scores are shared only between runs scored alike.
       protocol: the summary's `"protocol"` entry for the evaluated cases.
+      score_edited: `(model, [cases], [deltas]) -> [metrics]`, case i scored as `score` scores it on
+        `apply(model, deltas[i])` with `model` as the reference, several edited models sharing work
+        (`counterfact.score_edited_cases`); None: each edited model is scored alone.
     """
 
     name: str
@@ -129,6 +132,7 @@ class Benchmark:
     summarise: Callable[[Sequence[dict[str, Any]]], dict[str, Any]]
     scoring: Mapping[str, Any]
     protocol: Callable[[Sequence[Any]], Any]
+    score_edited: Callable[[Model, Sequence[Any], Sequence[Delta]], list[dict[str, Any]]] | None = None
 
 
 class RunOptions(TypedDict, total=False):
@@ -215,8 +219,11 @@ def evaluate_edits(
     todo = [c for g in groups for c, row in zip(g.cases, g.saved, strict=True) if row is None]
     unedited_rows = _unedited_scores(model, todo, benchmark, unedited, digests, execution)
     bar = tqdm(total=len(cases), desc=f"{name} (batch {batch})", disable=not execution.progress)
-    for group in groups:
-        _score_group(model, group, edit, benchmark, unedited_rows, digests, execution, bar)
+    if batch == 1 and edit is not None and benchmark.score_edited is not None:
+        _score_singles(model, groups, edit, benchmark, unedited_rows, digests, bar)
+    else:
+        for group in groups:
+            _score_group(model, group, edit, benchmark, unedited_rows, digests, execution, bar)
     bar.close()
     rows = [saved for group in groups for saved in group.saved]
     summary = Report(unedited=benchmark.summarise([row["pre"] for row in rows]))
@@ -303,15 +310,57 @@ def _score_group(
         chunk = [group.cases[i] for i in members]
         post = _scored(benchmark, edited, chunk, model) if edited is not None else None
         for j, i in enumerate(members):
-            case = group.cases[i]
-            saved = {
-                "case_id": case.case_id, "case": digests[id(case)], "group": group.digest,
-                "request": case.request.to_dict(), "pre": unedited_rows[id(case)],
-            }  # fmt: skip
-            if post is not None:
-                saved["post"] = post[j]
-                keep = ("id", "method", "layers", "rank")  # a batch's requests repeat in every case
-                saved["edit"] = edit_summary if group.batch == 1 else {k: edit_summary[k] for k in keep}
-            _write(group.paths[i], saved)
-            group.saved[i] = saved
+            _save_case(group, i, unedited_rows, digests, None if post is None else post[j], edit_summary)
         bar.update(len(members))  # per chunk: a batch of thousands shows its scoring progress
+
+
+# one-case groups edited in a row and then scored together (`Benchmark.score_edited`): on the 2-core CPU
+# of this project 8 edited models' fluency generations (16 prompts of 50 tokens) take 4.3 s in one call
+# against 2.7 s each alone; an interruption loses at most this many edits
+EDITS_SCORED_TOGETHER = 8
+
+
+def _score_singles(
+    model: Model,
+    groups: Sequence[_Group],
+    edit: EditFn,
+    benchmark: Benchmark,
+    unedited_rows: dict[int, dict],
+    digests: dict[int, str],
+    bar: tqdm,
+) -> None:
+    """`_score_group` for one-case groups, `EDITS_SCORED_TOGETHER` edits at a time: each case edited on the
+    unedited model, then the edited models scored in one `benchmark.score_edited` call."""
+    todo = [group for group in groups if group.saved[0] is None]
+    bar.update(len(groups) - len(todo))
+    for first in range(0, len(todo), EDITS_SCORED_TOGETHER):
+        window = todo[first : first + EDITS_SCORED_TOGETHER]
+        deltas = [edit(model, group.cases[0].request) for group in window]
+        post = benchmark.score_edited(model, [group.cases[0] for group in window], deltas)
+        if len(post) != len(window):
+            raise InputError(f"score_edited returned {len(post)} rows for {len(window)} cases")
+        for group, row, delta in zip(window, post, deltas, strict=True):
+            _save_case(group, 0, unedited_rows, digests, row, delta.summary())
+        bar.update(len(window))
+
+
+def _save_case(
+    group: _Group,
+    index: int,
+    unedited_rows: dict[int, dict],
+    digests: dict[int, str],
+    post: dict | None,
+    edit_summary: dict | None,
+) -> None:
+    """Write case `index` of `group` with its unedited scores and, on edited runs, its edited ones."""
+    case = group.cases[index]
+    saved = {
+        "case_id": case.case_id, "case": digests[id(case)], "group": group.digest,
+        "request": case.request.to_dict(), "pre": unedited_rows[id(case)],
+    }  # fmt: skip
+    if post is not None:
+        saved["post"] = post
+        keep = ("id", "method", "layers", "rank")  # a batch's requests repeat in every case
+        saved["edit"] = edit_summary if group.batch == 1 else {k: edit_summary[k] for k in keep}
+    _write(group.paths[index], saved)
+    group.saved[index] = saved

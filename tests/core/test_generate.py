@@ -83,3 +83,41 @@ def test_groups_sample_as_if_generated_alone(tiny_dirs) -> None:
     assert (plain != together).any()  # without groups the batch draws other numbers
     with pytest.raises(ValueError, match="groups"):
         generate(model.params, model.config, ids, mask, max_new_tokens=2, top_k=4, groups=[2, 2])
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama_gqa_untied"])
+def test_row_deltas_generate_each_row_as_its_edited_model(name, tiny_dirs) -> None:
+    """Rows of one call, each with its own low-rank MLP output edit (two models, different layers and
+    ranks), continue greedily as each edited model does alone; a model of unmatched rows is refused."""
+    from jaxedit.edit import Delta, apply
+    from jaxedit.edit.delta import row_deltas
+    from jaxedit.errors import InputError
+
+    model = jaxedit.load_model(tiny_dirs[name])
+    c = model.config
+    rng = np.random.default_rng(3)
+
+    def delta(layers: tuple[int, ...], rank: int) -> Delta:
+        shape = (len(layers), rank)
+        return Delta(
+            layers=layers, left=rng.normal(size=(*shape, c.d_mlp)), right=rng.normal(size=(*shape, c.d_model)),
+            method="test",
+        )  # fmt: skip
+
+    deltas = [delta((1,), 1), delta((0, 2), 3)]
+    prompt = rng.integers(0, VOCAB, size=(3, 5))
+    models = [1, 0, 1]
+    together = generate(
+        model.params, model.config, prompt, max_new_tokens=6, row_deltas=row_deltas(deltas, models)
+    )
+    alone = [
+        generate(apply(model, deltas[g]).params, c, prompt[i : i + 1], max_new_tokens=6)[0]
+        for i, g in enumerate(models)
+    ]
+    np.testing.assert_array_equal(together, np.stack(alone))
+    unedited = generate(model.params, c, prompt, max_new_tokens=6)
+    assert (together != unedited).any()  # the edits change what is generated
+    with pytest.raises(InputError, match="rows"):
+        generate(model.params, c, prompt, max_new_tokens=2, row_deltas=row_deltas(deltas, [0, 1]))
+    with pytest.raises(InputError, match=r"models 0\.\.1"):
+        row_deltas(deltas, [0, 2, 1])

@@ -202,3 +202,45 @@ def test_batched_scoring_equals_one_case_at_a_time(model, tmp_path) -> None:
                     assert b[key] == value, key
     assert "RS_spec" in alone[1] and "token_acc_locality" in alone[0]
     assert len({tuple(r["generations"]) for r in alone}) == 3  # real samples, not one text repeated
+
+
+def test_edited_models_scored_together_equal_each_alone(model, tmp_path) -> None:
+    """`score_edited_cases` (teacher-forced scores per edited model, the generations of every edited model
+    in shared calls with per-row deltas) gives each case what scoring its edited model alone gives; an
+    edit beyond the MLP output kernels is scored alone."""
+    from jaxedit.edit import apply
+    from jaxedit.evaluate.counterfact import score_edited_cases
+
+    three = dict(ROME_RECORD, case_id=9, generation_prompts=["the language of paris is", "w40 is", "w41 w42"])
+    path = tmp_path / "cf.json"
+    path.write_text(json.dumps([ROME_RECORD, EASYEDIT_RECORD, three]))
+    cases = read_counterfact(path)
+    rng = np.random.default_rng(5)
+    c = model.config
+
+    def delta(layers: tuple[int, ...], rank: int, site: str = "mlp") -> Delta:
+        width = c.d_mlp if site == "mlp" else c.n_heads * c.head_dim
+        shape = (len(layers), rank)
+        return Delta(
+            layers=layers, left=rng.normal(size=(*shape, width)), right=rng.normal(size=(*shape, c.d_model)),
+            method="test", site=site,
+        )  # fmt: skip
+
+    for deltas in ([delta((1,), 1), delta((0, 2), 2), delta((1,), 1)], [delta((1,), 1), delta((1,), 1, "attn"), delta((2,), 1)]):  # fmt: skip
+        alone = [
+            score_case(apply(model, d), case, reference=model, generation_tokens=6, seed=3)
+            for case, d in zip(cases, deltas, strict=True)
+        ]
+        for rows in (3, 6):  # every generation in one call, or split between calls
+            together = score_edited_cases(
+                model, cases, deltas, generation_tokens=6, seed=3, generation_rows=rows
+            )
+            for a, b in zip(alone, together, strict=True):
+                assert a.keys() == b.keys()
+                for key, value in a.items():
+                    if key in ("p_new", "p_true", "EM", "PM", "NM", "fluency"):
+                        np.testing.assert_allclose(b[key], value, rtol=1e-5, atol=1e-7)
+                    else:
+                        assert b[key] == value, key
+    unedited = [score_case(model, case, generation_tokens=6, seed=3)["generations"] for case in cases]
+    assert any(u != r["generations"] for u, r in zip(unedited, alone, strict=True))  # the edits matter
