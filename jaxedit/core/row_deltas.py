@@ -46,10 +46,11 @@ class RowDeltas(struct.PyTreeNode):
             return jnp.einsum("btr,brd->btd", jnp.einsum("btf,brf->btr", key, left), right).astype(key.dtype)
 
         def term(key: jax.Array) -> jax.Array:
-            out = jnp.zeros((*key.shape[:-1], self.right.shape[-1]), key.dtype)
+            zero = jnp.zeros((*key.shape[:-1], self.right.shape[-1]), key.dtype)
+            out = zero
             for i in range(self.layers.shape[0]):  # computed only at its layer (a conditional)
                 out = out + jax.lax.cond(
-                    layer == self.layers[i], lambda k, i=i: change(i, k), lambda k: jnp.zeros_like(out), key
+                    layer == self.layers[i], lambda k, i=i: change(i, k), lambda k: zero, key
                 )
             return out
 

@@ -283,8 +283,8 @@ def target_loop(
     mask, row_request, key_pos, is_kl = batch.mask, batch.row_request, batch.key_pos, batch.is_kl
     read_pos, labels, weights = batch.read_pos, batch.labels, batch.weights
     n_requests = pre.m0.shape[0]
-    from_layer = jax.tree.map(lambda a: a[layer:], params["layers"])
-    edited_flag = (jnp.arange(config.n_layers - layer) == 0).astype(pre.x.dtype)
+    p_layer = jax.tree.map(lambda a: a[layer], params["layers"])
+    above = jax.tree.map(lambda a: a[layer + 1 :], params["layers"])
     x = pre.x
     rows = jnp.arange(x.shape[0])
     t = x.shape[1]
@@ -312,16 +312,17 @@ def target_loop(
     at_key = (offsets == 0).astype(x.dtype)[None, :, None]
 
     def run(delta: dict[str, jax.Array]) -> jax.Array:
-        added = {site: at_key * d[row_request][:, None, :] for site, d in delta.items()}  # [R, W, D]
+        edit = {
+            f"{site}_out": iv.add(at_key * d[row_request][:, None, :]) for site, d in delta.items()
+        }  # [R, W, D]
+        cache = (cached_k[0], cached_v[0])
+        h = decoder.block(config, p_layer, x_suffix, rotary_suffix, suffix_mask, edit, (), cache, t).resid
 
-        # one scan over the layers from the edited one up, `δ` added where the layer flag is 1 (the
-        # edited layer) and 0 elsewhere: one block in the compiled loop instead of two
         def step(h: jax.Array, layer_xs: tuple) -> tuple[jax.Array, None]:
-            p, k, v, flag = layer_xs
-            edit = {f"{site}_out": iv.add(flag * a) for site, a in added.items()}
-            return decoder.block(config, p, h, rotary_suffix, suffix_mask, edit, (), (k, v), t).resid, None
+            p, k, v = layer_xs
+            return decoder.block(config, p, h, rotary_suffix, suffix_mask, {}, (), (k, v), t).resid, None
 
-        h, _ = jax.lax.scan(step, x_suffix, (from_layer, cached_k, cached_v, edited_flag))
+        h, _ = jax.lax.scan(step, h, (above, cached_k[1:], cached_v[1:]))
         read = h[rows[:, None], read_suffix]  # [R, M, D]
         return jax.nn.log_softmax(decoder.unembed(config, params, read), axis=-1)  # [R, M, V]
 
