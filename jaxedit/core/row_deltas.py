@@ -7,8 +7,8 @@ and the model of every batch row, one pass over the unedited weights computes ev
 edited model would.
 
 What that saves: a decoding step reads every weight once for a handful of rows, so it is bound by memory
-traffic, not arithmetic (on this project's 2-core CPU, 50 SmolLM2 tokens for 2 prompts take 2.7 s and
-for 16 prompts 4.3 s). The fluency generations of an evaluation, one edited model per record, share one
+traffic, not arithmetic (`tools/generation_batch.py`: on this project's 2-core CPU, 50 SmolLM2 tokens
+for 2 prompts take 2.5-2.7 s and for 16 prompts 4.3-5.0 s). The fluency generations of an evaluation, one edited model per record, share one
 call instead of one call per record. The rows equal those of each edited model up to float32 rounding
 (`W k + ΔW k` against `(W + ΔW) k`).
 """

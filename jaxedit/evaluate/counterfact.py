@@ -201,23 +201,21 @@ def score_edited_cases(
     if len(deltas) != len(cases):
         raise InputError(f"{len(deltas)} deltas for {len(cases)} cases")
     kernel = model.params["layers"]["mlp"]["out"]["kernel"]
-    if kernel.dtype != jnp.float32 or not all(_low_rank_mlp(d) for d in deltas):
-        # merged in a lower precision, or edits beyond low-rank MLP output changes: each model alone
-        return [
-            score_cases(
-                apply(model, d), [c], reference=model, generation_tokens=generation_tokens, seed=seed
-            )[0]
-            for c, d in zip(cases, deltas, strict=True)
-        ]
+    # merged in a lower precision, or edits beyond low-rank MLP output changes: each model generates alone
+    shared = kernel.dtype == jnp.float32 and all(_low_rank_mlp(d) for d in deltas)
     rows = [
-        score_cases(apply(model, delta), [case], reference=model, generation_tokens=0, seed=seed)[0]
+        score_cases(
+            apply(model, delta), [case], reference=model, generation_tokens=0 if shared else generation_tokens,
+            seed=seed,
+        )[0]
         for case, delta in zip(cases, deltas, strict=True)
-    ]
-    texts = _generations(model, cases, generation_tokens, seed, generation_rows, deltas)
-    for index, row in enumerate(rows):
-        if index in texts:
-            row["fluency"] = generation_entropy(texts[index])
-            row["generations"] = texts[index]
+    ]  # fmt: skip
+    if shared:
+        texts = _generations(model, cases, generation_tokens, seed, generation_rows, deltas)
+        for index, row in enumerate(rows):
+            if index in texts:
+                row["fluency"] = generation_entropy(texts[index])
+                row["generations"] = texts[index]
     return rows
 
 

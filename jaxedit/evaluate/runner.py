@@ -315,8 +315,8 @@ def _score_group(
 
 
 # one-case groups edited in a row and then scored together (`Benchmark.score_edited`): on the 2-core CPU
-# of this project 8 edited models' fluency generations (16 prompts of 50 tokens) take 4.3 s in one call
-# against 2.7 s each alone; an interruption loses at most this many edits
+# of this project 8 edited models' fluency generations (16 prompts of 50 tokens) take 4.3-5.0 s in one
+# call against 2.5-2.7 s each alone (`tools/generation_batch.py`); an interruption loses at most this many edits
 EDITS_SCORED_TOGETHER = 8
 
 
